@@ -1,0 +1,508 @@
+//! The `koi` command line: global flags, the command tree (built-ins plus one subcommand per
+//! plugin, built from manifests), dispatch of `koi <moniker> <verb>` to the plugin's method with
+//! Ctrl-C relayed as `$/cancel`, deprecated root aliases, and the documented exit codes.
+
+use crate::catalog::{self, PluginInfo};
+use crate::clispec;
+use crate::connection::LaunchOptions;
+use crate::discovery::{BUILTINS, Discovery};
+use crate::paths::KoiHome;
+use crate::render;
+use crate::session::Session;
+use crate::ui::Terminal;
+use clap::{Arg, ArgAction, Command};
+use koi_protocol::handshake::RunMode;
+use koi_protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorObject, Manifest, codes};
+use serde_json::Value;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Exit status: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: the plugin's method reported a failure (or a plugin in `koi status` failed).
+pub const EXIT_METHOD_FAILED: u8 = 1;
+/// Exit status: the command line was wrong (unknown command, bad argument, invalid params).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: a plugin could not be used (missing, crashed, timed out, broke the protocol or its
+/// schemas, incompatible protocol version).
+pub const EXIT_PLUGIN_FAILED: u8 = 3;
+/// Exit status: interrupted with Ctrl-C.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+const EXIT_CODES_HELP: &str = "Exit codes: 0 success · 1 the command failed · 2 usage error · \
+3 a plugin could not be used (missing, crashed, timed out, broke the protocol) · 130 interrupted";
+
+/// How long a cancelled call may take to answer before the host stops waiting.
+const CANCEL_GRACE: Duration = Duration::from_millis(2500);
+
+/// Flags that apply to every command.
+#[derive(Debug, Clone)]
+pub struct Globals {
+    /// `--json`.
+    pub json: bool,
+    /// Colour on stdout.
+    pub color: bool,
+    /// `-v` count.
+    pub verbosity: u8,
+}
+
+impl Globals {
+    fn scan(args: &[String]) -> Self {
+        let before_dashdash = args.iter().skip(1).take_while(|a| *a != "--");
+        let mut json = false;
+        let mut no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let mut verbosity = 0u8;
+        for arg in before_dashdash {
+            match arg.as_str() {
+                "--json" => json = true,
+                "--no-color" => no_color = true,
+                "--verbose" => verbosity = verbosity.saturating_add(1),
+                a if a.starts_with('-')
+                    && !a.starts_with("--")
+                    && a.len() > 1
+                    && a[1..].chars().all(|c| c == 'v') =>
+                {
+                    verbosity = verbosity.saturating_add((a.len() - 1) as u8);
+                }
+                _ => {}
+            }
+        }
+        let color = !no_color && std::io::stdout().is_terminal();
+        Self {
+            json,
+            color,
+            verbosity,
+        }
+    }
+}
+
+/// Entry point of the `koi` binary.
+pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let globals = Globals::scan(&args);
+    let filter = crate::logging::filter_string(globals.verbosity);
+    crate::logging::init(&filter, std::io::stderr().is_terminal() && globals.color);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("koi: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_PLUGIN_FAILED);
+        }
+    };
+    let code = runtime.block_on(run(args, globals, filter));
+    ExitCode::from(code)
+}
+
+/// The shared context of one invocation.
+struct Invocation {
+    args: Vec<String>,
+    globals: Globals,
+    home: KoiHome,
+    session: Arc<Session>,
+}
+
+fn max_frame_bytes() -> usize {
+    std::env::var("KOI_MAX_FRAME_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|v| *v >= 1024)
+        .unwrap_or(DEFAULT_MAX_FRAME_BYTES as usize)
+}
+
+async fn run(args: Vec<String>, globals: Globals, filter: String) -> u8 {
+    let home = KoiHome::from_env();
+    let discovery = Discovery::scan(&home);
+    let terminal = Arc::new(Terminal::new(globals.json, globals.color));
+    let launch = LaunchOptions {
+        mode: RunMode::OneShot,
+        koi_home: home.root().to_owned(),
+        interactive: terminal.interactive(),
+        max_frame_bytes: max_frame_bytes(),
+        handshake_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(30),
+        log_filter: filter,
+    };
+    let session = Session::new(discovery, launch, terminal);
+    let inv = Invocation {
+        args,
+        globals,
+        home,
+        session,
+    };
+    let code = route(&inv).await;
+    inv.session.shutdown_all().await;
+    code
+}
+
+/// The first word that is not a flag: the command.
+fn command_word(args: &[String]) -> Option<(usize, &str)> {
+    args.iter()
+        .enumerate()
+        .skip(1)
+        .take_while(|(_, a)| *a != "--")
+        .find(|(_, a)| !a.starts_with('-'))
+        .map(|(i, a)| (i, a.as_str()))
+}
+
+async fn route(inv: &Invocation) -> u8 {
+    let word = command_word(&inv.args).map(|(_, w)| w.to_owned());
+    match word.as_deref() {
+        Some(w) if !BUILTINS.contains(&w) && inv.session.discovery.find(w).is_some() => {
+            run_plugin_verb(inv, w, inv.args.clone()).await
+        }
+        _ => run_root(inv).await,
+    }
+}
+
+/// Commands that need the whole tree: built-ins, help, aliases, unknown words.
+async fn run_root(inv: &Invocation) -> u8 {
+    let is_completions = command_word(&inv.args).is_some_and(|(_, w)| w == "completions");
+    let infos = catalog::load_all(&inv.session, &inv.home, !is_completions).await;
+    let root = root_command(&infos);
+    let matches = match root.clone().try_get_matches_from(&inv.args) {
+        Ok(m) => m,
+        Err(e) => return clap_error(e),
+    };
+    let Some((name, sub)) = matches.subcommand() else {
+        let mut root = root;
+        let _ = root.print_help();
+        return EXIT_OK;
+    };
+    match name {
+        "status" => crate::builtins::status(inv.session.clone(), &infos, &inv.globals).await,
+        "version" => crate::builtins::version(&infos, &inv.globals),
+        "plugins" => {
+            crate::builtins::plugins_list(inv.session.clone(), &inv.home, &inv.globals).await
+        }
+        "completions" => crate::builtins::completions(root, sub),
+        "help" => {
+            let topic: Vec<String> = sub
+                .get_many::<String>("topic")
+                .map(|t| t.cloned().collect())
+                .unwrap_or_default();
+            help_topic(root, &topic)
+        }
+        alias => match find_alias(&infos, alias) {
+            Some((moniker, method, warning)) => {
+                eprintln!("{warning}");
+                let index = command_word(&inv.args).map_or(1, |(i, _)| i);
+                let mut args = inv.args.clone();
+                args.splice(index..=index, [moniker, method]);
+                run_plugin_verb(inv, &args[index].clone(), args).await
+            }
+            None => EXIT_USAGE,
+        },
+    }
+}
+
+fn find_alias(infos: &[PluginInfo], name: &str) -> Option<(String, String, String)> {
+    infos.iter().find_map(|info| {
+        let (manifest, _) = info.manifest.as_ref()?.as_ref().ok()?;
+        let alias = manifest.aliases.iter().find(|a| a.name == name)?;
+        Some((
+            manifest.name.clone(),
+            alias.method.clone(),
+            alias.warning.clone(),
+        ))
+    })
+}
+
+fn global_args(command: Command) -> Command {
+    command
+        .arg(
+            Arg::new("json")
+                .long("json")
+                .global(true)
+                .action(ArgAction::SetTrue)
+                .help("Print the result as JSON, exactly as the method returned it"),
+        )
+        .arg(
+            Arg::new("no-color")
+                .long("no-color")
+                .global(true)
+                .action(ArgAction::SetTrue)
+                .help("Never use colour (also: NO_COLOR=1)"),
+        )
+        .arg(
+            Arg::new("verbose")
+                .short('v')
+                .long("verbose")
+                .global(true)
+                .action(ArgAction::Count)
+                .help("Log more (-v info, -vv debug); KOI_LOG overrides"),
+        )
+}
+
+fn root_base() -> Command {
+    let version: &'static str = Box::leak(
+        format!(
+            "{} (git {}, protocol {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("KOI_GIT_HASH"),
+            koi_protocol::PROTOCOL_VERSION
+        )
+        .into_boxed_str(),
+    );
+    global_args(
+        Command::new("koi")
+            .version(version)
+            .about("Koi: a local-network toolkit. Capabilities come from koi-<name> plugins.")
+            .disable_help_subcommand(true)
+            .after_help(EXIT_CODES_HELP)
+            .subcommand(Command::new("status").about("Show every plugin's state on one dashboard"))
+            .subcommand(Command::new("version").about("Show koi's version, git hash, protocol version and each plugin's version"))
+            .subcommand(
+                Command::new("plugins")
+                    .about("Manage plugins")
+                    .subcommand(Command::new("list").about("List plugins found, with shadowed, non-executable, incompatible and failing ones flagged")),
+            )
+            .subcommand(
+                Command::new("help")
+                    .about("Show help for a command: koi help [<plugin> [<verb>]]")
+                    .arg(Arg::new("topic").num_args(0..).action(ArgAction::Append)),
+            )
+            .subcommand(
+                Command::new("completions")
+                    .about("Print a shell completion script (plugin verbs included, from the manifest cache)")
+                    .arg(Arg::new("shell").required(true).value_parser(["bash", "zsh", "fish", "elvish", "powershell"])),
+            ),
+    )
+}
+
+/// The full command tree: built-ins, plugins (with verbs where a manifest is known), aliases.
+pub fn root_command(infos: &[PluginInfo]) -> Command {
+    let mut root = root_base();
+    for info in infos {
+        let moniker = info.candidate.moniker.clone();
+        root = root.subcommand(match &info.manifest {
+            Some(Ok((manifest, _))) => clispec::plugin_command(manifest),
+            Some(Err(e)) => Command::new(moniker).about(format!("(unusable: {})", e.message)),
+            None => Command::new(moniker).about("(not inspected yet: run `koi plugins list`)"),
+        });
+    }
+    let taken: Vec<String> = infos.iter().map(|i| i.candidate.moniker.clone()).collect();
+    for info in infos {
+        let Some(Ok((manifest, _))) = &info.manifest else {
+            continue;
+        };
+        for alias in &manifest.aliases {
+            if BUILTINS.contains(&alias.name.as_str()) || taken.contains(&alias.name) {
+                continue;
+            }
+            if let Some(spec) = manifest.method(&alias.method) {
+                root = root.subcommand(
+                    clispec::verb_command(spec)
+                        .name(alias.name.clone())
+                        .hide(true),
+                );
+            }
+        }
+    }
+    root
+}
+
+fn single_plugin_root(manifest: &Manifest) -> Command {
+    root_base().subcommand(clispec::plugin_command(manifest))
+}
+
+fn clap_error(e: clap::Error) -> u8 {
+    let _ = e.print();
+    if e.use_stderr() { EXIT_USAGE } else { EXIT_OK }
+}
+
+fn help_topic(mut root: Command, topic: &[String]) -> u8 {
+    let mut path = vec!["koi".to_owned()];
+    let mut command = &mut root;
+    for word in topic {
+        let names: Vec<String> = command
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        match command.find_subcommand_mut(word) {
+            Some(sub) => {
+                path.push(word.clone());
+                command = sub;
+            }
+            None => {
+                let suggestion = names
+                    .iter()
+                    .map(|n| (strsim::jaro_winkler(n, word), n))
+                    .filter(|(score, _)| *score > 0.7)
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, n)| format!(" Did you mean `{}`?", n))
+                    .unwrap_or_default();
+                eprintln!(
+                    "error: `{}` has no command `{word}`.{suggestion} Run `{} --help` to see them.",
+                    path.join(" "),
+                    path.join(" ")
+                );
+                return EXIT_USAGE;
+            }
+        }
+    }
+    let mut command = command.clone().bin_name(path.join(" "));
+    let _ = command.print_long_help();
+    EXIT_OK
+}
+
+/// `koi <moniker> <verb> [args]`.
+async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> u8 {
+    let Some((index, _)) = command_word(&args) else {
+        return EXIT_USAGE;
+    };
+    let rest = &args[index + 1..];
+    let wants_help = rest.is_empty()
+        || rest.first().is_some_and(|w| w == "help")
+        || rest
+            .iter()
+            .take_while(|a| *a != "--")
+            .any(|a| a == "-h" || a == "--help");
+    if wants_help {
+        // Help comes from the manifest cache: no plugin is started when the cache is valid.
+        return match catalog::load_one(&inv.session, &inv.home, moniker).await {
+            Ok(manifest) => {
+                let mut args = args.clone();
+                if rest.first().is_some_and(|w| w == "help") {
+                    args.remove(index + 1);
+                    args.push("--help".into());
+                }
+                match single_plugin_root(&manifest).try_get_matches_from(&args) {
+                    Ok(_) => EXIT_OK,
+                    Err(e) => clap_error(e),
+                }
+            }
+            Err(e) => report(&inv.session.terminal, moniker, &e),
+        };
+    }
+    let connection = match inv.session.connect(moniker).await {
+        Ok(c) => c,
+        Err(e) => return report(&inv.session.terminal, moniker, &e),
+    };
+    let manifest = connection.manifest().clone();
+    let matches = match single_plugin_root(&manifest).try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) => return clap_error(e),
+    };
+    let Some((verb, verb_matches)) = matches.subcommand().and_then(|(_, m)| m.subcommand()) else {
+        return EXIT_USAGE;
+    };
+    let Some(spec) = manifest.method(verb).cloned() else {
+        return EXIT_USAGE;
+    };
+    let params = match clispec::params_from_matches(&spec, verb_matches) {
+        Ok(p) => p,
+        Err(problem) => {
+            eprintln!(
+                "error: {problem}\n\nFor more information, try 'koi {moniker} {verb} --help'."
+            );
+            return EXIT_USAGE;
+        }
+    };
+    let label = format!("{moniker} {verb}");
+    let outcome = call_with_interrupt(&connection, verb, params).await;
+    inv.session.terminal.finish_progress();
+    match outcome {
+        Ok(result) => {
+            print_result(&inv.session.terminal, &result);
+            EXIT_OK
+        }
+        Err(e) => report(&inv.session.terminal, &label, &e),
+    }
+}
+
+/// Runs one call; the first Ctrl-C sends `$/cancel` and waits briefly for the plugin to finish,
+/// the second stops waiting.
+async fn call_with_interrupt(
+    connection: &crate::connection::Connection,
+    method: &str,
+    params: Value,
+) -> Result<Value, ErrorObject> {
+    let (id_tx, id_rx) = std::sync::mpsc::channel();
+    let call = connection.call_with_id(method, params, move |id| {
+        let _ = id_tx.send(id);
+    });
+    tokio::pin!(call);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            outcome = &mut call => return outcome,
+            _ = tokio::signal::ctrl_c() => {
+                if deadline.is_some() {
+                    break;
+                }
+                if let Ok(id) = id_rx.try_recv() {
+                    connection.cancel(id);
+                }
+                let _ = writeln!(std::io::stderr(), "Cancelling… (press Ctrl-C again to stop waiting)");
+                deadline = Some(tokio::time::Instant::now() + CANCEL_GRACE);
+            }
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+        }
+    }
+    Err(ErrorObject::new(
+        codes::REQUEST_CANCELLED,
+        format!(
+            "cancelled; koi-{} did not confirm in time and was stopped",
+            connection.moniker()
+        ),
+    ))
+}
+
+fn print_result(terminal: &Terminal, result: &Value) {
+    let text = if terminal.json {
+        format!("{result}\n")
+    } else {
+        render::value(terminal.style, result)
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// Prints an error as one paragraph naming the command, the cause and the next step, and returns
+/// the exit code for it.
+pub fn report(terminal: &Terminal, label: &str, e: &ErrorObject) -> u8 {
+    let code = exit_code_for(e);
+    if code == EXIT_INTERRUPTED {
+        eprintln!("Cancelled.");
+        return code;
+    }
+    let style = render::Style {
+        color: terminal.style.color && std::io::stderr().is_terminal(),
+    };
+    let mut text = format!(
+        "{} {label}: {}",
+        style.red("error:"),
+        e.message.trim_end_matches('.')
+    );
+    text.push('.');
+    if let Some(hint) = e.hint() {
+        text.push_str(&format!("\n  {hint}"));
+    }
+    eprintln!("{text}");
+    code
+}
+
+/// Maps an error to the documented exit code.
+pub fn exit_code_for(e: &ErrorObject) -> u8 {
+    let payload = e
+        .data
+        .as_ref()
+        .and_then(|d| d.get("payload"))
+        .and_then(Value::as_str);
+    match e.code {
+        codes::REQUEST_CANCELLED => EXIT_INTERRUPTED,
+        codes::INVALID_PARAMS | codes::METHOD_NOT_FOUND => EXIT_USAGE,
+        codes::SCHEMA_VIOLATION if payload == Some("params") => EXIT_USAGE,
+        codes::USER_INPUT_UNAVAILABLE => EXIT_METHOD_FAILED,
+        c if c >= 0 => EXIT_METHOD_FAILED,
+        _ => EXIT_PLUGIN_FAILED,
+    }
+}

@@ -1,0 +1,910 @@
+//! One live plugin process and the JSON-RPC connection to it.
+//!
+//! `Connection::start` spawns `koi-<moniker>` in its own process group with piped stdio, performs
+//! the `initialize` handshake within a deadline, and then runs three tasks: a reader (frames from
+//! the plugin's stdout: responses, the plugin's own requests, notifications), a stderr pump (the
+//! plugin's log lines into the host's log, keeping the last few for crash reports) and a reaper
+//! (waits for the process, fails every pending call with a clear error when it dies).
+//!
+//! Invariants: every payload crossing the connection is checked against the manifest's schemas;
+//! a frame over the limit or non-protocol output before the handshake ends the connection; the
+//! process is always reaped; `shutdown` escalates `shutdown` → close stdin → SIGTERM → SIGKILL.
+
+use crate::schema::{PayloadKind, Validators, lock};
+use crate::services::HostServices;
+use crate::trace::{self, Direction};
+use koi_protocol::calls::{self, ItemParams, PublishParams};
+use koi_protocol::frame::{FrameError, read_frame};
+use koi_protocol::handshake::{HostInfo, InitializeParams, InitializeResult, RunMode, features};
+use koi_protocol::redact::secret_property_names;
+use koi_protocol::{
+    COOKIE_ENV, COOKIE_VALUE, ErrorObject, Id, Manifest, Message, PROTOCOL_VERSION, codes,
+};
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::process::{ChildStdin, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// How many stderr lines are kept for crash reports.
+const STDERR_TAIL_LINES: usize = 8;
+/// Longest stderr line kept, in bytes.
+const STDERR_LINE_LIMIT: usize = 64 * 1024;
+/// Each escalation step of `shutdown` waits this long.
+pub const SHUTDOWN_STEP: Duration = Duration::from_secs(2);
+
+/// Settings for launching plugins.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// One-shot or daemon.
+    pub mode: RunMode,
+    /// `$KOI_HOME`.
+    pub koi_home: PathBuf,
+    /// Whether a person can answer prompts.
+    pub interactive: bool,
+    /// Frame limit in both directions.
+    pub max_frame_bytes: usize,
+    /// Deadline for the handshake.
+    pub handshake_timeout: Duration,
+    /// Default inactivity timeout for a request.
+    pub request_timeout: Duration,
+    /// The log filter handed to plugins as `KOI_LOG`.
+    pub log_filter: String,
+}
+
+/// How a call behaves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions {
+    /// Inactivity timeout; `None` for none (long-running methods).
+    pub timeout: Option<Duration>,
+}
+
+/// What became of the plugin process.
+#[derive(Debug, Clone)]
+pub struct ExitReport {
+    /// `exited with status 1`, `was killed by signal 9 (SIGKILL)`, ...
+    pub description: String,
+}
+
+type Pending = Mutex<HashMap<u64, PendingCall>>;
+
+struct PendingCall {
+    method: String,
+    reply: oneshot::Sender<Result<Value, ErrorObject>>,
+    last_activity: Arc<Mutex<Instant>>,
+}
+
+struct Inner {
+    moniker: String,
+    path: PathBuf,
+    pid: u32,
+    max_frame: usize,
+    request_timeout: Duration,
+    out: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+    pending: Pending,
+    next_id: AtomicU64,
+    manifest: OnceLock<Manifest>,
+    protocol: OnceLock<koi_protocol::ProtocolVersion>,
+    secret_names: OnceLock<BTreeSet<String>>,
+    validators: Validators,
+    handshake_done: AtomicBool,
+    /// Set when the connection broke (protocol violation); later errors quote it.
+    fatal: Mutex<Option<String>>,
+    stderr_tail: Mutex<VecDeque<String>>,
+    stray_lines: AtomicU64,
+    exit: watch::Receiver<Option<ExitReport>>,
+    services: Weak<dyn HostServices>,
+}
+
+/// A handle to a running plugin; cheap to clone.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("moniker", &self.inner.moniker)
+            .field("pid", &self.inner.pid)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Spawns the plugin at `path` and completes the handshake, or explains why it could not.
+    pub async fn start(
+        moniker: &str,
+        path: &Path,
+        options: &LaunchOptions,
+        services: Weak<dyn HostServices>,
+    ) -> Result<Connection, ErrorObject> {
+        let mut command = Command::new(path);
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env(COOKIE_ENV, COOKIE_VALUE)
+            .env("KOI_HOME", &options.koi_home)
+            .env("KOI_LOG", &options.log_filter)
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|e| {
+            unavailable(format!("cannot start koi-{moniker} ({}): {e}", path.display()))
+                .with_hint("Check that the file is an executable for this machine; `koi plugins list` shows what was found.")
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(unavailable(format!(
+                "koi-{moniker}: the operating system gave no pipes"
+            )));
+        };
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            moniker: moniker.to_owned(),
+            path: path.to_owned(),
+            pid,
+            max_frame: options.max_frame_bytes,
+            request_timeout: options.request_timeout,
+            out: Mutex::new(Some(out_tx)),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            manifest: OnceLock::new(),
+            protocol: OnceLock::new(),
+            secret_names: OnceLock::new(),
+            validators: Validators::default(),
+            handshake_done: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            stderr_tail: Mutex::new(VecDeque::new()),
+            stray_lines: AtomicU64::new(0),
+            exit: exit_rx,
+            services,
+        });
+        tokio::spawn(write_loop(stdin, out_rx));
+        tokio::spawn(stderr_loop(Arc::downgrade(&inner), stderr));
+        let stdout_done = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(read_loop(inner.clone(), stdout, stdout_done.clone()));
+        let reaper_inner = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            // Let the reader drain what the plugin wrote before it died (bounded wait).
+            let _ = tokio::time::timeout(Duration::from_millis(200), stdout_done.notified()).await;
+            let description = match status {
+                Ok(s) => describe_status(s),
+                Err(e) => format!("could not be waited for ({e})"),
+            };
+            let _ = exit_tx.send(Some(ExitReport { description }));
+            if let Some(inner) = reaper_inner.upgrade() {
+                inner.fail_all_pending();
+            }
+        });
+
+        let connection = Connection { inner };
+        let init = InitializeParams {
+            protocol: PROTOCOL_VERSION,
+            host: HostInfo {
+                name: "koi".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+            mode: options.mode,
+            features: features::ALL.iter().map(|s| (*s).to_owned()).collect(),
+            max_frame_bytes: options.max_frame_bytes as u64,
+            koi_home: options.koi_home.display().to_string(),
+            interactive: options.interactive,
+        };
+        let params = serde_json::to_value(init).unwrap_or(Value::Null);
+        let outcome = connection
+            .raw_call(calls::INITIALIZE, params, Some(options.handshake_timeout))
+            .await;
+        match connection.check_handshake(outcome) {
+            Ok(()) => Ok(connection),
+            Err(e) => {
+                connection.kill().await;
+                Err(e)
+            }
+        }
+    }
+
+    fn check_handshake(&self, outcome: Result<Value, ErrorObject>) -> Result<(), ErrorObject> {
+        let moniker = &self.inner.moniker;
+        let value = match outcome {
+            Ok(v) => v,
+            Err(e) if e.code == codes::PROTOCOL_MISMATCH => {
+                let plugin_version = e
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("plugin_protocol"))
+                    .and_then(|v| serde_json::from_value(v.clone()).ok());
+                return Err(match plugin_version {
+                    Some(v) => self.incompatible(v),
+                    None => e,
+                });
+            }
+            Err(e) if e.code == codes::TIMEOUT => {
+                return Err(ErrorObject::new(
+                    codes::PLUGIN_UNAVAILABLE,
+                    format!(
+                        "koi-{moniker} ({}) did not complete the handshake: {}",
+                        self.inner.path.display(),
+                        e.message
+                    ),
+                )
+                .with_hint("The plugin may be waiting for something else, or is not a Koi plugin. Run it with KOI_TRACE_PROTOCOL=1 to see the exchange."));
+            }
+            Err(e) => return Err(e),
+        };
+        let result: InitializeResult = serde_json::from_value(value).map_err(|e| {
+            unavailable(format!("koi-{moniker} answered `initialize` with an invalid manifest: {e}"))
+                .with_hint("This is a bug in the plugin: report it to its author. docs/protocol.md describes the manifest.")
+        })?;
+        if !PROTOCOL_VERSION.is_compatible_with(result.protocol) {
+            return Err(self.incompatible(result.protocol));
+        }
+        if result.manifest.name != *moniker {
+            return Err(unavailable(format!(
+                "koi-{moniker} ({}) calls itself `{}` in its manifest",
+                self.inner.path.display(),
+                result.manifest.name
+            ))
+            .with_hint(format!(
+                "Rename the file to koi-{} or fix the plugin's manifest.",
+                result.manifest.name
+            )));
+        }
+        let mut secret = BTreeSet::new();
+        for m in &result.manifest.methods {
+            secret.extend(secret_property_names(&m.params));
+            secret.extend(secret_property_names(&m.result));
+        }
+        let _ = self.inner.secret_names.set(secret);
+        let _ = self.inner.protocol.set(result.protocol);
+        let _ = self.inner.manifest.set(result.manifest);
+        self.inner.handshake_done.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn incompatible(&self, plugin: koi_protocol::ProtocolVersion) -> ErrorObject {
+        let moniker = &self.inner.moniker;
+        let (what, upgrade) = if plugin.major > PROTOCOL_VERSION.major {
+            (
+                "koi",
+                format!(
+                    "Upgrade koi to a release that speaks protocol {}, or install a koi-{moniker} built for protocol {}.",
+                    plugin.major, PROTOCOL_VERSION.major
+                ),
+            )
+        } else {
+            (
+                "the plugin",
+                format!(
+                    "Upgrade koi-{moniker} to a release built for protocol {}.",
+                    PROTOCOL_VERSION.major
+                ),
+            )
+        };
+        let mut e = ErrorObject::new(
+            codes::PROTOCOL_MISMATCH,
+            format!(
+                "koi-{moniker} ({}) speaks Koi plugin protocol {plugin}, but this koi {} speaks protocol {PROTOCOL_VERSION}; {what} is out of date",
+                self.inner.path.display(),
+                env!("CARGO_PKG_VERSION"),
+            ),
+        )
+        .with_hint(upgrade);
+        e.set_data_field("plugin_protocol", serde_json::json!(plugin));
+        e.set_data_field("host_protocol", serde_json::json!(PROTOCOL_VERSION));
+        e
+    }
+
+    /// The plugin's moniker.
+    pub fn moniker(&self) -> &str {
+        &self.inner.moniker
+    }
+
+    /// The executable's path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.inner.pid
+    }
+
+    /// The protocol version the plugin answered with.
+    pub fn protocol(&self) -> koi_protocol::ProtocolVersion {
+        self.inner
+            .protocol
+            .get()
+            .copied()
+            .unwrap_or(PROTOCOL_VERSION)
+    }
+
+    /// The manifest from the handshake.
+    pub fn manifest(&self) -> &Manifest {
+        // Set before `start` returns a connection.
+        self.inner.manifest.get_or_init(|| Manifest {
+            name: self.inner.moniker.clone(),
+            version: String::new(),
+            summary: String::new(),
+            description: None,
+            methods: Vec::new(),
+            publishes: Vec::new(),
+            subscribes: Vec::new(),
+            aliases: Vec::new(),
+        })
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&self) -> bool {
+        self.inner.exit.borrow().is_some()
+    }
+
+    /// Calls a method of the plugin: checks params against its schema, waits (with an inactivity
+    /// timeout unless the method is long-running) and checks the result. `status` is checked
+    /// against the protocol's status schema instead.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, ErrorObject> {
+        self.call_with_id(method, params, |_| {}).await
+    }
+
+    /// Like [`Self::call`], reporting the request id as soon as it is assigned (for cancellation).
+    pub async fn call_with_id(
+        &self,
+        method: &str,
+        params: Value,
+        on_id: impl FnOnce(u64),
+    ) -> Result<Value, ErrorObject> {
+        let moniker = &self.inner.moniker;
+        let timeout_for = |long_running: bool, timeout_ms: Option<u64>| {
+            if long_running {
+                None
+            } else {
+                Some(timeout_ms.map_or(self.inner.request_timeout, Duration::from_millis))
+            }
+        };
+        if method == calls::STATUS {
+            let result = self
+                .raw_call_observed(method, Value::Null, Some(self.inner.request_timeout), on_id)
+                .await?;
+            return serde_json::from_value::<calls::StatusReport>(result.clone()).map(|_| result).map_err(|e| {
+                schema_error(format!("koi-{moniker} answered `status` with a report that breaks the protocol schema: {e}"))
+            });
+        }
+        let Some(spec) = self.manifest().method(method).cloned() else {
+            let known: Vec<&str> = self
+                .manifest()
+                .methods
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect();
+            return Err(ErrorObject::new(
+                codes::METHOD_NOT_FOUND,
+                format!("koi-{moniker} has no method `{method}`"),
+            )
+            .with_hint(format!("Its methods are: {}.", known.join(", "))));
+        };
+        let params = if params.is_null() {
+            Value::Object(Default::default())
+        } else {
+            params
+        };
+        self.inner
+            .validators
+            .check(moniker, PayloadKind::Params, method, &spec.params, &params)?;
+        let result = self
+            .raw_call_observed(
+                method,
+                params,
+                timeout_for(spec.long_running, spec.timeout_ms),
+                on_id,
+            )
+            .await?;
+        self.inner
+            .validators
+            .check(moniker, PayloadKind::Result, method, &spec.result, &result)?;
+        Ok(result)
+    }
+
+    /// Asks the plugin to cancel request `id`.
+    pub fn cancel(&self, id: u64) {
+        self.notify(calls::CANCEL, serde_json::json!({ "request": id }));
+    }
+
+    /// Sends a notification.
+    pub fn notify(&self, method: &str, params: Value) {
+        self.send(&Message::Notification {
+            method: method.to_owned(),
+            params,
+        });
+    }
+
+    async fn raw_call(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value, ErrorObject> {
+        self.raw_call_observed(method, params, timeout, |_| {})
+            .await
+    }
+
+    async fn raw_call_observed(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Option<Duration>,
+        on_id: impl FnOnce(u64),
+    ) -> Result<Value, ErrorObject> {
+        if let Some(error) = self.gone_error(method) {
+            return Err(error);
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = oneshot::channel();
+        let last_activity = Arc::new(Mutex::new(Instant::now()));
+        lock(&self.inner.pending).insert(
+            id,
+            PendingCall {
+                method: method.to_owned(),
+                reply: tx,
+                last_activity: last_activity.clone(),
+            },
+        );
+        on_id(id);
+        self.send(&Message::Request {
+            id: Id::Number(id),
+            method: method.to_owned(),
+            params,
+        });
+        let Some(timeout) = timeout else {
+            return rx.await.unwrap_or_else(|_| {
+                Err(self
+                    .gone_error(method)
+                    .unwrap_or_else(|| unavailable("connection closed")))
+            });
+        };
+        loop {
+            let deadline = *lock(&last_activity) + timeout;
+            match tokio::time::timeout_at(deadline.into(), &mut rx).await {
+                Ok(outcome) => {
+                    return outcome.unwrap_or_else(|_| {
+                        Err(self
+                            .gone_error(method)
+                            .unwrap_or_else(|| unavailable("connection closed")))
+                    });
+                }
+                Err(_) if *lock(&last_activity) + timeout > Instant::now() => continue,
+                Err(_) => {
+                    lock(&self.inner.pending).remove(&id);
+                    self.cancel(id);
+                    return Err(ErrorObject::new(
+                        codes::TIMEOUT,
+                        format!(
+                            "koi-{} did not answer `{method}` within {:.1} s",
+                            self.inner.moniker,
+                            timeout.as_secs_f64()
+                        ),
+                    )
+                    .with_hint(self.stray_hint()));
+                }
+            }
+        }
+    }
+
+    fn stray_hint(&self) -> String {
+        let stray = self.inner.stray_lines.load(Ordering::Relaxed);
+        if stray > 0 {
+            format!("It wrote {stray} non-protocol line(s) to stdout; plugins must log to stderr.")
+        } else {
+            "The plugin may be stuck; `KOI_TRACE_PROTOCOL=1` shows the exchange.".to_owned()
+        }
+    }
+
+    /// Why calls can no longer succeed, if they can't.
+    fn gone_error(&self, method: &str) -> Option<ErrorObject> {
+        if let Some(reason) = lock(&self.inner.fatal).clone() {
+            return Some(
+                unavailable(reason)
+                    .with_hint("This is a bug in the plugin: report it to its author."),
+            );
+        }
+        let exit = self.inner.exit.borrow().clone()?;
+        Some(self.inner.crash_error(method, &exit))
+    }
+
+    fn send(&self, message: &Message) {
+        self.inner.enqueue(message.to_bytes(), false);
+    }
+
+    /// Stops the plugin: `shutdown` request, then close stdin, then SIGTERM, then SIGKILL, each
+    /// step after [`SHUTDOWN_STEP`]; returns once the process has been reaped.
+    pub async fn shutdown(&self) {
+        if self.has_exited() {
+            return;
+        }
+        if lock(&self.inner.fatal).is_none() {
+            let _ = self
+                .raw_call(calls::SHUTDOWN, Value::Null, Some(SHUTDOWN_STEP))
+                .await;
+        }
+        lock(&self.inner.out).take(); // closes stdin once queued frames are written
+        if self.wait_exit(SHUTDOWN_STEP).await {
+            return;
+        }
+        tracing::warn!(plugin = %self.inner.moniker, "did not exit after shutdown; sending SIGTERM");
+        self.signal_group(rustix::process::Signal::TERM);
+        if self.wait_exit(SHUTDOWN_STEP).await {
+            return;
+        }
+        tracing::warn!(plugin = %self.inner.moniker, "ignored SIGTERM; sending SIGKILL");
+        self.kill().await;
+    }
+
+    /// Kills the plugin's process group at once and waits for the process to be reaped.
+    pub async fn kill(&self) {
+        lock(&self.inner.out).take();
+        self.signal_group(rustix::process::Signal::KILL);
+        self.wait_exit(Duration::from_secs(5)).await;
+    }
+
+    fn signal_group(&self, signal: rustix::process::Signal) {
+        if self.has_exited() {
+            return;
+        }
+        if let Some(pid) = rustix::process::Pid::from_raw(self.inner.pid as i32) {
+            let _ = rustix::process::kill_process_group(pid, signal);
+        }
+    }
+
+    async fn wait_exit(&self, limit: Duration) -> bool {
+        let mut exit = self.inner.exit.clone();
+        tokio::time::timeout(limit, exit.wait_for(Option::is_some))
+            .await
+            .is_ok()
+    }
+}
+
+impl Inner {
+    fn crash_error(&self, method: &str, exit: &ExitReport) -> ErrorObject {
+        let mut message = format!(
+            "koi-{} ({}) {} while handling `{method}`",
+            self.moniker,
+            self.path.display(),
+            exit.description
+        );
+        let tail: Vec<String> = lock(&self.stderr_tail).iter().cloned().collect();
+        if !tail.is_empty() {
+            message.push_str(&format!(
+                ". Its last words on stderr: \"{}\"",
+                tail.join(" | ")
+            ));
+        }
+        unavailable(message).with_hint("This is a bug in the plugin: report it to its author (`koi plugins list` shows its path and version).")
+    }
+
+    fn fail_all_pending(&self) {
+        let drained: Vec<PendingCall> = lock(&self.pending).drain().map(|(_, p)| p).collect();
+        let exit = self.exit.borrow().clone();
+        for call in drained {
+            let error = match (&*lock(&self.fatal), &exit) {
+                (Some(reason), _) => unavailable(reason.clone())
+                    .with_hint("This is a bug in the plugin: report it to its author."),
+                (None, Some(exit)) => self.crash_error(&call.method, exit),
+                (None, None) => {
+                    unavailable(format!("the connection to koi-{} closed", self.moniker))
+                }
+            };
+            let _ = call.reply.send(Err(error));
+        }
+    }
+
+    /// Marks the connection broken, fails pending calls and kills the process group.
+    fn break_connection(&self, reason: String) {
+        tracing::error!(plugin = %self.moniker, "{reason}");
+        lock(&self.fatal).get_or_insert(reason);
+        lock(&self.out).take();
+        self.fail_all_pending();
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+
+    fn secret_names(&self) -> &BTreeSet<String> {
+        static EMPTY: BTreeSet<String> = BTreeSet::new();
+        self.secret_names.get().unwrap_or(&EMPTY)
+    }
+
+    fn bump_activity(&self, request: &Id) {
+        if let Id::Number(n) = request {
+            if let Some(call) = lock(&self.pending).get(n) {
+                *lock(&call.last_activity) = Instant::now();
+            }
+        }
+    }
+
+    fn send_response(&self, id: Id, outcome: Result<Value, ErrorObject>, secret: bool) {
+        self.enqueue(Message::Response { id, outcome }.to_bytes(), secret);
+    }
+
+    /// Traces a frame and queues it for the plugin's stdin (dropped if stdin is already closed).
+    fn enqueue(&self, body: Vec<u8>, whole_result_secret: bool) {
+        trace::frame(
+            &self.moniker,
+            Direction::ToPlugin,
+            &body,
+            self.secret_names(),
+            whole_result_secret,
+        );
+        let sender = lock(&self.out).clone();
+        if let Some(sender) = sender {
+            let _ = sender.send(body);
+        }
+    }
+}
+
+fn unavailable(message: impl Into<String>) -> ErrorObject {
+    ErrorObject::new(codes::PLUGIN_UNAVAILABLE, message)
+}
+
+fn schema_error(message: String) -> ErrorObject {
+    ErrorObject::new(codes::SCHEMA_VIOLATION, message)
+        .with_hint("This is a bug in the plugin: report it to its author.")
+}
+
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    match status.signal() {
+        Some(sig) => format!(
+            "was killed by signal {sig}{}",
+            match sig {
+                6 => " (SIGABRT)",
+                9 => " (SIGKILL)",
+                11 => " (SIGSEGV)",
+                15 => " (SIGTERM)",
+                _ => "",
+            }
+        ),
+        None => "ended".to_owned(),
+    }
+}
+
+async fn write_loop(stdin: ChildStdin, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, stdin);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(body) = next {
+            if out.write_all(&body).await.is_err() || out.write_all(b"\n").await.is_err() {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if out.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = out.shutdown().await;
+}
+
+async fn read_loop(
+    inner: Arc<Inner>,
+    stdout: tokio::process::ChildStdout,
+    done: Arc<tokio::sync::Notify>,
+) {
+    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        match read_frame(&mut reader, &mut buf, inner.max_frame).await {
+            Ok(true) => {}
+            Ok(false) | Err(FrameError::Io(_)) => break,
+            Err(FrameError::TooLarge { size, limit }) => {
+                inner.break_connection(format!(
+                    "koi-{} sent a frame of at least {size} bytes, over the {limit}-byte limit (set KOI_MAX_FRAME_BYTES to change it); the connection was closed",
+                    inner.moniker
+                ));
+                break;
+            }
+        }
+        trace::frame(
+            &inner.moniker,
+            Direction::FromPlugin,
+            &buf,
+            inner.secret_names(),
+            false,
+        );
+        let message = match Message::parse(&buf) {
+            Ok(m) => m,
+            Err(e) => {
+                let sample: String = String::from_utf8_lossy(&buf).chars().take(120).collect();
+                if !inner.handshake_done.load(Ordering::Acquire) {
+                    inner.break_connection(format!(
+                        "koi-{} ({}) wrote non-protocol output to stdout before the handshake: \"{sample}\" ({e}). stdout is reserved for JSON-RPC frames; plugins must log to stderr",
+                        inner.moniker,
+                        inner.path.display()
+                    ));
+                    break;
+                }
+                inner.stray_lines.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %inner.moniker, "stray non-protocol output on stdout (ignored): \"{sample}\"");
+                continue;
+            }
+        };
+        handle_message(&inner, message);
+    }
+    done.notify_one();
+}
+
+fn handle_message(inner: &Arc<Inner>, message: Message) {
+    match message {
+        Message::Response {
+            id: Id::Number(id),
+            outcome,
+        } => {
+            if let Some(call) = lock(&inner.pending).remove(&id) {
+                let _ = call.reply.send(outcome);
+            }
+        }
+        Message::Response { id, .. } => {
+            tracing::warn!(plugin = %inner.moniker, %id, "response to an unknown request id (ignored)");
+        }
+        Message::Request { id, method, params } => {
+            if let Some(request) = params
+                .get("request")
+                .and_then(|r| serde_json::from_value::<Id>(r.clone()).ok())
+            {
+                inner.bump_activity(&request);
+            }
+            if let Err(e) = check_plugin_request(inner, &method, &params) {
+                inner.send_response(id, Err(e), false);
+                return;
+            }
+            let Some(services) = inner.services.upgrade() else {
+                inner.send_response(id, Err(unavailable("the host is shutting down")), false);
+                return;
+            };
+            let secret = method == calls::SECRET;
+            let connection = Connection {
+                inner: inner.clone(),
+            };
+            tokio::spawn(async move {
+                let outcome = services.request(connection.clone(), method, params).await;
+                connection.inner.send_response(id, outcome, secret);
+            });
+        }
+        Message::Notification { method, params } => {
+            let request = params
+                .get("request")
+                .and_then(|r| serde_json::from_value::<Id>(r.clone()).ok());
+            if let Some(request) = &request {
+                inner.bump_activity(request);
+            }
+            if method == calls::ITEM {
+                if let Err(e) = check_item(inner, &params) {
+                    tracing::error!(plugin = %inner.moniker, "{}", e.message);
+                    if let Some(Id::Number(n)) = request {
+                        if let Some(call) = lock(&inner.pending).remove(&n) {
+                            let _ = call.reply.send(Err(e));
+                        }
+                        Connection {
+                            inner: inner.clone(),
+                        }
+                        .cancel(n);
+                    }
+                    return;
+                }
+            }
+            if let Some(services) = inner.services.upgrade() {
+                services.notification(
+                    &Connection {
+                        inner: inner.clone(),
+                    },
+                    &method,
+                    params,
+                );
+            }
+        }
+    }
+}
+
+/// Checks what a plugin asks of the host before it is acted on: published events must be declared
+/// and match their schema.
+fn check_plugin_request(inner: &Inner, method: &str, params: &Value) -> Result<(), ErrorObject> {
+    if method != calls::PUBLISH {
+        return Ok(());
+    }
+    let publish: PublishParams = serde_json::from_value(params.clone()).map_err(|e| {
+        ErrorObject::new(
+            codes::INVALID_PARAMS,
+            format!("invalid host/publish params: {e}"),
+        )
+    })?;
+    let manifest = inner
+        .manifest
+        .get()
+        .ok_or_else(|| unavailable("publish before the handshake"))?;
+    let spec = manifest.event(&publish.topic).ok_or_else(|| {
+        schema_error(format!(
+            "koi-{} published `{}`, which its manifest does not declare in `publishes`",
+            inner.moniker, publish.topic
+        ))
+    })?;
+    inner.validators.check(
+        &inner.moniker,
+        PayloadKind::Event,
+        &publish.topic,
+        &spec.payload,
+        &publish.payload,
+    )
+}
+
+fn check_item(inner: &Inner, params: &Value) -> Result<(), ErrorObject> {
+    let item: ItemParams = serde_json::from_value(params.clone())
+        .map_err(|e| schema_error(format!("koi-{} sent an invalid $/item: {e}", inner.moniker)))?;
+    let Id::Number(n) = item.request else {
+        return Ok(());
+    };
+    let Some(method) = lock(&inner.pending).get(&n).map(|c| c.method.clone()) else {
+        return Ok(());
+    };
+    let manifest = inner
+        .manifest
+        .get()
+        .ok_or_else(|| unavailable("item before the handshake"))?;
+    let Some(schema) = manifest.method(&method).and_then(|m| m.stream_item.clone()) else {
+        return Err(schema_error(format!(
+            "koi-{} streamed an item for `{method}`, which does not declare `stream_item`",
+            inner.moniker
+        )));
+    };
+    inner.validators.check(
+        &inner.moniker,
+        PayloadKind::Item,
+        &method,
+        &schema,
+        &item.item,
+    )
+}
+
+async fn stderr_loop(inner: Weak<Inner>, stderr: tokio::process::ChildStderr) {
+    let mut reader = BufReader::new(stderr);
+    let mut buf = Vec::new();
+    loop {
+        match read_frame(&mut reader, &mut buf, STDERR_LINE_LIMIT).await {
+            Ok(true) => {}
+            Ok(false) | Err(FrameError::Io(_)) => return,
+            Err(FrameError::TooLarge { .. }) => {
+                // Skip the rest of an overlong line.
+                buf.clear();
+                continue;
+            }
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let line = String::from_utf8_lossy(&buf).into_owned();
+        let text = crate::logging::relay_plugin_line(&inner.moniker, &line);
+        let mut tail = lock(&inner.stderr_tail);
+        if tail.len() == STDERR_TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(text);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // kill_on_drop covers the direct child; take the group down too if it is still alive.
+        if self.exit.borrow().is_none() {
+            if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}

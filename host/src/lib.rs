@@ -1,0 +1,31 @@
+//! The Koi host: the `koi` command. It discovers `koi-<moniker>` plugin executables, launches them
+//! as child processes speaking JSON-RPC over stdio, checks every message against the schemas the
+//! plugins declare, and turns their manifests into a command line. It knows no capability itself.
+//!
+//! Modules:
+//! - [`app`]: command-line entry, dispatch, exit codes; [`builtins`]: status, version, plugins, completions.
+//! - [`discovery`]: finding plugins; [`cache`]: the manifest cache; [`catalog`]: manifests for all plugins.
+//! - [`connection`]: one plugin process and its JSON-RPC connection (handshake, timeouts, shutdown).
+//! - [`session`] + [`services`]: the plugins running for one command and what the host does for them.
+//! - [`schema`]: runtime JSON-Schema checking; [`clispec`]: manifests → `clap`, arguments → params.
+//! - [`ui`]: questions, progress, shown output; [`render`]: human-readable results.
+//! - [`trace`]: redacting protocol traces; [`logging`]: the host log and plugin stderr relay.
+//! - [`paths`] resolves `KOI_HOME`.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod builtins;
+pub mod cache;
+pub mod catalog;
+pub mod clispec;
+pub mod connection;
+pub mod discovery;
+pub mod logging;
+pub mod paths;
+pub mod render;
+pub mod schema;
+pub mod services;
+pub mod session;
+pub mod trace;
+pub mod ui;

@@ -1,0 +1,216 @@
+//! Human-readable rendering of JSON results, without knowing what they mean: objects become
+//! aligned `Key: value` lines, arrays of objects become tables, nested values are indented.
+//! Colour is used only when allowed (TTY, no `NO_COLOR`, no `--no-color`).
+
+use serde_json::Value;
+use std::fmt::Write as _;
+
+/// ANSI styling that is a no-op when colour is off.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    /// Whether to emit escape codes.
+    pub color: bool,
+}
+
+impl Style {
+    fn paint(self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+    /// Bold (headings, keys).
+    pub fn bold(self, text: &str) -> String {
+        self.paint("1", text)
+    }
+    /// Green (healthy).
+    pub fn green(self, text: &str) -> String {
+        self.paint("32", text)
+    }
+    /// Yellow (warnings).
+    pub fn yellow(self, text: &str) -> String {
+        self.paint("33", text)
+    }
+    /// Red (failures).
+    pub fn red(self, text: &str) -> String {
+        self.paint("31", text)
+    }
+    /// Dim (secondary detail).
+    pub fn dim(self, text: &str) -> String {
+        self.paint("2", text)
+    }
+}
+
+/// `snake_case_key` → `Snake case key`.
+pub fn humanize(key: &str) -> String {
+    let spaced = key.replace(['_', '-'], " ");
+    let mut chars = spaced.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// A scalar as a short string; composite values as compact JSON.
+pub fn scalar(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => if *b { "yes" } else { "no" }.to_owned(),
+        Value::Number(n) => n.to_string(),
+        Value::Array(items) if items.iter().all(|v| !v.is_object() && !v.is_array()) => {
+            items.iter().map(scalar).collect::<Vec<_>>().join(", ")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Renders a table with left-aligned columns.
+pub fn table(style: Style, columns: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: &[String], heading: bool| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate().take(widths.len()) {
+            let last = i + 1 == widths.len();
+            let padded = if last {
+                cell.clone()
+            } else {
+                format!("{cell:<width$}  ", width = widths[i])
+            };
+            out.push_str(&if heading { style.bold(&padded) } else { padded });
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(
+        &columns.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>(),
+        true,
+    );
+    for row in rows {
+        out.push_str(&line(row, false));
+    }
+    out
+}
+
+/// Renders any JSON result for a person.
+pub fn value(style: Style, value: &Value) -> String {
+    let mut out = String::new();
+    render(style, value, 0, &mut out);
+    out
+}
+
+fn render(style: Style, value: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Null => {}
+        Value::Object(map) if map.is_empty() => {}
+        Value::Object(map) => {
+            let width = map
+                .keys()
+                .map(|k| humanize(k).chars().count())
+                .max()
+                .unwrap_or(0)
+                + 1;
+            for (key, v) in map {
+                let label = format!("{}:", humanize(key));
+                match v {
+                    Value::Object(inner) if !inner.is_empty() => {
+                        let _ = writeln!(out, "{pad}{}", style.bold(&label));
+                        render(style, v, indent + 2, out);
+                    }
+                    Value::Array(items) if items.iter().any(|i| i.is_object() || i.is_array()) => {
+                        let _ = writeln!(out, "{pad}{}", style.bold(&label));
+                        render(style, v, indent + 2, out);
+                    }
+                    _ => {
+                        let _ = writeln!(
+                            out,
+                            "{pad}{} {}",
+                            style.bold(&format!("{label:<width$}")),
+                            scalar(v)
+                        );
+                    }
+                }
+            }
+        }
+        Value::Array(items) if items.is_empty() => {
+            let _ = writeln!(out, "{pad}{}", style.dim("(none)"));
+        }
+        Value::Array(items) if items.iter().all(Value::is_object) => {
+            let mut columns: Vec<String> = Vec::new();
+            for item in items {
+                if let Value::Object(map) = item {
+                    for key in map.keys() {
+                        if !columns.contains(key) {
+                            columns.push(key.clone());
+                        }
+                    }
+                }
+            }
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|item| {
+                    columns
+                        .iter()
+                        .map(|c| item.get(c).map_or_else(String::new, scalar))
+                        .collect()
+                })
+                .collect();
+            let titles: Vec<String> = columns.iter().map(|c| humanize(c)).collect();
+            for line in table(style, &titles, &rows).lines() {
+                let _ = writeln!(out, "{pad}{line}");
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                if item.is_object() || item.is_array() {
+                    render(style, item, indent, out);
+                } else {
+                    let _ = writeln!(out, "{pad}{}", scalar(item));
+                }
+            }
+        }
+        other => {
+            let _ = writeln!(out, "{pad}{}", scalar(other));
+        }
+    }
+}
+
+/// One line for a streamed item: `key=value` pairs for objects.
+pub fn inline(value: &Value) -> String {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", scalar(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => scalar(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn objects_and_tables() {
+        let plain = Style { color: false };
+        let text = value(plain, &json!({"greeting": "hi", "count_total": 2}));
+        assert_eq!(text, "Count total: 2\nGreeting:    hi\n");
+        let text = value(
+            plain,
+            &json!([{"name": "web", "port": 80}, {"name": "dns", "port": 53}]),
+        );
+        assert_eq!(text, "NAME  PORT\nweb   80\ndns   53\n");
+        assert_eq!(value(plain, &json!("just text")), "just text\n");
+        assert_eq!(inline(&json!({"n": 1, "ok": true})), "n=1 ok=yes");
+    }
+}

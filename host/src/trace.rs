@@ -1,0 +1,91 @@
+//! Protocol tracing: with `KOI_TRACE_PROTOCOL=1` every frame in and out is written to stderr (or,
+//! when the variable holds a path, appended to that file) as `koi-trace <plugin> <-|-> <json>`, with
+//! secret fields redacted (see `koi_protocol::redact`).
+
+use koi_protocol::redact::{REDACTED, redact};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+
+/// Direction of a traced frame.
+#[derive(Debug, Clone, Copy)]
+pub enum Direction {
+    /// Host → plugin.
+    ToPlugin,
+    /// Plugin → host.
+    FromPlugin,
+}
+
+enum Sink {
+    Off,
+    Stderr,
+    File(Mutex<std::fs::File>),
+}
+
+fn sink() -> &'static Sink {
+    static SINK: OnceLock<Sink> = OnceLock::new();
+    SINK.get_or_init(|| match std::env::var("KOI_TRACE_PROTOCOL") {
+        Ok(v) if v.is_empty() || v == "0" => Sink::Off,
+        Ok(v) if v == "1" || v == "stderr" => Sink::Stderr,
+        Ok(path) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            Ok(f) => Sink::File(Mutex::new(f)),
+            Err(e) => {
+                eprintln!(
+                    "koi: cannot open KOI_TRACE_PROTOCOL file {path}: {e}; tracing to stderr"
+                );
+                Sink::Stderr
+            }
+        },
+        Err(_) => Sink::Off,
+    })
+}
+
+/// Whether tracing is on (checked before doing any work for it).
+pub fn enabled() -> bool {
+    !matches!(sink(), Sink::Off)
+}
+
+/// Traces one frame. `secret_names` are the plugin's secret property names; `whole_result_secret`
+/// hides the entire result (answers to `host/secret`).
+pub fn frame(
+    plugin: &str,
+    direction: Direction,
+    body: &[u8],
+    secret_names: &BTreeSet<String>,
+    whole_result_secret: bool,
+) {
+    if !enabled() {
+        return;
+    }
+    let text = match serde_json::from_slice::<Value>(body) {
+        Ok(mut value) => {
+            redact(&mut value, secret_names);
+            if whole_result_secret {
+                if let Some(result) = value.get_mut("result") {
+                    *result = Value::String(REDACTED.to_owned());
+                }
+            }
+            value.to_string()
+        }
+        Err(_) => format!("(non-JSON, {} bytes, not shown)", body.len()),
+    };
+    let arrow = match direction {
+        Direction::ToPlugin => "->",
+        Direction::FromPlugin => "<-",
+    };
+    let line = format!("koi-trace {plugin} {arrow} {text}\n");
+    match sink() {
+        Sink::Off => {}
+        Sink::Stderr => {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+        Sink::File(f) => {
+            let _ = crate::schema::lock(f).write_all(line.as_bytes());
+        }
+    }
+}

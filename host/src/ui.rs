@@ -1,0 +1,343 @@
+//! The terminal side of plugin→host calls: questions (`host/prompt`, `host/secret`,
+//! `host/confirm`, `host/choose`), progress bars, shown text/tables/QR codes and streamed items.
+//!
+//! Questions are asked on stderr and answered on stdin, one at a time. Secrets are read without
+//! echo when stdin is a terminal and are zeroized after use. When stdin is not a terminal, answers
+//! are read line by line from it (scripts can pipe them); at end of input the plugin gets a clear
+//! error. With `--json`, everything except the result goes to stderr so stdout stays machine-readable.
+
+use crate::render::{self, Style};
+use koi_protocol::calls::*;
+use koi_protocol::{ErrorObject, codes};
+use serde_json::Value;
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Mutex;
+use zeroize::Zeroizing;
+
+/// Output and input settings for one CLI run.
+pub struct Terminal {
+    /// `--json`: stdout holds only results.
+    pub json: bool,
+    /// Colour allowed.
+    pub style: Style,
+    stdin_tty: bool,
+    stderr_tty: bool,
+    input: Mutex<()>,
+    progress: Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl std::fmt::Debug for Terminal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Terminal")
+            .field("json", &self.json)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Terminal {
+    /// Settings from the environment.
+    pub fn new(json: bool, color: bool) -> Self {
+        Self {
+            json,
+            style: Style { color },
+            stdin_tty: std::io::stdin().is_terminal(),
+            stderr_tty: std::io::stderr().is_terminal(),
+            input: Mutex::new(()),
+            progress: Mutex::new(None),
+        }
+    }
+
+    /// Whether a person can answer questions at a terminal.
+    pub fn interactive(&self) -> bool {
+        self.stdin_tty
+    }
+
+    /// Answers one question request from `plugin` (blocking: call from `spawn_blocking`).
+    pub fn ask(&self, plugin: &str, method: &str, params: Value) -> Result<Value, ErrorObject> {
+        let _turn = crate::schema::lock(&self.input);
+        let bar = crate::schema::lock(&self.progress).clone();
+        let answer = || match method {
+            PROMPT => {
+                let p: PromptParams = parse(method, params)?;
+                let label = match &p.default {
+                    Some(d) => format!("{} [{d}]: ", p.message),
+                    None => format!("{}: ", p.message),
+                };
+                let line = self.read_line(plugin, &label, false)?;
+                let value = if line.is_empty() {
+                    p.default.unwrap_or_default()
+                } else {
+                    line.to_string()
+                };
+                Ok(serde_json::json!(PromptResult { value }))
+            }
+            SECRET => {
+                let p: SecretParams = parse(method, params)?;
+                let first = self.read_line(plugin, &format!("{}: ", p.message), true)?;
+                if p.confirm {
+                    let second =
+                        self.read_line(plugin, &format!("{} (again): ", p.message), true)?;
+                    if *first != *second {
+                        return Err(ErrorObject::new(
+                            codes::USER_INPUT_UNAVAILABLE,
+                            "the two entries did not match",
+                        )
+                        .with_hint("Run the command again and type the same value twice."));
+                    }
+                }
+                Ok(serde_json::json!({ "value": first.as_str() }))
+            }
+            CONFIRM => {
+                let p: ConfirmParams = parse(method, params)?;
+                let label = format!(
+                    "{} [{}]: ",
+                    p.message,
+                    if p.default { "Y/n" } else { "y/N" }
+                );
+                for _ in 0..3 {
+                    let line = self.read_line(plugin, &label, false)?;
+                    match line.to_ascii_lowercase().as_str() {
+                        "" => {
+                            return Ok(serde_json::json!(ConfirmResult {
+                                confirmed: p.default
+                            }));
+                        }
+                        "y" | "yes" => {
+                            return Ok(serde_json::json!(ConfirmResult { confirmed: true }));
+                        }
+                        "n" | "no" => {
+                            return Ok(serde_json::json!(ConfirmResult { confirmed: false }));
+                        }
+                        _ => eprintln!("Please answer y or n."),
+                    }
+                }
+                Err(no_answer(
+                    plugin,
+                    &p.message,
+                    "no valid yes/no answer after three tries",
+                ))
+            }
+            CHOOSE => {
+                let p: ChooseParams = parse(method, params)?;
+                if p.options.is_empty() {
+                    return Err(ErrorObject::new(
+                        codes::INVALID_PARAMS,
+                        "host/choose needs at least one option",
+                    ));
+                }
+                eprintln!("{}", p.message);
+                for (i, option) in p.options.iter().enumerate() {
+                    eprintln!("  {}) {option}", i + 1);
+                }
+                let label = match p.default {
+                    Some(d) if d < p.options.len() => {
+                        format!("Choose 1-{} [{}]: ", p.options.len(), d + 1)
+                    }
+                    _ => format!("Choose 1-{}: ", p.options.len()),
+                };
+                for _ in 0..3 {
+                    let line = self.read_line(plugin, &label, false)?;
+                    let index = if line.is_empty() {
+                        p.default.filter(|d| *d < p.options.len())
+                    } else {
+                        line.parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=p.options.len()).contains(n))
+                            .map(|n| n - 1)
+                            .or_else(|| {
+                                p.options.iter().position(|o| o.eq_ignore_ascii_case(&line))
+                            })
+                    };
+                    if let Some(index) = index {
+                        return Ok(serde_json::json!(ChooseResult {
+                            index,
+                            value: p.options[index].clone()
+                        }));
+                    }
+                    eprintln!("Please enter a number from 1 to {}.", p.options.len());
+                }
+                Err(no_answer(
+                    plugin,
+                    &p.message,
+                    "no valid choice after three tries",
+                ))
+            }
+            other => Err(ErrorObject::new(
+                codes::METHOD_NOT_FOUND,
+                format!("unknown host method `{other}`"),
+            )),
+        };
+        match bar {
+            Some(bar) => bar.suspend(answer),
+            None => answer(),
+        }
+    }
+
+    fn read_line(
+        &self,
+        plugin: &str,
+        label: &str,
+        secret: bool,
+    ) -> Result<Zeroizing<String>, ErrorObject> {
+        let mut stderr = std::io::stderr();
+        if secret && self.stdin_tty {
+            let _ = write!(stderr, "{label}");
+            let _ = stderr.flush();
+            return rpassword::read_password().map(Zeroizing::new).map_err(|e| {
+                no_answer(
+                    plugin,
+                    label.trim_end_matches([':', ' ']),
+                    &format!("reading the terminal failed: {e}"),
+                )
+            });
+        }
+        let _ = write!(stderr, "{label}");
+        let _ = stderr.flush();
+        let mut line = Zeroizing::new(String::new());
+        match std::io::stdin().lock().read_line(&mut line) {
+            Ok(0) => Err(no_answer(
+                plugin,
+                label.trim_end_matches([':', ' ']),
+                "standard input is closed",
+            )),
+            Ok(_) => {
+                if !self.stdin_tty {
+                    let _ = writeln!(stderr);
+                }
+                let trimmed = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
+                Ok(trimmed)
+            }
+            Err(e) => Err(no_answer(
+                plugin,
+                label.trim_end_matches([':', ' ']),
+                &e.to_string(),
+            )),
+        }
+    }
+
+    /// Shows `$/progress` on stderr when it is a terminal.
+    pub fn progress(&self, p: &ProgressParams) {
+        if !self.stderr_tty {
+            tracing::debug!(
+                message = p.message.as_deref().unwrap_or(""),
+                current = p.current,
+                total = p.total,
+                "progress"
+            );
+            return;
+        }
+        let mut slot = crate::schema::lock(&self.progress);
+        let bar = slot.get_or_insert_with(|| {
+            let bar = match p.total {
+                Some(total) => indicatif::ProgressBar::new(total),
+                None => indicatif::ProgressBar::new_spinner(),
+            };
+            let template = if p.total.is_some() {
+                "{msg} [{bar:30}] {pos}/{len}"
+            } else {
+                "{spinner} {msg}"
+            };
+            if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar
+        });
+        if let Some(total) = p.total {
+            bar.set_length(total);
+        }
+        if let Some(current) = p.current {
+            bar.set_position(current);
+        } else {
+            bar.tick();
+        }
+        if let Some(message) = &p.message {
+            bar.set_message(message.clone());
+        }
+    }
+
+    /// Removes any progress bar (at the end of a call).
+    pub fn finish_progress(&self) {
+        if let Some(bar) = crate::schema::lock(&self.progress).take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// Renders `host/show` content.
+    pub fn show(&self, content: &ShowContent) {
+        let text = match content {
+            ShowContent::Text { text } => format!("{text}\n"),
+            ShowContent::Table { columns, rows } => render::table(self.style, columns, rows),
+            ShowContent::Qr { data, caption } => {
+                let mut out = match qrcode::QrCode::new(data.as_bytes()) {
+                    Ok(code) => code
+                        .render::<qrcode::render::unicode::Dense1x2>()
+                        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+                        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+                        .quiet_zone(true)
+                        .build(),
+                    Err(e) => format!("(cannot draw a QR code for this data: {e})"),
+                };
+                out.push('\n');
+                if let Some(caption) = caption {
+                    out.push_str(caption);
+                    out.push('\n');
+                }
+                out
+            }
+        };
+        self.print_aside(&text);
+    }
+
+    /// Prints one streamed item: an NDJSON line with `--json`, else a `key=value` line.
+    pub fn item(&self, item: &Value) {
+        let line = if self.json {
+            item.to_string()
+        } else {
+            render::inline(item)
+        };
+        self.suspend(|| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        });
+    }
+
+    /// Prints text that is not the result: stdout normally, stderr under `--json`.
+    pub fn print_aside(&self, text: &str) {
+        self.suspend(|| {
+            if self.json {
+                let _ = std::io::stderr().write_all(text.as_bytes());
+            } else {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+        });
+    }
+
+    fn suspend(&self, f: impl FnOnce()) {
+        let bar = crate::schema::lock(&self.progress).clone();
+        match bar {
+            Some(bar) => bar.suspend(f),
+            None => f(),
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(method: &str, params: Value) -> Result<T, ErrorObject> {
+    serde_json::from_value(params).map_err(|e| {
+        ErrorObject::new(
+            codes::INVALID_PARAMS,
+            format!("invalid {method} params: {e}"),
+        )
+    })
+}
+
+fn no_answer(plugin: &str, question: &str, cause: &str) -> ErrorObject {
+    ErrorObject::new(
+        codes::USER_INPUT_UNAVAILABLE,
+        format!("koi-{plugin} asked \"{question}\" but got no answer: {cause}"),
+    )
+    .with_hint("Run the command in a terminal, or pipe the answers on standard input, or use the verb's flags instead of prompts.")
+}

@@ -1,0 +1,235 @@
+//! `Context`: what a running method can ask of the host — questions for the user, progress, output,
+//! streamed items, calls to other plugins, events — and whether it has been cancelled.
+
+use crate::MethodError;
+use crate::runtime::Shared;
+use koi_protocol::calls::{self, *};
+use koi_protocol::handshake::RunMode;
+use koi_protocol::{Id, codes};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+/// Handed to every method, status and event handler.
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) request: Option<Id>,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("request", &self.request)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// One-shot (started for one command) or daemon (kept running).
+    pub fn mode(&self) -> RunMode {
+        self.shared.session().mode
+    }
+
+    /// `$KOI_HOME`, where the plugin keeps its state.
+    pub fn koi_home(&self) -> &Path {
+        &self.shared.session().koi_home
+    }
+
+    /// Whether a person is at a terminal to answer prompts.
+    pub fn interactive(&self) -> bool {
+        self.shared.session().interactive
+    }
+
+    /// The id of the host request this context serves (none for event handlers).
+    pub fn request_id(&self) -> Option<&Id> {
+        self.request.as_ref()
+    }
+
+    /// Resolves when the host cancels this request (Ctrl-C) or the plugin is shutting down.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Whether the request was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Asks the user a question; returns the answer (or `default` on an empty answer).
+    pub async fn prompt(
+        &self,
+        message: &str,
+        default: Option<&str>,
+    ) -> Result<String, MethodError> {
+        let params = PromptParams {
+            request: self.request.clone(),
+            message: message.to_owned(),
+            default: default.map(str::to_owned),
+        };
+        let r: PromptResult = self.host_request(calls::PROMPT, &params).await?;
+        Ok(r.value)
+    }
+
+    /// Asks for a secret without echo; `confirm` asks twice. The answer is zeroized on drop.
+    pub async fn secret(
+        &self,
+        message: &str,
+        confirm: bool,
+    ) -> Result<Zeroizing<String>, MethodError> {
+        let params = SecretParams {
+            request: self.request.clone(),
+            message: message.to_owned(),
+            confirm,
+        };
+        let r: SecretResult = self.host_request(calls::SECRET, &params).await?;
+        Ok(Zeroizing::new(r.value))
+    }
+
+    /// Asks a yes/no question.
+    pub async fn confirm(&self, message: &str, default: bool) -> Result<bool, MethodError> {
+        let params = ConfirmParams {
+            request: self.request.clone(),
+            message: message.to_owned(),
+            default,
+        };
+        let r: ConfirmResult = self.host_request(calls::CONFIRM, &params).await?;
+        Ok(r.confirmed)
+    }
+
+    /// Asks the user to pick one option; returns its index and text.
+    pub async fn choose(
+        &self,
+        message: &str,
+        options: &[&str],
+        default: Option<usize>,
+    ) -> Result<(usize, String), MethodError> {
+        let params = ChooseParams {
+            request: self.request.clone(),
+            message: message.to_owned(),
+            options: options.iter().map(|s| (*s).to_owned()).collect(),
+            default,
+        };
+        let r: ChooseResult = self.host_request(calls::CHOOSE, &params).await?;
+        Ok((r.index, r.value))
+    }
+
+    /// Reports progress; `total` makes it a bar, otherwise a spinner with the message.
+    pub fn progress(&self, message: &str, current: Option<u64>, total: Option<u64>) {
+        if let Some(request) = &self.request {
+            let params = ProgressParams {
+                request: request.clone(),
+                message: Some(message.to_owned()),
+                current,
+                total,
+            };
+            self.shared.notify(calls::PROGRESS, &params);
+        }
+    }
+
+    /// Shows text to the user (on stderr when the host prints `--json` results on stdout).
+    pub fn show_text(&self, text: &str) {
+        self.show(ShowContent::Text {
+            text: text.to_owned(),
+        });
+    }
+
+    /// Shows a table.
+    pub fn show_table(&self, columns: &[&str], rows: Vec<Vec<String>>) {
+        let columns = columns.iter().map(|s| (*s).to_owned()).collect();
+        self.show(ShowContent::Table { columns, rows });
+    }
+
+    /// Shows `data` as a QR code in the terminal, with an optional caption.
+    pub fn show_qr(&self, data: &str, caption: Option<&str>) {
+        self.show(ShowContent::Qr {
+            data: data.to_owned(),
+            caption: caption.map(str::to_owned),
+        });
+    }
+
+    fn show(&self, content: ShowContent) {
+        let params = ShowParams {
+            request: self.request.clone(),
+            content,
+        };
+        self.shared.notify(calls::SHOW, &params);
+    }
+
+    /// Streams one result item (for methods declared with [`crate::Method::streams`]).
+    pub fn emit<T: Serialize>(&self, item: &T) {
+        if let (Some(request), Ok(item)) = (&self.request, serde_json::to_value(item)) {
+            self.shared.notify(
+                calls::ITEM,
+                &ItemParams {
+                    request: request.clone(),
+                    item,
+                },
+            );
+        }
+    }
+
+    /// Calls `method` of plugin `plugin` through the host, which checks both payloads.
+    pub async fn call<P: Serialize, R: DeserializeOwned>(
+        &self,
+        plugin: &str,
+        method: &str,
+        params: &P,
+    ) -> Result<R, MethodError> {
+        let params = serde_json::to_value(params).map_err(|e| {
+            MethodError::new(format!(
+                "params for {plugin}.{method} not serialisable: {e}"
+            ))
+        })?;
+        let call = CallParams {
+            request: self.request.clone(),
+            plugin: plugin.to_owned(),
+            method: method.to_owned(),
+            params,
+        };
+        self.host_request(calls::CALL, &call).await
+    }
+
+    /// Publishes an event declared in the manifest; returns how many subscribers got it.
+    pub async fn publish<T: Serialize>(
+        &self,
+        topic: &str,
+        payload: &T,
+    ) -> Result<usize, MethodError> {
+        let payload = serde_json::to_value(payload)
+            .map_err(|e| MethodError::new(format!("payload for {topic} not serialisable: {e}")))?;
+        let r: PublishResult = self
+            .host_request(
+                calls::PUBLISH,
+                &PublishParams {
+                    topic: topic.to_owned(),
+                    payload,
+                },
+            )
+            .await?;
+        Ok(r.delivered)
+    }
+
+    async fn host_request<P: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Result<R, MethodError> {
+        let params = serde_json::to_value(params).unwrap_or(Value::Null);
+        let value = self
+            .shared
+            .request(method, params)
+            .await
+            .map_err(MethodError::from)?;
+        serde_json::from_value(value).map_err(|e| {
+            MethodError::with_code(
+                codes::INTERNAL_ERROR,
+                format!("unexpected answer to {method}: {e}"),
+            )
+        })
+    }
+}

@@ -1,0 +1,227 @@
+//! `Plugin`: the builder a plugin's `main` uses to declare its methods, status, events and aliases,
+//! and `run`, which checks the declaration, sets up logging and process hygiene, and serves.
+
+use crate::Context;
+use crate::lifecycle;
+use crate::method::{Method, schema_of};
+use crate::runtime::{Definition, EventHandler, StatusHandler, serve};
+use koi_protocol::calls::{EventDelivery, StatusReport};
+use koi_protocol::manifest::is_valid_moniker;
+use koi_protocol::{EventSpec, Manifest, RootAlias};
+use schemars::JsonSchema;
+use std::collections::HashMap;
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// A plugin under construction. See the crate documentation for a complete example.
+pub struct Plugin {
+    manifest: Manifest,
+    methods: Vec<Method>,
+    status: Option<StatusHandler>,
+    on_event: Option<EventHandler>,
+    worker_threads: usize,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.manifest.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// A plugin with moniker `name` (the executable is `koi-<name>`), its version and one-line summary.
+    pub fn new(name: &str, version: &str, summary: &str) -> Self {
+        Self {
+            manifest: Manifest {
+                name: name.to_owned(),
+                version: version.to_owned(),
+                summary: summary.to_owned(),
+                description: None,
+                methods: Vec::new(),
+                publishes: Vec::new(),
+                subscribes: Vec::new(),
+                aliases: Vec::new(),
+            },
+            methods: Vec::new(),
+            status: None,
+            on_event: None,
+            worker_threads: 0,
+        }
+    }
+
+    /// Longer help for `koi help <name>`.
+    pub fn description(mut self, text: &str) -> Self {
+        self.manifest.description = Some(text.to_owned());
+        self
+    }
+
+    /// Adds a method.
+    pub fn method(mut self, method: Method) -> Self {
+        self.methods.push(method);
+        self
+    }
+
+    /// The handler for `status` (for `koi status`). Without one, the plugin reports `ok, ready`.
+    pub fn status<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = StatusReport> + Send + 'static,
+    {
+        self.status = Some(Arc::new(move |ctx| Box::pin(handler(ctx))));
+        self
+    }
+
+    /// Declares an event this plugin publishes, with payload type `T`.
+    pub fn publishes<T: JsonSchema>(mut self, topic: &str, summary: &str) -> Self {
+        self.manifest.publishes.push(EventSpec {
+            topic: topic.to_owned(),
+            summary: summary.to_owned(),
+            payload: schema_of::<T>(),
+        });
+        self
+    }
+
+    /// Subscribes to a topic (exact, or a prefix ending in `*`); deliveries go to [`Self::on_event`].
+    pub fn subscribes(mut self, topic: &str) -> Self {
+        self.manifest.subscribes.push(topic.to_owned());
+        self
+    }
+
+    /// The handler for delivered events.
+    pub fn on_event<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(Context, EventDelivery) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_event = Some(Arc::new(move |ctx, event| Box::pin(handler(ctx, event))));
+        self
+    }
+
+    /// A deprecated root command: `koi <name>` runs `method`, printing `warning` on stderr.
+    pub fn deprecated_alias(mut self, name: &str, method: &str, warning: &str) -> Self {
+        self.manifest.aliases.push(RootAlias {
+            name: name.to_owned(),
+            method: method.to_owned(),
+            warning: warning.to_owned(),
+        });
+        self
+    }
+
+    /// Runs handlers on a multi-threaded runtime with `threads` workers (default: one thread,
+    /// which keeps start-up fast and memory small).
+    pub fn worker_threads(mut self, threads: usize) -> Self {
+        self.worker_threads = threads;
+        self
+    }
+
+    /// The manifest this plugin will announce.
+    pub fn manifest(&self) -> Manifest {
+        let mut manifest = self.manifest.clone();
+        manifest.methods = self.methods.iter().map(|m| m.spec.clone()).collect();
+        manifest
+    }
+
+    /// Checks the declaration for mistakes a host would reject.
+    pub fn check(&self) -> Result<(), String> {
+        let manifest = self.manifest();
+        if !is_valid_moniker(&manifest.name) {
+            return Err(format!(
+                "`{}` is not a valid moniker (lower-case letters, digits, hyphens)",
+                manifest.name
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &manifest.methods {
+            if !seen.insert(m.name.as_str()) {
+                return Err(format!("method `{}` is declared twice", m.name));
+            }
+            if ["initialize", "status", "shutdown"].contains(&m.name.as_str())
+                || m.name.starts_with("host/")
+                || m.name.starts_with("$/")
+            {
+                return Err(format!(
+                    "method name `{}` is reserved by the protocol",
+                    m.name
+                ));
+            }
+            if let Some(cli) = &m.cli {
+                let props = m.params.get("properties").and_then(|p| p.as_object());
+                for field in cli.positional.iter().chain(cli.short.keys()) {
+                    if !props.is_some_and(|p| p.contains_key(field)) {
+                        return Err(format!(
+                            "method `{}`: `{field}` is not a property of its params",
+                            m.name
+                        ));
+                    }
+                }
+            }
+        }
+        for alias in &manifest.aliases {
+            if manifest.method(&alias.method).is_none() {
+                return Err(format!(
+                    "alias `{}` points at unknown method `{}`",
+                    alias.name, alias.method
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves the protocol on stdin/stdout until the host shuts the plugin down. Started by hand
+    /// (without the host's launch cookie) it explains itself on stderr and exits with status 2.
+    pub fn run(self) -> ExitCode {
+        if let Err(problem) = self.check() {
+            eprintln!(
+                "koi-{}: invalid plugin declaration: {problem}",
+                self.manifest.name
+            );
+            return ExitCode::from(70);
+        }
+        let manifest = self.manifest();
+        if !lifecycle::launched_by_host() {
+            eprint!("{}", lifecycle::explain(&manifest));
+            return ExitCode::from(2);
+        }
+        crate::logging::init();
+        let stop = CancellationToken::new();
+        lifecycle::exit_with_parent(&stop);
+        let runtime = if self.worker_threads > 1 {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.worker_threads)
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        };
+        let runtime = match runtime {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("koi-{}: cannot start the async runtime: {e}", manifest.name);
+                return ExitCode::FAILURE;
+            }
+        };
+        let methods: HashMap<_, _> = self
+            .methods
+            .into_iter()
+            .map(|m| (m.spec.name.clone(), (m.handler, m.handles_cancellation)))
+            .collect();
+        let def = Arc::new(Definition {
+            manifest,
+            methods,
+            status: self.status,
+            on_event: self.on_event,
+        });
+        let code = runtime.block_on(async move {
+            lifecycle::watch_parent(stop.clone());
+            serve(def, stop).await
+        });
+        runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+        code
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder-free library root: this package only holds end-to-end tests under `tests/`.
