@@ -4,7 +4,7 @@
 use crate::Context;
 use crate::lifecycle;
 use crate::method::{Method, schema_of};
-use crate::runtime::{Definition, EventHandler, StatusHandler, serve};
+use crate::runtime::{BackgroundTask, Definition, EventHandler, StatusHandler, serve};
 use koi_protocol::calls::{EventDelivery, StatusReport};
 use koi_protocol::manifest::is_valid_moniker;
 use koi_protocol::{EventSpec, Manifest, RootAlias};
@@ -21,6 +21,7 @@ pub struct Plugin {
     methods: Vec<Method>,
     status: Option<StatusHandler>,
     on_event: Option<EventHandler>,
+    background: Option<BackgroundTask>,
     worker_threads: usize,
 }
 
@@ -49,6 +50,7 @@ impl Plugin {
             methods: Vec::new(),
             status: None,
             on_event: None,
+            background: None,
             worker_threads: 0,
         }
     }
@@ -98,6 +100,18 @@ impl Plugin {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.on_event = Some(Arc::new(move |ctx, event| Box::pin(handler(ctx, event))));
+        self
+    }
+
+    /// A task started once, right after the handshake, with a context not tied to any request.
+    /// Its context is cancelled at shutdown. Use it for work that outlives calls, such as
+    /// watching the network and publishing events in daemon mode (check [`Context::mode`]).
+    pub fn background<F, Fut>(mut self, task: F) -> Self
+    where
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.background = Some(Arc::new(move |ctx| Box::pin(task(ctx))));
         self
     }
 
@@ -216,6 +230,7 @@ impl Plugin {
             methods,
             status: self.status,
             on_event: self.on_event,
+            background: self.background,
         });
         let code = runtime.block_on(async move {
             lifecycle::watch_parent(stop.clone());

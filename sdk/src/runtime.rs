@@ -34,7 +34,11 @@ pub(crate) struct Definition {
     pub methods: HashMap<String, (Handler, bool)>,
     pub status: Option<StatusHandler>,
     pub on_event: Option<EventHandler>,
+    pub background: Option<BackgroundTask>,
 }
+
+/// A task started once after the handshake (for daemon-mode work such as browsing).
+pub(crate) type BackgroundTask = Arc<dyn Fn(Context) -> BoxFuture<()> + Send + Sync>;
 
 /// What the host told us in `initialize`.
 pub(crate) struct Session {
@@ -236,8 +240,18 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
             },
             Message::Request { id, method, params } => match method.as_str() {
                 calls::INITIALIZE => {
+                    let first = shared.session.get().is_none();
                     let outcome = initialize(&def, &shared, params);
+                    let started = outcome.is_ok();
                     shared.respond(id, outcome);
+                    if let (true, true, Some(task)) = (first, started, def.background.clone()) {
+                        let ctx = Context {
+                            shared: shared.clone(),
+                            request: None,
+                            cancel: root.child_token(),
+                        };
+                        tracker.spawn(async move { task(ctx).await });
+                    }
                 }
                 _ if shared.session.get().is_none() => shared.respond(
                     id,
