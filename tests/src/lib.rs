@@ -1,1 +1,0 @@
-//! Placeholder-free library root: this package only holds end-to-end tests under `tests/`.

@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `koi` binary, real plugin processes (the SDK example, Python fixtures
+//! and a Python plugin written from `docs/protocol.md`), real pipes and signals. One test binary
+//! with a module per area, as in ripgrep.
+//!
+//! Binaries come from the build the README's test command runs first
+//! (`cargo build --workspace --bins --examples`).
+
+mod support;
+
+mod cli;
+mod misbehaviour;
+mod protocol_features;

@@ -1,0 +1,258 @@
+//! The test harness: an isolated Koi environment per test (its own `KOI_HOME`, its own plugin
+//! directory, its own hard-linked copy of `koi` so the build directory's plugins are not
+//! discovered), helpers to run `koi`, and checks that no plugin process outlives the host.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The cargo target directory holding the built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KOI_TEST_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/debug/deps/e2e-<hash> → target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+fn built(path: PathBuf) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins --examples` first (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A fixture from `tests/fixtures/`.
+pub fn fixture(name: &str) -> PathBuf {
+    built(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name),
+    )
+}
+
+/// A built SDK example (`target/debug/examples/<name>`).
+pub fn example(name: &str) -> PathBuf {
+    built(bin_dir().join("examples").join(name))
+}
+
+/// One isolated Koi installation.
+pub struct KoiEnv {
+    pub dir: tempfile::TempDir,
+    pub koi: PathBuf,
+    pub home: PathBuf,
+    pub plugins: PathBuf,
+    pub pids: PathBuf,
+}
+
+impl KoiEnv {
+    /// A fresh environment with no plugins.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("koi-e2e-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("temp dir");
+        let bin = dir.path().join("bin");
+        let home = dir.path().join("home");
+        let plugins = dir.path().join("plugins");
+        let pids = dir.path().join("pids");
+        for d in [&bin, &home, &plugins, &pids] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        let koi = bin.join("koi");
+        let original = built(bin_dir().join("koi"));
+        if std::fs::hard_link(&original, &koi).is_err() {
+            std::fs::copy(&original, &koi).expect("copy koi");
+        }
+        Self {
+            dir,
+            koi,
+            home,
+            plugins,
+            pids,
+        }
+    }
+
+    /// Installs `source` as `koi-<moniker>` in the plugin directory (a symlink).
+    pub fn install(&self, source: &Path, moniker: &str) -> PathBuf {
+        let target = self.plugins.join(format!("koi-{moniker}"));
+        std::os::unix::fs::symlink(source, &target).expect("symlink plugin");
+        target
+    }
+
+    /// Installs the SDK example as `koi-hello`.
+    pub fn with_hello(self) -> Self {
+        self.install(&example("koi-hello"), "hello");
+        self
+    }
+
+    /// Installs fixture `koi-<name>` as a copy (so its mtime is this environment's own), with the
+    /// shared `_fixture.py` beside it.
+    pub fn with_fixture(self, name: &str) -> Self {
+        let helper = self.plugins.join("_fixture.py");
+        if !helper.exists() {
+            std::fs::copy(fixture("_fixture.py"), helper).expect("copy _fixture.py");
+        }
+        std::fs::copy(
+            fixture(&format!("koi-{name}")),
+            self.plugins.join(format!("koi-{name}")),
+        )
+        .expect("copy fixture");
+        self
+    }
+
+    /// How many times fixtures were started (each start appends to `starts.log`).
+    pub fn fixture_starts(&self) -> usize {
+        std::fs::read_to_string(self.pids.join("starts.log")).map_or(0, |s| s.lines().count())
+    }
+
+    /// A `koi` command with this environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.koi);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", self.dir.path())
+            .env("KOI_HOME", &self.home)
+            .env("KOI_PLUGIN_PATH", &self.plugins)
+            .env("KOI_TEST_PID_DIR", &self.pids)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `koi` to completion.
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("run koi"))
+    }
+
+    /// Runs `koi` with `input` on stdin.
+    pub fn run_with_input(&self, args: &[&str], input: &str) -> Run {
+        use std::io::Write;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn koi");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        Run::from(child.wait_with_output().expect("wait koi"))
+    }
+
+    /// The pids fixtures recorded (`KOI_TEST_PID_DIR`).
+    pub fn recorded_pids(&self) -> Vec<i32> {
+        std::fs::read_dir(&self.pids)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Asserts that every recorded plugin process is gone (reaped, not a zombie or orphan).
+    pub fn assert_no_plugin_left(&self) {
+        for pid in self.recorded_pids() {
+            assert_process_gone(pid);
+        }
+    }
+}
+
+/// Waits up to 3 s for `pid` to disappear from /proc, then fails naming its state.
+pub fn assert_process_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let stat = format!("/proc/{pid}/stat");
+    while Path::new(&stat).exists() {
+        if Instant::now() > deadline {
+            let state = std::fs::read_to_string(&stat).unwrap_or_default();
+            panic!("plugin process {pid} outlived the host: {state}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The outcome of one `koi` run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Asserts the exit code, showing the output on failure.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "unexpected exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Parses stdout as one JSON document.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// Asserts the host did not panic and the error is one paragraph naming `plugin`.
+    pub fn expect_clean_error(&self, plugin: &str) -> &Self {
+        assert!(
+            !self.stderr.contains("panicked"),
+            "host panicked:\n{}",
+            self.stderr
+        );
+        assert!(
+            !self.stderr.contains("RUST_BACKTRACE"),
+            "host panicked:\n{}",
+            self.stderr
+        );
+        let error = self
+            .stderr
+            .lines()
+            .skip_while(|l| !l.starts_with("error:"))
+            .collect::<Vec<_>>();
+        assert!(!error.is_empty(), "no `error:` line:\n{}", self.stderr);
+        assert!(
+            !error.iter().any(|l| l.trim().is_empty()),
+            "the error is not one paragraph:\n{}",
+            self.stderr
+        );
+        assert!(
+            error.join("\n").contains(&format!("koi-{plugin}")),
+            "the error does not name koi-{plugin}:\n{}",
+            self.stderr
+        );
+        self
+    }
+}
