@@ -218,7 +218,8 @@ pub fn plugin_command(manifest: &Manifest) -> Command {
     let mut command = Command::new(manifest.name.clone())
         .about(manifest.summary.clone())
         .subcommand_required(true)
-        .arg_required_else_help(true);
+        .arg_required_else_help(true)
+        .disable_help_subcommand(true);
     if let Some(description) = &manifest.description {
         command = command.long_about(format!("{}\n\n{description}", manifest.summary));
     }

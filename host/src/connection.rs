@@ -241,10 +241,14 @@ impl Connection {
             }
             Err(e) => return Err(e),
         };
-        let result: InitializeResult = serde_json::from_value(value).map_err(|e| {
-            unavailable(format!("koi-{moniker} answered `initialize` with an invalid manifest: {e}"))
-                .with_hint("This is a bug in the plugin: report it to its author. docs/protocol.md describes the manifest.")
-        })?;
+        let result: InitializeResult = match serde_json::from_value(value.clone()) {
+            Ok(result) => result,
+            Err(e) => {
+                let cause = initialize_schema_problem(&value).unwrap_or_else(|| e.to_string());
+                return Err(unavailable(format!("koi-{moniker} answered `initialize` with an invalid manifest: {cause}"))
+                    .with_hint("This is a bug in the plugin: report it to its author. docs/protocol.md §6 describes the manifest."));
+            }
+        };
         if !PROTOCOL_VERSION.is_compatible_with(result.protocol) {
             return Err(self.incompatible(result.protocol));
         }
@@ -647,6 +651,22 @@ impl Inner {
             let _ = sender.send(body);
         }
     }
+}
+
+/// The first violation of the protocol's `initialize` result schema, with its path. Only computed
+/// when decoding already failed, so the happy path pays nothing for it.
+fn initialize_schema_problem(value: &Value) -> Option<String> {
+    let schema: Value = serde_json::from_str(include_str!(
+        "../../schemas/protocol/initialize.result.schema.json"
+    ))
+    .ok()?;
+    let validator = jsonschema::validator_for(&schema).ok()?;
+    let error = validator.iter_errors(value).next()?;
+    let path = error.instance_path().to_string();
+    Some(format!(
+        "at {}: {error}",
+        if path.is_empty() { "/" } else { &path }
+    ))
 }
 
 fn unavailable(message: impl Into<String>) -> ErrorObject {

@@ -64,7 +64,15 @@ pub fn frame(
     }
     let text = match serde_json::from_slice::<Value>(body) {
         Ok(mut value) => {
-            redact(&mut value, secret_names);
+            // Only payloads are redacted: the envelope (ids, error codes) is never secret.
+            for payload in ["params", "result"] {
+                if let Some(v) = value.get_mut(payload) {
+                    redact(v, secret_names);
+                }
+            }
+            if let Some(data) = value.get_mut("error").and_then(|e| e.get_mut("data")) {
+                redact(data, secret_names);
+            }
             if whole_result_secret {
                 if let Some(result) = value.get_mut("result") {
                     *result = Value::String(REDACTED.to_owned());

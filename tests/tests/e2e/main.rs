@@ -10,3 +10,4 @@ mod support;
 mod cli;
 mod misbehaviour;
 mod protocol_features;
+mod pyhello;

@@ -243,3 +243,18 @@ fn plugin_stderr_is_relayed_with_the_plugin_name() {
         run.stderr
     );
 }
+
+#[test]
+fn traces_show_error_codes_while_redacting_payloads() {
+    let env = KoiEnv::new().with_hello();
+    let run = env
+        .command(&["hello", "greet", " "])
+        .env("KOI_TRACE_PROTOCOL", "1")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(r#""error":{"code":1,"#),
+        "the error code is visible:\n{stderr}"
+    );
+}
