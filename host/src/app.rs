@@ -118,7 +118,7 @@ fn max_frame_bytes() -> usize {
 
 async fn run(args: Vec<String>, globals: Globals, filter: String) -> u8 {
     let home = KoiHome::from_env();
-    let discovery = Discovery::scan(&home);
+    let discovery = Discovery::from_env(&home);
     let terminal = Arc::new(Terminal::new(globals.json, globals.color));
     let launch = LaunchOptions {
         mode: RunMode::OneShot,
@@ -393,17 +393,18 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
     let Some((verb, verb_matches)) = matches.subcommand().and_then(|(_, m)| m.subcommand()) else {
         return EXIT_USAGE;
     };
-    let Some(spec) = manifest.method(verb).cloned() else {
-        return EXIT_USAGE;
-    };
-    let params = match clispec::params_from_matches(&spec, verb_matches) {
-        Ok(p) => p,
-        Err(problem) => {
-            eprintln!(
-                "error: {problem}\n\nFor more information, try 'koi {moniker} {verb} --help'."
-            );
-            return EXIT_USAGE;
-        }
+    let params = match manifest.method(verb) {
+        Some(spec) => match clispec::params_from_matches(spec, verb_matches) {
+            Ok(p) => p,
+            Err(problem) => {
+                eprintln!(
+                    "error: {problem}\n\nFor more information, try 'koi {moniker} {verb} --help'."
+                );
+                return EXIT_USAGE;
+            }
+        },
+        None if verb == clispec::STATUS_VERB => Value::Null,
+        None => return EXIT_USAGE,
     };
     let label = format!("{moniker} {verb}");
     let outcome = call_with_interrupt(&connection, verb, params).await;

@@ -167,7 +167,7 @@ pub async fn plugins_list(session: Arc<Session>, home: &KoiHome, globals: &Globa
     let infos = crate::catalog::load_all(&session, home, true).await;
     let mut rows: Vec<Value> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
-    for candidate in &session.discovery.candidates {
+    for candidate in session.discovery.candidates() {
         let path = candidate.path.display().to_string();
         let mut row = json!({"name": candidate.moniker, "path": path, "source": candidate.source,
                              "version": null, "protocol": null});

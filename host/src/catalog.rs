@@ -66,7 +66,7 @@ pub async fn load_all(
             infos.push(info);
         }
     }
-    cache.retain_existing(&session.discovery.candidates);
+    cache.retain_existing(session.discovery.candidates());
     cache.save();
     infos.sort_by(|a, b| a.candidate.moniker.cmp(&b.candidate.moniker));
     infos
@@ -79,7 +79,7 @@ pub async fn load_one(
     moniker: &str,
 ) -> Result<Manifest, ErrorObject> {
     let mut cache = ManifestCache::load(home);
-    let candidate = session.discovery.find(moniker).cloned();
+    let candidate = session.discovery.find(moniker);
     if let Some((manifest, _)) = candidate.as_ref().and_then(|c| cache.get(c)) {
         return Ok(manifest.clone());
     }

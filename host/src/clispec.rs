@@ -226,8 +226,15 @@ pub fn plugin_command(manifest: &Manifest) -> Command {
     for spec in manifest.methods.iter().filter(|m| m.cli.is_some()) {
         command = command.subcommand(verb_command(spec));
     }
-    command
+    // Every plugin answers the protocol's `status`, so every plugin has this verb.
+    command.subcommand(
+        Command::new(STATUS_VERB)
+            .about("Show this plugin's state and details (its line in `koi status`)"),
+    )
 }
+
+/// The verb every plugin gets for its protocol `status` method.
+pub const STATUS_VERB: &str = "status";
 
 /// Builds the params object from parsed arguments, or says which argument is wrong.
 pub fn params_from_matches(spec: &MethodSpec, matches: &ArgMatches) -> Result<Value, String> {

@@ -344,6 +344,7 @@ impl Connection {
             publishes: Vec::new(),
             subscribes: Vec::new(),
             aliases: Vec::new(),
+            legacy_routes: Vec::new(),
         })
     }
 
@@ -534,11 +535,16 @@ impl Connection {
             return;
         }
         if lock(&self.inner.fatal).is_none() {
-            let _ = self
-                .raw_call(calls::SHUTDOWN, Value::Null, Some(SHUTDOWN_STEP))
-                .await;
+            // The answer is not awaited: the plugin answers and exits, and the reaper sees it.
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            self.send(&Message::Request {
+                id: Id::Number(id),
+                method: calls::SHUTDOWN.to_owned(),
+                params: Value::Null,
+            });
         }
-        lock(&self.inner.out).take(); // closes stdin once queued frames are written
+        // Close stdin right behind the `shutdown` frame (the writer sends queued frames first).
+        lock(&self.inner.out).take();
         if self.wait_exit(SHUTDOWN_STEP).await {
             return;
         }

@@ -3,6 +3,9 @@
 //! `PATH`. The first executable match for a moniker wins; later ones are reported as shadowed.
 //! Built-in command names cannot be taken by plugins. Names with a `.` (`koi-x.bak`, `koi-x.py`)
 //! or otherwise invalid monikers are ignored.
+//!
+//! Finding one plugin (`koi <moniker> ...`) looks only for `koi-<moniker>` in each directory, as git
+//! does for its external commands; listing directories happens only when all plugins are needed.
 
 use crate::paths::KoiHome;
 use koi_protocol::manifest::is_valid_moniker;
@@ -10,6 +13,7 @@ use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// Commands the host implements itself; a plugin with one of these names is never used.
 pub const BUILTINS: &[&str] = &[
@@ -70,16 +74,16 @@ impl Candidate {
     }
 }
 
-/// The result of a search.
-#[derive(Debug, Clone, Default)]
+/// The search path, and what was found on it (scanned on first need).
+#[derive(Debug, Default)]
 pub struct Discovery {
-    /// Every candidate, in search order.
-    pub candidates: Vec<Candidate>,
+    dirs: Vec<(PathBuf, Source)>,
+    scanned: OnceLock<Vec<Candidate>>,
 }
 
 impl Discovery {
-    /// Searches the standard locations.
-    pub fn scan(home: &KoiHome) -> Self {
+    /// The standard search path; nothing is read yet.
+    pub fn from_env(home: &KoiHome) -> Self {
         let mut dirs: Vec<(PathBuf, Source)> = Vec::new();
         if let Some(paths) = std::env::var_os("KOI_PLUGIN_PATH") {
             dirs.extend(std::env::split_paths(&paths).map(|p| (p, Source::KoiPluginPath)));
@@ -94,82 +98,109 @@ impl Discovery {
         if let Some(paths) = std::env::var_os("PATH") {
             dirs.extend(std::env::split_paths(&paths).map(|p| (p, Source::Path)));
         }
-        Self::scan_dirs(&dirs)
+        Self::with_dirs(dirs)
     }
 
-    /// Searches the given directories in order.
-    pub fn scan_dirs(dirs: &[(PathBuf, Source)]) -> Self {
-        let mut seen_dirs = HashSet::new();
-        let mut candidates = Vec::new();
-        for (dir, source) in dirs {
-            if dir.as_os_str().is_empty() {
-                continue;
-            }
-            let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-            if !seen_dirs.insert(key) {
-                continue;
-            }
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            let mut found: Vec<Candidate> = entries
-                .filter_map(Result::ok)
-                .filter_map(|entry| {
-                    let name = entry.file_name().into_string().ok()?;
-                    let moniker = name.strip_prefix("koi-")?;
-                    if !is_valid_moniker(moniker) {
-                        return None;
-                    }
-                    let meta = std::fs::metadata(entry.path()).ok()?; // follows symlinks
-                    if !meta.is_file() {
-                        return None;
-                    }
-                    let mtime_ns = meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_nanos() as i128);
-                    Some(Candidate {
-                        moniker: moniker.to_owned(),
-                        path: entry.path(),
-                        source: *source,
-                        executable: meta.permissions().mode() & 0o111 != 0,
-                        size: meta.len(),
-                        mtime_ns,
-                        shadowed_by: None,
-                    })
-                })
-                .collect();
-            found.sort_by(|a, b| a.moniker.cmp(&b.moniker));
-            candidates.extend(found);
+    /// A search over the given directories, in order.
+    pub fn with_dirs(dirs: Vec<(PathBuf, Source)>) -> Self {
+        let mut seen = HashSet::new();
+        let dirs = dirs
+            .into_iter()
+            .filter(|(dir, _)| !dir.as_os_str().is_empty())
+            .filter(|(dir, _)| {
+                seen.insert(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()))
+            })
+            .collect();
+        Self {
+            dirs,
+            scanned: OnceLock::new(),
         }
-        let mut winners: HashMap<String, PathBuf> = HashMap::new();
-        for c in &mut candidates {
-            if BUILTINS.contains(&c.moniker.as_str()) {
-                c.shadowed_by = Some(Shadow::Builtin);
-            } else if let Some(winner) = winners.get(&c.moniker) {
-                c.shadowed_by = Some(Shadow::Plugin(winner.clone()));
-            } else if c.executable {
-                winners.insert(c.moniker.clone(), c.path.clone());
-            }
-        }
-        Self { candidates }
+    }
+
+    /// Every candidate on the search path, in search order (lists the directories once).
+    pub fn candidates(&self) -> &[Candidate] {
+        self.scanned.get_or_init(|| scan(&self.dirs))
     }
 
     /// The plugins `koi` will run, one per moniker, sorted by moniker.
     pub fn active(&self) -> Vec<&Candidate> {
         let mut active: Vec<&Candidate> =
-            self.candidates.iter().filter(|c| c.is_active()).collect();
+            self.candidates().iter().filter(|c| c.is_active()).collect();
         active.sort_by(|a, b| a.moniker.cmp(&b.moniker));
         active
     }
 
-    /// The active plugin for `moniker`.
-    pub fn find(&self, moniker: &str) -> Option<&Candidate> {
-        self.candidates
-            .iter()
-            .find(|c| c.moniker == moniker && c.is_active())
+    /// The plugin `koi <moniker>` runs: the first executable `koi-<moniker>` on the search path.
+    /// Before a full scan this checks one path per directory instead of listing them.
+    pub fn find(&self, moniker: &str) -> Option<Candidate> {
+        if let Some(all) = self.scanned.get() {
+            return all
+                .iter()
+                .find(|c| c.moniker == moniker && c.is_active())
+                .cloned();
+        }
+        if !is_valid_moniker(moniker) || BUILTINS.contains(&moniker) {
+            return None;
+        }
+        let name = format!("koi-{moniker}");
+        self.dirs.iter().find_map(|(dir, source)| {
+            candidate(dir.join(&name), moniker, *source).filter(|c| c.executable)
+        })
     }
+}
+
+fn candidate(path: PathBuf, moniker: &str, source: Source) -> Option<Candidate> {
+    let meta = std::fs::metadata(&path).ok()?; // follows symlinks
+    if !meta.is_file() {
+        return None;
+    }
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128);
+    Some(Candidate {
+        moniker: moniker.to_owned(),
+        path,
+        source,
+        executable: meta.permissions().mode() & 0o111 != 0,
+        size: meta.len(),
+        mtime_ns,
+        shadowed_by: None,
+    })
+}
+
+fn scan(dirs: &[(PathBuf, Source)]) -> Vec<Candidate> {
+    let mut candidates = Vec::new();
+    for (dir, source) in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut found: Vec<Candidate> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let moniker = name.strip_prefix("koi-")?;
+                if !is_valid_moniker(moniker) {
+                    return None;
+                }
+                candidate(entry.path(), moniker, *source)
+            })
+            .collect();
+        found.sort_by(|a, b| a.moniker.cmp(&b.moniker));
+        candidates.extend(found);
+    }
+    let mut winners: HashMap<String, PathBuf> = HashMap::new();
+    for c in &mut candidates {
+        if BUILTINS.contains(&c.moniker.as_str()) {
+            c.shadowed_by = Some(Shadow::Builtin);
+        } else if let Some(winner) = winners.get(&c.moniker) {
+            c.shadowed_by = Some(Shadow::Plugin(winner.clone()));
+        } else if c.executable {
+            winners.insert(c.moniker.clone(), c.path.clone());
+        }
+    }
+    candidates
 }
 
 #[cfg(test)]
@@ -194,17 +225,25 @@ mod tests {
         touch(b.path(), "koi-Bad", 0o755); // ignored
         let c = tempfile::tempdir().expect("tmp");
         touch(c.path(), "koi-x", 0o755);
-        let d = Discovery::scan_dirs(&[
+        let dirs = vec![
             (a.path().into(), Source::KoiPluginPath),
             (b.path().into(), Source::KoiHome),
             (c.path().into(), Source::Path),
-        ]);
-        assert_eq!(d.candidates.len(), 4, "{:?}", d.candidates);
+        ];
+        let quick = Discovery::with_dirs(dirs.clone());
+        let found = quick.find("x").expect("targeted lookup");
+        assert!(quick.find("status").is_none() && quick.find("y").is_none());
+        let d = Discovery::with_dirs(dirs);
+        assert_eq!(d.candidates().len(), 4, "{:?}", d.candidates());
         let active = d.active();
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].path, b.path().join("koi-x"));
+        assert_eq!(
+            found.path, active[0].path,
+            "the targeted lookup agrees with the scan"
+        );
         let later = d
-            .candidates
+            .candidates()
             .iter()
             .find(|c| c.source == Source::Path)
             .expect("the PATH copy");
@@ -213,12 +252,12 @@ mod tests {
             Some(Shadow::Plugin(b.path().join("koi-x")))
         );
         assert!(
-            d.candidates
+            d.candidates()
                 .iter()
                 .any(|c| c.moniker == "status" && c.shadowed_by == Some(Shadow::Builtin))
         );
         assert!(
-            d.candidates
+            d.candidates()
                 .iter()
                 .any(|c| c.moniker == "x" && !c.executable)
         );

@@ -119,6 +119,9 @@ fn render(style: Style, value: &Value, indent: usize, out: &mut String) {
                 .unwrap_or(0)
                 + 1;
             for (key, v) in map {
+                if v.is_null() || v.as_object().is_some_and(serde_json::Map::is_empty) {
+                    continue;
+                }
                 let label = format!("{}:", humanize(key));
                 match v {
                     Value::Object(inner) if !inner.is_empty() => {
@@ -204,7 +207,7 @@ mod tests {
     fn objects_and_tables() {
         let plain = Style { color: false };
         let text = value(plain, &json!({"greeting": "hi", "count_total": 2}));
-        assert_eq!(text, "Count total: 2\nGreeting:    hi\n");
+        assert_eq!(text, "Greeting:    hi\nCount total: 2\n", "keys keep their order");
         let text = value(
             plain,
             &json!([{"name": "web", "port": 80}, {"name": "dns", "port": 53}]),

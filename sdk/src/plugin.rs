@@ -46,6 +46,7 @@ impl Plugin {
                 publishes: Vec::new(),
                 subscribes: Vec::new(),
                 aliases: Vec::new(),
+                legacy_routes: Vec::new(),
             },
             methods: Vec::new(),
             status: None,
@@ -125,6 +126,16 @@ impl Plugin {
         self
     }
 
+    /// A pre-namespacing REST path (`/discover`) the daemon redirects to this plugin's `method`
+    /// (`status` names the plugin's status).
+    pub fn legacy_route(mut self, path: &str, method: &str) -> Self {
+        self.manifest.legacy_routes.push(koi_protocol::LegacyRoute {
+            path: path.to_owned(),
+            method: method.to_owned(),
+        });
+        self
+    }
+
     /// Runs handlers on a multi-threaded runtime with `threads` workers (default: one thread,
     /// which keeps start-up fast and memory small).
     pub fn worker_threads(mut self, threads: usize) -> Self {
@@ -172,6 +183,16 @@ impl Plugin {
                         ));
                     }
                 }
+            }
+        }
+        for route in &manifest.legacy_routes {
+            if !route.path.starts_with('/')
+                || (route.method != "status" && manifest.method(&route.method).is_none())
+            {
+                return Err(format!(
+                    "legacy route `{}` must start with / and point at a method",
+                    route.path
+                ));
             }
         }
         for alias in &manifest.aliases {
@@ -236,7 +257,8 @@ impl Plugin {
             lifecycle::watch_parent(stop.clone());
             serve(def, stop).await
         });
-        runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-        code
+        // Everything owed to the host is flushed (`serve` awaits its writer). Exiting here rather
+        // than dropping the runtime avoids waiting for tokio's blocking stdin reader thread.
+        std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
     }
 }

@@ -29,5 +29,5 @@ pub use handshake::{
     COOKIE_ENV, COOKIE_VALUE, DEFAULT_MAX_FRAME_BYTES, InitializeParams, InitializeResult,
     PROTOCOL_VERSION, ProtocolVersion,
 };
-pub use manifest::{CliSpec, EventSpec, Manifest, MethodSpec, RootAlias};
+pub use manifest::{CliSpec, EventSpec, LegacyRoute, Manifest, MethodSpec, RootAlias};
 pub use message::{Id, Message, MessageError};

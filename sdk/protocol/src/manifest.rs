@@ -29,6 +29,10 @@ pub struct Manifest {
     /// Deprecated root-level commands (`koi discover`) that map to one of this plugin's methods.
     #[serde(default)]
     pub aliases: Vec<RootAlias>,
+    /// Pre-namespacing REST paths (`/discover`) that the daemon's API redirects (301) to
+    /// `/v1/<moniker>/<method>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub legacy_routes: Vec<LegacyRoute>,
 }
 
 impl Manifest {
@@ -124,6 +128,15 @@ pub struct RootAlias {
     pub warning: String,
 }
 
+/// A REST path kept for compatibility, answered with a redirect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LegacyRoute {
+    /// The old path, starting with `/` (`/discover`).
+    pub path: String,
+    /// The method it now maps to (`discover`, or `status` for the plugin's status).
+    pub method: String,
+}
+
 /// Whether `name` is a valid moniker: starts with a lower-case letter, then lower-case letters,
 /// digits and single hyphens; at most 32 characters.
 pub fn is_valid_moniker(name: &str) -> bool {
@@ -160,6 +173,7 @@ mod tests {
             publishes: vec![],
             subscribes: vec!["mdns.service.*".into(), "cert.renewed".into()],
             aliases: vec![],
+            legacy_routes: vec![],
         };
         assert!(m.subscribes_to("mdns.service.appeared"));
         assert!(m.subscribes_to("cert.renewed"));
