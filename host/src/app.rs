@@ -46,6 +46,8 @@ pub struct Globals {
     pub color: bool,
     /// `-v` count.
     pub verbosity: u8,
+    /// `--no-daemon`: run plugins directly even when `koi daemon` answers.
+    pub no_daemon: bool,
 }
 
 impl Globals {
@@ -54,9 +56,11 @@ impl Globals {
         let mut json = false;
         let mut no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         let mut verbosity = 0u8;
+        let mut no_daemon = false;
         for arg in before_dashdash {
             match arg.as_str() {
                 "--json" => json = true,
+                "--no-daemon" => no_daemon = true,
                 "--no-color" => no_color = true,
                 "--verbose" => verbosity = verbosity.saturating_add(1),
                 a if a.starts_with('-')
@@ -74,6 +78,7 @@ impl Globals {
             json,
             color,
             verbosity,
+            no_daemon,
         }
     }
 }
@@ -86,10 +91,18 @@ pub fn main() -> ExitCode {
     let globals = Globals::scan(&args);
     let filter = crate::logging::filter_string(globals.verbosity);
     crate::logging::init(&filter, std::io::stderr().is_terminal() && globals.color);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The daemon serves many clients and plugins at once; a one-shot command needs one thread.
+    let runtime = if command_word(&args).is_some_and(|(_, w)| w == "daemon") {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("koi: cannot start the async runtime: {e}");
@@ -154,6 +167,23 @@ fn command_word(args: &[String]) -> Option<(usize, &str)> {
 async fn route(inv: &Invocation) -> u8 {
     let word = command_word(&inv.args).map(|(_, w)| w.to_owned());
     match word.as_deref() {
+        Some("daemon")
+            if inv
+                .args
+                .iter()
+                .skip(2)
+                .all(|a| a.starts_with('-') && a != "-h" && a != "--help") =>
+        {
+            crate::daemon::run(inv.home.clone(), inv.session.launch.clone()).await
+        }
+        Some("status")
+            if !inv.globals.no_daemon && !inv.args.iter().any(|a| a == "-h" || a == "--help") =>
+        {
+            match crate::forward::connect(&inv.home, inv.session.terminal.clone()).await {
+                Some(daemon) => crate::builtins::status_from_daemon(&daemon, &inv.globals).await,
+                None => run_root(inv).await,
+            }
+        }
         Some(w) if !BUILTINS.contains(&w) && inv.session.discovery.find(w).is_some() => {
             run_plugin_verb(inv, w, inv.args.clone()).await
         }
@@ -231,6 +261,13 @@ fn global_args(command: Command) -> Command {
                 .help("Never use colour (also: NO_COLOR=1)"),
         )
         .arg(
+            Arg::new("no-daemon")
+                .long("no-daemon")
+                .global(true)
+                .action(ArgAction::SetTrue)
+                .help("Run plugins directly even when `koi daemon` is running"),
+        )
+        .arg(
             Arg::new("verbose")
                 .short('v')
                 .long("verbose")
@@ -256,7 +293,8 @@ fn root_base() -> Command {
             .about("Koi: a local-network toolkit. Capabilities come from koi-<name> plugins.")
             .disable_help_subcommand(true)
             .after_help(EXIT_CODES_HELP)
-            .subcommand(Command::new("status").about("Show every plugin's state on one dashboard"))
+            .subcommand(Command::new("status").about("Show every plugin's state on one dashboard (live from koi daemon when it runs)"))
+            .subcommand(Command::new("daemon").about("Run the long-lived host: supervise plugins, route events, serve the control socket and REST API (see docs/daemon.md)"))
             .subcommand(Command::new("version").about("Show koi's version, git hash, protocol version and each plugin's version"))
             .subcommand(
                 Command::new("plugins")
@@ -381,11 +419,22 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
             Err(e) => report(&inv.session.terminal, moniker, &e),
         };
     }
-    let connection = match inv.session.connect(moniker).await {
-        Ok(c) => c,
+    let daemon = if inv.globals.no_daemon {
+        None
+    } else {
+        crate::forward::connect(&inv.home, inv.session.terminal.clone()).await
+    };
+    let target = match daemon {
+        Some(peer) => Target::Daemon(peer),
+        None => match inv.session.connect(moniker).await {
+            Ok(c) => Target::Direct(c),
+            Err(e) => return report(&inv.session.terminal, moniker, &e),
+        },
+    };
+    let manifest = match target.manifest(moniker).await {
+        Ok(m) => m,
         Err(e) => return report(&inv.session.terminal, moniker, &e),
     };
-    let manifest = connection.manifest().clone();
     let matches = match single_plugin_root(&manifest).try_get_matches_from(&args) {
         Ok(m) => m,
         Err(e) => return clap_error(e),
@@ -407,7 +456,7 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
         None => return EXIT_USAGE,
     };
     let label = format!("{moniker} {verb}");
-    let outcome = call_with_interrupt(&connection, verb, params).await;
+    let outcome = call_with_interrupt(&target, moniker, verb, params).await;
     inv.session.terminal.finish_progress();
     match outcome {
         Ok(result) => {
@@ -421,12 +470,13 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
 /// Runs one call; the first Ctrl-C sends `$/cancel` and waits briefly for the plugin to finish,
 /// the second stops waiting.
 async fn call_with_interrupt(
-    connection: &crate::connection::Connection,
+    target: &Target,
+    moniker: &str,
     method: &str,
     params: Value,
 ) -> Result<Value, ErrorObject> {
     let (id_tx, id_rx) = std::sync::mpsc::channel();
-    let call = connection.call_with_id(method, params, move |id| {
+    let call = target.call(moniker, method, params, move |id| {
         let _ = id_tx.send(id);
     });
     tokio::pin!(call);
@@ -439,7 +489,7 @@ async fn call_with_interrupt(
                     break;
                 }
                 if let Ok(id) = id_rx.try_recv() {
-                    connection.cancel(id);
+                    target.cancel(id).await;
                 }
                 let _ = writeln!(std::io::stderr(), "Cancelling… (press Ctrl-C again to stop waiting)");
                 deadline = Some(tokio::time::Instant::now() + CANCEL_GRACE);
@@ -449,11 +499,67 @@ async fn call_with_interrupt(
     }
     Err(ErrorObject::new(
         codes::REQUEST_CANCELLED,
-        format!(
-            "cancelled; koi-{} did not confirm in time and was stopped",
-            connection.moniker()
-        ),
+        format!("cancelled; koi-{moniker} did not confirm in time and was stopped"),
     ))
+}
+
+/// Where a verb runs: a plugin this command started, or `koi daemon`.
+enum Target {
+    Direct(crate::connection::Connection),
+    Daemon(Arc<crate::peer::Peer>),
+}
+
+impl Target {
+    async fn manifest(&self, moniker: &str) -> Result<Manifest, ErrorObject> {
+        match self {
+            Target::Direct(c) => Ok(c.manifest().clone()),
+            Target::Daemon(peer) => {
+                let value = peer
+                    .request(
+                        crate::daemon::control::methods::MANIFEST,
+                        serde_json::json!({ "plugin": moniker }),
+                    )
+                    .await?;
+                serde_json::from_value(value).map_err(|e| {
+                    ErrorObject::new(
+                        codes::PLUGIN_UNAVAILABLE,
+                        format!("koi daemon sent an unreadable manifest: {e}"),
+                    )
+                })
+            }
+        }
+    }
+
+    async fn call(
+        &self,
+        moniker: &str,
+        method: &str,
+        params: Value,
+        on_id: impl FnOnce(u64),
+    ) -> Result<Value, ErrorObject> {
+        match self {
+            Target::Direct(c) => c.call_with_id(method, params, on_id).await,
+            Target::Daemon(peer) => {
+                let request =
+                    serde_json::json!({ "plugin": moniker, "method": method, "params": params });
+                peer.request_with_id(crate::daemon::control::methods::CALL, request, on_id)
+                    .await
+            }
+        }
+    }
+
+    async fn cancel(&self, id: u64) {
+        match self {
+            Target::Direct(c) => c.cancel(id),
+            Target::Daemon(peer) => {
+                peer.notify(
+                    koi_protocol::calls::CANCEL,
+                    serde_json::json!({ "request": id }),
+                )
+                .await
+            }
+        }
+    }
 }
 
 fn print_result(terminal: &Terminal, result: &Value) {

@@ -65,19 +65,52 @@ pub async fn status(session: Arc<Session>, infos: &[PluginInfo], globals: &Globa
         }
     }
     rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    render_status(
+        &json!({"koi": {"version": env!("CARGO_PKG_VERSION")}, "plugins": rows}),
+        globals,
+    )
+}
+
+/// `koi status` answered by a running `koi daemon` (live state, restarts, event counters).
+pub async fn status_from_daemon(daemon: &crate::peer::Peer, globals: &Globals) -> u8 {
+    match daemon
+        .request(crate::daemon::control::methods::STATUS, Value::Null)
+        .await
+    {
+        Ok(report) => render_status(&report, globals),
+        Err(e) => {
+            eprintln!("error: koi daemon did not answer `status`: {}", e.message);
+            EXIT_PLUGIN_FAILED
+        }
+    }
+}
+
+/// Prints a status report (one-shot or from the daemon) and returns the exit code.
+fn render_status(report: &Value, globals: &Globals) -> u8 {
+    let empty = Vec::new();
+    let rows = report["plugins"].as_array().unwrap_or(&empty);
     let any_failed = rows.iter().any(|r| r["state"] == "failed");
     if globals.json {
-        print_json(&json!({"koi": {"version": env!("CARGO_PKG_VERSION")}, "plugins": rows}));
+        print_json(report);
     } else {
         let style = Style {
             color: globals.color,
         };
         let mut text = format!(
-            "{} {} — {} plugin(s)\n",
+            "{} {} — {} plugin(s)",
             style.bold("koi"),
             env!("CARGO_PKG_VERSION"),
             rows.len()
         );
+        match report.get("daemon") {
+            Some(d) => text.push_str(&format!(
+                ", koi daemon pid {} up {} s\n",
+                d["pid"], d["uptime_secs"]
+            )),
+            None => {
+                text.push_str(" (no daemon running: each plugin was started for this command)\n")
+            }
+        }
         if rows.is_empty() {
             text.push_str("  No plugins found. `koi plugins list` shows where koi looks for koi-<name> executables.\n");
         }
@@ -87,7 +120,7 @@ pub async fn status(session: Arc<Session>, infos: &[PluginInfo], globals: &Globa
             .map(str::len)
             .max()
             .unwrap_or(0);
-        for row in &rows {
+        for row in rows {
             let state = row["state"].as_str().unwrap_or("failed");
             let (mark, painted) = match state {
                 "ok" => ("●", style.green(&format!("{state:<8}"))),
@@ -100,6 +133,18 @@ pub async fn status(session: Arc<Session>, infos: &[PluginInfo], globals: &Globa
                 "  {mark} {name:<width$}  {painted} {}\n",
                 row["summary"].as_str().unwrap_or("")
             ));
+            let restarts = row["supervision"]["restarts"].as_u64().unwrap_or(0);
+            if restarts > 0 {
+                let last = row["supervision"]["last_failure"]["reason"]
+                    .as_str()
+                    .unwrap_or("");
+                text.push_str(&format!(
+                    "      {}\n",
+                    style.yellow(&format!(
+                        "restarted {restarts} time(s); last failure: {last}"
+                    ))
+                ));
+            }
             if globals.verbosity > 0 {
                 if let Some(details) = row
                     .get("details")
@@ -109,6 +154,19 @@ pub async fn status(session: Arc<Session>, infos: &[PluginInfo], globals: &Globa
                         text.push_str(&format!("      {line}\n"));
                     }
                 }
+            }
+        }
+        if let Some(events) = report["daemon"]["events"].as_array() {
+            for e in events
+                .iter()
+                .filter(|e| e["dropped"].as_u64().unwrap_or(0) > 0)
+            {
+                text.push_str(&format!(
+                    "  {} {} dropped {} event(s): it reads them too slowly\n",
+                    style.yellow("warning:"),
+                    e["subscriber"].as_str().unwrap_or("?"),
+                    e["dropped"]
+                ));
             }
         }
         print_text(&text);

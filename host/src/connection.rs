@@ -35,6 +35,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 const STDERR_TAIL_LINES: usize = 8;
 /// Longest stderr line kept, in bytes.
 const STDERR_LINE_LIMIT: usize = 64 * 1024;
+/// Frames that may wait for a plugin to read its stdin. A plugin that lets more pile up has
+/// stopped reading; the connection is then closed rather than letting the host's memory grow.
+pub const OUTBOUND_FRAMES: usize = 1024;
 /// Each escalation step of `shutdown` waits this long.
 pub const SHUTDOWN_STEP: Duration = Duration::from_secs(2);
 
@@ -85,7 +88,7 @@ struct Inner {
     pid: u32,
     max_frame: usize,
     request_timeout: Duration,
-    out: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+    out: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
     pending: Pending,
     next_id: AtomicU64,
     manifest: OnceLock<Manifest>,
@@ -147,7 +150,7 @@ impl Connection {
             )));
         };
         let (exit_tx, exit_rx) = watch::channel(None);
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
         let inner = Arc::new(Inner {
             moniker: moniker.to_owned(),
             path: path.to_owned(),
@@ -423,6 +426,39 @@ impl Connection {
         self.notify(calls::CANCEL, serde_json::json!({ "request": id }));
     }
 
+    /// Sends a notification, waiting while the plugin's input queue is full (for event delivery,
+    /// whose own bounded queue absorbs the wait). Returns false if the plugin's stdin is closed.
+    pub async fn deliver(&self, method: &str, params: Value) -> bool {
+        let body = Message::Notification {
+            method: method.to_owned(),
+            params,
+        }
+        .to_bytes();
+        trace::frame(
+            &self.inner.moniker,
+            Direction::ToPlugin,
+            &body,
+            self.inner.secret_names(),
+            false,
+        );
+        let sender = lock(&self.inner.out).clone();
+        match sender {
+            Some(sender) => sender.send(body).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Resolves once the plugin process has exited and been reaped.
+    pub async fn closed(&self) {
+        let mut exit = self.inner.exit.clone();
+        let _ = exit.wait_for(Option::is_some).await;
+    }
+
+    /// How the process ended, once it has.
+    pub fn exit_report(&self) -> Option<ExitReport> {
+        self.inner.exit.borrow().clone()
+    }
+
     /// Sends a notification.
     pub fn notify(&self, method: &str, params: Value) {
         self.send(&Message::Notification {
@@ -654,7 +690,12 @@ impl Inner {
         );
         let sender = lock(&self.out).clone();
         if let Some(sender) = sender {
-            let _ = sender.send(body);
+            if let Err(mpsc::error::TrySendError::Full(_)) = sender.try_send(body) {
+                self.break_connection(format!(
+                    "koi-{} stopped reading its stdin ({OUTBOUND_FRAMES} frames were waiting); the connection was closed",
+                    self.moniker
+                ));
+            }
         }
     }
 }
@@ -704,7 +745,7 @@ fn describe_status(status: std::process::ExitStatus) -> String {
     }
 }
 
-async fn write_loop(stdin: ChildStdin, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+async fn write_loop(stdin: ChildStdin, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut out = BufWriter::with_capacity(64 * 1024, stdin);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);

@@ -10,6 +10,8 @@
 //! - [`schema`]: runtime JSON-Schema checking; [`clispec`]: manifests → `clap`, arguments → params.
 //! - [`ui`]: questions, progress, shown output; [`render`]: human-readable results.
 //! - [`trace`]: redacting protocol traces; [`logging`]: the host log and plugin stderr relay.
+//! - [`daemon`]: `koi daemon` (supervision, event bus, control socket, REST, systemd);
+//!   [`forward`]: the CLI's client for it; [`peer`]: JSON-RPC over the control socket.
 //! - [`paths`] resolves `KOI_HOME`.
 
 #![forbid(unsafe_code)]
@@ -20,9 +22,12 @@ pub mod cache;
 pub mod catalog;
 pub mod clispec;
 pub mod connection;
+pub mod daemon;
 pub mod discovery;
+pub mod forward;
 pub mod logging;
 pub mod paths;
+pub mod peer;
 pub mod render;
 pub mod schema;
 pub mod services;

@@ -207,7 +207,10 @@ mod tests {
     fn objects_and_tables() {
         let plain = Style { color: false };
         let text = value(plain, &json!({"greeting": "hi", "count_total": 2}));
-        assert_eq!(text, "Greeting:    hi\nCount total: 2\n", "keys keep their order");
+        assert_eq!(
+            text, "Greeting:    hi\nCount total: 2\n",
+            "keys keep their order"
+        );
         let text = value(
             plain,
             &json!([{"name": "web", "port": 80}, {"name": "dns", "port": 53}]),
