@@ -79,6 +79,7 @@ async fn wait(ctx: Context, p: WaitParams) -> Result<Waited, MethodError> {
 #[serde(deny_unknown_fields)]
 struct CountParams {
     /// Count up to this number, streaming each number.
+    #[schemars(range(max = 100000))]
     to: u32,
 }
 
@@ -203,6 +204,60 @@ async fn relay(ctx: Context, p: RelayParams) -> Result<Relayed, MethodError> {
     Ok(Relayed { result, delivered })
 }
 
+/// Params of `publish`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct PublishParams {
+    /// How many `hello.tick` events to publish.
+    #[schemars(range(min = 1, max = 100000))]
+    count: u32,
+    /// Bytes of padding in each event (to make them heavy).
+    #[serde(default)]
+    #[schemars(range(max = 65536))]
+    size: u32,
+}
+
+/// Result of `publish`.
+#[derive(Serialize, JsonSchema)]
+struct Published {
+    /// Events published.
+    published: u32,
+    /// Deliveries queued, summed over events.
+    queued: usize,
+}
+
+/// Payload of `hello.tick`.
+#[derive(Serialize, JsonSchema)]
+struct TickEvent {
+    /// Sequence number, from 1.
+    n: u32,
+    /// Padding.
+    padding: String,
+}
+
+async fn publish(ctx: Context, p: PublishParams) -> Result<Published, MethodError> {
+    let padding = "x".repeat(p.size as usize);
+    let mut queued = 0;
+    for n in 1..=p.count {
+        queued += ctx
+            .publish(
+                "hello.tick",
+                &TickEvent {
+                    n,
+                    padding: padding.clone(),
+                },
+            )
+            .await?;
+        if n % 500 == 0 {
+            ctx.progress("publishing", Some(u64::from(n)), Some(u64::from(p.count)));
+        }
+    }
+    Ok(Published {
+        published: p.count,
+        queued,
+    })
+}
+
 fn main() -> std::process::ExitCode {
     Plugin::new("hello", env!("CARGO_PKG_VERSION"), "Example plugin: greetings, waiting, questions")
         .description("The koi-sdk example plugin. Every verb exercises one part of the protocol.")
@@ -217,7 +272,10 @@ fn main() -> std::process::ExitCode {
         .method(Method::new("ask", "Ask a few questions", ask).interactive())
         .method(Method::new("show", "Show a table and a QR code", show))
         .method(Method::new("relay", "Call another plugin through the host and publish an event", relay).positional(["plugin", "method"]))
+        .method(Method::new("publish", "Publish COUNT `hello.tick` events", publish).mutating())
         .publishes::<RelayedEvent>("hello.relayed", "A relay call completed")
+        .publishes::<TickEvent>("hello.tick", "A numbered event from `publish`")
+        .legacy_route("/greet", "greet")
         .deprecated_alias("greet", "greet", "Warning: `koi greet` is deprecated. Use `koi hello greet`.\nThis alias will be removed in the next release.")
         .status(|_ctx: Context| async {
             StatusReport { state: HealthState::Ok, summary: "ready to greet".into(), details: Default::default() }

@@ -22,9 +22,40 @@ pub(crate) type Handler =
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
 
-/// The JSON Schema of `T`, as a JSON value.
+/// The JSON Schema of `T`, as a JSON value. Integer properties get the bounds of their Rust type
+/// (`format: uint32` → `minimum: 0, maximum: 4294967295`), so the host refuses what the plugin
+/// could not deserialise instead of passing it on.
 pub fn schema_of<T: JsonSchema>() -> Value {
-    schemars::schema_for!(T).to_value()
+    let mut schema = schemars::schema_for!(T).to_value();
+    bound_integers(&mut schema);
+    schema
+}
+
+fn bound_integers(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let range: Option<(i128, i128)> = match map.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some((0, u8::MAX.into())),
+                Some("uint16") => Some((0, u16::MAX.into())),
+                Some("uint32") => Some((0, u32::MAX.into())),
+                Some("uint64" | "uint") => Some((0, u64::MAX.into())),
+                Some("int8") => Some((i8::MIN.into(), i8::MAX.into())),
+                Some("int16") => Some((i16::MIN.into(), i16::MAX.into())),
+                Some("int32") => Some((i32::MIN.into(), i32::MAX.into())),
+                Some("int64" | "int") => Some((i64::MIN.into(), i64::MAX.into())),
+                _ => None,
+            };
+            if let Some((min, max)) = range {
+                let number =
+                    |n: i128| serde_json::Number::from_i128(n).map_or(Value::Null, Value::Number);
+                map.entry("minimum").or_insert_with(|| number(min));
+                map.entry("maximum").or_insert_with(|| number(max));
+            }
+            map.values_mut().for_each(bound_integers);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
 }
 
 /// A plugin method: name, schemas, CLI shape, behaviour, and the handler.

@@ -8,6 +8,7 @@
 mod support;
 
 mod cli;
+mod daemon;
 mod misbehaviour;
 mod protocol_features;
 mod pyhello;

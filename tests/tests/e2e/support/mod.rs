@@ -256,3 +256,129 @@ impl Run {
         self
     }
 }
+
+/// Whether root-only tests may run; skipping is a failure when `KOI_REQUIRE_ROOT_TESTS=1`.
+pub fn root_or_skip(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("KOI_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
+        "{test} needs root and KOI_REQUIRE_ROOT_TESTS=1 forbids skipping it"
+    );
+    eprintln!("SKIPPED {test}: needs root");
+    false
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// A `koi daemon` started for one test; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct DaemonProc {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl KoiEnv {
+    /// Starts `koi daemon` with extra environment and waits until it answers `koi status`.
+    pub fn start_daemon(&self, env: &[(&str, &str)]) -> DaemonProc {
+        let log = self.dir.path().join(format!(
+            "daemon-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let file = std::fs::File::create(&log).expect("daemon log");
+        let mut cmd = self.command(&["daemon"]);
+        cmd.env("KOI_REST_ENABLED", "false")
+            .stdout(Stdio::null())
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn koi daemon");
+        let daemon = DaemonProc { child, log };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        // Until the socket exists, `koi status` would start the plugins itself.
+        while !self.home.join("run/koi.sock").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "koi daemon never bound its socket:\n{}",
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        loop {
+            let run = self.run(&["status", "--json"]);
+            if run.code.is_some()
+                && serde_json::from_str::<serde_json::Value>(&run.stdout).is_ok_and(|v| {
+                    v.get("daemon").is_some()
+                        && v["plugins"]
+                            .as_array()
+                            .is_some_and(|p| p.iter().all(|p| p["supervision"]["pid"].is_number()))
+                })
+            {
+                return daemon;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "koi daemon did not become ready:\n{}",
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The live status from the daemon.
+    pub fn daemon_status(&self) -> serde_json::Value {
+        let run = self.run(&["status", "--json"]);
+        let status = run.json();
+        assert!(
+            status.get("daemon").is_some(),
+            "not answered by the daemon: {}",
+            run.stdout
+        );
+        status
+    }
+}
+
+impl DaemonProc {
+    /// The daemon's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (up to `limit`) for the exit; returns the exit code.
+    pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait()
+            && self.terminate(Duration::from_secs(10)).is_none()
+        {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
