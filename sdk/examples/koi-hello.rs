@@ -99,7 +99,7 @@ struct Counted {
 
 async fn count(ctx: Context, p: CountParams) -> Result<Counted, MethodError> {
     for n in 1..=p.to {
-        ctx.emit(&Tick { n });
+        ctx.emit(&Tick { n }).await;
     }
     Ok(Counted { count: p.to })
 }

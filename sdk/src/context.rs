@@ -160,8 +160,10 @@ impl Context {
         self.shared.notify(calls::SHOW, &params);
     }
 
-    /// Streams one result item (for methods declared with [`crate::Method::streams`]).
-    pub fn emit<T: Serialize>(&self, item: &T) {
+    /// Streams one result item (for methods declared with [`crate::Method::streams`]). It yields
+    /// to the runtime, so a handler streaming many items never starves the writer or the plugin's
+    /// answers to other requests (such as the daemon's pings).
+    pub async fn emit<T: Serialize>(&self, item: &T) {
         if let (Some(request), Ok(item)) = (&self.request, serde_json::to_value(item)) {
             self.shared.notify(
                 calls::ITEM,
@@ -171,6 +173,7 @@ impl Context {
                 },
             );
         }
+        tokio::task::yield_now().await;
     }
 
     /// Calls `method` of plugin `plugin` through the host, which checks both payloads.

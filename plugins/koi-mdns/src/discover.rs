@@ -189,13 +189,15 @@ pub async fn run(
                 let short = names::short_type(&found);
                 let now = crate::cache::timestamp(SystemTime::now());
                 if types.insert(short.clone(), now).is_none() && p.watch {
-                    ctx.emit(&WatchItem::for_type(Action::Appeared, &short));
+                    ctx.emit(&WatchItem::for_type(Action::Appeared, &short))
+                        .await;
                 }
             }
             (None, ServiceEvent::ServiceRemoved(_, gone)) => {
                 let short = names::short_type(&gone);
                 if types.remove(&short).is_some() && p.watch {
-                    ctx.emit(&WatchItem::for_type(Action::Removed, &short));
+                    ctx.emit(&WatchItem::for_type(Action::Removed, &short))
+                        .await;
                 }
             }
             (Some(_), ServiceEvent::ServiceResolved(resolved)) => {
@@ -207,9 +209,11 @@ pub async fn run(
                             match (&change, previous) {
                                 (Change::Appeared(r), _) | (Change::Refreshed(r), None) => {
                                     ctx.emit(&WatchItem::from_record(Action::Appeared, r, &[]))
+                                        .await
                                 }
                                 (Change::Changed(r, fields), _) => {
                                     ctx.emit(&WatchItem::from_record(Action::Changed, r, fields))
+                                        .await
                                 }
                                 _ => {}
                             }
@@ -224,9 +228,11 @@ pub async fn run(
                 let change = engine.remove(&fullname);
                 if p.watch {
                     if let Some(Change::Removed(r)) = &change {
-                        ctx.emit(&WatchItem::from_record(Action::Removed, r, &[]));
+                        ctx.emit(&WatchItem::from_record(Action::Removed, r, &[]))
+                            .await;
                     } else if let Some(r) = known {
-                        ctx.emit(&WatchItem::from_record(Action::Removed, &r, &[]));
+                        ctx.emit(&WatchItem::from_record(Action::Removed, &r, &[]))
+                            .await;
                     }
                 }
                 if let Some(change) = change {
