@@ -86,8 +86,9 @@ impl PeerHandler for TerminalHandler {
 /// The notification a daemon sends before closing a connection it refuses.
 pub const REFUSED: &str = "daemon/refused";
 
-/// Connects to the daemon of `home`, or returns `None` when none answers (no socket, a stale one,
-/// or a refusal — which is reported on stderr before falling back).
+/// Connects to the daemon of `home` and checks it answers `daemon/hello`; returns `None` when none
+/// answers (no socket, a stale one, or a refusal — which is reported on stderr before falling
+/// back).
 pub async fn connect(home: &KoiHome, terminal: Arc<Terminal>) -> Option<Arc<Peer>> {
     let path = crate::daemon::socket_path(home);
     let stream = match tokio::net::UnixStream::connect(&path).await {

@@ -153,6 +153,7 @@ impl PeerHandler for ClientSession {
                 let p: PluginRequest = serde_json::from_value(params).map_err(bad_params)?;
                 daemon
                     .manifest(&p.plugin)
+                    .await
                     .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
             }),
             methods::STATUS => Box::pin(async move { Ok(daemon.status().await) }),

@@ -97,15 +97,17 @@ impl Daemon {
     }
 
     /// The manifest of `moniker` from its latest handshake.
-    pub fn manifest(&self, moniker: &str) -> Result<Manifest, ErrorObject> {
+    /// Waits, like a call does, for a plugin that is still starting or restarting.
+    pub async fn manifest(&self, moniker: &str) -> Result<Manifest, ErrorObject> {
         let plugin = self.plugin(moniker)?;
-        plugin.manifest().ok_or_else(|| {
-            ErrorObject::new(
-                codes::PLUGIN_UNAVAILABLE,
-                format!("koi-{moniker} has not completed a handshake with the daemon yet"),
-            )
-            .with_hint("`koi status` shows why.")
-        })
+        if let Some(manifest) = plugin.manifest() {
+            return Ok(manifest);
+        }
+        Ok(plugin
+            .wait_connection(RESTART_WAIT)
+            .await?
+            .manifest()
+            .clone())
     }
 
     /// Calls a plugin method (or its `status`); waits briefly for a restarting plugin.

@@ -527,3 +527,34 @@ fn schemathesis_finds_no_server_errors_or_schema_mismatches() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_verb_sent_while_a_plugin_is_still_starting_waits_for_it() {
+    let env = KoiEnv::new().with_fixture("noisy");
+    let log = std::fs::File::create(env.dir.path().join("daemon.log")).expect("log");
+    let mut daemon = env
+        .command(&["daemon"])
+        .env("KOI_REST_ENABLED", "false")
+        .env("KOI_FIXTURE_START_DELAY", "1.5")
+        .stderr(log)
+        .spawn()
+        .expect("spawn daemon");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.home.join("run/koi.sock").exists() {
+        assert!(Instant::now() < deadline, "no socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let run = env.run(&["noisy", "chat", "--json"]);
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(daemon.id() as i32).expect("pid"),
+        rustix::process::Signal::TERM,
+    );
+    let _ = daemon.wait();
+    run.expect_code(0);
+    assert_eq!(run.json(), json!({"answer": 42}));
+    assert_eq!(
+        env.fixture_starts(),
+        1,
+        "the call waited for the daemon's plugin instead of starting one"
+    );
+}

@@ -154,9 +154,23 @@ impl Proc {
 
     /// Sends SIGINT (Ctrl-C) to the process (`ip netns exec` execs it, so this is `koi` itself).
     pub fn interrupt(&self) {
+        self.signal("INT");
+    }
+
+    /// Sends SIGTERM to the process (how systemd stops `koi daemon`).
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    fn signal(&self, name: &str) {
         let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status();
+    }
+
+    /// The process id (that of `koi` itself: `ip netns exec` execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits for the process to exit.
@@ -354,6 +368,30 @@ impl Lab {
     /// Starts `koi ARGS` on `host` in the background.
     pub fn spawn(&self, host: &Host, args: &[&str]) -> Proc {
         Proc::spawn(self.koi(host, args))
+    }
+
+    /// Starts `koi ARGS` on `host` in the background with extra environment variables.
+    pub fn spawn_with_env(&self, host: &Host, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut c = self.koi(host, args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Proc::spawn(c)
+    }
+
+    /// Every process still running in `host`'s namespace, as `(pid, command name)`.
+    pub fn processes(&self, host: &Host) -> Vec<(u32, String)> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &host.ns])
+            .output()
+            .expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                Some((pid.parse().ok()?, comm.trim().to_owned()))
+            })
+            .collect()
     }
 
     /// Starts any program inside `host`'s namespace.
