@@ -27,8 +27,8 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::process::{ChildStdin, Command};
+use tokio::io::BufReader;
+use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// How many stderr lines are kept for crash reports.
@@ -171,7 +171,7 @@ impl Connection {
             exit: exit_rx,
             services,
         });
-        tokio::spawn(write_loop(stdin, out_rx));
+        tokio::spawn(koi_protocol::frame::write_frames(stdin, out_rx));
         tokio::spawn(stderr_loop(Arc::downgrade(&inner), stderr));
         let stdout_done = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(read_loop(inner.clone(), stdout, stdout_done.clone()));
@@ -743,23 +743,6 @@ fn describe_status(status: std::process::ExitStatus) -> String {
         ),
         None => "ended".to_owned(),
     }
-}
-
-async fn write_loop(stdin: ChildStdin, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut out = BufWriter::with_capacity(64 * 1024, stdin);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(body) = next {
-            if out.write_all(&body).await.is_err() || out.write_all(b"\n").await.is_err() {
-                return;
-            }
-            next = rx.try_recv().ok();
-        }
-        if out.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = out.shutdown().await;
 }
 
 async fn read_loop(

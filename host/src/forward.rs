@@ -7,7 +7,7 @@ use crate::paths::KoiHome;
 use crate::peer::{Peer, PeerHandler};
 use crate::services::BoxFuture;
 use crate::ui::Terminal;
-use koi_protocol::calls::{self, ProgressParams, ShowParams};
+use koi_protocol::calls;
 use koi_protocol::{ErrorObject, Id, codes};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -36,14 +36,7 @@ impl PeerHandler for TerminalHandler {
                 .to_owned();
             match method.as_str() {
                 calls::PROMPT | calls::SECRET | calls::CONFIRM | calls::CHOOSE => {
-                    tokio::task::spawn_blocking(move || terminal.ask(&plugin, &method, params))
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(ErrorObject::new(
-                                codes::INTERNAL_ERROR,
-                                format!("prompt failed: {e}"),
-                            ))
-                        })
+                    terminal.answer(&plugin, method, params).await
                 }
                 other => Err(ErrorObject::new(
                     codes::METHOD_NOT_FOUND,
@@ -54,31 +47,15 @@ impl PeerHandler for TerminalHandler {
     }
 
     fn notification(&self, _peer: &Arc<Peer>, method: &str, params: Value) {
-        match method {
-            calls::PROGRESS => {
-                if let Ok(p) = serde_json::from_value::<ProgressParams>(params) {
-                    self.terminal.progress(&p);
-                }
-            }
-            calls::SHOW => {
-                if let Ok(p) = serde_json::from_value::<ShowParams>(params) {
-                    self.terminal.show(&p.content);
-                }
-            }
-            calls::ITEM => {
-                if let Some(item) = params.get("item") {
-                    self.terminal.item(item);
-                }
-            }
-            REFUSED => {
-                let message = params
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("refused")
-                    .to_owned();
-                *crate::schema::lock(&self.refusal) = Some(message);
-            }
-            _ => {}
+        if method == REFUSED {
+            let message = params
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("refused")
+                .to_owned();
+            *crate::schema::lock(&self.refusal) = Some(message);
+        } else {
+            self.terminal.relay(method, params);
         }
     }
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -70,7 +70,7 @@ impl Peer {
             next_id: AtomicU64::new(1),
             closed: CancellationToken::new(),
         });
-        tokio::spawn(write_loop(writer, rx));
+        tokio::spawn(koi_protocol::frame::write_frames(writer, rx));
         tokio::spawn(read_loop(peer.clone(), reader, handler, max_frame));
         peer
     }
@@ -155,23 +155,6 @@ fn gone() -> ErrorObject {
         codes::PLUGIN_UNAVAILABLE,
         "the other end of the koi control socket closed the connection",
     )
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut out = BufWriter::new(writer);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(body) = next {
-            if out.write_all(&body).await.is_err() || out.write_all(b"\n").await.is_err() {
-                return;
-            }
-            next = rx.try_recv().ok();
-        }
-        if out.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = out.shutdown().await;
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(

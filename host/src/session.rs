@@ -9,9 +9,7 @@ use crate::discovery::Discovery;
 use crate::schema::lock;
 use crate::services::{BoxFuture, HostServices};
 use crate::ui::Terminal;
-use koi_protocol::calls::{
-    self, CallParams, EventDelivery, ProgressParams, PublishParams, PublishResult, ShowParams,
-};
+use koi_protocol::calls::{self, CallParams, EventDelivery, PublishParams, PublishResult};
 use koi_protocol::{ErrorObject, codes};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -169,16 +167,7 @@ impl HostServices for Session {
         Box::pin(async move {
             match method.as_str() {
                 calls::PROMPT | calls::SECRET | calls::CONFIRM | calls::CHOOSE => {
-                    let terminal = me.terminal.clone();
-                    let plugin = from.moniker().to_owned();
-                    tokio::task::spawn_blocking(move || terminal.ask(&plugin, &method, params))
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(ErrorObject::new(
-                                codes::INTERNAL_ERROR,
-                                format!("prompt failed: {e}"),
-                            ))
-                        })
+                    me.terminal.answer(from.moniker(), method, params).await
                 }
                 calls::CALL => me.call_other(from, params).await,
                 calls::PUBLISH => me.publish(&from, params),
@@ -192,26 +181,8 @@ impl HostServices for Session {
     }
 
     fn notification(&self, from: &Connection, method: &str, params: Value) {
-        match method {
-            calls::PROGRESS => {
-                if let Ok(p) = serde_json::from_value::<ProgressParams>(params) {
-                    self.terminal.progress(&p);
-                }
-            }
-            calls::SHOW => match serde_json::from_value::<ShowParams>(params) {
-                Ok(p) => self.terminal.show(&p.content),
-                Err(e) => {
-                    tracing::warn!(plugin = %from.moniker(), "ignored an invalid host/show: {e}")
-                }
-            },
-            calls::ITEM => {
-                if let Some(item) = params.get("item") {
-                    self.terminal.item(item);
-                }
-            }
-            other => {
-                tracing::debug!(plugin = %from.moniker(), method = other, "ignored an unknown notification")
-            }
+        if !self.terminal.relay(method, params) {
+            tracing::debug!(plugin = %from.moniker(), method, "ignored an unknown or invalid notification");
         }
     }
 }

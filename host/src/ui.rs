@@ -11,7 +11,7 @@ use koi_protocol::calls::*;
 use koi_protocol::{ErrorObject, codes};
 use serde_json::Value;
 use std::io::{BufRead, IsTerminal, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
 /// Output and input settings for one CLI run.
@@ -50,6 +50,41 @@ impl Terminal {
     /// Whether a person can answer questions at a terminal.
     pub fn interactive(&self) -> bool {
         self.stdin_tty
+    }
+
+    /// Answers a question (`host/prompt`, `host/secret`, `host/confirm`, `host/choose`) from
+    /// `plugin` without blocking the runtime.
+    pub async fn answer(
+        self: &Arc<Self>,
+        plugin: &str,
+        method: String,
+        params: Value,
+    ) -> Result<Value, ErrorObject> {
+        let terminal = self.clone();
+        let plugin = plugin.to_owned();
+        tokio::task::spawn_blocking(move || terminal.ask(&plugin, &method, params))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ErrorObject::new(
+                    codes::INTERNAL_ERROR,
+                    format!("prompt failed: {e}"),
+                ))
+            })
+    }
+
+    /// Shows a user-facing notification (`$/progress`, `host/show`, `$/item`); returns false for
+    /// any other method or an unreadable payload.
+    pub fn relay(&self, method: &str, params: Value) -> bool {
+        match method {
+            PROGRESS => serde_json::from_value::<ProgressParams>(params)
+                .map(|p| self.progress(&p))
+                .is_ok(),
+            SHOW => serde_json::from_value::<ShowParams>(params)
+                .map(|p| self.show(&p.content))
+                .is_ok(),
+            ITEM => params.get("item").map(|item| self.item(item)).is_some(),
+            _ => false,
+        }
     }
 
     /// Answers one question request from `plugin` (blocking: call from `spawn_blocking`).

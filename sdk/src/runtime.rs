@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::BufReader;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -159,7 +159,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Serves the protocol on stdin/stdout until shutdown. Returns the process exit code.
 pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> ExitCode {
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_loop(out_rx));
+    let writer = tokio::spawn(koi_protocol::frame::write_frames(
+        tokio::io::stdout(),
+        out_rx,
+    ));
     let shared = Arc::new(Shared {
         out: out_tx,
         session: OnceLock::new(),
@@ -399,21 +402,4 @@ fn initialize(def: &Definition, shared: &Shared, params: Value) -> Result<Value,
             format!("manifest not serialisable: {e}"),
         )
     })
-}
-
-/// Writes frames in order, flushing whenever the queue is momentarily empty.
-async fn write_loop(mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-    let mut out = BufWriter::with_capacity(64 * 1024, tokio::io::stdout());
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(body) = next {
-            if out.write_all(&body).await.is_err() || out.write_all(b"\n").await.is_err() {
-                return;
-            }
-            next = rx.try_recv().ok();
-        }
-        if out.flush().await.is_err() {
-            return;
-        }
-    }
 }

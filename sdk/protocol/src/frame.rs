@@ -75,6 +75,52 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// A queue of encoded frames for [`write_frames`] (bounded or unbounded tokio channels).
+pub trait FrameQueue: Send {
+    /// Waits for the next frame; `None` once every sender is gone.
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Vec<u8>>> + Send;
+    /// The next frame if one is already queued.
+    fn ready(&mut self) -> Option<Vec<u8>>;
+}
+
+impl FrameQueue for tokio::sync::mpsc::Receiver<Vec<u8>> {
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Vec<u8>>> + Send {
+        self.recv()
+    }
+    fn ready(&mut self) -> Option<Vec<u8>> {
+        self.try_recv().ok()
+    }
+}
+
+impl FrameQueue for tokio::sync::mpsc::UnboundedReceiver<Vec<u8>> {
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Vec<u8>>> + Send {
+        self.recv()
+    }
+    fn ready(&mut self) -> Option<Vec<u8>> {
+        self.try_recv().ok()
+    }
+}
+
+/// Writes queued frame bodies (each followed by `\n`) until the queue closes, flushing whenever it
+/// is momentarily empty (so bursts are batched); then shuts the writer down, which the peer reads
+/// as end-of-file. Stops early if the pipe breaks.
+pub async fn write_frames<W: AsyncWrite + Unpin, Q: FrameQueue>(writer: W, mut queue: Q) {
+    let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, writer);
+    while let Some(first) = queue.next().await {
+        let mut next = Some(first);
+        while let Some(body) = next {
+            if out.write_all(&body).await.is_err() || out.write_all(b"\n").await.is_err() {
+                return;
+            }
+            next = queue.ready();
+        }
+        if out.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = out.shutdown().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
