@@ -1,0 +1,310 @@
+//! The mesh scope: which DNS names and IP addresses this CA may certify. The same [`Scope`] is
+//! written into the root certificate as X.509 name constraints (so every verifier enforces it,
+//! even if the CA key leaked) and checked again by [`Scope::check_dns`] / [`Scope::check_ip`]
+//! before anything is signed. Rules:
+//!
+//! - `domains` (from `--domain D`): DNS SANs must equal a domain or be below it.
+//! - `subnets` (from `--subnet CIDR`): IP SANs must fall inside one of them.
+//! - With domains but no subnets, IP SANs are constrained to the private LAN ranges
+//!   ([`PRIVATE_RANGES`]) — otherwise a DNS-only constraint would leave IP names unconstrained.
+//! - With no subnets at all, issuance still accepts only private LAN addresses.
+//! - Wildcards, trailing dots, underscores and names that are really IP addresses are refused.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use rcgen::{CidrSubnet, GeneralSubtree, NameConstraints};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Private LAN ranges: RFC 1918, IPv4 link-local, IPv6 unique-local and link-local.
+pub const PRIVATE_RANGES: [&str; 6] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+/// The private LAN ranges as parsed networks.
+pub fn private_ranges() -> Vec<IpNet> {
+    PRIVATE_RANGES
+        .iter()
+        .filter_map(|s| s.parse::<IpNet>().ok())
+        .collect()
+}
+
+/// What the CA may certify. Empty lists mean "not constrained by the user".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    /// Permitted DNS suffixes, lower-case, without leading or trailing dot.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Permitted IP networks, normalised to their network address.
+    #[serde(default)]
+    pub subnets: Vec<IpNet>,
+}
+
+impl Scope {
+    /// No user constraint: any valid host name, any private LAN address.
+    pub fn unrestricted() -> Self {
+        Scope::default()
+    }
+
+    /// Builds and validates a scope from `--domain` and `--subnet` values.
+    pub fn new<D: AsRef<str>, S: AsRef<str>>(domains: &[D], subnets: &[S]) -> Result<Self> {
+        let mut out = Scope::default();
+        for d in domains {
+            let raw = d.as_ref();
+            let norm = raw.trim().trim_start_matches('.').to_ascii_lowercase();
+            validate_dns_name(&norm).map_err(|reason| Error::InvalidScope {
+                input: raw.to_owned(),
+                reason,
+            })?;
+            if !out.domains.contains(&norm) {
+                out.domains.push(norm);
+            }
+        }
+        for s in subnets {
+            let raw = s.as_ref();
+            let net: IpNet = raw.trim().parse().map_err(|_| Error::InvalidScope {
+                input: raw.to_owned(),
+                reason: "not a CIDR block such as 192.168.1.0/24 or fd00::/64".into(),
+            })?;
+            let net = net.trunc();
+            if net.prefix_len() == 0 {
+                return Err(Error::InvalidScope {
+                    input: raw.to_owned(),
+                    reason: "a /0 block permits every address, which is no scope at all".into(),
+                });
+            }
+            if !out.subnets.contains(&net) {
+                out.subnets.push(net);
+            }
+        }
+        Ok(out)
+    }
+
+    /// True when the user gave neither domains nor subnets.
+    pub fn is_unrestricted(&self) -> bool {
+        self.domains.is_empty() && self.subnets.is_empty()
+    }
+
+    /// The IP networks that IP SANs must fall in: the user's subnets, or else the private ranges.
+    pub fn permitted_ip_ranges(&self) -> Vec<IpNet> {
+        if self.subnets.is_empty() {
+            private_ranges()
+        } else {
+            self.subnets.clone()
+        }
+    }
+
+    /// The name-constraints extension for the root certificate, or `None` when unrestricted.
+    ///
+    /// When DNS names are constrained, IP addresses are constrained too (to the subnets, or to
+    /// the private ranges), so a DNS-only constraint cannot be sidestepped with an IP SAN.
+    pub fn name_constraints(&self) -> Option<NameConstraints> {
+        if self.is_unrestricted() {
+            return None;
+        }
+        let mut permitted: Vec<GeneralSubtree> = self
+            .domains
+            .iter()
+            .map(|d| GeneralSubtree::DnsName(d.clone()))
+            .collect();
+        for net in self.permitted_ip_ranges() {
+            permitted.push(GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+                net.network(),
+                net.prefix_len(),
+            )));
+        }
+        Some(NameConstraints {
+            permitted_subtrees: permitted,
+            excluded_subtrees: Vec::new(),
+        })
+    }
+
+    /// Checks one DNS SAN: syntax, then the domain constraint. Returns the normalised name.
+    pub fn check_dns(&self, name: &str) -> Result<String> {
+        let norm = name.trim().to_ascii_lowercase();
+        if norm.parse::<IpAddr>().is_ok() {
+            return Err(Error::InvalidName {
+                name: name.to_owned(),
+                reason: "this is an IP address; pass it as an address, not a DNS name".into(),
+            });
+        }
+        validate_dns_name(&norm).map_err(|reason| Error::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })?;
+        if self.domains.is_empty() {
+            return Ok(norm);
+        }
+        let inside = self.domains.iter().any(|d| {
+            norm == *d
+                || (norm.len() > d.len() + 1
+                    && norm.ends_with(d.as_str())
+                    && norm.as_bytes()[norm.len() - d.len() - 1] == b'.')
+        });
+        if inside {
+            Ok(norm)
+        } else {
+            Err(Error::OutOfScope {
+                name: name.to_owned(),
+                scope: self.to_string(),
+            })
+        }
+    }
+
+    /// Checks one IP SAN against the permitted ranges.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<()> {
+        let ip = canonical_ip(ip);
+        if self.permitted_ip_ranges().iter().any(|n| n.contains(&ip)) {
+            Ok(())
+        } else {
+            Err(Error::OutOfScope {
+                name: ip.to_string(),
+                scope: self.to_string(),
+            })
+        }
+    }
+}
+
+/// Maps IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) to IPv4 so they meet the IPv4 rules.
+pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let domains = if self.domains.is_empty() {
+            "any host name".to_owned()
+        } else {
+            format!("names under {}", self.domains.join(", "))
+        };
+        let ips = if self.subnets.is_empty() {
+            "private LAN addresses".to_owned()
+        } else {
+            let v: Vec<String> = self.subnets.iter().map(|n| n.to_string()).collect();
+            format!("addresses in {}", v.join(", "))
+        };
+        write!(f, "{domains}; {ips}")
+    }
+}
+
+/// Host-name syntax (RFC 1123 labels): 1–63 of `[a-z0-9-]`, no edge hyphens, ≤ 253 in total.
+/// Expects lower-case input.
+fn validate_dns_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("it is empty".into());
+    }
+    if name.len() > 253 {
+        return Err("it is longer than 253 characters".into());
+    }
+    if name.contains('*') {
+        return Err("wildcard names are not issued; ask for each host name".into());
+    }
+    if name.ends_with('.') {
+        return Err("remove the trailing dot".into());
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("it has an empty label (two dots in a row)".into());
+        }
+        if label.len() > 63 {
+            return Err(format!("the label '{label}' is longer than 63 characters"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(format!(
+                "the label '{label}' has characters other than letters, digits and '-' (use punycode for international names)"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("the label '{label}' starts or ends with '-'"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_scope_matches_on_label_boundaries() {
+        let s = Scope::new(&["Lab.Example"], &[] as &[&str]).unwrap();
+        assert_eq!(s.check_dns("lab.example").unwrap(), "lab.example");
+        assert_eq!(s.check_dns("Host.LAB.example").unwrap(), "host.lab.example");
+        assert!(matches!(
+            s.check_dns("evillab.example"),
+            Err(Error::OutOfScope { .. })
+        ));
+        assert!(matches!(
+            s.check_dns("host.local"),
+            Err(Error::OutOfScope { .. })
+        ));
+        assert!(matches!(
+            s.check_dns("example"),
+            Err(Error::OutOfScope { .. })
+        ));
+    }
+
+    #[test]
+    fn domain_only_scope_constrains_ips_to_private_ranges() {
+        let s = Scope::new(&["lab.example"], &[] as &[&str]).unwrap();
+        assert!(s.check_ip("192.168.1.4".parse().unwrap()).is_ok());
+        assert!(s.check_ip("8.8.8.8".parse().unwrap()).is_err());
+        let nc = s.name_constraints().unwrap();
+        let ip_subtrees = nc
+            .permitted_subtrees
+            .iter()
+            .filter(|t| matches!(t, GeneralSubtree::IpAddress(_)))
+            .count();
+        assert_eq!(ip_subtrees, PRIVATE_RANGES.len());
+    }
+
+    #[test]
+    fn subnet_scope_and_mapped_addresses() {
+        let s = Scope::new(&[] as &[&str], &["10.77.0.9/24"]).unwrap();
+        assert_eq!(s.subnets[0].to_string(), "10.77.0.0/24");
+        assert!(s.check_ip("10.77.0.200".parse().unwrap()).is_ok());
+        assert!(s.check_ip("::ffff:10.77.0.5".parse().unwrap()).is_ok());
+        assert!(s.check_ip("10.78.0.1".parse().unwrap()).is_err());
+        assert!(s.check_ip("192.168.1.1".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn unrestricted_scope_still_refuses_public_ips_and_bad_names() {
+        let s = Scope::unrestricted();
+        assert!(s.name_constraints().is_none());
+        assert!(s.check_ip("1.1.1.1".parse().unwrap()).is_err());
+        assert!(s.check_ip("127.0.0.1".parse().unwrap()).is_err());
+        assert!(s.check_ip("fd00::1".parse().unwrap()).is_ok());
+        for bad in [
+            "*.lan", "a..b", "-x.lan", "x_y.lan", "host.", "", "10.0.0.1", "é.lan",
+        ] {
+            assert!(s.check_dns(bad).is_err(), "{bad} accepted");
+        }
+        assert!(s.check_dns("stone-01").is_ok());
+    }
+
+    #[test]
+    fn invalid_scope_inputs_are_refused_with_guidance() {
+        let e = Scope::new(&[] as &[&str], &["10.0.0.0/33"]).unwrap_err();
+        assert!(e.to_string().contains("--subnet"));
+        assert!(Scope::new(&[] as &[&str], &["0.0.0.0/0"]).is_err());
+        assert!(Scope::new(&["*.lan"], &[] as &[&str]).is_err());
+    }
+}
