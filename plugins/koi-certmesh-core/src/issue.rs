@@ -404,7 +404,7 @@ mod tests {
         for (i, (dns, ip, ok)) in [
             ("a.lab.example", "10.77.0.1", true),
             ("bank.example.com", "10.77.0.1", false),
-            ("a.lab.example", "8.8.8.8", false),
+            ("a.lab.example", "203.0.113.8", false),
         ]
         .into_iter()
         .enumerate()

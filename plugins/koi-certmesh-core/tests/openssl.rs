@@ -237,7 +237,7 @@ fn out_of_scope_requests_are_refused_before_signing() {
         ("stone.other.example", None),
         ("stone.local", None),
         ("stone.lab.example", Some("10.77.1.5")),
-        ("stone.lab.example", Some("8.8.8.8")),
+        ("stone.lab.example", Some("203.0.113.8")),
         ("stone.lab.example", Some("fd00::1")),
     ] {
         let mut req = LeafRequest::new(dns);
