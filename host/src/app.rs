@@ -431,7 +431,10 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
             Err(e) => return report(&inv.session.terminal, moniker, &e),
         },
     };
-    let manifest = match target.manifest(moniker).await {
+    let manifest = match target
+        .manifest_for_parsing(&inv.session, &inv.home, moniker)
+        .await
+    {
         Ok(m) => m,
         Err(e) => return report(&inv.session.terminal, moniker, &e),
     };
@@ -510,6 +513,32 @@ enum Target {
 }
 
 impl Target {
+    /// The manifest used to parse the command line. For a forwarded call the local manifest cache
+    /// is used when valid for the plugin file this CLI finds (the daemon checks the params against
+    /// its own manifest anyway); otherwise the daemon is asked and its answer cached, which saves
+    /// the largest round trip of a forwarded call (docs/benchmarks.md).
+    async fn manifest_for_parsing(
+        &self,
+        session: &Session,
+        home: &KoiHome,
+        moniker: &str,
+    ) -> Result<Manifest, ErrorObject> {
+        if let Target::Direct(c) = self {
+            return Ok(c.manifest().clone());
+        }
+        let candidate = session.discovery.find(moniker);
+        let mut cache = crate::cache::ManifestCache::load(home);
+        if let Some((manifest, _)) = candidate.as_ref().and_then(|c| cache.get(c)) {
+            return Ok(manifest.clone());
+        }
+        let manifest = self.manifest(moniker).await?;
+        if let Some(candidate) = candidate {
+            cache.put(&candidate, &manifest, koi_protocol::PROTOCOL_VERSION);
+            cache.save();
+        }
+        Ok(manifest)
+    }
+
     async fn manifest(&self, moniker: &str) -> Result<Manifest, ErrorObject> {
         match self {
             Target::Direct(c) => Ok(c.manifest().clone()),
