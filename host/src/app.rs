@@ -278,14 +278,11 @@ fn global_args(command: Command) -> Command {
 }
 
 fn root_base() -> Command {
-    let version: &'static str = Box::leak(
-        format!(
-            "{} (git {}, protocol {})",
-            env!("CARGO_PKG_VERSION"),
-            env!("KOI_GIT_HASH"),
-            koi_protocol::PROTOCOL_VERSION
-        )
-        .into_boxed_str(),
+    let version = format!(
+        "{} (git {}, protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("KOI_GIT_HASH"),
+        koi_protocol::PROTOCOL_VERSION
     );
     global_args(
         Command::new("koi")
