@@ -7,6 +7,7 @@
 //! given on the command line. Help text comes from the schema's `description`s.
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
+use koi_protocol::schema_read;
 use koi_protocol::{Manifest, MethodSpec};
 use serde_json::{Map, Value};
 
@@ -31,21 +32,10 @@ struct Property {
     default: Option<String>,
 }
 
+/// `schema` with local `$ref`s followed (shared reader), and `Option<T>` — `anyOf`/`oneOf`
+/// `[T, null]` — taken as `T`, so its description, enum and type are found.
 fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
-    let mut current = schema;
-    for _ in 0..8 {
-        let Some(reference) = current.get("$ref").and_then(Value::as_str) else {
-            break;
-        };
-        let Some(pointer) = reference.strip_prefix('#') else {
-            break;
-        };
-        match root.pointer(pointer) {
-            Some(target) => current = target,
-            None => break,
-        }
-    }
-    // `Option<T>` appears as anyOf/oneOf [T, null]: use the non-null branch.
+    let current = schema_read::resolve(root, schema);
     for key in ["anyOf", "oneOf"] {
         if let Some(Value::Array(branches)) = current.get(key) {
             let non_null: Vec<&Value> = branches
@@ -53,7 +43,7 @@ fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
                 .filter(|b| b.get("type") != Some(&Value::from("null")))
                 .collect();
             if non_null.len() == 1 && non_null[0].get("const").is_none() {
-                return resolve(root, non_null[0]);
+                return schema_read::resolve(root, non_null[0]);
             }
         }
     }

@@ -23,7 +23,7 @@
 //! - `routes`: routing one request; body limits; `Host` checking; legacy redirects.
 //! - `query`: query strings to typed params, following the params schema.
 //! - `validate`: params checked against the method's schema, failures naming the field.
-//! - `schema`: reading JSON Schemas (`$ref`, nullable types) for the two modules above.
+//! - `schema`: `koi_protocol::schema_read`, the schema reader shared with the CLI.
 //! - `reply`: JSON responses and the JSON-RPC error → HTTP status mapping ([`http_status_for`]).
 //! - `openapi`: the OpenAPI 3.1 document ([`openapi()`]).
 //!
@@ -41,7 +41,7 @@ mod openapi;
 mod query;
 mod reply;
 mod routes;
-mod schema;
+use koi_protocol::schema_read as schema;
 mod server;
 mod validate;
 

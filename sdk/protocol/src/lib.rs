@@ -13,6 +13,7 @@
 //! - [`calls`]: method names and payloads for plugin→host calls and notifications both ways.
 //! - [`error`]: the error object and the reserved error codes.
 //! - [`redact`]: which fields are secret and how traces hide them.
+//! - [`schema_read`]: reading params schemas (local `$ref`s, accepted types) for CLI and REST.
 //! - [`frame`] (feature `tokio`): newline-delimited frames with a hard size limit.
 
 pub mod calls;
@@ -23,6 +24,7 @@ pub mod handshake;
 pub mod manifest;
 pub mod message;
 pub mod redact;
+pub mod schema_read;
 
 pub use error::{ErrorObject, codes};
 pub use handshake::{

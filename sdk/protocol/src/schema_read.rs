@@ -1,7 +1,8 @@
 //! Reading the plugins' JSON Schemas without a full JSON-Schema engine: following local `$ref`s
 //! (into `$defs` or anywhere else in the same document) and working out which JSON types a
-//! property accepts, with `["T", "null"]` and `anyOf [T, null]` counting as `T`. The query-string
-//! converter and the OpenAPI generator both use this; validation itself is `jsonschema`'s job.
+//! property accepts, with `["T", "null"]` and `anyOf [T, null]` counting as `T`. The CLI (turning
+//! arguments into params), the REST API (query strings, OpenAPI) share it, so both read a
+//! manifest's schemas the same way; validation itself is `jsonschema`'s job in the host.
 
 use serde_json::Value;
 
@@ -12,7 +13,7 @@ const MAX_DEPTH: usize = 16;
 ///
 /// A `$ref` that is not local, or does not resolve, leaves the schema as it is. A lone
 /// `allOf: [S]` (an older schemars style for references with a description) is followed too.
-pub(crate) fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
+pub fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
     let mut current = schema;
     for _ in 0..MAX_DEPTH {
         if let Some(target) = current
@@ -42,7 +43,7 @@ fn local_target<'a>(root: &'a Value, reference: &str) -> Option<&'a Value> {
 
 /// The JSON types a schema accepts, as far as a query string is concerned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Types {
+pub struct Types {
     /// Some branch puts no constraint on the type.
     pub any: bool,
     pub null: bool,
@@ -56,14 +57,14 @@ pub(crate) struct Types {
 
 impl Types {
     /// The types `schema` (inside the document `root`) accepts.
-    pub(crate) fn of(root: &Value, schema: &Value) -> Types {
+    pub fn of(root: &Value, schema: &Value) -> Types {
         let mut types = Types::default();
         types.collect(root, schema, 0);
         types
     }
 
     /// Whether some type other than `array` and `null` is accepted.
-    pub(crate) fn has_scalar(&self) -> bool {
+    pub fn has_scalar(&self) -> bool {
         self.any || self.boolean || self.integer || self.number || self.string || self.object
     }
 
@@ -137,7 +138,7 @@ impl Types {
     }
 
     /// "an integer or null", for error messages.
-    pub(crate) fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let names: Vec<&str> = [
             (self.integer, "an integer"),
             (self.number, "a number"),
@@ -161,7 +162,7 @@ impl Types {
 
 /// The schema of an array's items: `items`, or the `items` of the first `anyOf`/`oneOf` branch
 /// that has one.
-pub(crate) fn items<'a>(root: &'a Value, schema: &'a Value) -> Option<&'a Value> {
+pub fn items<'a>(root: &'a Value, schema: &'a Value) -> Option<&'a Value> {
     let schema = resolve(root, schema);
     if let Some(items) = schema
         .get("items")
@@ -182,7 +183,7 @@ pub(crate) fn items<'a>(root: &'a Value, schema: &'a Value) -> Option<&'a Value>
 }
 
 /// `name` as one JSON Pointer segment, with its leading `/`.
-pub(crate) fn pointer_segment(name: &str) -> String {
+pub fn pointer_segment(name: &str) -> String {
     format!("/{}", name.replace('~', "~0").replace('/', "~1"))
 }
 
