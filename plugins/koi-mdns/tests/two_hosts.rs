@@ -29,11 +29,9 @@ fn b_discovers_a_and_sees_the_goodbye_long_before_the_ttl() {
         lab.b(),
         &["mdns", "discover", "_http._tcp", "--watch", "--json"],
     );
-    let mut announce = lab.spawn(
+    let mut announce = lab.announce(
         lab.a(),
         &[
-            "mdns",
-            "announce",
             "web",
             "_http._tcp",
             "8080",
@@ -42,13 +40,7 @@ fn b_discovers_a_and_sees_the_goodbye_long_before_the_ttl() {
             "--host",
             "lab-a",
         ],
-    );
-    assert!(
-        announce
-            .wait_stdout(Duration::from_secs(10), |l| l.contains("Announcing `web`"))
-            .is_some(),
-        "A did not announce: {}",
-        announce.stderr_text()
+        " `web`",
     );
 
     // One-shot discovery on B: the table has A's address, port and TXT.
@@ -153,24 +145,10 @@ fn a_name_conflict_is_resolved_by_renaming_and_reported() {
         return;
     }
     let lab = Lab::pair();
-    let first = lab.spawn(
+    let first = lab.announce(
         lab.a(),
-        &[
-            "mdns",
-            "announce",
-            "web",
-            "_http._tcp",
-            "8080",
-            "--host",
-            "lab-a",
-        ],
-    );
-    assert!(
-        first
-            .wait_stdout(Duration::from_secs(10), |l| l.contains("Announcing"))
-            .is_some(),
-        "{}",
-        first.stderr_text()
+        &["web", "_http._tcp", "8080", "--host", "lab-a"],
+        "",
     );
     let second = lab.spawn(
         lab.b(),

@@ -370,6 +370,22 @@ impl Lab {
         Proc::spawn(self.koi(host, args))
     }
 
+    /// Starts a one-shot `koi mdns announce ARGS` on `host` and waits (up to 10 s) until it reports
+    /// `Announcing <expected>`; panics with its stderr otherwise.
+    pub fn announce(&self, host: &Host, args: &[&str], expected: &str) -> Proc {
+        let mut full = vec!["mdns", "announce"];
+        full.extend_from_slice(args);
+        let p = self.spawn(host, &full);
+        let wanted = format!("Announcing{expected}");
+        assert!(
+            p.wait_stdout(Duration::from_secs(10), |l| l.contains(&wanted))
+                .is_some(),
+            "{host:?} did not announce: {}",
+            p.stderr_text()
+        );
+        p
+    }
+
     /// Starts `koi ARGS` on `host` in the background with extra environment variables.
     pub fn spawn_with_env(&self, host: &Host, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut c = self.koi(host, args);
