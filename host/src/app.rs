@@ -193,8 +193,11 @@ async fn route(inv: &Invocation) -> u8 {
 
 /// Commands that need the whole tree: built-ins, help, aliases, unknown words.
 async fn run_root(inv: &Invocation) -> u8 {
-    let is_completions = command_word(&inv.args).is_some_and(|(_, w)| w == "completions");
-    let infos = catalog::load_all(&inv.session, &inv.home, !is_completions).await;
+    // Completions must start nothing; `status` and `plugins list` start each plugin themselves, so
+    // inspecting uncached plugins first would start them twice. The cache is enough for parsing.
+    let cache_only = command_word(&inv.args)
+        .is_some_and(|(_, w)| matches!(w, "completions" | "status" | "plugins"));
+    let infos = catalog::load_all(&inv.session, &inv.home, !cache_only).await;
     let root = root_command(&infos);
     let matches = match root.clone().try_get_matches_from(&inv.args) {
         Ok(m) => m,

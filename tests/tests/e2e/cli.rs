@@ -250,3 +250,21 @@ fn status_dashboard_renders_for_people() {
         run.stdout
     );
 }
+
+#[test]
+fn status_and_plugins_list_start_each_plugin_once_on_a_cold_cache() {
+    let env = KoiEnv::new().with_fixture("noisy");
+    env.run(&["status"]).expect_code(0);
+    assert_eq!(
+        env.fixture_starts(),
+        1,
+        "`koi status` started the plugin once"
+    );
+    let fresh = KoiEnv::new().with_fixture("noisy");
+    fresh.run(&["plugins", "list"]).expect_code(0);
+    assert_eq!(
+        fresh.fixture_starts(),
+        1,
+        "`koi plugins list` started the plugin once"
+    );
+}
