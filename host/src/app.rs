@@ -459,7 +459,8 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
         None => return EXIT_USAGE,
     };
     let label = format!("{moniker} {verb}");
-    let outcome = call_with_interrupt(&target, moniker, verb, params).await;
+    let outcome = call_with_interrupt(&target, &inv.session.terminal, moniker, verb, params).await;
+    inv.session.terminal.end_questions().await;
     inv.session.terminal.finish_progress();
     match outcome {
         Ok(result) => {
@@ -471,9 +472,11 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
 }
 
 /// Runs one call; the first Ctrl-C sends `$/cancel` and waits briefly for the plugin to finish,
-/// the second stops waiting.
+/// the second stops waiting. Ctrl-C typed into a question that reads the terminal in raw mode
+/// (`host/keystrokes`) arrives through `terminal` instead of SIGINT and counts the same.
 async fn call_with_interrupt(
     target: &Target,
+    terminal: &Terminal,
     moniker: &str,
     method: &str,
     params: Value,
@@ -487,7 +490,12 @@ async fn call_with_interrupt(
     loop {
         tokio::select! {
             outcome = &mut call => return outcome,
-            _ = tokio::signal::ctrl_c() => {
+            _ = async {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminal.interrupted() => {}
+                }
+            } => {
                 if deadline.is_some() {
                     break;
                 }

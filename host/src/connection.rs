@@ -16,7 +16,7 @@ use crate::trace::{self, Direction};
 use koi_protocol::calls::{self, ItemParams, PublishParams};
 use koi_protocol::frame::{FrameError, read_frame};
 use koi_protocol::handshake::{HostInfo, InitializeParams, InitializeResult, RunMode, features};
-use koi_protocol::redact::secret_property_names;
+use koi_protocol::redact::{result_is_secret, secret_property_names};
 use koi_protocol::{
     COOKIE_ENV, COOKIE_VALUE, ErrorObject, Id, Manifest, Message, PROTOCOL_VERSION, codes,
 };
@@ -40,6 +40,8 @@ const STDERR_LINE_LIMIT: usize = 64 * 1024;
 pub const OUTBOUND_FRAMES: usize = 1024;
 /// Each escalation step of `shutdown` waits this long.
 pub const SHUTDOWN_STEP: Duration = Duration::from_secs(2);
+/// While the host answers a plugin's host call, the request it serves is marked active this often.
+const KEEP_ALIVE_TICK: Duration = Duration::from_secs(1);
 
 /// Settings for launching plugins.
 #[derive(Debug, Clone)]
@@ -675,6 +677,22 @@ impl Inner {
         }
     }
 
+    /// Awaits `work` done on behalf of `request` (a host call the plugin made while serving it),
+    /// keeping the request's inactivity timer from running out meanwhile.
+    async fn keep_alive<T>(&self, request: &Id, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(KEEP_ALIVE_TICK);
+        loop {
+            tokio::select! {
+                outcome = &mut work => {
+                    self.bump_activity(request);
+                    return outcome;
+                }
+                _ = tick.tick() => self.bump_activity(request),
+            }
+        }
+    }
+
     fn send_response(&self, id: Id, outcome: Result<Value, ErrorObject>, secret: bool) {
         self.enqueue(Message::Response { id, outcome }.to_bytes(), secret);
     }
@@ -807,11 +825,11 @@ fn handle_message(inner: &Arc<Inner>, message: Message) {
             tracing::warn!(plugin = %inner.moniker, %id, "response to an unknown request id (ignored)");
         }
         Message::Request { id, method, params } => {
-            if let Some(request) = params
+            let request = params
                 .get("request")
-                .and_then(|r| serde_json::from_value::<Id>(r.clone()).ok())
-            {
-                inner.bump_activity(&request);
+                .and_then(|r| serde_json::from_value::<Id>(r.clone()).ok());
+            if let Some(request) = &request {
+                inner.bump_activity(request);
             }
             if let Err(e) = check_plugin_request(inner, &method, &params) {
                 inner.send_response(id, Err(e), false);
@@ -821,12 +839,17 @@ fn handle_message(inner: &Arc<Inner>, message: Message) {
                 inner.send_response(id, Err(unavailable("the host is shutting down")), false);
                 return;
             };
-            let secret = method == calls::SECRET;
+            let secret = result_is_secret(&method);
             let connection = Connection {
                 inner: inner.clone(),
             };
             tokio::spawn(async move {
-                let outcome = services.request(connection.clone(), method, params).await;
+                let answer = services.request(connection.clone(), method, params);
+                let outcome = match &request {
+                    // The plugin is waiting for the host (often for a person), not idle.
+                    Some(request) => connection.inner.keep_alive(request, answer).await,
+                    None => answer.await,
+                };
                 connection.inner.send_response(id, outcome, secret);
             });
         }

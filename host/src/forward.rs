@@ -35,9 +35,11 @@ impl PeerHandler for TerminalHandler {
                 .unwrap_or("plugin")
                 .to_owned();
             match method.as_str() {
-                calls::PROMPT | calls::SECRET | calls::CONFIRM | calls::CHOOSE => {
-                    terminal.answer(&plugin, method, params).await
-                }
+                calls::PROMPT
+                | calls::SECRET
+                | calls::CONFIRM
+                | calls::CHOOSE
+                | calls::KEYSTROKES => terminal.answer(&plugin, method, params).await,
                 other => Err(ErrorObject::new(
                     codes::METHOD_NOT_FOUND,
                     format!("the CLI has no method `{other}`"),

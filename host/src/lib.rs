@@ -8,7 +8,8 @@
 //! - [`connection`]: one plugin process and its JSON-RPC connection (handshake, timeouts, shutdown).
 //! - [`session`] + [`services`]: the plugins running for one command and what the host does for them.
 //! - [`schema`]: runtime JSON-Schema checking; [`clispec`]: manifests → `clap`, arguments → params.
-//! - [`ui`]: questions, progress, shown output; [`render`]: human-readable results.
+//! - [`ui`]: questions, progress, shown output; [`keystrokes`]: raw-mode keystroke collection;
+//!   [`render`]: human-readable results.
 //! - [`trace`]: redacting protocol traces; [`logging`]: the host log and plugin stderr relay.
 //! - [`daemon`]: `koi daemon` (supervision, event bus, control socket, REST, systemd);
 //!   [`forward`]: the CLI's client for it; [`peer`]: JSON-RPC over the control socket.
@@ -25,6 +26,7 @@ pub mod connection;
 pub mod daemon;
 pub mod discovery;
 pub mod forward;
+pub mod keystrokes;
 pub mod logging;
 pub mod paths;
 pub mod peer;

@@ -166,9 +166,11 @@ impl HostServices for Session {
         };
         Box::pin(async move {
             match method.as_str() {
-                calls::PROMPT | calls::SECRET | calls::CONFIRM | calls::CHOOSE => {
-                    me.terminal.answer(from.moniker(), method, params).await
-                }
+                calls::PROMPT
+                | calls::SECRET
+                | calls::CONFIRM
+                | calls::CHOOSE
+                | calls::KEYSTROKES => me.terminal.answer(from.moniker(), method, params).await,
                 calls::CALL => me.call_other(from, params).await,
                 calls::PUBLISH => me.publish(&from, params),
                 other => Err(ErrorObject::new(

@@ -51,7 +51,7 @@ pub fn enabled() -> bool {
 }
 
 /// Traces one frame. `secret_names` are the plugin's secret property names; `whole_result_secret`
-/// hides the entire result (answers to `host/secret`).
+/// hides the entire result (answers to `host/secret` and `host/keystrokes`).
 pub fn frame(
     plugin: &str,
     direction: Direction,
@@ -72,6 +72,14 @@ pub fn frame(
             }
             if let Some(data) = value.get_mut("error").and_then(|e| e.get_mut("data")) {
                 redact(data, secret_names);
+            }
+            // A QR code shown to the user often carries a secret (an otpauth URI, a Wi-Fi key).
+            if value.get("method").and_then(Value::as_str) == Some(koi_protocol::calls::SHOW)
+                && let Some(content) = value.pointer_mut("/params/content")
+                && content.get("kind").and_then(Value::as_str) == Some("qr")
+                && let Some(data) = content.get_mut("data")
+            {
+                *data = Value::String(REDACTED.to_owned());
             }
             if whole_result_secret {
                 if let Some(result) = value.get_mut("result") {

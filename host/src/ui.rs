@@ -1,16 +1,21 @@
 //! The terminal side of plugin→host calls: questions (`host/prompt`, `host/secret`,
-//! `host/confirm`, `host/choose`), progress bars, shown text/tables/QR codes and streamed items.
+//! `host/confirm`, `host/choose`, `host/keystrokes`), progress bars, shown text/tables/QR codes and
+//! streamed items.
 //!
 //! Questions are asked on stderr and answered on stdin, one at a time. Secrets are read without
 //! echo when stdin is a terminal and are zeroized after use. When stdin is not a terminal, answers
 //! are read line by line from it (scripts can pipe them); at end of input the plugin gets a clear
-//! error. With `--json`, everything except the result goes to stderr so stdout stays machine-readable.
+//! error. Keystrokes (`crate::keystrokes`) need a terminal: their timings cannot be piped. Ctrl-C
+//! while collecting them is reported through [`Terminal::interrupted`], so the command ends as on
+//! any Ctrl-C. With `--json`, everything except the result goes to stderr so stdout stays
+//! machine-readable.
 
 use crate::render::{self, Style};
 use koi_protocol::calls::*;
 use koi_protocol::{ErrorObject, codes};
 use serde_json::Value;
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
@@ -24,6 +29,12 @@ pub struct Terminal {
     stderr_tty: bool,
     input: Mutex<()>,
     progress: Mutex<Option<indicatif::ProgressBar>>,
+    /// Signalled when the user pressed Ctrl-C inside a question (raw mode: no SIGINT).
+    interrupt: tokio::sync::Notify,
+    /// Set when the command's call is over: a question still waiting for keys gives up.
+    questions_over: AtomicBool,
+    /// Set while keystrokes are being collected (the terminal is in raw mode).
+    collecting: AtomicBool,
 }
 
 impl std::fmt::Debug for Terminal {
@@ -44,6 +55,26 @@ impl Terminal {
             stderr_tty: std::io::stderr().is_terminal(),
             input: Mutex::new(()),
             progress: Mutex::new(None),
+            interrupt: tokio::sync::Notify::new(),
+            questions_over: AtomicBool::new(false),
+            collecting: AtomicBool::new(false),
+        }
+    }
+
+    /// Resolves when the user pressed Ctrl-C while answering a question in raw mode (where it
+    /// arrives as a byte rather than SIGINT); treat it as Ctrl-C.
+    pub async fn interrupted(&self) {
+        self.interrupt.notified().await;
+    }
+
+    /// Ends questioning for this run: a question still collecting keystrokes stops and restores
+    /// the terminal (the call it served is over). Waits briefly for that, so what is printed next
+    /// starts on its own line of a cooked terminal.
+    pub async fn end_questions(&self) {
+        self.questions_over.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        while self.collecting.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 
@@ -52,8 +83,8 @@ impl Terminal {
         self.stdin_tty
     }
 
-    /// Answers a question (`host/prompt`, `host/secret`, `host/confirm`, `host/choose`) from
-    /// `plugin` without blocking the runtime.
+    /// Answers a question (`host/prompt`, `host/secret`, `host/confirm`, `host/choose`,
+    /// `host/keystrokes`) from `plugin` without blocking the runtime.
     pub async fn answer(
         self: &Arc<Self>,
         plugin: &str,
@@ -197,6 +228,10 @@ impl Terminal {
                     "no valid choice after three tries",
                 ))
             }
+            KEYSTROKES => {
+                let p: KeystrokesParams = parse(method, params)?;
+                self.keystrokes(plugin, &p)
+            }
             other => Err(ErrorObject::new(
                 codes::METHOD_NOT_FOUND,
                 format!("unknown host method `{other}`"),
@@ -206,6 +241,58 @@ impl Terminal {
             Some(bar) => bar.suspend(answer),
             None => answer(),
         }
+    }
+
+    /// `host/keystrokes`: raw keystrokes and their timings, at a terminal only.
+    fn keystrokes(&self, plugin: &str, p: &KeystrokesParams) -> Result<Value, ErrorObject> {
+        if !(1..=MAX_KEYSTROKES).contains(&p.count) {
+            return Err(ErrorObject::new(
+                codes::INVALID_PARAMS,
+                format!(
+                    "koi-{plugin} asked for {} keystrokes; host/keystrokes takes 1 to {MAX_KEYSTROKES}",
+                    p.count
+                ),
+            ));
+        }
+        if !self.stdin_tty {
+            return Err(ErrorObject::new(
+                codes::USER_INPUT_UNAVAILABLE,
+                format!(
+                    "koi-{plugin} asked \"{}\" but got no answer: keystrokes can only be typed at a terminal, and standard input is not one",
+                    p.message
+                ),
+            )
+            .with_hint("Run the command in a terminal (keystroke timings cannot be piped), or use the verb's flags instead of prompts."));
+        }
+        let count = usize::try_from(p.count).unwrap_or(usize::MAX);
+        self.collecting.store(true, Ordering::Release);
+        let collected =
+            crate::keystrokes::collect(&p.message, count, self.stderr_tty, &self.questions_over);
+        self.collecting.store(false, Ordering::Release);
+        let collected = collected.map_err(|ended| {
+            let cause = match ended {
+                crate::keystrokes::Ended::Interrupted => {
+                    self.interrupt.notify_one();
+                    return ErrorObject::new(
+                        codes::REQUEST_CANCELLED,
+                        format!(
+                            "cancelled: Ctrl-C was pressed while koi-{plugin} collected keystrokes"
+                        ),
+                    );
+                }
+                crate::keystrokes::Ended::Closed => "the terminal closed".to_owned(),
+                crate::keystrokes::Ended::GaveUp => "the command ended".to_owned(),
+                crate::keystrokes::Ended::Failed(e) => e,
+            };
+            no_answer(plugin, &p.message, &cause)
+        })?;
+        let keystrokes: Vec<Value> = collected
+            .bytes
+            .iter()
+            .zip(collected.nanos.iter())
+            .map(|(byte, nanos)| serde_json::json!({ "byte": byte, "nanos": nanos }))
+            .collect();
+        Ok(serde_json::json!({ "keystrokes": keystrokes }))
     }
 
     fn read_line(

@@ -1,7 +1,8 @@
 //! `koi-hello`: the SDK's runnable example plugin, and the well-behaved fixture the host's tests and
 //! benchmarks use. It exercises every part of the protocol: plain calls (`greet`), a long-running,
 //! cancellable method with progress (`wait`), a streaming method (`count`), questions for the user
-//! (`ask`), tables and QR codes (`show`), calls to another plugin and events (`relay`).
+//! (`ask`), raw keystrokes with timings (`mash`), tables and QR codes (`show`), calls to another
+//! plugin and events (`relay`).
 
 use koi_sdk::protocol::calls::{HealthState, StatusReport};
 use koi_sdk::{Context, Method, MethodError, NoParams, Plugin};
@@ -129,6 +130,46 @@ async fn ask(ctx: Context, _p: NoParams) -> Result<Answers, MethodError> {
         secret_length: secret.len(),
         confirmed,
         colour,
+    })
+}
+
+/// Params of `mash`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct MashParams {
+    /// How many keystrokes to collect.
+    #[serde(default = "default_mash_count")]
+    #[schemars(range(min = 1, max = 4096))]
+    count: u32,
+}
+
+fn default_mash_count() -> u32 {
+    64
+}
+
+/// Result of `mash` (the keystrokes themselves never leave the plugin).
+#[derive(Serialize, JsonSchema)]
+struct Mashed {
+    /// How many keystrokes were collected.
+    collected: usize,
+    /// Milliseconds from the first keystroke to the last.
+    span_ms: u64,
+}
+
+async fn mash(ctx: Context, p: MashParams) -> Result<Mashed, MethodError> {
+    let keys = ctx
+        .keystrokes(
+            "Type random keys until the bar is full (Ctrl-C cancels)",
+            p.count,
+        )
+        .await?;
+    let span = match (keys.first(), keys.last()) {
+        (Some(first), Some(last)) => last.nanos.saturating_sub(first.nanos),
+        _ => 0,
+    };
+    Ok(Mashed {
+        collected: keys.len(),
+        span_ms: span / 1_000_000,
     })
 }
 
@@ -270,6 +311,7 @@ fn main() -> std::process::ExitCode {
         .method(Method::new("wait", "Wait, reporting progress; Ctrl-C cancels", wait).positional(["seconds"]).long_running())
         .method(Method::new("count", "Stream the numbers 1..=TO", count).positional(["to"]).streams::<Tick>())
         .method(Method::new("ask", "Ask a few questions", ask).interactive())
+        .method(Method::new("mash", "Collect COUNT raw keystrokes with their timings", mash).interactive().example("koi hello mash --count 32"))
         .method(Method::new("show", "Show a table and a QR code", show))
         .method(Method::new("relay", "Call another plugin through the host and publish an event", relay).positional(["plugin", "method"]))
         .method(Method::new("publish", "Publish COUNT `hello.tick` events", publish).mutating())

@@ -118,6 +118,33 @@ impl Context {
         Ok((r.index, r.value))
     }
 
+    /// Collects `count` raw keystrokes (1 to [`MAX_KEYSTROKES`]) from the user's terminal, without
+    /// echo, while the host shows `message` and a progress bar; each comes with its arrival time
+    /// in nanoseconds since the prompt appeared. Meant as extra entropy: the bytes and timings are
+    /// secret, traced as `[redacted]` and zeroized on drop here (the JSON they arrived in is not).
+    ///
+    /// Fails with `-32010` when no terminal is attached (piped stdin, REST, a daemon call without a
+    /// CLI client): offer a flag that avoids the question. Ctrl-C during collection fails with
+    /// `-32800` and the host treats it as the user's Ctrl-C.
+    pub async fn keystrokes(
+        &self,
+        message: &str,
+        count: u32,
+    ) -> Result<Zeroizing<Vec<Keystroke>>, MethodError> {
+        if !(1..=MAX_KEYSTROKES).contains(&count) {
+            return Err(MethodError::invalid_params(format!(
+                "cannot ask for {count} keystrokes: the count must be 1 to {MAX_KEYSTROKES}"
+            )));
+        }
+        let params = KeystrokesParams {
+            request: self.request.clone(),
+            message: message.to_owned(),
+            count,
+        };
+        let r: KeystrokesResult = self.host_request(calls::KEYSTROKES, &params).await?;
+        Ok(Zeroizing::new(r.keystrokes))
+    }
+
     /// Reports progress; `total` makes it a bar, otherwise a spinner with the message.
     pub fn progress(&self, message: &str, current: Option<u64>, total: Option<u64>) {
         if let Some(request) = &self.request {

@@ -241,7 +241,7 @@ impl HostServices for Daemon {
         params: Value,
     ) -> BoxFuture<Result<Value, ErrorObject>> {
         match method.as_str() {
-            calls::PROMPT | calls::SECRET | calls::CONFIRM | calls::CHOOSE => {
+            calls::PROMPT | calls::SECRET | calls::CONFIRM | calls::CHOOSE | calls::KEYSTROKES => {
                 match self.route(&from, &params) {
                     Some((route, params)) => {
                         Box::pin(async move { route.client.request(&method, params).await })

@@ -35,6 +35,9 @@ pub const SECRET: &str = "host/secret";
 pub const CONFIRM: &str = "host/confirm";
 /// Plugin → host request: pick one of several. [`ChooseParams`] → [`ChooseResult`].
 pub const CHOOSE: &str = "host/choose";
+/// Plugin → host request: collect raw keystrokes and their timings (e.g. as extra entropy), without
+/// echo. [`KeystrokesParams`] → [`KeystrokesResult`].
+pub const KEYSTROKES: &str = "host/keystrokes";
 /// Plugin → host request: call another plugin's method. [`CallParams`] → that method's result.
 pub const CALL: &str = "host/call";
 /// Plugin → host request: publish an event. [`PublishParams`] → [`PublishResult`].
@@ -228,6 +231,46 @@ pub struct ChooseResult {
     pub index: usize,
     /// The chosen option.
     pub value: String,
+}
+
+/// The most keystrokes one `host/keystrokes` request may ask for.
+pub const MAX_KEYSTROKES: u32 = 4096;
+
+/// Params of `host/keystrokes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KeystrokesParams {
+    /// The request this question belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Id>,
+    /// What to tell the user (e.g. "Type randomly until the bar is full").
+    pub message: String,
+    /// How many keystrokes to collect, from 1 to [`MAX_KEYSTROKES`].
+    #[schemars(range(min = 1, max = 4096))]
+    pub count: u32,
+}
+
+/// One keystroke collected by `host/keystrokes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Keystroke {
+    /// The byte the terminal delivered (a key may send several bytes, e.g. arrows).
+    pub byte: u8,
+    /// Monotonic nanoseconds from the moment the prompt appeared to the arrival of this byte.
+    pub nanos: u64,
+}
+
+impl zeroize::Zeroize for Keystroke {
+    fn zeroize(&mut self) {
+        self.byte.zeroize();
+        self.nanos.zeroize();
+    }
+}
+
+/// Result of `host/keystrokes`. Secret: the host never logs or traces it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KeystrokesResult {
+    /// Exactly `count` keystrokes, in the order typed.
+    #[schemars(extend("x-koi-secret" = true))]
+    pub keystrokes: Vec<Keystroke>,
 }
 
 /// Params of `host/call`.

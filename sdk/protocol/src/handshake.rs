@@ -53,6 +53,8 @@ pub mod features {
     pub const PLUGIN_CALLS: &str = "plugin_calls";
     /// `host/publish` and `event` delivery.
     pub const EVENTS: &str = "events";
+    /// `host/keystrokes`: raw keystrokes and their timings from the user's terminal.
+    pub const KEYSTROKES: &str = "keystrokes";
     /// `$/item` notifications for methods that stream results.
     pub const STREAMS: &str = "streams";
 
@@ -64,6 +66,7 @@ pub mod features {
         PLUGIN_CALLS,
         EVENTS,
         STREAMS,
+        KEYSTROKES,
     ];
 }
 

@@ -3,6 +3,7 @@
 //! A property is secret when its schema carries `"x-koi-secret": true`, or when its name is one of
 //! [`ALWAYS_SECRET_NAMES`] (a safety net for schemas that forgot the marker). Redaction replaces the
 //! value, whatever its type, with the string [`REDACTED`]. It is applied to every traced frame.
+//! The answers to a few host calls ([`SECRET_RESULT_METHODS`]) are secret as a whole.
 
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -23,6 +24,14 @@ pub const ALWAYS_SECRET_NAMES: &[&str] = &[
     "key_pem",
     "otpauth_uri",
 ];
+
+/// Host calls whose whole result is secret: traces show it as [`REDACTED`].
+pub const SECRET_RESULT_METHODS: &[&str] = &[crate::calls::SECRET, crate::calls::KEYSTROKES];
+
+/// Whether the answer to the host call `method` is secret as a whole.
+pub fn result_is_secret(method: &str) -> bool {
+    SECRET_RESULT_METHODS.contains(&method)
+}
 
 /// The names of every property marked secret anywhere in `schema` (including `$defs`).
 pub fn secret_property_names(schema: &Value) -> BTreeSet<String> {
@@ -88,5 +97,15 @@ mod tests {
             v,
             json!({"pin": REDACTED, "list": [{"token": REDACTED}], "passphrase": REDACTED, "keep": "k"})
         );
+    }
+
+    #[test]
+    fn secret_and_keystroke_answers_are_secret_as_a_whole() {
+        assert!(result_is_secret(crate::calls::SECRET));
+        assert!(result_is_secret(crate::calls::KEYSTROKES));
+        assert!(!result_is_secret(crate::calls::PROMPT));
+        let schema = serde_json::to_value(schemars::schema_for!(crate::calls::KeystrokesResult))
+            .expect("schema");
+        assert!(secret_property_names(&schema).contains("keystrokes"));
     }
 }

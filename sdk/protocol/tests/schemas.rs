@@ -42,6 +42,8 @@ fn protocol_schemas_are_current() {
     check::<ConfirmResult>("confirm.result", &mut stale);
     check::<ChooseParams>("choose.params", &mut stale);
     check::<ChooseResult>("choose.result", &mut stale);
+    check::<KeystrokesParams>("keystrokes.params", &mut stale);
+    check::<KeystrokesResult>("keystrokes.result", &mut stale);
     check::<CallParams>("call.params", &mut stale);
     check::<PublishParams>("publish.params", &mut stale);
     check::<PublishResult>("publish.result", &mut stale);

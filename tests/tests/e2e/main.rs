@@ -9,6 +9,7 @@ mod support;
 
 mod cli;
 mod daemon;
+mod keystrokes;
 mod misbehaviour;
 mod protocol_features;
 mod pyhello;
