@@ -24,7 +24,7 @@ fn quote(word: &str) -> String {
 }
 
 /// `koi` run by `script` under a pseudo-terminal; what we write to `stdin` is typed at it.
-struct Pty {
+pub(crate) struct Pty {
     child: Child,
     stdin: Option<ChildStdin>,
     output: Arc<Mutex<Vec<u8>>>,
@@ -34,7 +34,7 @@ struct Pty {
 impl Pty {
     /// Starts `koi <args>` in a pseudo-terminal with `env`'s environment plus `extra`; afterwards
     /// the same shell prints `stty -a`, so tests can check the terminal was restored.
-    fn start(env: &KoiEnv, args: &[&str], extra: &[(&str, &str)]) -> Pty {
+    pub(crate) fn start(env: &KoiEnv, args: &[&str], extra: &[(&str, &str)]) -> Pty {
         let koi = env.command(args);
         let mut line = quote(koi.get_program().to_str().expect("utf-8 path"));
         for arg in koi.get_args() {
@@ -82,7 +82,7 @@ impl Pty {
     }
 
     /// Waits until the terminal shows `text`.
-    fn wait_for(&mut self, text: &str) {
+    pub(crate) fn wait_for(&mut self, text: &str) {
         let deadline = Instant::now() + FAILSAFE;
         while !self.text().contains(text) {
             if Instant::now() > deadline || matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -94,14 +94,14 @@ impl Pty {
     }
 
     /// Types `bytes` at the terminal.
-    fn type_bytes(&mut self, bytes: &[u8]) {
+    pub(crate) fn type_bytes(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin open");
         stdin.write_all(bytes).expect("type");
         stdin.flush().expect("flush");
     }
 
     /// Waits for the command to end; returns its exit status and everything the terminal showed.
-    fn finish(mut self) -> (Option<i32>, String) {
+    pub(crate) fn finish(mut self) -> (Option<i32>, String) {
         let deadline = Instant::now() + FAILSAFE;
         let status = loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -123,7 +123,7 @@ impl Pty {
 }
 
 /// The JSON result line the terminal showed.
-fn result_line(output: &str) -> Value {
+pub(crate) fn result_line(output: &str) -> Value {
     output
         .lines()
         .map(|l| l.trim_matches(['\r', '\n']))

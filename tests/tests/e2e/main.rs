@@ -7,6 +7,8 @@
 
 mod support;
 
+mod certmesh;
+mod certmesh_crash;
 mod cli;
 mod daemon;
 mod keystrokes;

@@ -2,6 +2,8 @@
 //! directory, its own hard-linked copy of `koi` so the build directory's plugins are not
 //! discovered), helpers to run `koi`, and checks that no plugin process outlives the host.
 
+pub mod netlab;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -49,6 +51,10 @@ pub struct KoiEnv {
     pub home: PathBuf,
     pub plugins: PathBuf,
     pub pids: PathBuf,
+    /// Program and arguments every `koi` command runs under (e.g. `ip netns exec …` in a lab).
+    pub prefix: Vec<String>,
+    /// Extra environment for every `koi` command.
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl KoiEnv {
@@ -76,6 +82,8 @@ impl KoiEnv {
             home,
             plugins,
             pids,
+            prefix: Vec::new(),
+            extra_env: Vec::new(),
         }
     }
 
@@ -114,15 +122,28 @@ impl KoiEnv {
 
     /// A `koi` command with this environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.koi);
+        let mut cmd = match self.prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&self.koi);
+                c
+            }
+            None => Command::new(&self.koi),
+        };
         cmd.args(args)
             .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("HOME", self.dir.path())
             .env("KOI_HOME", &self.home)
             .env("KOI_PLUGIN_PATH", &self.plugins)
             .env("KOI_TEST_PID_DIR", &self.pids)
             .stdin(Stdio::null());
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
         cmd
     }
 
@@ -293,7 +314,9 @@ impl KoiEnv {
     pub fn start_daemon(&self, env: &[(&str, &str)]) -> DaemonProc {
         let log = self.dir.path().join(format!(
             "daemon-{}.log",
-            Instant::now().elapsed().as_nanos()
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
         ));
         let file = std::fs::File::create(&log).expect("daemon log");
         let mut cmd = self.command(&["daemon"]);

@@ -1,0 +1,586 @@
+//! The CA at run time: the unlocked key (only ever in this process, in zeroizing types), the
+//! enrollment-code guard, the open audit log, and the operations that need them — enrolling a
+//! member from a CSR, certifying a device, and recording every refusal.
+//!
+//! Locking. Under `koi daemon` the CA starts locked; [`Authority::unlock`] opens the vault.
+//! While locked, every signing path refuses with [`LOCKED_MESSAGE`](crate::error::LOCKED_MESSAGE),
+//! and refusals (which cannot be signed without the key) are kept in `audit-pending.jsonl` and
+//! signed into the log at the next unlock. One-shot commands that sign (`issue`) open a session
+//! for that one command.
+//!
+//! Ordering. An audit entry is appended (and fsynced) before the roster that records it is saved;
+//! the roster then records the new head. A crash in between leaves a roster whose head is still
+//! in the log, which verifies.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use koi_certmesh_core::audit;
+use koi_certmesh_core::{
+    AuditLog, CaStore, LeafRequest, Member, Passphrase, RejectReason, Role, Roster, Scope,
+    TotpGuard, TotpOutcome, TotpState, UnlockedCa,
+};
+use koi_sdk::MethodError;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::error::{self, Refusal};
+use crate::layout::Layout;
+use crate::wire::{JoinRequest, JoinResponse, MeshInfo};
+
+/// Audit event: a join or issuance the CA refused (reason in `details.reason`).
+pub const ENROLLMENT_REFUSED: &str = "enrollment_refused";
+
+/// An unlocked CA: key, code guard, audit log.
+pub struct CaSession {
+    unlocked: UnlockedCa,
+    guard: TotpGuard,
+    audit: AuditLog,
+}
+
+impl std::fmt::Debug for CaSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CaSession([keys elided])")
+    }
+}
+
+/// What an unlock did.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct UnlockReport {
+    /// The CA's fingerprint.
+    pub ca_fingerprint: String,
+    /// Refusals recorded while locked and now signed into the audit log.
+    pub pending_entries_signed: usize,
+    /// Bytes of a torn last audit line removed (a crash mid-append), 0 normally.
+    pub torn_bytes_repaired: u64,
+}
+
+/// A refusal recorded while locked (`audit-pending.jsonl`).
+#[derive(Debug, Serialize, Deserialize)]
+struct PendingEntry {
+    ts: String,
+    event: String,
+    actor: String,
+    details: Value,
+}
+
+impl CaSession {
+    /// Opens the vault with `pass`, repairs a torn audit tail, signs pending entries in and
+    /// records the unlock. Blocking (Argon2id takes a few hundred milliseconds).
+    pub fn open(
+        layout: &Layout,
+        pass: &Passphrase,
+        actor: &str,
+        purpose: &str,
+    ) -> Result<(Self, UnlockReport), MethodError> {
+        let store = CaStore::new(layout.ca_dir());
+        if !store.exists() {
+            return Err(error::fail(
+                format!(
+                    "No CA on this machine (nothing at {}).",
+                    store.vault_path().display()
+                ),
+                "Create one with `koi certmesh create`, or join an existing mesh with `koi certmesh join`.",
+            ));
+        }
+        let unlocked = store.unlock(pass).map_err(error::core)?;
+        let ca = unlocked.ca();
+        let torn =
+            audit::repair_torn_tail(&layout.audit(), &ca.public_key_sec1()).map_err(error::core)?;
+        let mut audit = AuditLog::open(&layout.audit(), ca).map_err(error::core)?;
+        let now = OffsetDateTime::now_utc();
+        if torn > 0 {
+            audit
+                .append(
+                    ca,
+                    audit::events::LOG_REPAIRED,
+                    "system",
+                    json!({"torn_bytes_removed": torn}),
+                    now,
+                )
+                .map_err(error::core)?;
+        }
+        let pending = take_pending(layout)?;
+        for p in &pending {
+            let mut details = p.details.clone();
+            if let Value::Object(m) = &mut details {
+                m.insert("recorded_while_locked_at".into(), Value::from(p.ts.clone()));
+            }
+            audit
+                .append(ca, &p.event, &p.actor, details, now)
+                .map_err(error::core)?;
+        }
+        audit
+            .append(
+                ca,
+                audit::events::CA_UNLOCKED,
+                actor,
+                json!({"purpose": purpose}),
+                now,
+            )
+            .map_err(error::core)?;
+        let guard = TotpGuard::with_state(unlocked.totp_secret().clone(), load_totp_state(layout));
+        let report = UnlockReport {
+            ca_fingerprint: ca.fingerprint(),
+            pending_entries_signed: pending.len(),
+            torn_bytes_repaired: torn,
+        };
+        let session = CaSession {
+            unlocked,
+            guard,
+            audit,
+        };
+        session.record_head(layout)?;
+        let _ = std::fs::remove_file(layout.audit_pending().with_extension("signing"));
+        Ok((session, report))
+    }
+
+    /// The unlocked CA.
+    pub fn unlocked(&self) -> &UnlockedCa {
+        &self.unlocked
+    }
+
+    /// Appends an audit entry signed by the CA.
+    pub fn audit(&mut self, event: &str, actor: &str, details: Value) -> Result<(), MethodError> {
+        self.audit
+            .append(
+                self.unlocked.ca(),
+                event,
+                actor,
+                details,
+                OffsetDateTime::now_utc(),
+            )
+            .map(|_| ())
+            .map_err(error::core)
+    }
+
+    /// Saves the roster with the audit head set to the log's last entry.
+    pub fn save_roster(&self, layout: &Layout, roster: &mut Roster) -> Result<(), MethodError> {
+        self.save_roster_at(&layout.roster(), roster)
+    }
+
+    /// [`Self::save_roster`] to an explicit path.
+    pub fn save_roster_at(
+        &self,
+        path: &std::path::Path,
+        roster: &mut Roster,
+    ) -> Result<(), MethodError> {
+        roster.mesh.audit_head = self.audit.head();
+        roster.save(path).map_err(error::core)
+    }
+
+    fn record_head(&self, layout: &Layout) -> Result<(), MethodError> {
+        let mut roster = Roster::load(&layout.roster()).map_err(error::core)?;
+        self.save_roster(layout, &mut roster)
+    }
+}
+
+/// Reads and removes the pending refusals (renamed first, so a crash re-signs rather than loses).
+fn take_pending(layout: &Layout) -> Result<Vec<PendingEntry>, MethodError> {
+    let path = layout.audit_pending();
+    let signing = path.with_extension("signing");
+    if path.exists() {
+        std::fs::rename(&path, &signing).map_err(|e| {
+            error::fail(
+                format!("Failed to move {} aside: {e}.", path.display()),
+                "Check the permissions of KOI_HOME/certmesh.",
+            )
+        })?;
+    }
+    let text = match std::fs::read_to_string(&signing) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(error::fail(
+                format!("Failed to read {}: {e}.", signing.display()),
+                "Check the permissions of KOI_HOME/certmesh.",
+            ));
+        }
+    };
+    // A torn last line (crash mid-write) is dropped; every complete line is kept.
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+fn load_totp_state(layout: &Layout) -> TotpState {
+    std::fs::read(layout.totp_state())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_totp_state(layout: &Layout, state: &TotpState) -> Result<(), Refusal> {
+    let json = serde_json::to_vec(state).map_err(|e| Refusal::Internal(e.to_string()))?;
+    koi_certmesh_core::atomic::write_atomic(&layout.totp_state(), &json)
+        .map_err(|e| Refusal::Internal(e.to_string()))
+}
+
+/// The CA of this process: locked or unlocked.
+#[derive(Debug)]
+pub struct Authority {
+    layout: Layout,
+    session: Mutex<Option<CaSession>>,
+    writer: Mutex<Option<File>>,
+}
+
+impl Authority {
+    /// A locked authority over `layout`.
+    pub fn new(layout: Layout) -> Arc<Self> {
+        Arc::new(Authority {
+            layout,
+            session: Mutex::new(None),
+            writer: Mutex::new(None),
+        })
+    }
+
+    /// The file layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn session(&self) -> MutexGuard<'_, Option<CaSession>> {
+        self.session
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the key is open in this process.
+    pub fn is_unlocked(&self) -> bool {
+        self.session().is_some()
+    }
+
+    /// Holds the writer lock for this process's life (daemon mode, as CA).
+    pub fn hold_writer_lock(&self) -> Result<(), MethodError> {
+        let mut writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if writer.is_none() {
+            *writer = Some(self.layout.lock_writer()?);
+        }
+        Ok(())
+    }
+
+    /// The writer lock for one command: `None` when this process already holds it for life.
+    pub fn writer_for_command(&self) -> Result<Option<File>, MethodError> {
+        let held = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some();
+        if held {
+            Ok(None)
+        } else {
+            self.layout.lock_writer().map(Some)
+        }
+    }
+
+    /// Installs an opened session (after `unlock`, or after `create` under the daemon).
+    pub fn install(&self, session: CaSession) {
+        *self.session() = Some(session);
+    }
+
+    /// Runs `f` with the unlocked session, or refuses with the locked message.
+    pub fn with_session<T>(
+        &self,
+        f: impl FnOnce(&mut CaSession) -> Result<T, MethodError>,
+    ) -> Result<T, MethodError> {
+        match self.session().as_mut() {
+            Some(s) => f(s),
+            None => Err(MethodError::new(error::LOCKED_MESSAGE)),
+        }
+    }
+
+    /// Records a refusal: signed into the log when unlocked, pending when locked.
+    fn record_refusal(&self, session: Option<&mut CaSession>, actor: &str, details: Value) {
+        let outcome = match session {
+            Some(s) => s.audit(ENROLLMENT_REFUSED, actor, details).and_then(|()| {
+                let mut roster = Roster::load(&self.layout.roster()).map_err(error::core)?;
+                s.save_roster(&self.layout, &mut roster)
+            }),
+            None => append_pending(&self.layout, actor, details),
+        };
+        if let Err(e) = outcome {
+            tracing::error!(
+                "could not record a refusal in the audit log: {}",
+                e.message()
+            );
+        }
+    }
+
+    /// Handles `POST /v1/certmesh/join`. Checks run cheapest and least secret first: lockout,
+    /// request shape, CSR signature and scope before the code is evaluated, so a malformed
+    /// request never burns a valid code. Every refusal is audited.
+    pub fn enroll(&self, req: &JoinRequest, peer: IpAddr) -> Result<JoinResponse, Refusal> {
+        let mut guard = self.session();
+        let result = self.enroll_locked(guard.as_mut(), req, peer);
+        if let Err(refusal) = &result {
+            self.record_refusal(
+                guard.as_mut(),
+                &req.hostname,
+                json!({
+                    "reason": refusal.reason(),
+                    "detail": refusal.to_string(),
+                    "hostname": req.hostname,
+                    "peer": peer.to_string(),
+                    "operator": req.operator,
+                }),
+            );
+        }
+        result
+    }
+
+    fn enroll_locked(
+        &self,
+        session: Option<&mut CaSession>,
+        req: &JoinRequest,
+        peer: IpAddr,
+    ) -> Result<JoinResponse, Refusal> {
+        if !self.layout.is_ca() {
+            return Err(Refusal::NotCa);
+        }
+        let Some(session) = session else {
+            return Err(Refusal::Locked);
+        };
+        let now = OffsetDateTime::now_utc();
+        let unix = u64::try_from(now.unix_timestamp()).unwrap_or(0);
+        if let Some(until) = session.guard.state().locked_until.filter(|u| *u > unix) {
+            return Err(Refusal::LockedOut {
+                seconds: until - unix,
+            });
+        }
+        let mut roster =
+            Roster::load(&self.layout.roster()).map_err(|e| Refusal::Internal(e.to_string()))?;
+        if !roster.mesh.enrollment.is_open(now) {
+            return Err(Refusal::EnrollmentClosed);
+        }
+        crate::names::check_hostname(&req.hostname).map_err(Refusal::BadRequest)?;
+        if let Some(existing) = roster.member(&req.hostname)
+            && existing.role != Role::Member
+        {
+            return Err(Refusal::NotPermitted(format!(
+                "The name {} already belongs to this mesh's {} certificate; a joining machine cannot take it over. Give the machine another host name.",
+                req.hostname,
+                crate::wire::serde_name(&existing.role)
+            )));
+        }
+        let (leaf, dropped) = leaf_request(
+            session.unlocked.ca().scope(),
+            &crate::names::zone_of(&roster),
+            &req.hostname,
+            &req.extra_names,
+            &req.ip_addresses,
+        )?;
+        koi_certmesh_core::issue::verified_csr_public_key(&req.csr_pem)
+            .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+
+        let outcome = session.guard.verify(&req.code, unix);
+        save_totp_state(&self.layout, session.guard.state())?;
+        match outcome {
+            TotpOutcome::Accepted { .. } => {}
+            TotpOutcome::Rejected {
+                reason, remaining, ..
+            } => {
+                return Err(Refusal::BadCode(format!(
+                    "{}; {remaining} attempt(s) left before enrollment locks for 5 minutes",
+                    describe(reason)
+                )));
+            }
+            TotpOutcome::LockedOut { reason, .. } => {
+                return Err(Refusal::BadCode(format!(
+                    "{}; that was the third failure in a row, so enrollment is now locked for 5 minutes",
+                    describe(reason)
+                )));
+            }
+            TotpOutcome::Locked { until } => {
+                return Err(Refusal::LockedOut {
+                    seconds: until.saturating_sub(unix),
+                });
+            }
+        }
+
+        let issued = session
+            .unlocked
+            .ca()
+            .issue_from_csr(&req.csr_pem, &leaf, now)
+            .map_err(|e| match e {
+                koi_certmesh_core::Error::InvalidCsr { .. } => Refusal::BadRequest(e.to_string()),
+                koi_certmesh_core::Error::OutOfScope { .. }
+                | koi_certmesh_core::Error::InvalidName { .. } => {
+                    Refusal::NotPermitted(e.to_string())
+                }
+                other => Refusal::Internal(other.to_string()),
+            })?;
+        let replaced = roster.member(&req.hostname).map(|m| m.serial.clone());
+        let member =
+            Member::from_issued(&req.hostname, &issued, Role::Member, req.operator.clone());
+        session
+            .audit(
+                koi_certmesh_core::audit::events::MEMBER_ENROLLED,
+                req.operator.as_deref().unwrap_or(&req.hostname),
+                json!({
+                    "hostname": req.hostname,
+                    "serial": issued.serial_hex,
+                    "fingerprint": issued.fingerprint,
+                    "dns_names": issued.dns_names,
+                    "ip_addresses": issued.ip_addresses,
+                    "expires_at": crate::names::rfc3339(issued.not_after),
+                    "peer": peer.to_string(),
+                    "operator": req.operator,
+                    "replaced_serial": replaced,
+                }),
+            )
+            .map_err(|e| Refusal::Internal(e.message().to_owned()))?;
+        roster.upsert(member);
+        session
+            .save_roster(&self.layout, &mut roster)
+            .map_err(|e| Refusal::Internal(e.message().to_owned()))?;
+        Ok(JoinResponse {
+            hostname: req.hostname.clone(),
+            serial: issued.serial_hex.clone(),
+            expires_at: crate::names::rfc3339(issued.not_after),
+            dns_names: issued.dns_names.clone(),
+            ip_addresses: issued
+                .ip_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            dropped_addresses: dropped,
+            cert_pem: issued.cert_pem,
+            ca_pem: issued.ca_pem,
+            mesh: MeshInfo::of(&roster),
+        })
+    }
+}
+
+fn describe(reason: RejectReason) -> &'static str {
+    match reason {
+        RejectReason::Malformed => "it is not six digits",
+        RejectReason::WrongCode => "it does not match the current code",
+        RejectReason::Replayed => "it was already used (each code works once)",
+    }
+}
+
+fn append_pending(layout: &Layout, actor: &str, details: Value) -> Result<(), MethodError> {
+    let entry = PendingEntry {
+        ts: crate::names::rfc3339(OffsetDateTime::now_utc()),
+        event: ENROLLMENT_REFUSED.into(),
+        actor: actor.into(),
+        details,
+    };
+    let mut line = serde_json::to_vec(&entry)
+        .map_err(|e| MethodError::new(format!("Failed to encode an audit entry: {e}")))?;
+    line.push(b'\n');
+    let path = layout.audit_pending();
+    let io = |e: std::io::Error| {
+        error::fail(
+            format!("Failed to append to {}: {e}.", path.display()),
+            "Check the disk and the permissions of KOI_HOME/certmesh.",
+        )
+    };
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    file.write_all(&line).map_err(io)?;
+    file.sync_data().map_err(io)
+}
+
+/// The names and addresses a member's certificate gets: `host`, `host.local` and `host.<zone>`
+/// where the scope allows them (silently left out otherwise), the names the member asked for
+/// (refused if out of scope), and its private LAN addresses inside the scope (others dropped
+/// and reported).
+pub fn leaf_request(
+    scope: &Scope,
+    zone: &str,
+    hostname: &str,
+    extra_names: &[String],
+    addresses: &[IpAddr],
+) -> Result<(LeafRequest, Vec<String>), Refusal> {
+    let mut names: Vec<String> = Vec::new();
+    for auto in [
+        hostname.to_owned(),
+        format!("{hostname}.local"),
+        format!("{hostname}.{zone}"),
+    ] {
+        if let Ok(n) = scope.check_dns(&auto)
+            && !names.contains(&n)
+        {
+            names.push(n);
+        }
+    }
+    for extra in extra_names {
+        let n = scope
+            .check_dns(extra)
+            .map_err(|e| Refusal::NotPermitted(e.to_string()))?;
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    if names.is_empty() {
+        return Err(Refusal::NotPermitted(format!(
+            "None of {hostname}, {hostname}.local, {hostname}.{zone} is inside the mesh's scope. \
+             Ask for an in-scope name with `--name`."
+        )));
+    }
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    for ip in addresses {
+        match scope.check_ip(*ip) {
+            Ok(()) if !kept.contains(ip) => kept.push(*ip),
+            Ok(()) => {}
+            Err(_) => dropped.push(ip.to_string()),
+        }
+    }
+    let mut req = LeafRequest::new(names.remove(0));
+    req.dns_names = names;
+    req.ip_addresses = kept;
+    Ok((req, dropped))
+}
+
+/// Runs `f` with a signing session: under the daemon the unlocked one (or the locked refusal);
+/// in one-shot mode a session opened for this command with the passphrase (file or prompt).
+/// Holds the writer lock throughout and runs `f` off the async threads.
+pub async fn with_signing_session<T: Send + 'static>(
+    authority: Arc<Authority>,
+    ctx: &koi_sdk::Context,
+    passphrase_file: Option<&str>,
+    actor: String,
+    purpose: &'static str,
+    f: impl FnOnce(&mut CaSession) -> Result<T, MethodError> + Send + 'static,
+) -> Result<T, MethodError> {
+    if !authority.layout().is_ca() {
+        return Err(error::fail(
+            "This machine is not a certmesh CA.",
+            "Run this on the CA (the machine that ran `koi certmesh create`).",
+        ));
+    }
+    let writer = authority.writer_for_command()?;
+    let joined =
+        |e: tokio::task::JoinError| MethodError::new(format!("The {purpose} task failed: {e}"));
+    if ctx.mode() == koi_sdk::protocol::handshake::RunMode::Daemon {
+        return tokio::task::spawn_blocking(move || {
+            let _writer = writer;
+            authority.with_session(f)
+        })
+        .await
+        .map_err(joined)?;
+    }
+    let pass = crate::secrets::passphrase(ctx, passphrase_file, false).await?;
+    let layout = authority.layout().clone();
+    tokio::task::spawn_blocking(move || {
+        let _writer = writer;
+        let (mut session, _) = CaSession::open(&layout, &pass, &actor, purpose)?;
+        f(&mut session)
+    })
+    .await
+    .map_err(joined)?
+}

@@ -1,0 +1,115 @@
+//! The daemon-mode background task. Once this machine is a CA (at start, or right after
+//! `create`), it takes the writer lock for the process's life, serves the inter-node API
+//! ([`crate::api`]) on `KOI_CERTMESH_API_BIND` (default `0.0.0.0:5641`, LAN peers only) and
+//! advertises `_certmesh._tcp` through koi-mdns with the CA fingerprint and port in TXT. The CA
+//! starts locked; `koi certmesh unlock` opens it. In one-shot mode it does nothing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use koi_sdk::Context;
+use koi_sdk::protocol::handshake::RunMode;
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::files::{CertFiles, Membership};
+use crate::wire::{DEFAULT_API_PORT, SERVICE_TYPE};
+
+/// The environment variable that moves the API (`ADDR:PORT`).
+pub const API_BIND_ENV: &str = "KOI_CERTMESH_API_BIND";
+
+fn bind_address() -> Result<SocketAddr, String> {
+    match std::env::var(API_BIND_ENV) {
+        Ok(text) => text
+            .parse()
+            .map_err(|_| format!("{API_BIND_ENV}={text:?} is not ADDR:PORT (e.g. 0.0.0.0:5641)")),
+        Err(_) => Ok(SocketAddr::from(([0, 0, 0, 0], DEFAULT_API_PORT))),
+    }
+}
+
+/// Runs until the plugin shuts down.
+pub async fn run(app: Arc<App>, ctx: Context) {
+    if ctx.mode() != RunMode::Daemon {
+        ctx.cancelled().await;
+        return;
+    }
+    let authority = app.authority(&ctx);
+    while !authority.layout().is_ca() {
+        tokio::select! {
+            _ = ctx.cancelled() => return,
+            _ = app.mesh_created.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    if let Err(e) = serve(&app, &ctx).await {
+        tracing::error!("certmesh API not serving: {e}");
+        app.set_api(|a| a.error = Some(e));
+    }
+    ctx.cancelled().await;
+}
+
+async fn serve(app: &Arc<App>, ctx: &Context) -> Result<(), String> {
+    let authority = app.authority(ctx);
+    authority
+        .hold_writer_lock()
+        .map_err(|e| e.message().to_owned())?;
+    let layout = authority.layout().clone();
+    let membership = Membership::load(&layout)
+        .map_err(|e| e.message().to_owned())?
+        .ok_or("the CA has no membership.json (its own certificate record)")?;
+    let files = CertFiles::at(&layout, &membership.hostname);
+    let ca_pem = std::fs::read_to_string(layout.ca_dir().join("ca.pem"))
+        .map_err(|e| format!("cannot read the CA certificate: {e}"))?;
+    let tls = crate::tls::server_config(files.fullchain.as_ref(), files.key.as_ref(), &ca_pem)?;
+    let listener = crate::api::bind(bind_address()?).await?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the API's address: {e}"))?;
+    app.set_api(|a| {
+        a.listening = Some(local.to_string());
+        a.error = None;
+    });
+    tracing::info!(%local, "certmesh API listening");
+    let stop = {
+        let ctx = ctx.clone();
+        async move { ctx.cancelled().await }
+    };
+    tokio::spawn(crate::api::serve(
+        listener,
+        Arc::new(tls),
+        authority.clone(),
+        stop,
+    ));
+    advertise(app, ctx, &membership, local.port()).await;
+    Ok(())
+}
+
+/// Asks koi-mdns (through the host) to advertise the CA.
+async fn advertise(app: &Arc<App>, ctx: &Context, membership: &Membership, port: u16) {
+    let txt: BTreeMap<&str, String> = BTreeMap::from([
+        ("fp", membership.ca_fingerprint.clone()),
+        ("port", port.to_string()),
+        ("api", format!("v{}", crate::wire::API_VERSION)),
+        ("profile", membership.profile.clone()),
+    ]);
+    let params = json!({
+        "name": format!("koi certmesh CA on {}", membership.hostname),
+        "service_type": SERVICE_TYPE,
+        "port": port,
+        "txt": txt,
+    });
+    match ctx.call::<_, Value>("mdns", "advertise", &params).await {
+        Ok(_) => app.set_api(|a| a.advertised = true),
+        Err(e) => {
+            tracing::info!("not advertising the CA over mDNS: {}", e.message());
+            app.set_api(|a| {
+                a.advertise_note = Some(format!(
+                    "{} — members need `koi certmesh join --ca ADDR:{port}`",
+                    e.message()
+                ))
+            });
+        }
+    }
+}

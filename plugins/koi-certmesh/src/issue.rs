@@ -1,0 +1,177 @@
+//! `koi certmesh issue NAME... [--ip ADDR]... [--out DIR]`, on the CA: a certificate and key for a
+//! device that cannot run koi (printer, NAS, router), like `mkcert` or `step ca certificate`.
+//! The key is generated here and written straight to disk (0600); it never crosses the pipe. The
+//! names obey the mesh scope; the device goes into the roster (role `device`) and the audit log.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use koi_certmesh_core::audit::events;
+use koi_certmesh_core::{LeafRequest, Member, Role, Roster};
+use koi_sdk::protocol::handshake::RunMode;
+use koi_sdk::{Context, MethodError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::app::{App, actor};
+use crate::authority::{CaSession, ENROLLMENT_REFUSED, with_signing_session};
+use crate::error;
+use crate::files::CertFiles;
+use crate::names;
+
+/// Params of `issue`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueParams {
+    /// DNS names for the device; the first is its identity in the roster.
+    pub names: Vec<String>,
+    /// IP addresses for the device (repeatable; private addresses inside the scope).
+    #[serde(default)]
+    pub ip: Vec<String>,
+    /// Directory for cert.pem, key.pem, ca.pem and fullchain.pem (default: KOI_HOME/certs/NAME).
+    #[serde(default)]
+    pub out: Option<String>,
+    /// Operator name for the audit log.
+    #[serde(default)]
+    pub operator: Option<String>,
+    /// Without a daemon: read the CA passphrase from this file instead of asking.
+    #[serde(default)]
+    pub passphrase_file: Option<String>,
+}
+
+/// Result of `issue`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct IssueResult {
+    /// The device's identity (first name).
+    pub name: String,
+    /// DNS SANs.
+    pub dns_names: Vec<String>,
+    /// IP SANs.
+    pub ip_addresses: Vec<String>,
+    /// Serial (hex).
+    pub serial: String,
+    /// Expiry (RFC 3339).
+    pub expires_at: String,
+    /// Where the files are (the key is 0600).
+    pub files: CertFiles,
+}
+
+fn out_dir(ctx: &Context, given: Option<&str>, name: &str) -> Result<CertFiles, MethodError> {
+    let layout = crate::layout::Layout::new(ctx.koi_home());
+    let Some(given) = given else {
+        return Ok(CertFiles::at(&layout, name));
+    };
+    let path = PathBuf::from(given);
+    let path = if path.is_absolute() {
+        path
+    } else if ctx.mode() == RunMode::OneShot {
+        std::env::current_dir()
+            .map_err(|e| MethodError::new(format!("Failed to resolve --out {given}: {e}")))?
+            .join(path)
+    } else {
+        return Err(error::fail(
+            format!("--out {given} is relative, and koi daemon does not run in your directory."),
+            "Pass an absolute path, e.g. --out \"$PWD/printer\".",
+        ));
+    };
+    Ok(CertFiles::in_dir(&path))
+}
+
+/// The `issue` method.
+pub async fn run(app: Arc<App>, ctx: Context, p: IssueParams) -> Result<IssueResult, MethodError> {
+    let authority = app.authority(&ctx);
+    let layout = authority.layout().clone();
+    if !layout.is_ca() {
+        return Err(error::fail(
+            "This machine is not a certmesh CA; only the CA issues device certificates.",
+            "Run `koi certmesh issue` on the CA.",
+        ));
+    }
+    let Some(first) = p.names.first().cloned() else {
+        return Err(error::fail(
+            "Name at least one DNS name for the device.",
+            "e.g. `koi certmesh issue printer.lan --ip 10.0.0.7`.",
+        ));
+    };
+    let mut ips = Vec::new();
+    for text in &p.ip {
+        ips.push(text.parse::<IpAddr>().map_err(|_| {
+            error::fail(
+                format!("--ip {text} is not an IP address."),
+                "Pass an IPv4 or IPv6 address, e.g. --ip 10.0.0.7.",
+            )
+        })?);
+    }
+    let files = out_dir(&ctx, p.out.as_deref(), &first)?;
+    let mut request = LeafRequest::new(first.clone());
+    request.dns_names = p.names[1..].to_vec();
+    request.ip_addresses = ips;
+    let who = actor(p.operator.as_deref());
+    let p_passphrase_file = p.passphrase_file.clone();
+    let p_operator = p.operator.clone();
+
+    let roster_path = layout.roster();
+    let issue = move |session: &mut CaSession| -> Result<IssueResult, MethodError> {
+        let now = OffsetDateTime::now_utc();
+        let device = match session.unlocked().ca().issue_for_device(&request, now) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = session.audit(
+                    ENROLLMENT_REFUSED,
+                    &who,
+                    json!({"reason": "not_permitted", "detail": e.to_string(), "device": first}),
+                );
+                return Err(error::core(e));
+            }
+        };
+        files.write(&device.cert.cert_pem, &device.key_pem, &device.cert.ca_pem)?;
+        let expires_at = names::rfc3339(device.cert.not_after);
+        session.audit(
+            events::CERT_ISSUED,
+            &who,
+            json!({
+                "device": first,
+                "role": "device",
+                "serial": device.cert.serial_hex,
+                "fingerprint": device.cert.fingerprint,
+                "dns_names": device.cert.dns_names,
+                "ip_addresses": device.cert.ip_addresses,
+                "expires_at": expires_at,
+                "files": files.dir,
+            }),
+        )?;
+        let mut roster = Roster::load(&roster_path).map_err(error::core)?;
+        roster.upsert(Member::from_issued(
+            &first,
+            &device.cert,
+            Role::Device,
+            p.operator.clone(),
+        ));
+        session.save_roster_at(&roster_path, &mut roster)?;
+        Ok(IssueResult {
+            name: first.clone(),
+            dns_names: device.cert.dns_names.clone(),
+            ip_addresses: device
+                .cert
+                .ip_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            serial: device.cert.serial_hex.clone(),
+            expires_at,
+            files: files.clone(),
+        })
+    };
+    with_signing_session(
+        authority,
+        &ctx,
+        p_passphrase_file.as_deref(),
+        actor(p_operator.as_deref()),
+        "issue",
+        issue,
+    )
+    .await
+}

@@ -1,0 +1,384 @@
+//! `koi certmesh join [--ca HOST:PORT] [--fingerprint SHA256] [--code CODE] [--operator NAME]`:
+//! enroll this machine in a mesh.
+//!
+//! 1. Find the CA: `--ca`, or `_certmesh._tcp` through koi-mdns (via the host).
+//! 2. Pin it: fetch `/v1/certmesh/health`, show the root's SHA-256 for confirmation, or require
+//!    it to equal `--fingerprint`. An mDNS-advertised fingerprint that disagrees is refused.
+//! 3. Ask for the code (secret prompt) unless `--code` is given.
+//! 4. Generate a P-256 key here and send only a CSR; the key never leaves this process except
+//!    to `key.pem` (0600).
+//! 5. Check the answer (our public key, the pinned root), write
+//!    `certs/<hostname>/{cert,key,ca,fullchain}.pem` and `membership.json`, install the root into
+//!    the trust stores.
+
+use std::sync::Arc;
+
+use hyper::Method;
+use koi_certmesh_core::normalize_fingerprint;
+use koi_sdk::{Context, MethodError};
+use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::app::App;
+use crate::client::{self, Answer, CaEndpoint};
+use crate::error;
+use crate::files::{CertFiles, MEMBERSHIP_VERSION, Membership};
+use crate::layout;
+use crate::names;
+use crate::tls::CaPin;
+use crate::trust;
+use crate::truststore::TrustReport;
+use crate::wire::{HealthResponse, JoinRequest, JoinResponse, MeshInfo, SERVICE_TYPE};
+
+/// Params of `join`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinParams {
+    /// The CA's API address, HOST[:PORT] (default: find it with mDNS; port 5641).
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// The CA fingerprint to require (SHA-256 of its root, from `koi certmesh status` on the CA).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// The six-digit code (for scripts; it works once). Asked for when absent.
+    #[serde(default)]
+    #[schemars(extend("x-koi-secret" = true))]
+    pub code: Option<String>,
+    /// Operator name for the CA's audit log.
+    #[serde(default)]
+    pub operator: Option<String>,
+    /// Extra DNS name for this machine's certificate (repeatable; must be inside the scope).
+    #[serde(default)]
+    pub name: Vec<String>,
+    /// Do not install the root into this machine's trust stores.
+    #[serde(default)]
+    pub no_trust: bool,
+}
+
+/// Result of `join`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct JoinResult {
+    /// The mesh joined.
+    pub mesh: MeshInfo,
+    /// The CA's API address used.
+    pub ca: String,
+    /// This machine's certificate files.
+    pub certificate: CertFiles,
+    /// DNS SANs.
+    pub dns_names: Vec<String>,
+    /// IP SANs.
+    pub ip_addresses: Vec<String>,
+    /// Addresses the CA left out (outside the scope).
+    pub dropped_addresses: Vec<String>,
+    /// Expiry (RFC 3339).
+    pub expires_at: String,
+    /// Where the root was installed (absent with --no-trust).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustReport>,
+}
+
+/// A CA found through mDNS.
+struct Found {
+    endpoint: CaEndpoint,
+    advertised_fingerprint: Option<String>,
+    label: String,
+}
+
+async fn discover(ctx: &Context) -> Result<Found, MethodError> {
+    let answer: Value = ctx
+        .call(
+            "mdns",
+            "discover",
+            &json!({"service_type": SERVICE_TYPE, "timeout": 3.0}),
+        )
+        .await
+        .map_err(|e| {
+            error::fail(
+                format!("Could not look for a CA with mDNS: {}.", e.message()),
+                "Pass the CA's address with --ca HOST:PORT (shown by `koi certmesh status` on the CA), or install koi-mdns.",
+            )
+        })?;
+    let mut found = Vec::new();
+    for service in answer["services"].as_array().into_iter().flatten() {
+        let port = service["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+        let mut addresses: Vec<&str> = service["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|a| !a.contains('%'))
+            .collect();
+        addresses.sort_by_key(|a| a.contains(':'));
+        if let (Some(port), Some(address)) = (port, addresses.first()) {
+            found.push(Found {
+                endpoint: CaEndpoint {
+                    host: (*address).to_owned(),
+                    port,
+                },
+                advertised_fingerprint: service["txt"]["fp"].as_str().map(normalize_fingerprint),
+                label: format!(
+                    "{} ({address}:{port})",
+                    service["instance"].as_str().unwrap_or("?")
+                ),
+            });
+        }
+    }
+    match found.len() {
+        0 => Err(error::fail(
+            "No certmesh CA answered on the local network (mDNS, 3 s).",
+            "Is `koi daemon` running on the CA with koi-mdns installed? Or pass --ca HOST:PORT.",
+        )),
+        1 => Ok(found.remove(0)),
+        _ if !ctx.interactive() => Err(error::fail(
+            format!(
+                "{} certmesh CAs answered: {}.",
+                found.len(),
+                found
+                    .iter()
+                    .map(|f| f.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "Pick one with --ca HOST:PORT.",
+        )),
+        _ => {
+            let labels: Vec<&str> = found.iter().map(|f| f.label.as_str()).collect();
+            let (index, _) = ctx
+                .choose("Several CAs answered. Join which?", &labels, Some(0))
+                .await?;
+            Ok(found.swap_remove(index.min(found.len() - 1)))
+        }
+    }
+}
+
+/// Learns (first contact) or checks (`--fingerprint`) the CA's fingerprint.
+async fn pin_ca(
+    ctx: &Context,
+    found: &Found,
+    given: Option<&str>,
+) -> Result<(String, HealthResponse), MethodError> {
+    let expected = given.map(normalize_fingerprint);
+    if let Some(fp) = &expected
+        && fp.len() != 64
+    {
+        return Err(error::fail(
+            format!(
+                "--fingerprint has {} hex digits; a SHA-256 fingerprint has 64.",
+                fp.len()
+            ),
+            "Copy it from `koi certmesh status` on the CA.",
+        ));
+    }
+    let pin = CaPin::new(expected.clone());
+    let health = match client::request::<(), HealthResponse>(
+        &found.endpoint,
+        &pin,
+        None,
+        Method::GET,
+        "/v1/certmesh/health",
+        None,
+    )
+    .await?
+    {
+        Answer::Ok(h) => h,
+        Answer::Refused { status, body } => {
+            return Err(error::fail(
+                format!(
+                    "The CA at {} answered {status}: {}",
+                    found.endpoint, body.error
+                ),
+                "Check `koi certmesh status` on that machine.",
+            ));
+        }
+    };
+    let seen = pin
+        .seen_root()
+        .map(|der| koi_certmesh_core::fingerprint_sha256(der.as_ref()))
+        .ok_or_else(|| MethodError::new("The CA presented no root certificate."))?;
+    if let Some(advertised) = &found.advertised_fingerprint
+        && *advertised != seen
+    {
+        return Err(error::fail(
+            format!(
+                "The CA at {} presents fingerprint {seen}, but mDNS advertised {advertised}.",
+                found.endpoint
+            ),
+            "Something on the network may be impersonating the CA. Compare with `koi certmesh status` on the CA and pass --ca and --fingerprint.",
+        ));
+    }
+    if expected.is_none() {
+        if !ctx.interactive() {
+            return Err(error::fail(
+                format!(
+                    "The CA at {} presents fingerprint {seen}; there is no terminal to confirm it.",
+                    found.endpoint
+                ),
+                format!(
+                    "Check it against `koi certmesh status` on the CA and pass --fingerprint {seen}."
+                ),
+            ));
+        }
+        let ok = ctx
+            .confirm(
+                &format!(
+                    "The CA at {} presents fingerprint\n  {seen}\nDoes it match `koi certmesh status` on the CA?",
+                    found.endpoint
+                ),
+                false,
+            )
+            .await?;
+        if !ok {
+            return Err(error::fail(
+                "You did not confirm the CA's fingerprint; nothing was sent.",
+                "Compare the fingerprint with `koi certmesh status` on the CA, then join again.",
+            ));
+        }
+    }
+    Ok((seen, health))
+}
+
+fn refused(endpoint: &CaEndpoint, status: u16, error_text: &str) -> MethodError {
+    MethodError::new(format!(
+        "The certmesh CA at {endpoint} refused to enroll this machine ({status}): {error_text}"
+    ))
+}
+
+/// The `join` method.
+pub async fn run(app: Arc<App>, ctx: Context, p: JoinParams) -> Result<JoinResult, MethodError> {
+    let authority = app.authority(&ctx);
+    let layout = authority.layout().clone();
+    if layout.is_ca() {
+        return Err(error::fail(
+            "This machine is a certmesh CA; it is already in its own mesh.",
+            "Join from another machine.",
+        ));
+    }
+    let _writer = authority.writer_for_command()?;
+    let hostname = layout::hostname()?;
+    let found = match &p.ca {
+        Some(text) => Found {
+            endpoint: CaEndpoint::parse(text)?,
+            advertised_fingerprint: None,
+            label: text.clone(),
+        },
+        None => discover(&ctx).await?,
+    };
+    if let Some(existing) = Membership::load(&layout)? {
+        let given = p.fingerprint.as_deref().map(normalize_fingerprint);
+        if given
+            .as_ref()
+            .is_some_and(|g| *g != existing.ca_fingerprint)
+        {
+            return Err(error::fail(
+                format!(
+                    "This machine is already a member of the mesh with CA fingerprint {}.",
+                    existing.ca_fingerprint
+                ),
+                format!(
+                    "To move to another mesh, move {} away first.",
+                    layout.membership().display()
+                ),
+            ));
+        }
+    }
+    // A locked CA is not pre-checked here: the CA itself refuses (503) and audits the attempt.
+    let (fingerprint, _health) = pin_ca(&ctx, &found, p.fingerprint.as_deref()).await?;
+    let code: Zeroizing<String> = match &p.code {
+        Some(c) => Zeroizing::new(c.trim().to_owned()),
+        None if ctx.interactive() => {
+            ctx.secret(
+                "Enrollment code (six digits from the authenticator app)",
+                false,
+            )
+            .await?
+        }
+        None => {
+            return Err(error::fail(
+                "No terminal to ask for the enrollment code.",
+                "Pass --code CODE (it works once).",
+            ));
+        }
+    };
+
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| MethodError::new(format!("Failed to generate this machine's key: {e}")))?;
+    let csr = CertificateParams::new(vec![hostname.clone()])
+        .and_then(|params| params.serialize_request(&key))
+        .and_then(|csr| csr.pem())
+        .map_err(|e| MethodError::new(format!("Failed to build the certificate request: {e}")))?;
+    let request = JoinRequest {
+        hostname: hostname.clone(),
+        code,
+        csr_pem: csr,
+        ip_addresses: names::lan_addresses(),
+        extra_names: p.name.clone(),
+        operator: p.operator.clone(),
+    };
+    let pin = CaPin::new(Some(fingerprint.clone()));
+    let answer = client::request::<JoinRequest, JoinResponse>(
+        &found.endpoint,
+        &pin,
+        None,
+        Method::POST,
+        "/v1/certmesh/join",
+        Some(&request),
+    )
+    .await?;
+    let issued = match answer {
+        Answer::Ok(a) => a,
+        Answer::Refused { status, body } => {
+            return Err(refused(&found.endpoint, status, &body.error));
+        }
+    };
+    if crate::x509::public_key(&issued.cert_pem).as_deref() != Some(key.public_key_raw()) {
+        return Err(MethodError::new(format!(
+            "The CA at {} returned a certificate for a different key; nothing was written.",
+            found.endpoint
+        )));
+    }
+    if crate::x509::fingerprint(&issued.ca_pem).as_deref() != Some(fingerprint.as_str()) {
+        return Err(MethodError::new(format!(
+            "The CA at {} returned a root that is not the one pinned; nothing was written.",
+            found.endpoint
+        )));
+    }
+    let key_pem = Zeroizing::new(key.serialize_pem());
+    drop(key);
+    let files = CertFiles::at(&layout, &hostname);
+    files.write(&issued.cert_pem, &key_pem, &issued.ca_pem)?;
+    Membership {
+        version: MEMBERSHIP_VERSION,
+        hostname: hostname.clone(),
+        role: "member".into(),
+        ca_fingerprint: fingerprint.clone(),
+        ca_endpoint: Some(found.endpoint.to_string()),
+        profile: issued.mesh.profile.clone(),
+        zone: issued.mesh.zone.clone(),
+        joined_at: names::rfc3339(OffsetDateTime::now_utc()),
+        serial: issued.serial.clone(),
+        expires_at: issued.expires_at.clone(),
+        dns_names: issued.dns_names.clone(),
+        ip_addresses: issued.ip_addresses.clone(),
+        operator: p.operator.clone(),
+    }
+    .save_in(&layout.dir())?;
+    let trust = if p.no_trust {
+        None
+    } else {
+        Some(trust::install_root(&layout, &fingerprint).await?)
+    };
+    Ok(JoinResult {
+        mesh: issued.mesh,
+        ca: found.endpoint.to_string(),
+        certificate: files,
+        dns_names: issued.dns_names,
+        ip_addresses: issued.ip_addresses,
+        dropped_addresses: issued.dropped_addresses,
+        expires_at: issued.expires_at,
+        trust,
+    })
+}

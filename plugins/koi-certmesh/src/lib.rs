@@ -1,0 +1,178 @@
+//! koi-certmesh: a private certificate authority for the LAN, as a Koi plugin. Machine A runs
+//! `koi certmesh create`; machine B runs `koi certmesh join` with a six-digit code; both then hold
+//! certificates every TLS client on A and B trusts, at `$KOI_HOME/certs/<host>/`.
+//!
+//! Key isolation: the CA key and the TOTP secret are decrypted only in this process (in zeroizing
+//! types), and leaf keys are generated where they are used. Nothing secret crosses the pipe
+//! except what the user types (passphrase, code), in fields marked `x-koi-secret`. The blueprint
+//! is `docs/certmesh.md`; the threat model is `docs/security.md`.
+//!
+//! # Methods
+//! | Method | CLI | What it does |
+//! |---|---|---|
+//! | `create` | `koi certmesh create [--profile P] [--operator N] [--domain D]... [--subnet C]... [--entropy E] [--passphrase-file F]` | new mesh, this machine its CA |
+//! | `unlock` | `koi certmesh unlock [--passphrase-file F]` | open the CA key in the daemon |
+//! | `join` | `koi certmesh join [--ca HOST:PORT] [--fingerprint FP] [--code C]` | enroll this machine |
+//! | `issue` | `koi certmesh issue NAME... [--ip A]... [--out DIR]` | certificate + key for a device |
+//! | `trust` | `koi certmesh trust install\|remove\|status` | the root in the trust stores |
+//! | `log` | `koi certmesh log [--verify] [--last N]` | the audit log |
+//! | `open-enrollment`, `close-enrollment` | `koi certmesh open-enrollment [--minutes N]` | the enrollment window |
+//! | `status` | `koi certmesh status` | mesh, role, lock, expiry, members |
+//!
+//! # Modules
+//! - [`create`], [`unlock`], [`join`], [`issue`], [`trust`], [`log`], [`enrollment`],
+//!   [`status`]: one per verb.
+//! - [`authority`] — the CA at run time: sessions, enrollment, refusals, audit.
+//! - [`api`] (server) and [`client`], over [`tls`] with bodies from [`wire`].
+//! - [`background`] — daemon mode: serve the API, advertise over mDNS.
+//! - [`truststore`] — system, NSS and Java trust stores.
+//! - [`layout`], [`files`], [`names`], [`x509`], [`secrets`], [`entropy`], [`app`], [`error`].
+
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod api;
+pub mod app;
+pub mod authority;
+pub mod background;
+pub mod client;
+pub mod create;
+pub mod enrollment;
+pub mod entropy;
+pub mod error;
+pub mod files;
+pub mod issue;
+pub mod join;
+pub mod layout;
+pub mod log;
+pub mod names;
+pub mod secrets;
+pub mod status;
+pub mod tls;
+pub mod trust;
+pub mod truststore;
+pub mod unlock;
+pub mod wire;
+pub mod x509;
+
+use koi_sdk::{Context, Method, Plugin};
+
+/// The koi-certmesh plugin: every method.
+pub fn plugin() -> Plugin {
+    let app = app::App::new();
+    let a = app.clone();
+    let create = Method::new(
+        "create",
+        "Create a mesh: this machine becomes its certificate authority",
+        move |ctx: Context, p: create::CreateParams| create::run(a.clone(), ctx, p),
+    )
+    .description(
+        "Makes an ECDSA P-256 root (sealed with your passphrase: Argon2id → AES-256-GCM), shows \
+         the enrollment QR code, certifies this machine and trusts the root here. Under `koi \
+         daemon` the CA then answers joins on port 5641.",
+    )
+    .interactive()
+    .long_running()
+    .mutating()
+    .example("koi certmesh create")
+    .example("koi certmesh create --profile team --operator ana --domain lab.example --subnet 10.77.0.0/24")
+    .example("koi certmesh create --entropy system --passphrase-file /root/ca-pass --json");
+
+    let a = app.clone();
+    let unlock = Method::new(
+        "unlock",
+        "Open the CA key in koi daemon so it can sign again",
+        move |ctx: Context, p: unlock::UnlockParams| unlock::run(a.clone(), ctx, p),
+    )
+    .interactive()
+    .long_running()
+    .mutating()
+    .example("koi certmesh unlock")
+    .example("koi certmesh unlock --passphrase-file /root/ca-pass");
+
+    let a = app.clone();
+    let join = Method::new(
+        "join",
+        "Join a mesh with a six-digit code: get a certificate every mesh machine trusts",
+        move |ctx: Context, p: join::JoinParams| join::run(a.clone(), ctx, p),
+    )
+    .description(
+        "Finds the CA with mDNS (or --ca), pins its fingerprint, sends a certificate request for \
+         a key made here (the key never leaves this machine), writes \
+         KOI_HOME/certs/<host>/{cert,key,ca,fullchain}.pem and trusts the root. --code is for \
+         scripts: each code works once, so it being visible in the process list is acceptable.",
+    )
+    .interactive()
+    .long_running()
+    .mutating()
+    .example("koi certmesh join")
+    .example("koi certmesh join --ca 10.77.0.1:5641 --fingerprint 3fa2…")
+    .example("koi certmesh join --ca stone-01.local --fingerprint 3fa2… --code 123456 --json");
+
+    let a = app.clone();
+    let issue = Method::new(
+        "issue",
+        "On the CA: certificate and key for a device that cannot run koi (printer, NAS, router)",
+        move |ctx: Context, p: issue::IssueParams| issue::run(a.clone(), ctx, p),
+    )
+    .positional(["names"])
+    .interactive()
+    .mutating()
+    .example("koi certmesh issue printer.lan --ip 10.0.0.7")
+    .example("koi certmesh issue nas.lab.example nas --out /srv/nas-certs");
+
+    let a = app.clone();
+    let trust = Method::new(
+        "trust",
+        "Install, remove or show this mesh's root in the system, NSS and Java trust stores",
+        move |ctx: Context, p: trust::TrustParams| trust::run(a.clone(), ctx, p),
+    )
+    .positional(["action"])
+    .mutating()
+    .example("koi certmesh trust status")
+    .example("sudo koi certmesh trust install");
+
+    let a = app.clone();
+    let log = Method::new(
+        "log",
+        "Show the CA's audit log; --verify checks its hash chain and signatures",
+        move |ctx: Context, p: log::LogParams| log::run(a.clone(), ctx, p),
+    )
+    .example("koi certmesh log --last 20")
+    .example("koi certmesh log --verify");
+
+    let a = app.clone();
+    let open_enrollment = Method::new(
+        "open-enrollment",
+        "On the CA: let machines join (for --minutes, or the profile's default window)",
+        move |ctx: Context, p: enrollment::OpenParams| enrollment::open(a.clone(), ctx, p),
+    )
+    .mutating()
+    .example("koi certmesh open-enrollment --minutes 15");
+
+    let a = app.clone();
+    let close_enrollment = Method::new(
+        "close-enrollment",
+        "On the CA: refuse joins until enrollment is opened again",
+        move |ctx: Context, p: enrollment::CloseParams| enrollment::close(a.clone(), ctx, p),
+    )
+    .mutating()
+    .example("koi certmesh close-enrollment");
+
+    let status_app = app.clone();
+    Plugin::new(
+        "certmesh",
+        env!("CARGO_PKG_VERSION"),
+        "A private certificate authority for the LAN: join with a six-digit code, trusted certificates",
+    )
+    .method(create)
+    .method(unlock)
+    .method(join)
+    .method(issue)
+    .method(trust)
+    .method(log)
+    .method(open_enrollment)
+    .method(close_enrollment)
+    .status(move |ctx: Context| status::report(status_app.clone(), ctx))
+    .background(move |ctx: Context| background::run(app.clone(), ctx))
+}

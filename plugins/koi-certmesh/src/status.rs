@@ -1,0 +1,152 @@
+//! `koi certmesh status` (the plugin's `status` answer): mesh, profile, role, CA fingerprint,
+//! locked state, this machine's certificate expiry, and on the CA the members and the API.
+
+use std::sync::Arc;
+
+use koi_certmesh_core::Roster;
+use koi_sdk::Context;
+use koi_sdk::protocol::calls::{HealthState, StatusReport};
+use koi_sdk::protocol::handshake::RunMode;
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use crate::app::App;
+use crate::files::{CertFiles, Membership};
+use crate::wire::{MeshInfo, RosterMember, ScopeView};
+
+/// Days before expiry at which status turns `degraded`.
+pub const EXPIRY_WARNING_DAYS: i64 = 10;
+
+fn days_left(expires_at: &str) -> Option<i64> {
+    let t =
+        OffsetDateTime::parse(expires_at, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((t - OffsetDateTime::now_utc()).whole_days())
+}
+
+/// The status report.
+pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
+    let authority = app.authority(&ctx);
+    let layout = authority.layout();
+    let mut details = Map::new();
+    let membership = match Membership::load(layout) {
+        Ok(m) => m,
+        Err(e) => {
+            return StatusReport {
+                state: HealthState::Failed,
+                summary: e.message().to_owned(),
+                details,
+            };
+        }
+    };
+    let Some(membership) = membership else {
+        return StatusReport {
+            state: HealthState::Inactive,
+            summary:
+                "not in a mesh: `koi certmesh create` starts one, `koi certmesh join` joins one"
+                    .into(),
+            details,
+        };
+    };
+    let files = CertFiles::at(layout, &membership.hostname);
+    let expires_at = files.expiry();
+    let days = expires_at.as_deref().and_then(days_left);
+    details.insert("role".into(), Value::from(membership.role.clone()));
+    details.insert("hostname".into(), Value::from(membership.hostname.clone()));
+    details.insert(
+        "ca_fingerprint".into(),
+        Value::from(membership.ca_fingerprint.clone()),
+    );
+    details.insert("profile".into(), Value::from(membership.profile.clone()));
+    details.insert("zone".into(), Value::from(membership.zone.clone()));
+    details.insert(
+        "certificate".into(),
+        json!({"files": files, "expires_at": expires_at, "days_left": days}),
+    );
+    let mut state = match days {
+        Some(d) if d > EXPIRY_WARNING_DAYS => HealthState::Ok,
+        Some(d) if d >= 0 => HealthState::Degraded,
+        _ => HealthState::Failed,
+    };
+    let cert_text = match days {
+        Some(d) if d >= 0 => format!("certificate expires in {d} day(s)"),
+        Some(_) => "certificate EXPIRED".into(),
+        None => format!("certificate missing at {}", files.cert),
+    };
+    let short_fp: String = membership.ca_fingerprint.chars().take(16).collect();
+    let summary = if layout.is_ca() {
+        let locked = !authority.is_unlocked();
+        let daemon = ctx.mode() == RunMode::Daemon;
+        match Roster::load(&layout.roster()) {
+            Ok(roster) => {
+                details.insert(
+                    "mesh".into(),
+                    serde_json::to_value(MeshInfo::of(&roster)).unwrap_or_default(),
+                );
+                details.insert(
+                    "scope".into(),
+                    serde_json::to_value(ScopeView::of(&roster.mesh.scope)).unwrap_or_default(),
+                );
+                details.insert(
+                    "enrollment_open".into(),
+                    Value::from(roster.mesh.enrollment.is_open(OffsetDateTime::now_utc())),
+                );
+                details.insert(
+                    "members".into(),
+                    serde_json::to_value(RosterMember::all(&roster)).unwrap_or_default(),
+                );
+            }
+            Err(e) => {
+                state = HealthState::Failed;
+                details.insert("roster_error".into(), Value::from(e.to_string()));
+            }
+        }
+        details.insert("locked".into(), Value::from(locked));
+        if daemon {
+            details.insert(
+                "api".into(),
+                serde_json::to_value(app.api()).unwrap_or_default(),
+            );
+        }
+        let pending = std::fs::read_to_string(layout.audit_pending())
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        details.insert("audit_pending_unsigned".into(), Value::from(pending));
+        let lock_text = if !daemon {
+            "no daemon: start `koi daemon` and unlock to accept joins".to_owned()
+        } else if locked {
+            if state == HealthState::Ok {
+                state = HealthState::Degraded;
+            }
+            "LOCKED — run `koi certmesh unlock` to resume signing".to_owned()
+        } else {
+            let api = app.api();
+            match (api.listening, api.error) {
+                (Some(addr), _) => format!("unlocked, answering joins on {addr}"),
+                (None, Some(e)) => {
+                    state = HealthState::Degraded;
+                    format!("unlocked, but the API is down: {e}")
+                }
+                (None, None) => "unlocked".to_owned(),
+            }
+        };
+        format!(
+            "CA of mesh {short_fp}… ({}), {lock_text}; {cert_text}",
+            membership.profile
+        )
+    } else {
+        details.insert(
+            "ca_endpoint".into(),
+            Value::from(membership.ca_endpoint.clone()),
+        );
+        format!(
+            "member of mesh {short_fp}… ({}) via {}; {cert_text}",
+            membership.profile,
+            membership.ca_endpoint.as_deref().unwrap_or("?")
+        )
+    };
+    StatusReport {
+        state,
+        summary,
+        details,
+    }
+}

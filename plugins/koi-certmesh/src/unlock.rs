@@ -1,0 +1,101 @@
+//! `koi certmesh unlock`: open the CA vault in the daemon's certmesh process so it can sign.
+//! Until then every signing path answers "CA is locked. Run koi certmesh unlock to resume
+//! signing." Without a daemon the passphrase is checked (and the unlock audited) but nothing stays
+//! unlocked, which the answer says.
+
+use std::sync::Arc;
+
+use koi_sdk::protocol::handshake::RunMode;
+use koi_sdk::{Context, MethodError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::app::{App, actor};
+use crate::authority::{CaSession, UnlockReport};
+use crate::error;
+
+/// Params of `unlock`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnlockParams {
+    /// Read the CA passphrase from this file instead of asking.
+    #[serde(default)]
+    pub passphrase_file: Option<String>,
+    /// Operator name for the audit log.
+    #[serde(default)]
+    pub operator: Option<String>,
+}
+
+/// Result of `unlock`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct UnlockResult {
+    /// Whether the CA now stays unlocked (true only under `koi daemon`).
+    pub unlocked: bool,
+    /// What the unlock did.
+    #[serde(flatten)]
+    pub report: UnlockReport,
+    /// A note on what happens next.
+    pub note: String,
+}
+
+/// The `unlock` method.
+pub async fn run(
+    app: Arc<App>,
+    ctx: Context,
+    p: UnlockParams,
+) -> Result<UnlockResult, MethodError> {
+    let authority = app.authority(&ctx);
+    let layout = authority.layout().clone();
+    if !layout.is_ca() {
+        return Err(error::fail(
+            "This machine is not a certmesh CA, so there is nothing to unlock.",
+            "Run `koi certmesh unlock` on the CA, or create a mesh here with `koi certmesh create`.",
+        ));
+    }
+    let daemon = ctx.mode() == RunMode::Daemon;
+    if daemon && authority.is_unlocked() {
+        let fingerprint = authority.with_session(|s| Ok(s.unlocked().ca().fingerprint()))?;
+        return Ok(UnlockResult {
+            unlocked: true,
+            report: UnlockReport {
+                ca_fingerprint: fingerprint,
+                pending_entries_signed: 0,
+                torn_bytes_repaired: 0,
+            },
+            note: "The CA was already unlocked.".into(),
+        });
+    }
+    if daemon {
+        authority.hold_writer_lock()?;
+    }
+    let _writer = authority.writer_for_command()?;
+    let pass = crate::secrets::passphrase(&ctx, p.passphrase_file.as_deref(), false).await?;
+    ctx.progress("Opening the CA vault (Argon2id, 64 MiB)…", None, None);
+    let who = actor(p.operator.as_deref());
+    let purpose = if daemon {
+        "unlock"
+    } else {
+        "unlock (one-shot check)"
+    };
+    let (session, report) =
+        tokio::task::spawn_blocking(move || CaSession::open(&layout, &pass, &who, purpose))
+            .await
+            .map_err(|e| MethodError::new(format!("The unlock task failed: {e}")))??;
+    if daemon {
+        authority.install(session);
+        Ok(UnlockResult {
+            unlocked: true,
+            report,
+            note: "The CA is unlocked and signing until koi daemon stops.".into(),
+        })
+    } else {
+        drop(session);
+        Ok(UnlockResult {
+            unlocked: false,
+            report,
+            note: "The passphrase is right, but no koi daemon is running, so nothing stays \
+                   unlocked. Start `koi daemon`, then run `koi certmesh unlock` again."
+                .into(),
+        })
+    }
+}

@@ -1,0 +1,953 @@
+//! koi-certmesh end to end: two lab hosts (network namespaces, their own host names, trust stores
+//! in temporary roots), real `koi daemon`s, real mDNS discovery between them, real TLS clients
+//! (`openssl`, `curl`). Covers create → unlock → join → TLS, every refusal with its audit entry,
+//! secrets staying out of logs and traces, file modes, and tampering with the audit log.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::support::netlab::{LabHost, NetLab};
+use crate::support::{KoiEnv, bin_dir, root_or_skip};
+
+const PASSPHRASE: &str = "lab passphrase 7f3a9c";
+
+fn certmesh_bin() -> std::path::PathBuf {
+    bin_dir().join("koi-certmesh")
+}
+
+fn mdns_bin() -> std::path::PathBuf {
+    bin_dir().join("koi-mdns")
+}
+
+/// The current (or `offset`-shifted) code for the otpauth URI.
+fn code(uri: &str, offset: i64) -> String {
+    let totp = totp_rs::Totp::from_url(uri).expect("otpauth URI parses");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    totp.generate(now.saturating_add_signed(offset)).to_string()
+}
+
+/// A code that is surely wrong right now (differs from every code in the ±1 window).
+fn wrong_code(uri: &str) -> String {
+    let window: Vec<String> = [-30, 0, 30].iter().map(|o| code(uri, *o)).collect();
+    (0..1000)
+        .map(|n| format!("{:06}", (n * 7919 + 123_457) % 1_000_000))
+        .find(|c| !window.contains(c))
+        .expect("a wrong code")
+}
+
+fn write_passphrase(env: &KoiEnv) -> String {
+    let path = env.dir.path().join("ca-pass");
+    std::fs::write(&path, format!("{PASSPHRASE}\n")).expect("passphrase file");
+    path.display().to_string()
+}
+
+fn lab_env(host: &LabHost, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let _ = host;
+    extra
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// POSTs `body` to A's join API from B with curl, trusting A's root. Returns (status, body).
+fn raw_join(lab: &NetLab, ca_pem: &Path, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let body_file = lab.b.env.dir.path().join("raw-join.json");
+    std::fs::write(&body_file, body.to_string()).expect("body file");
+    let out = lab
+        .b
+        .command(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "20",
+                "--cacert",
+                &ca_pem.display().to_string(),
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &format!("@{}", body_file.display()),
+                "-w",
+                "\n%{http_code}",
+                &format!("https://{}:5641/v1/certmesh/join", lab.a.ip),
+            ],
+        )
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (json, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        status.trim().parse().unwrap_or(0),
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A CSR (PEM) for a fresh P-256 key, optionally asking for CA:TRUE.
+fn openssl_csr(dir: &Path, cn: &str, ask_ca: bool) -> String {
+    let key = dir.join(format!("{cn}-raw.key"));
+    let mut args = vec![
+        "req".to_owned(),
+        "-new".into(),
+        "-newkey".into(),
+        "ec".into(),
+        "-pkeyopt".into(),
+        "ec_paramgen_curve:P-256".into(),
+        "-nodes".into(),
+        "-keyout".into(),
+        key.display().to_string(),
+        "-subj".into(),
+        format!("/CN={cn}"),
+    ];
+    if ask_ca {
+        args.push("-addext".into());
+        args.push("basicConstraints=critical,CA:TRUE".into());
+    }
+    let out = Command::new("openssl")
+        .args(&args)
+        .output()
+        .expect("openssl req");
+    assert!(out.status.success(), "openssl req: {}", output_text(&out));
+    String::from_utf8(out.stdout).expect("pem")
+}
+
+fn audit_entries(env: &KoiEnv) -> Vec<serde_json::Value> {
+    let run = env.run(&["certmesh", "log", "--json"]);
+    run.expect_code(0);
+    run.json()["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn refusals(env: &KoiEnv) -> Vec<String> {
+    audit_entries(env)
+        .iter()
+        .filter(|e| e["event"] == "enrollment_refused")
+        .map(|e| e["details"]["reason"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+fn wait_for_api(host: &LabHost, ip: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ok = host
+            .command(
+                "curl",
+                &[
+                    "-sk",
+                    "--max-time",
+                    "2",
+                    &format!("https://{ip}:5641/v1/certmesh/health"),
+                ],
+            )
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the certmesh API never answered on {ip}:5641"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
+
+/// The public key (PEM) of a private key or certificate file, via openssl.
+fn public_key_of(path: &Path, is_cert: bool) -> String {
+    let args: Vec<&str> = if is_cert {
+        vec!["x509", "-pubkey", "-noout", "-in"]
+    } else {
+        vec!["pkey", "-pubout", "-in"]
+    };
+    let out = Command::new("openssl")
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn two_host_lab_create_unlock_join_then_tls_works_and_no_secret_leaks() {
+    if !root_or_skip("two_host_lab_create_unlock_join_then_tls_works_and_no_secret_leaks") {
+        return;
+    }
+    let lab = NetLab::new("cm");
+    for host in [&lab.a, &lab.b] {
+        host.env.install(&certmesh_bin(), "certmesh");
+        host.env.install(&mdns_bin(), "mdns");
+    }
+    let noisy = [
+        ("RUST_LOG", "trace"),
+        ("KOI_LOG", "trace"),
+        ("KOI_TRACE_PROTOCOL", "1"),
+    ];
+    let mut traces = String::new();
+    let pass_file = write_passphrase(&lab.a.env);
+
+    // A: daemon, then create through it (forwarded), non-interactive.
+    let mut a_env = lab_env(&lab.a, &noisy);
+    a_env.push(("KOI_RESTART_INITIAL_MS".into(), "50".into()));
+    let env_refs: Vec<(&str, &str)> = a_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut daemon_a = lab.a.env.start_daemon(&env_refs);
+    let mut create_cmd = lab.a.env.command(&[
+        "certmesh",
+        "create",
+        "--profile",
+        "personal",
+        "--operator",
+        "ana",
+        "--domain",
+        "lan",
+        "--entropy",
+        "system",
+        "--passphrase-file",
+        &pass_file,
+        "--json",
+    ]);
+    for (k, v) in &noisy {
+        create_cmd.env(k, v);
+    }
+    let out = create_cmd.output().expect("create");
+    traces.push_str(&String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "create failed: {}", output_text(&out));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("create --json");
+    let uri = created["otpauth_uri"]
+        .as_str()
+        .expect("otpauth_uri")
+        .to_owned();
+    let fingerprint = created["mesh"]["ca_fingerprint"]
+        .as_str()
+        .expect("fp")
+        .to_owned();
+    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    assert_eq!(created["serving"], true, "{created}");
+    assert!(created["trust"]["stores"].is_array(), "{created}");
+
+    // Restart A's daemon: the CA must come back locked.
+    daemon_a.terminate(Duration::from_secs(10));
+    traces.push_str(&daemon_a.log_text());
+    drop(daemon_a);
+    let daemon_a = lab.a.env.start_daemon(&env_refs);
+    wait_for_api(&lab.a, &lab.a.ip);
+    let status = lab.a.env.run(&["certmesh", "status", "--json"]);
+    status.expect_code(0);
+    assert_eq!(
+        status.json()["details"]["locked"],
+        true,
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.json()["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains("LOCKED")
+    );
+
+    // B: daemon (with koi-mdns browsing in its namespace).
+    let b_env = lab_env(&lab.b, &noisy);
+    let b_refs: Vec<(&str, &str)> = b_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let daemon_b = lab.b.env.start_daemon(&b_refs);
+
+    // A join while the CA is locked is refused (503), and audited once unlocked.
+    let locked = lab.b.env.run(&[
+        "certmesh",
+        "join",
+        "--ca",
+        &lab.a.ip,
+        "--fingerprint",
+        &fingerprint,
+        "--code",
+        &code(&uri, 0),
+    ]);
+    locked.expect_code(1);
+    assert!(
+        locked
+            .stderr
+            .contains("CA is locked. Run koi certmesh unlock to resume signing."),
+        "{}",
+        locked.stderr
+    );
+
+    // Unlock A.
+    let unlock = lab.a.env.run(&[
+        "certmesh",
+        "unlock",
+        "--passphrase-file",
+        &pass_file,
+        "--json",
+    ]);
+    unlock.expect_code(0);
+    assert_eq!(unlock.json()["unlocked"], true);
+    assert_eq!(
+        unlock.json()["pending_entries_signed"],
+        1,
+        "{}",
+        unlock.stdout
+    );
+
+    // B joins, finding A with mDNS (no --ca), pinning the fingerprint.
+    let the_code = code(&uri, 0);
+    let join_deadline = Instant::now() + Duration::from_secs(30);
+    let joined = loop {
+        let mut cmd = lab.b.env.command(&[
+            "certmesh",
+            "join",
+            "--fingerprint",
+            &fingerprint,
+            "--code",
+            &the_code,
+            "--operator",
+            "bo",
+            "--json",
+        ]);
+        for (k, v) in &noisy {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("join");
+        traces.push_str(&String::from_utf8_lossy(&out.stderr));
+        if out.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("join --json");
+        }
+        // mDNS may need a moment after A's daemon started advertising.
+        let text = output_text(&out);
+        assert!(
+            text.contains("No certmesh CA answered") && Instant::now() < join_deadline,
+            "join failed: {text}"
+        );
+    };
+    assert_eq!(joined["mesh"]["ca_fingerprint"], fingerprint.as_str());
+    let b_dns: Vec<&str> = joined["dns_names"]
+        .as_array()
+        .expect("dns_names")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let b_name = format!("{}.lan", lab.b.hostname);
+    assert_eq!(
+        b_dns,
+        vec![b_name.as_str()],
+        "scope `lan` keeps only host.lan"
+    );
+    assert!(
+        joined["ip_addresses"]
+            .as_array()
+            .expect("ips")
+            .iter()
+            .any(|v| v == lab.b.ip.as_str())
+    );
+
+    // B's files: openssl verifies the chain; modes as documented.
+    let b_certs = lab.b.env.home.join("certs").join(&lab.b.hostname);
+    let verify = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(b_certs.join("ca.pem"))
+        .arg(b_certs.join("cert.pem"))
+        .output()
+        .expect("openssl verify");
+    assert!(
+        verify.status.success(),
+        "openssl verify: {}",
+        output_text(&verify)
+    );
+    assert_eq!(mode(&b_certs.join("key.pem")), 0o600);
+    assert_eq!(mode(&b_certs), 0o700);
+    assert_eq!(mode(&lab.a.env.home.join("certmesh")), 0o700);
+    assert_eq!(
+        mode(&lab.a.env.home.join("certmesh/ca/vault.sealed")),
+        0o600
+    );
+
+    // B serves TLS with its certificate; A's curl trusts it through A's trust-store bundle.
+    let mut server = lab
+        .b
+        .command(
+            "openssl",
+            &[
+                "s_server",
+                "-accept",
+                "443",
+                "-cert",
+                &b_certs.join("cert.pem").display().to_string(),
+                "-key",
+                &b_certs.join("key.pem").display().to_string(),
+                "-www",
+                "-quiet",
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let bundle = lab.a.trust_root.join("etc/ssl/certs/ca-certificates.crt");
+    assert!(
+        bundle.exists(),
+        "trust install made no bundle at {}",
+        bundle.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let curl = loop {
+        let out = lab
+            .a
+            .command(
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    "--cacert",
+                    &bundle.display().to_string(),
+                    "--resolve",
+                    &format!("{b_name}:443:{}", lab.b.ip),
+                    &format!("https://{b_name}/"),
+                ],
+            )
+            .output()
+            .expect("curl");
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        curl.status.success(),
+        "curl from A to B failed: {}",
+        output_text(&curl)
+    );
+
+    // A's status lists B; the audit log verifies.
+    let status = lab.a.env.run(&["certmesh", "status", "--json"]);
+    let members = status.json()["details"]["members"].clone();
+    assert!(
+        members
+            .as_array()
+            .expect("members")
+            .iter()
+            .any(|m| m["hostname"] == lab.b.hostname.as_str() && m["role"] == "member"),
+        "{members}"
+    );
+    lab.a
+        .env
+        .run(&["certmesh", "log", "--verify"])
+        .expect_code(0);
+    let events: Vec<String> = audit_entries(&lab.a.env)
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or("").to_owned())
+        .collect();
+    for expected in [
+        "pond_initialized",
+        "ca_unlocked",
+        "enrollment_refused",
+        "member_enrolled",
+    ] {
+        assert!(
+            events.iter().any(|e| e == expected),
+            "{expected} missing from {events:?}"
+        );
+    }
+    let first = &audit_entries(&lab.a.env)[0];
+    assert_eq!(first["event"], "pond_initialized");
+    assert_eq!(first["actor"], "ana");
+
+    // B's status: a member of A's mesh.
+    let b_status = lab.b.env.run(&["certmesh", "status", "--json"]);
+    assert_eq!(
+        b_status.json()["details"]["role"],
+        "member",
+        "{}",
+        b_status.stdout
+    );
+
+    // Secrets: nothing secret in any log or trace, no plaintext CA key under KOI_HOME.
+    drop(daemon_b);
+    let mut daemon_a = daemon_a;
+    daemon_a.terminate(Duration::from_secs(10));
+    traces.push_str(&daemon_a.log_text());
+    for f in files_under(lab.b.env.dir.path())
+        .iter()
+        .chain(files_under(lab.a.env.dir.path()).iter())
+    {
+        if f.extension().is_some_and(|e| e == "log") {
+            traces.push_str(&std::fs::read_to_string(f).unwrap_or_default());
+        }
+    }
+    assert!(traces.contains("\"method\""), "traces were not captured");
+    let secret_b32 = uri
+        .split("secret=")
+        .nth(1)
+        .and_then(|s| s.split('&').next())
+        .expect("secret in URI");
+    for (what, needle) in [
+        ("passphrase", PASSPHRASE),
+        ("TOTP secret", secret_b32),
+        ("enrollment code", the_code.as_str()),
+        ("private key", "PRIVATE KEY"),
+        ("otpauth URI", "otpauth://"),
+    ] {
+        assert!(
+            !traces.contains(needle),
+            "the {what} appears in a log or trace"
+        );
+    }
+    let ca_public = public_key_of(&lab.a.env.home.join("certmesh/ca/ca.pem"), true);
+    for f in files_under(&lab.a.env.home) {
+        let text = std::fs::read(&f).unwrap_or_default();
+        if String::from_utf8_lossy(&text).contains("PRIVATE KEY") {
+            assert_ne!(
+                public_key_of(&f, false),
+                ca_public,
+                "{} holds the CA key in clear",
+                f.display()
+            );
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+    }
+}
+
+#[test]
+fn refusals_are_4xx_with_an_audit_entry_and_a_ca_request_still_yields_a_leaf() {
+    if !root_or_skip("refusals_are_4xx_with_an_audit_entry_and_a_ca_request_still_yields_a_leaf") {
+        return;
+    }
+    let lab = NetLab::new("cr");
+    lab.a.env.install(&certmesh_bin(), "certmesh");
+    lab.b.env.install(&certmesh_bin(), "certmesh");
+    let pass_file = write_passphrase(&lab.a.env);
+    let _daemon = lab.a.env.start_daemon(&[]);
+    let created = lab.a.env.run(&[
+        "certmesh",
+        "create",
+        "--domain",
+        "lan",
+        "--entropy",
+        "system",
+        "--passphrase-file",
+        &pass_file,
+        "--no-trust",
+        "--json",
+    ]);
+    created.expect_code(0);
+    let uri = created.json()["otpauth_uri"]
+        .as_str()
+        .expect("uri")
+        .to_owned();
+    let fp = created.json()["mesh"]["ca_fingerprint"]
+        .as_str()
+        .expect("fp")
+        .to_owned();
+    wait_for_api(&lab.a, &lab.a.ip);
+    let ca_pem = lab.a.env.home.join("certmesh/ca/ca.pem");
+    let join = |code: &str, extra: &[&str]| {
+        let mut args = vec![
+            "certmesh",
+            "join",
+            "--ca",
+            &lab.a.ip,
+            "--fingerprint",
+            &fp,
+            "--code",
+            code,
+            "--no-trust",
+        ];
+        args.extend_from_slice(extra);
+        lab.b.env.run(&args)
+    };
+
+    // A name outside the scope: 403, no code burned.
+    let out_of_scope = join(&code(&uri, 0), &["--name", "evil.example"]);
+    out_of_scope.expect_code(1);
+    assert!(
+        out_of_scope.stderr.contains("(403)") && out_of_scope.stderr.contains("evil.example"),
+        "{}",
+        out_of_scope.stderr
+    );
+
+    // A wrong code: 401.
+    let wrong = join(&wrong_code(&uri), &[]);
+    wrong.expect_code(1);
+    assert!(
+        wrong.stderr.contains("(401)") && wrong.stderr.contains("does not match"),
+        "{}",
+        wrong.stderr
+    );
+
+    // The right code works once...
+    let good = code(&uri, 0);
+    join(&good, &[]).expect_code(0);
+    // ...and is refused when replayed.
+    let replay = join(&good, &[]);
+    replay.expect_code(1);
+    assert!(
+        replay.stderr.contains("(401)") && replay.stderr.contains("already used"),
+        "{}",
+        replay.stderr
+    );
+
+    // A CSR asking for CA:TRUE still yields a leaf (next step's code, inside the ±1 window).
+    let csr = openssl_csr(lab.b.env.dir.path(), "sneaky", true);
+    let (status, body) = raw_join(
+        &lab,
+        &ca_pem,
+        &serde_json::json!({"hostname": "sneaky", "code": code(&uri, 30), "csr_pem": csr}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let leaf = lab.b.env.dir.path().join("sneaky.pem");
+    std::fs::write(&leaf, body["cert_pem"].as_str().expect("cert_pem")).expect("write leaf");
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&leaf)
+        .output()
+        .expect("openssl x509");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("CA:FALSE"), "{text}");
+    assert!(
+        text.contains("TLS Web Server Authentication")
+            && text.contains("TLS Web Client Authentication"),
+        "{text}"
+    );
+
+    // Malformed requests: 4xx with a reason, never a crash.
+    let (status, body) = raw_join(&lab, &ca_pem, &serde_json::json!({"hostname": 5}));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["reason"], "bad_request");
+    let (status, _) = raw_join(
+        &lab,
+        &ca_pem,
+        &serde_json::json!({"hostname": "x", "code": "123456", "csr_pem": "garbage"}),
+    );
+    assert_eq!(status, 400);
+
+    // Three wrong codes lock enrollment; a fourth attempt, even with a right code, gets 429.
+    for _ in 0..3 {
+        join(&wrong_code(&uri), &[]).expect_code(1);
+    }
+    let fourth = join(&code(&uri, 0), &[]);
+    fourth.expect_code(1);
+    assert!(
+        fourth.stderr.contains("(429)") && fourth.stderr.contains("locked"),
+        "{}",
+        fourth.stderr
+    );
+
+    // Every refusal is in the signed audit log, which still verifies.
+    let reasons = refusals(&lab.a.env);
+    for expected in ["not_permitted", "bad_code", "locked_out"] {
+        assert!(
+            reasons.iter().any(|r| r == expected),
+            "{expected} not audited: {reasons:?}"
+        );
+    }
+    assert!(
+        reasons.iter().filter(|r| *r == "bad_code").count() >= 5,
+        "{reasons:?}"
+    );
+    lab.a
+        .env
+        .run(&["certmesh", "log", "--verify"])
+        .expect_code(0);
+    // The health route answers; the roster needs a member certificate.
+    let health = lab
+        .b
+        .command(
+            "curl",
+            &[
+                "-sS",
+                "--cacert",
+                &ca_pem.display().to_string(),
+                &format!("https://{}:5641/v1/certmesh/health", lab.a.ip),
+            ],
+        )
+        .output()
+        .expect("curl");
+    assert!(String::from_utf8_lossy(&health.stdout).contains("\"locked\":false"));
+    let b_certs = lab.b.env.home.join("certs").join(&lab.b.hostname);
+    let roster_url = format!("https://{}:5641/v1/certmesh/roster", lab.a.ip);
+    let anonymous = lab
+        .b
+        .command(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+                &ca_pem.display().to_string(),
+                &roster_url,
+            ],
+        )
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&anonymous.stdout), "401");
+    let member = lab
+        .b
+        .command(
+            "curl",
+            &[
+                "-sS",
+                "--cacert",
+                &ca_pem.display().to_string(),
+                "--cert",
+                &b_certs.join("cert.pem").display().to_string(),
+                "--key",
+                &b_certs.join("key.pem").display().to_string(),
+                &roster_url,
+            ],
+        )
+        .output()
+        .expect("curl");
+    assert!(
+        String::from_utf8_lossy(&member.stdout).contains(&lab.b.hostname),
+        "{}",
+        output_text(&member)
+    );
+}
+
+#[test]
+fn log_verify_catches_an_edited_a_deleted_and_a_swapped_line() {
+    let env = KoiEnv::new();
+    env.install(&certmesh_bin(), "certmesh");
+    let pass_file = write_passphrase(&env);
+    env.run(&[
+        "certmesh",
+        "create",
+        "--entropy",
+        "system",
+        "--passphrase-file",
+        &pass_file,
+        "--no-trust",
+    ])
+    .expect_code(0);
+    for name in ["one.lan", "two.lan", "three.lan"] {
+        env.run(&["certmesh", "issue", name, "--passphrase-file", &pass_file])
+            .expect_code(0);
+    }
+    env.run(&["certmesh", "log", "--verify"]).expect_code(0);
+    let log = env.home.join("certmesh/audit.log");
+    let original = std::fs::read_to_string(&log).expect("audit.log");
+    let lines: Vec<&str> = original.lines().collect();
+    assert!(lines.len() >= 6, "{original}");
+    let check = |tampered: Vec<String>, expect_line: usize| {
+        std::fs::write(&log, tampered.join("\n") + "\n").expect("write");
+        let run = env.run(&["certmesh", "log", "--verify"]);
+        run.expect_code(1);
+        assert!(
+            run.stderr.contains(&format!("line {expect_line}")),
+            "expected line {expect_line}: {}",
+            run.stderr
+        );
+        std::fs::write(&log, &original).expect("restore");
+    };
+    let owned: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+    // Edited: the timestamp of line 3 moved back a millennium.
+    let mut edited = owned.clone();
+    edited[2] = edited[2].replacen("\"ts\":\"2", "\"ts\":\"1", 1);
+    assert_ne!(edited[2], owned[2]);
+    check(edited, 3);
+    // Deleted: line 3 removed (line 3 is now the old line 4, whose prev_hash breaks).
+    let mut deleted = owned.clone();
+    deleted.remove(2);
+    check(deleted, 3);
+    // Swapped: lines 3 and 4.
+    let mut swapped = owned.clone();
+    swapped.swap(2, 3);
+    check(swapped, 3);
+    // Untouched again: intact.
+    env.run(&["certmesh", "log", "--verify"]).expect_code(0);
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_nothing_stored_is_lost() {
+    let env = KoiEnv::new();
+    env.install(&certmesh_bin(), "certmesh");
+    let pass_file = write_passphrase(&env);
+    // Non-interactive without a passphrase file: a clear error naming the flag.
+    let run = env.run(&["certmesh", "create", "--entropy", "system"]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("--passphrase-file"), "{}", run.stderr);
+    // A weak passphrase.
+    let weak = env.dir.path().join("weak");
+    std::fs::write(&weak, "short").expect("weak");
+    let run = env.run(&[
+        "certmesh",
+        "create",
+        "--entropy",
+        "system",
+        "--passphrase-file",
+        &weak.display().to_string(),
+    ]);
+    run.expect_code(1);
+    assert!(
+        !env.home.join("certmesh").exists(),
+        "a refused create left a mesh behind"
+    );
+    // Organization requires a scope and an operator.
+    let run = env.run(&[
+        "certmesh",
+        "create",
+        "--profile",
+        "organization",
+        "--entropy",
+        "system",
+        "--passphrase-file",
+        &pass_file,
+    ]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("--domain"), "{}", run.stderr);
+    // A real mesh; a second create refuses and keeps it.
+    env.run(&[
+        "certmesh",
+        "create",
+        "--entropy",
+        "system",
+        "--passphrase-file",
+        &pass_file,
+        "--no-trust",
+    ])
+    .expect_code(0);
+    let roster_before = std::fs::read(env.home.join("certmesh/roster.json")).expect("roster");
+    let run = env.run(&[
+        "certmesh",
+        "create",
+        "--entropy",
+        "system",
+        "--passphrase-file",
+        &pass_file,
+        "--no-trust",
+    ]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("already the CA"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read(env.home.join("certmesh/roster.json")).expect("roster"),
+        roster_before
+    );
+    // Wrong passphrase on a signing verb.
+    let wrong = env.dir.path().join("wrong");
+    std::fs::write(&wrong, "not the passphrase").expect("wrong");
+    let run = env.run(&[
+        "certmesh",
+        "issue",
+        "nas.lan",
+        "--passphrase-file",
+        &wrong.display().to_string(),
+    ]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.to_lowercase().contains("passphrase"),
+        "{}",
+        run.stderr
+    );
+    // Out-of-scope device address (documentation range, never contacted).
+    let run = env.run(&[
+        "certmesh",
+        "issue",
+        "nas.lan",
+        "--ip",
+        "192.0.2.10",
+        "--passphrase-file",
+        &pass_file,
+    ]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("192.0.2.10"), "{}", run.stderr);
+    // Bad --ca and --fingerprint values on join are refused before any network use.
+    let member = KoiEnv::new();
+    member.install(&certmesh_bin(), "certmesh");
+    let run = member.run(&["certmesh", "join", "--ca", "http://x", "--code", "123456"]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("--ca HOST:PORT"), "{}", run.stderr);
+    let run = member.run(&[
+        "certmesh",
+        "join",
+        "--ca",
+        "127.0.0.1:9",
+        "--fingerprint",
+        "abcd",
+        "--code",
+        "123456",
+    ]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("64"), "{}", run.stderr);
+    // No panic text anywhere.
+    assert!(!run.stderr.contains("panicked"));
+}
+
+#[test]
+fn create_with_mash_entropy_collects_keystrokes_at_the_terminal() {
+    use crate::keystrokes::{Pty, result_line};
+    let env = KoiEnv::new();
+    env.install(&certmesh_bin(), "certmesh");
+    let pass_file = write_passphrase(&env);
+    let mut pty = Pty::start(
+        &env,
+        &[
+            "certmesh",
+            "create",
+            "--profile",
+            "personal",
+            "--entropy",
+            "mash",
+            "--passphrase-file",
+            &pass_file,
+            "--no-trust",
+            "--json",
+        ],
+        &[],
+    );
+    pty.wait_for("Mash the keyboard");
+    let keys: Vec<u8> = (0..128u32).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+    pty.type_bytes(&keys);
+    let (code, output) = pty.finish();
+    assert_eq!(code, Some(0), "{output}");
+    let result = result_line(&output);
+    assert!(
+        result["otpauth_uri"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("otpauth://")),
+        "{result}"
+    );
+    let first = &audit_entries(&env)[0];
+    assert_eq!(first["details"]["entropy"], "mash", "{first}");
+}
