@@ -333,6 +333,7 @@ mod tests {
             mutating: true,
             stream_item: None,
             timeout_ms: None,
+            local_only: false,
         }
     }
 

@@ -121,6 +121,7 @@ impl Method {
                 mutating: false,
                 stream_item: None,
                 timeout_ms: None,
+                local_only: false,
             },
             handler: erased,
             handles_cancellation: false,
@@ -166,6 +167,13 @@ impl Method {
     /// The method may run until cancelled; no request timeout applies.
     pub fn long_running(mut self) -> Self {
         self.spec.long_running = true;
+        self
+    }
+
+    /// Serves the method only to the CLI and other plugins, never over the unauthenticated REST
+    /// API (for methods that sign, write files or change trust).
+    pub fn local_only(mut self) -> Self {
+        self.spec.local_only = true;
         self
     }
 

@@ -53,7 +53,10 @@ pub fn openapi(manifests: &[Manifest]) -> Value {
             }}),
         );
         for method in &manifest.methods {
-            if !routable(&method.name) || method.name == koi_protocol::calls::STATUS {
+            if !routable(&method.name)
+                || method.name == koi_protocol::calls::STATUS
+                || method.local_only
+            {
                 continue;
             }
             let (path, item) = operation(&mut components, moniker, method);
@@ -486,6 +489,7 @@ mod tests {
             mutating,
             stream_item: None,
             timeout_ms: None,
+            local_only: false,
         }
     }
 

@@ -164,6 +164,18 @@ impl Handler {
                 &format!("Its methods are: {}.", known.join(", ")),
             );
         };
+        if spec.local_only {
+            return reply::failure(
+                StatusCode::FORBIDDEN,
+                codes::METHOD_NOT_FOUND,
+                format!(
+                    "koi-{moniker}'s `{}` is served only to the koi CLI and other plugins, not over \
+                     the REST API (which has no authentication)",
+                    clip(method)
+                ),
+                &format!("Run `koi {moniker} {}` as the daemon's user.", clip(method)),
+            );
+        }
         let expected = if spec.mutating {
             Method::POST
         } else {

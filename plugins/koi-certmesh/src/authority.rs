@@ -178,27 +178,39 @@ impl CaSession {
     }
 }
 
-/// Reads and removes the pending refusals (renamed first, so a crash re-signs rather than loses).
+/// Collects the pending refusals into `audit-pending.signing` (appending, so entries left there by
+/// an unlock that crashed mid-signing are kept) and reads them. The caller removes the file once
+/// they are signed in: a crash in between signs some twice rather than losing any.
 fn take_pending(layout: &Layout) -> Result<Vec<PendingEntry>, MethodError> {
     let path = layout.audit_pending();
     let signing = path.with_extension("signing");
-    if path.exists() {
-        std::fs::rename(&path, &signing).map_err(|e| {
-            error::fail(
-                format!("Failed to move {} aside: {e}.", path.display()),
-                "Check the permissions of KOI_HOME/certmesh.",
-            )
-        })?;
+    let fail = |what: &str, p: &std::path::Path, e: std::io::Error| {
+        error::fail(
+            format!("Failed to {what} {}: {e}.", p.display()),
+            "Check the permissions of KOI_HOME/certmesh.",
+        )
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&signing)
+                .map_err(|e| fail("open", &signing, e))?;
+            out.write_all(&bytes)
+                .and_then(|()| out.sync_data())
+                .map_err(|e| fail("write", &signing, e))?;
+            std::fs::remove_file(&path).map_err(|e| fail("remove", &path, e))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("read", &path, e)),
     }
     let text = match std::fs::read_to_string(&signing) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(error::fail(
-                format!("Failed to read {}: {e}.", signing.display()),
-                "Check the permissions of KOI_HOME/certmesh.",
-            ));
-        }
+        Err(e) => return Err(fail("read", &signing, e)),
     };
     // A torn last line (crash mid-write) is dropped; every complete line is kept.
     Ok(text
@@ -314,8 +326,8 @@ impl Authority {
     }
 
     /// Handles `POST /v1/certmesh/join`. Checks run cheapest and least secret first: lockout,
-    /// request shape, CSR signature and scope before the code is evaluated, so a malformed
-    /// request never burns a valid code. Every refusal is audited.
+    /// enrollment window, host name, scope of the names, CSR signature — all before the code is
+    /// evaluated, so a malformed request never burns a valid code. Every refusal is audited.
     pub fn enroll(&self, req: &JoinRequest, peer: IpAddr) -> Result<JoinResponse, Refusal> {
         let mut guard = self.session();
         let result = self.enroll_locked(guard.as_mut(), req, peer);

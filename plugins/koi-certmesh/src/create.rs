@@ -1,8 +1,9 @@
 //! `koi certmesh create`: make this machine the CA of a new mesh.
 //!
-//! Everything is built in `certmesh.creating/` and renamed to `certmesh/` in one step, so a crash
-//! (even `kill -9`) leaves either no mesh or a whole one; a leftover staging directory is removed by
-//! the next `create`. Order inside: the sealed vault (Argon2id → AES-256-GCM; no plaintext key
+//! The mesh state is built in `certmesh.creating/` and renamed to `certmesh/` in one step, so a
+//! crash (even `kill -9`) leaves either no mesh or a whole one; a leftover staging directory is
+//! removed by the next `create`. (This machine's own certificate files, in `certs/<host>/`, are
+//! written just before the rename; after a crash the next `create` overwrites them.) Order inside: the sealed vault (Argon2id → AES-256-GCM; no plaintext key
 //! ever reaches disk), the first audit entry (`pond_initialized`), this machine's own certificate
 //! (it enrolls itself as the `primary` member), the roster, then the rename. Afterwards the root
 //! goes into this machine's trust stores, the enrollment QR code is shown through the host, and

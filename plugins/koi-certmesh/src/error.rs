@@ -4,7 +4,7 @@
 
 use koi_sdk::MethodError;
 
-/// The seed's wording for every signing path while the CA is locked.
+/// The wording (from the issue) for every signing path while the CA is locked.
 pub const LOCKED_MESSAGE: &str = "CA is locked. Run koi certmesh unlock to resume signing.";
 
 /// A core-library error as a method error (its text already names the next step).

@@ -116,6 +116,16 @@ pub async fn run(app: Arc<App>, ctx: Context, p: IssueParams) -> Result<IssueRes
     let roster_path = layout.roster();
     let issue = move |session: &mut CaSession| -> Result<IssueResult, MethodError> {
         let now = OffsetDateTime::now_utc();
+        let roster = Roster::load(&roster_path).map_err(error::core)?;
+        if let Some(existing) = roster.member(&first).filter(|m| m.role != Role::Device) {
+            return Err(error::fail(
+                format!(
+                    "{first} is the name of a mesh machine ({}), not a device; issuing would replace its certificate.",
+                    crate::wire::serde_name(&existing.role)
+                ),
+                "Pick another name for the device.",
+            ));
+        }
         let device = match session.unlocked().ca().issue_for_device(&request, now) {
             Ok(d) => d,
             Err(e) => {
@@ -143,7 +153,7 @@ pub async fn run(app: Arc<App>, ctx: Context, p: IssueParams) -> Result<IssueRes
                 "files": files.dir,
             }),
         )?;
-        let mut roster = Roster::load(&roster_path).map_err(error::core)?;
+        let mut roster = roster;
         roster.upsert(Member::from_issued(
             &first,
             &device.cert,

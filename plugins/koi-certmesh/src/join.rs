@@ -267,26 +267,29 @@ pub async fn run(app: Arc<App>, ctx: Context, p: JoinParams) -> Result<JoinResul
         },
         None => discover(&ctx).await?,
     };
-    if let Some(existing) = Membership::load(&layout)? {
-        let given = p.fingerprint.as_deref().map(normalize_fingerprint);
-        if given
-            .as_ref()
-            .is_some_and(|g| *g != existing.ca_fingerprint)
-        {
-            return Err(error::fail(
-                format!(
-                    "This machine is already a member of the mesh with CA fingerprint {}.",
-                    existing.ca_fingerprint
-                ),
-                format!(
-                    "To move to another mesh, move {} away first.",
-                    layout.membership().display()
-                ),
-            ));
-        }
-    }
+    let existing = Membership::load(&layout)?;
     // A locked CA is not pre-checked here: the CA itself refuses (503) and audits the attempt.
-    let (fingerprint, _health) = pin_ca(&ctx, &found, p.fingerprint.as_deref()).await?;
+    let (fingerprint, health) = pin_ca(&ctx, &found, p.fingerprint.as_deref()).await?;
+    if let Some(existing) = existing.filter(|m| m.ca_fingerprint != fingerprint) {
+        return Err(error::fail(
+            format!(
+                "This machine is already a member of another mesh (CA fingerprint {}).",
+                existing.ca_fingerprint
+            ),
+            format!(
+                "To move to the mesh at {}, move {} away first.",
+                found.endpoint,
+                layout.dir().display()
+            ),
+        ));
+    }
+    let mut operator = p.operator.clone();
+    if operator.is_none() && ctx.interactive() && health.mesh.profile != "personal" {
+        let typed = ctx
+            .prompt("Operator name (for the CA's audit log)", None)
+            .await?;
+        operator = Some(typed.trim().to_owned()).filter(|o| !o.is_empty());
+    }
     let code: Zeroizing<String> = match &p.code {
         Some(c) => Zeroizing::new(c.trim().to_owned()),
         None if ctx.interactive() => {
@@ -316,7 +319,7 @@ pub async fn run(app: Arc<App>, ctx: Context, p: JoinParams) -> Result<JoinResul
         csr_pem: csr,
         ip_addresses: names::lan_addresses(),
         extra_names: p.name.clone(),
-        operator: p.operator.clone(),
+        operator: operator.clone(),
     };
     let pin = CaPin::new(Some(fingerprint.clone()));
     let answer = client::request::<JoinRequest, JoinResponse>(
@@ -363,7 +366,7 @@ pub async fn run(app: Arc<App>, ctx: Context, p: JoinParams) -> Result<JoinResul
         expires_at: issued.expires_at.clone(),
         dns_names: issued.dns_names.clone(),
         ip_addresses: issued.ip_addresses.clone(),
-        operator: p.operator.clone(),
+        operator,
     }
     .save_in(&layout.dir())?;
     let trust = if p.no_trust {

@@ -10,7 +10,7 @@
 //!     audit-pending.jsonl              refusals seen while locked, signed in at the next unlock
 //!     totp-state.json                  replay / lockout state of enrollment codes
 //!     membership.json                  what this machine was told when it joined (every member)
-//! $KOI_HOME/certs/<hostname>/    0700  cert.pem, key.pem (0600), ca.pem, fullchain.pem
+//! $KOI_HOME/certs/<hostname>/    0700  cert.pem, key.pem, ca.pem, fullchain.pem (all 0600)
 //! $KOI_HOME/state/certmesh.lock        flock: the writer of the CA state
 //! ```
 

@@ -74,6 +74,7 @@ pub fn plugin() -> Plugin {
     .interactive()
     .long_running()
     .mutating()
+    .local_only()
     .example("koi certmesh create")
     .example("koi certmesh create --profile team --operator ana --domain lab.example --subnet 10.77.0.0/24")
     .example("koi certmesh create --entropy system --passphrase-file /root/ca-pass --json");
@@ -87,6 +88,7 @@ pub fn plugin() -> Plugin {
     .interactive()
     .long_running()
     .mutating()
+    .local_only()
     .example("koi certmesh unlock")
     .example("koi certmesh unlock --passphrase-file /root/ca-pass");
 
@@ -105,6 +107,7 @@ pub fn plugin() -> Plugin {
     .interactive()
     .long_running()
     .mutating()
+    .local_only()
     .example("koi certmesh join")
     .example("koi certmesh join --ca 10.77.0.1:5641 --fingerprint 3fa2…")
     .example("koi certmesh join --ca stone-01.local --fingerprint 3fa2… --code 123456 --json");
@@ -118,6 +121,7 @@ pub fn plugin() -> Plugin {
     .positional(["names"])
     .interactive()
     .mutating()
+    .local_only()
     .example("koi certmesh issue printer.lan --ip 10.0.0.7")
     .example("koi certmesh issue nas.lab.example nas --out /srv/nas-certs");
 
@@ -129,6 +133,7 @@ pub fn plugin() -> Plugin {
     )
     .positional(["action"])
     .mutating()
+    .local_only()
     .example("koi certmesh trust status")
     .example("sudo koi certmesh trust install");
 
@@ -148,6 +153,7 @@ pub fn plugin() -> Plugin {
         move |ctx: Context, p: enrollment::OpenParams| enrollment::open(a.clone(), ctx, p),
     )
     .mutating()
+    .local_only()
     .example("koi certmesh open-enrollment --minutes 15");
 
     let a = app.clone();
@@ -157,6 +163,7 @@ pub fn plugin() -> Plugin {
         move |ctx: Context, p: enrollment::CloseParams| enrollment::close(a.clone(), ctx, p),
     )
     .mutating()
+    .local_only()
     .example("koi certmesh close-enrollment");
 
     let status_app = app.clone();

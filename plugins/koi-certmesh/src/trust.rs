@@ -34,6 +34,14 @@ pub struct TrustParams {
     pub action: TrustAction,
 }
 
+/// The trust-store settings from the environment, with this `KOI_HOME` for privileged retries.
+fn trust_config(layout: &Layout) -> TrustConfig {
+    TrustConfig {
+        koi_home: Some(layout.home().to_path_buf()),
+        ..TrustConfig::from_env()
+    }
+}
+
 /// The mesh root this machine uses (from its membership) and its fingerprint.
 fn root(layout: &Layout) -> Result<(String, String), MethodError> {
     let membership = Membership::load(layout)?.ok_or_else(|| {
@@ -70,10 +78,11 @@ pub async fn install_root(layout: &Layout, fingerprint: &str) -> Result<TrustRep
             "Join the mesh again (`koi certmesh join`).",
         ));
     }
+    let config = trust_config(layout);
     run_blocking(move || {
         let name = anchor_name(&fp);
         truststore::install(
-            &TrustConfig::from_env(),
+            &config,
             &Anchor {
                 name: &name,
                 cert_pem: &pem,
@@ -88,9 +97,9 @@ pub async fn install_root(layout: &Layout, fingerprint: &str) -> Result<TrustRep
 pub async fn run(app: Arc<App>, ctx: Context, p: TrustParams) -> Result<TrustReport, MethodError> {
     let layout = app.authority(&ctx).layout().clone();
     let (pem, fp) = root(&layout)?;
+    let config = trust_config(&layout);
     let report = run_blocking(move || {
         let name = anchor_name(&fp);
-        let config = TrustConfig::from_env();
         let anchor = Anchor {
             name: &name,
             cert_pem: &pem,

@@ -89,6 +89,11 @@ pub struct MethodSpec {
     /// A per-method inactivity timeout in milliseconds, overriding the host default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Served only to callers the host has authenticated as the daemon's own user — the CLI
+    /// (over the peer-checked control socket) and other plugins — and never over the REST API,
+    /// which has no authentication. For methods that sign, write files or change trust.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local_only: bool,
 }
 
 /// The command-line shape of a verb. Every property of the params schema that is not positional

@@ -864,6 +864,22 @@ fn bad_input_gets_clear_errors_and_nothing_stored_is_lost() {
         std::fs::read(env.home.join("certmesh/roster.json")).expect("roster"),
         roster_before
     );
+    // A device certificate cannot take over the CA machine's own name.
+    let own = env.run(&["certmesh", "status", "--json"]).json()["details"]["hostname"]
+        .as_str()
+        .expect("hostname")
+        .to_owned();
+    let run = env.run(&["certmesh", "issue", &own, "--passphrase-file", &pass_file]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("not a device"), "{}", run.stderr);
+    let members = |bytes: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(bytes).expect("roster")["members"].clone()
+    };
+    assert_eq!(
+        members(&std::fs::read(env.home.join("certmesh/roster.json")).expect("roster")),
+        members(&roster_before),
+        "the refused issue changed the members"
+    );
     // Wrong passphrase on a signing verb.
     let wrong = env.dir.path().join("wrong");
     std::fs::write(&wrong, "not the passphrase").expect("wrong");

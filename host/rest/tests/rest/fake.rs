@@ -61,6 +61,7 @@ fn method(name: &str, mutating: bool, params: Value, result: Value) -> MethodSpe
         mutating,
         stream_item: None,
         timeout_ms: None,
+        local_only: false,
     }
 }
 
@@ -110,6 +111,13 @@ pub fn manifests() -> Vec<Manifest> {
         json!({"type": "object"}),
     );
     enroll.interactive = true;
+    let mut sign = method(
+        "sign",
+        true,
+        json!({"type": "object", "properties": {}, "additionalProperties": false}),
+        json!({"type": "object"}),
+    );
+    sign.local_only = true;
     let fake = Manifest {
         name: "fake".into(),
         version: "0.0.1".into(),
@@ -119,6 +127,7 @@ pub fn manifests() -> Vec<Manifest> {
             method("scan", false, scan_params, scan_result),
             method("set", true, set_params, set_result),
             enroll,
+            sign,
         ],
         publishes: vec![],
         subscribes: vec![],

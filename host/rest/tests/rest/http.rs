@@ -260,6 +260,28 @@ fn mutating_methods_take_a_json_post() {
 }
 
 #[test]
+fn local_only_methods_are_403_and_absent_from_openapi() {
+    need_curl!();
+    let server = TestServer::start();
+    let r = post_json(&server.url("/v1/fake/sign"), "{}");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not over the REST API")),
+        "{}",
+        r.body
+    );
+    let doc = curl(&[&server.url("/v1/openapi.json")]).body;
+    assert!(
+        doc["paths"].get("/v1/fake/sign").is_none(),
+        "{}",
+        doc["paths"]
+    );
+    assert!(doc["paths"].get("/v1/fake/set").is_some());
+}
+
+#[test]
 fn the_wrong_verb_is_405_with_allow() {
     need_curl!();
     let server = TestServer::start();

@@ -83,6 +83,8 @@ pub struct TrustConfig {
     pub install_command: String,
     /// Same for removal. Default `koi certmesh trust remove`.
     pub remove_command: String,
+    /// The `KOI_HOME` the retry must use (sudo resets HOME, so `~/.koi` would become root's).
+    pub koi_home: Option<PathBuf>,
 }
 
 impl Default for TrustConfig {
@@ -96,6 +98,7 @@ impl Default for TrustConfig {
             timeout: Duration::from_secs(60),
             install_command: "koi certmesh trust install".to_string(),
             remove_command: "koi certmesh trust remove".to_string(),
+            koi_home: None,
         }
     }
 }
@@ -146,6 +149,9 @@ impl TrustConfig {
     pub fn privileged_command(&self, command: &str) -> String {
         let q = |p: &Path| exec::shell_quote(&p.to_string_lossy());
         let mut env = Vec::new();
+        if let Some(koi_home) = &self.koi_home {
+            env.push(format!("KOI_HOME={}", q(koi_home)));
+        }
         if !self.is_real_root() {
             env.push(format!("KOI_TRUST_ROOT={}", q(&self.system_root)));
         }

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Issue one device certificate + key from the CLI, koi vs `mkcert -ecdsa`, in one hyperfine run
+# (-N, no shell), all inside the CA's network namespace under host name bench-ca:
+#   koi-daemon   `koi certmesh issue printer.lab --ip 10.77.50.9 --out DIR` forwarded to a running
+#                `koi daemon` whose CA was unlocked beforehand (the like-for-like case: mkcert's CA
+#                key sits unencrypted on disk, koi's is already open in the daemon);
+#   koi-oneshot  the same with --no-daemon --passphrase-file F on a second CA (no daemon on it):
+#                includes opening the vault (Argon2id, 64 MiB, t=3);
+#   mkcert       `mkcert -ecdsa -cert-file … -key-file … printer.lab 10.77.50.9`, CAROOT in the temp
+#                dir (created before the run; never -install, so no trust store is touched).
+# Every command is started through `env VAR=…` (KOI_HOME or CAROOT), so all pay the same exec.
+# Target: koi (daemon) ≤ 0.5× mkcert. Usage: bash bench/certmesh/issue.sh   (RUNS=…, REL=…)
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+command -v mkcert > /dev/null || { echo "mkcert is missing: apt-get install -y mkcert" >&2; exit 1; }
+lab_up
+ca_create "$WORK/ca-oneshot"
+ONESHOT_HOME="$CA_HOME"
+ca_create "$WORK/ca-daemon"
+daemon_up
+on ca "$KOI" certmesh unlock --passphrase-file "$PASS" --json > /dev/null
+mkdir -p "$WORK/caroot" "$WORK/mk-home" "$WORK/out-mkcert"
+MK=(env CAROOT="$WORK/caroot" HOME="$WORK/mk-home" mkcert -ecdsa -cert-file "$WORK/out-mkcert/cert.pem"
+    -key-file "$WORK/out-mkcert/key.pem" printer.lab 10.77.50.9)
+on ca "${MK[@]}" > /dev/null 2>&1   # creates mkcert's CA (not timed)
+# Each koi command is checked once before timing.
+KD="env KOI_HOME=$CA_HOME $KOI certmesh issue printer.lab --ip 10.77.50.9 --out $WORK/out-daemon"
+KO="env KOI_HOME=$ONESHOT_HOME $KOI --no-daemon certmesh issue printer.lab --ip 10.77.50.9 --out $WORK/out-oneshot --passphrase-file $PASS"
+on ca $KD > /dev/null
+on ca $KO > /dev/null
+cd "$WORK"
+on ca "$HYPERFINE" -N --warmup 3 --runs "${RUNS:-40}" --export-json "$WORK/issue.json" \
+  -n koi-daemon "$KD" -n koi-oneshot "$KO" -n mkcert "${MK[*]}" >&2
+for f in out-daemon out-oneshot out-mkcert; do
+  openssl x509 -in "$WORK/$f/cert.pem" -noout -ext subjectAltName > /dev/null \
+    || { echo "$f/cert.pem is not a certificate" >&2; exit 1; }
+done
+"$PY" - "$WORK/issue.json" <<'PY'
+import json, sys
+r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
+ms = lambda x, k="median": round(x[k] * 1000, 2)
+d, o, m = r["koi-daemon"], r["koi-oneshot"], r["mkcert"]
+print(json.dumps({
+  "koi_daemon_median_ms": ms(d), "koi_daemon_mean_ms": ms(d, "mean"),
+  "koi_oneshot_median_ms": ms(o), "koi_oneshot_mean_ms": ms(o, "mean"),
+  "mkcert_median_ms": ms(m), "mkcert_mean_ms": ms(m, "mean"),
+  "ratio_koi_daemon_over_mkcert": round(d["median"] / m["median"], 2),
+  "ratio_koi_oneshot_over_mkcert": round(o["median"] / m["median"], 2),
+  "target": "koi <= 0.5x mkcert", "met": d["median"] <= 0.5 * m["median"]}, indent=2))
+PY
