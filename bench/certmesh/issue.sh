@@ -8,6 +8,7 @@
 #                includes opening the vault (Argon2id, 64 MiB, t=3);
 #   mkcert       `mkcert -ecdsa -cert-file … -key-file … printer.lab 10.77.50.9`, CAROOT in the temp
 #                dir (created before the run; never -install, so no trust store is touched).
+#   koi-floor    `koi --version`: starting the koi process alone (no plugin, no daemon).
 # Every command is started through `env VAR=…` (KOI_HOME or CAROOT), so all pay the same exec.
 # Target: koi (daemon) ≤ 0.5× mkcert. Usage: bash bench/certmesh/issue.sh   (RUNS=…, REL=…)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -28,8 +29,9 @@ KO="env KOI_HOME=$ONESHOT_HOME $KOI --no-daemon certmesh issue printer.lab --ip 
 on ca $KD > /dev/null
 on ca $KO > /dev/null
 cd "$WORK"
-on ca "$HYPERFINE" -N --warmup 3 --runs "${RUNS:-40}" --export-json "$WORK/issue.json" \
-  -n koi-daemon "$KD" -n koi-oneshot "$KO" -n mkcert "${MK[*]}" >&2
+on ca "$HYPERFINE" -N --warmup 3 --runs "${RUNS:-60}" --export-json "$WORK/issue.json" \
+  -n koi-daemon "$KD" -n koi-oneshot "$KO" -n mkcert "${MK[*]}" \
+  -n koi-floor "env KOI_HOME=$CA_HOME $KOI --version" >&2
 for f in out-daemon out-oneshot out-mkcert; do
   openssl x509 -in "$WORK/$f/cert.pem" -noout -ext subjectAltName > /dev/null \
     || { echo "$f/cert.pem is not a certificate" >&2; exit 1; }
@@ -38,12 +40,14 @@ done
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
 ms = lambda x, k="median": round(x[k] * 1000, 2)
-d, o, m = r["koi-daemon"], r["koi-oneshot"], r["mkcert"]
+d, o, m, f = r["koi-daemon"], r["koi-oneshot"], r["mkcert"], r["koi-floor"]
 print(json.dumps({
   "koi_daemon_median_ms": ms(d), "koi_daemon_mean_ms": ms(d, "mean"),
   "koi_oneshot_median_ms": ms(o), "koi_oneshot_mean_ms": ms(o, "mean"),
   "mkcert_median_ms": ms(m), "mkcert_mean_ms": ms(m, "mean"),
+  "koi_floor_median_ms": ms(f), "koi_daemon_minus_floor_ms": round((d["median"] - f["median"]) * 1000, 2),
   "ratio_koi_daemon_over_mkcert": round(d["median"] / m["median"], 2),
   "ratio_koi_oneshot_over_mkcert": round(o["median"] / m["median"], 2),
+  "load_average_end": open("/proc/loadavg").read().split()[:3],
   "target": "koi <= 0.5x mkcert", "met": d["median"] <= 0.5 * m["median"]}, indent=2))
 PY
