@@ -19,7 +19,9 @@ for b in koi koi-certmesh; do
 done
 HYPERFINE="${HYPERFINE:-$( [ -x /opt/hyperfine/bin/hyperfine ] && echo /opt/hyperfine/bin/hyperfine || echo hyperfine )}"
 PY=/usr/bin/python3
-WORK="$(mktemp -d /tmp/koi-certmesh-bench.XXXXXX)"
+# BENCH_TMP=/dev/shm puts every KOI_HOME, CAROOT and output on tmpfs (fsync costs nothing there):
+# a diagnostic for how much of a figure is the disk.
+WORK="$(mktemp -d "${BENCH_TMP:-/tmp}/koi-certmesh-bench.XXXXXX")"
 chmod 755 "$WORK"
 mkdir -p "$WORK/plugins"
 cp "$REL/koi" "$WORK/koi"
@@ -49,6 +51,21 @@ lab_up() {
   ip -n "$NS_B" addr add "$IP_B/24" dev veth0
   ip -n "$NS_A" link set veth0 up
   ip -n "$NS_B" link set veth0 up
+}
+
+# fsync_probe: median ms of 20 × (write 1.5 KB, fsync it, fsync its directory) in $WORK — the unit
+# of koi-certmesh's atomic writes. It moves with other processes' disk writes (ext4 journal).
+fsync_probe() {
+  "$PY" - "$WORK" <<'PY'
+import os, statistics, sys, time
+d = sys.argv[1]; p = os.path.join(d, ".fsync-probe"); v = []
+for _ in range(20):
+    t = time.perf_counter()
+    f = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600); os.write(f, b"x" * 1500); os.fsync(f); os.close(f)
+    f = os.open(d, os.O_RDONLY); os.fsync(f); os.close(f)
+    v.append((time.perf_counter() - t) * 1000)
+os.unlink(p); print(round(statistics.median(v), 2))
+PY
 }
 
 # on ca|member CMD...: runs CMD in that host's namespace, under its host name, with its KOI_HOME

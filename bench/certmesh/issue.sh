@@ -29,14 +29,16 @@ KO="env KOI_HOME=$ONESHOT_HOME $KOI --no-daemon certmesh issue printer.lab --ip 
 on ca $KD > /dev/null
 on ca $KO > /dev/null
 cd "$WORK"
+PROBE_BEFORE="$(fsync_probe)"
 on ca "$HYPERFINE" -N --warmup 3 --runs "${RUNS:-60}" --export-json "$WORK/issue.json" \
   -n koi-daemon "$KD" -n koi-oneshot "$KO" -n mkcert "${MK[*]}" \
   -n koi-floor "env KOI_HOME=$CA_HOME $KOI --version" >&2
+PROBE_AFTER="$(fsync_probe)"
 for f in out-daemon out-oneshot out-mkcert; do
   openssl x509 -in "$WORK/$f/cert.pem" -noout -ext subjectAltName > /dev/null \
     || { echo "$f/cert.pem is not a certificate" >&2; exit 1; }
 done
-"$PY" - "$WORK/issue.json" <<'PY'
+"$PY" - "$WORK/issue.json" "$PROBE_BEFORE" "$PROBE_AFTER" "$WORK" <<'PY'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
 ms = lambda x, k="median": round(x[k] * 1000, 2)
@@ -49,5 +51,6 @@ print(json.dumps({
   "ratio_koi_daemon_over_mkcert": round(d["median"] / m["median"], 2),
   "ratio_koi_oneshot_over_mkcert": round(o["median"] / m["median"], 2),
   "load_average_end": open("/proc/loadavg").read().split()[:3],
+  "fsync_probe_ms_before_after": [float(sys.argv[2]), float(sys.argv[3])], "work_dir": sys.argv[4],
   "target": "koi <= 0.5x mkcert", "met": d["median"] <= 0.5 * m["median"]}, indent=2))
 PY

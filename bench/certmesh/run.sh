@@ -4,7 +4,8 @@
 # again with QUICKACK=1 as a diagnostic (see docs/benchmarks.md), and prints a summary. Each
 # script cleans up after itself (namespaces, daemons, temp files). Needs root, hyperfine ≥ 1.16,
 # mkcert, curl, jq, openssl, python3. Build first: cargo build --release --workspace.
-# Usage: bash bench/certmesh/run.sh   (full JSON results in $OUT, default a temp directory)
+# Usage: bash bench/certmesh/run.sh   (full JSON results in $OUT, default a temp directory;
+# BENCH_TMP=/dev/shm runs it all on tmpfs, a diagnostic for what the disk costs)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 OUT="${OUT:-$(mktemp -d /tmp/koi-certmesh-results.XXXXXX)}"
@@ -23,6 +24,7 @@ yn = lambda b: "met" if b else "MISSED"
 c = j["cli_join_ms"]
 print(f"""
 SUMMARY (koi-certmesh, {os.cpu_count()} cores; results in {d})
+disk probe (write+fsync+dir fsync)   join {j['fsync_probe_ms_before_after']} ms, issue {i['fsync_probe_ms_before_after']} ms (before, after)
 join, member CLI (n={c['n']})        median {c['median']} ms (min {c['min']}, max {c['max']}; {j['cli_join_stalled']} stalled by ~40 ms)   target <= 100 ms: {yn(j['met'])}
 join, API round trip (n={j['api_join_total_ms']['n']})     median {j['api_join_total_ms']['median']} ms (TLS handshake {j['api_join_tls_handshake_ms']['median']}, request -> first byte {j['api_join_request_to_first_byte_ms']['median']})
 health, API round trip (n={j['api_health_total_ms']['n']})  median {j['api_health_total_ms']['median']} ms

@@ -89,6 +89,8 @@ pub async fn serve(
                 }
             },
         };
+        // Without it the CA's small answers wait for the member's delayed ACK (~40 ms a request).
+        let _ = stream.set_nodelay(true);
         if !is_lan_peer(peer.ip()) {
             tracing::warn!(%peer, "refused a certmesh API connection from outside the LAN");
             continue;
