@@ -658,6 +658,39 @@ fn refusals_are_4xx_with_an_audit_entry_and_a_ca_request_still_yields_a_leaf() {
         &serde_json::json!({"hostname": "x", "code": "123456", "csr_pem": "garbage"}),
     );
     assert_eq!(status, 400);
+    // An oversized body is 413, a wrong verb 405, an unknown path 404 — each with a JSON reason.
+    let huge = serde_json::json!({"hostname": "x", "code": "1", "csr_pem": "A".repeat(200_000)});
+    let (status, body) = raw_join(&lab, &ca_pem, &huge);
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (413, Some("too_large")),
+        "{body}"
+    );
+    let api = format!("https://{}:5641", lab.a.ip);
+    let ca_arg = ca_pem.display().to_string();
+    for (args, expected) in [(vec!["-X", "DELETE"], "405"), (vec!["-X", "GET"], "405")] {
+        let mut all = vec![
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            &ca_arg,
+        ];
+        all.extend(args);
+        let url = format!("{api}/v1/certmesh/join");
+        all.push(&url);
+        let out = lab.b.command("curl", &all).output().expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    }
+    let unknown = format!("{api}/v1/certmesh/nope");
+    let out = lab
+        .b
+        .command("curl", &["-s", "--cacert", &ca_arg, &unknown])
+        .output()
+        .expect("curl");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not_found"));
 
     // Three wrong codes lock enrollment; a fourth attempt, even with a right code, gets 429.
     for _ in 0..3 {
