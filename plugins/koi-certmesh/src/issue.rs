@@ -20,6 +20,7 @@ use crate::app::{App, actor};
 use crate::authority::{CaSession, ENROLLMENT_REFUSED, with_signing_session};
 use crate::error;
 use crate::files::CertFiles;
+use crate::layout::Layout;
 use crate::names;
 
 /// Params of `issue`.
@@ -59,10 +60,14 @@ pub struct IssueResult {
     pub files: CertFiles,
 }
 
-fn out_dir(ctx: &Context, given: Option<&str>, name: &str) -> Result<CertFiles, MethodError> {
-    let layout = crate::layout::Layout::new(ctx.koi_home());
+fn out_dir(
+    ctx: &Context,
+    layout: &Layout,
+    given: Option<&str>,
+    name: &str,
+) -> Result<CertFiles, MethodError> {
     let Some(given) = given else {
-        return Ok(CertFiles::at(&layout, name));
+        return Ok(CertFiles::at(layout, name));
     };
     let path = PathBuf::from(given);
     let path = if path.is_absolute() {
@@ -105,7 +110,7 @@ pub async fn run(app: Arc<App>, ctx: Context, p: IssueParams) -> Result<IssueRes
             )
         })?);
     }
-    let files = out_dir(&ctx, p.out.as_deref(), &first)?;
+    let files = out_dir(&ctx, &layout, p.out.as_deref(), &first)?;
     let mut request = LeafRequest::new(first.clone());
     request.dns_names = p.names[1..].to_vec();
     request.ip_addresses = ips;

@@ -45,14 +45,6 @@ fn write_passphrase(env: &KoiEnv) -> String {
     path.display().to_string()
 }
 
-fn lab_env(host: &LabHost, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let _ = host;
-    extra
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
 fn output_text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -218,13 +210,9 @@ fn two_host_lab_create_unlock_join_then_tls_works_and_no_secret_leaks() {
     let pass_file = write_passphrase(&lab.a.env);
 
     // A: daemon, then create through it (forwarded), non-interactive.
-    let mut a_env = lab_env(&lab.a, &noisy);
-    a_env.push(("KOI_RESTART_INITIAL_MS".into(), "50".into()));
-    let env_refs: Vec<(&str, &str)> = a_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let mut daemon_a = lab.a.env.start_daemon(&env_refs);
+    let mut a_env: Vec<(&str, &str)> = noisy.to_vec();
+    a_env.push(("KOI_RESTART_INITIAL_MS", "50"));
+    let mut daemon_a = lab.a.env.start_daemon(&a_env);
     let mut create_cmd = lab.a.env.command(&[
         "certmesh",
         "create",
@@ -263,7 +251,7 @@ fn two_host_lab_create_unlock_join_then_tls_works_and_no_secret_leaks() {
     daemon_a.terminate(Duration::from_secs(10));
     traces.push_str(&daemon_a.log_text());
     drop(daemon_a);
-    let daemon_a = lab.a.env.start_daemon(&env_refs);
+    let daemon_a = lab.a.env.start_daemon(&a_env);
     wait_for_api(&lab.a, &lab.a.ip);
     let status = lab.a.env.run(&["certmesh", "status", "--json"]);
     status.expect_code(0);
@@ -281,12 +269,7 @@ fn two_host_lab_create_unlock_join_then_tls_works_and_no_secret_leaks() {
     );
 
     // B: daemon (with koi-mdns browsing in its namespace).
-    let b_env = lab_env(&lab.b, &noisy);
-    let b_refs: Vec<(&str, &str)> = b_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let daemon_b = lab.b.env.start_daemon(&b_refs);
+    let daemon_b = lab.b.env.start_daemon(&noisy);
 
     // A join while the CA is locked is refused (503), and audited once unlocked.
     let locked = lab.b.env.run(&[
