@@ -45,6 +45,20 @@ fn write_passphrase(env: &KoiEnv) -> String {
     path.display().to_string()
 }
 
+/// `koi certmesh create --entropy system --passphrase-file PASS EXTRA...` (non-interactive).
+fn create(env: &KoiEnv, pass_file: &str, extra: &[&str]) -> crate::support::Run {
+    let mut args = vec![
+        "certmesh",
+        "create",
+        "--entropy",
+        "system",
+        "--passphrase-file",
+        pass_file,
+    ];
+    args.extend_from_slice(extra);
+    env.run(&args)
+}
+
 fn output_text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -539,18 +553,11 @@ fn refusals_are_4xx_with_an_audit_entry_and_a_ca_request_still_yields_a_leaf() {
     lab.b.env.install(&certmesh_bin(), "certmesh");
     let pass_file = write_passphrase(&lab.a.env);
     let _daemon = lab.a.env.start_daemon(&[]);
-    let created = lab.a.env.run(&[
-        "certmesh",
-        "create",
-        "--domain",
-        "lan",
-        "--entropy",
-        "system",
-        "--passphrase-file",
+    let created = create(
+        &lab.a.env,
         &pass_file,
-        "--no-trust",
-        "--json",
-    ]);
+        &["--domain", "lan", "--no-trust", "--json"],
+    );
     created.expect_code(0);
     let uri = created.json()["otpauth_uri"]
         .as_str()
@@ -767,16 +774,7 @@ fn log_verify_catches_an_edited_a_deleted_and_a_swapped_line() {
     let env = KoiEnv::new();
     env.install(&certmesh_bin(), "certmesh");
     let pass_file = write_passphrase(&env);
-    env.run(&[
-        "certmesh",
-        "create",
-        "--entropy",
-        "system",
-        "--passphrase-file",
-        &pass_file,
-        "--no-trust",
-    ])
-    .expect_code(0);
+    create(&env, &pass_file, &["--no-trust"]).expect_code(0);
     for name in ["one.lan", "two.lan", "three.lan"] {
         env.run(&["certmesh", "issue", name, "--passphrase-file", &pass_file])
             .expect_code(0);
@@ -827,53 +825,20 @@ fn bad_input_gets_clear_errors_and_nothing_stored_is_lost() {
     // A weak passphrase.
     let weak = env.dir.path().join("weak");
     std::fs::write(&weak, "short").expect("weak");
-    let run = env.run(&[
-        "certmesh",
-        "create",
-        "--entropy",
-        "system",
-        "--passphrase-file",
-        &weak.display().to_string(),
-    ]);
+    let run = create(&env, &weak.display().to_string(), &[]);
     run.expect_code(1);
     assert!(
         !env.home.join("certmesh").exists(),
         "a refused create left a mesh behind"
     );
     // Organization requires a scope and an operator.
-    let run = env.run(&[
-        "certmesh",
-        "create",
-        "--profile",
-        "organization",
-        "--entropy",
-        "system",
-        "--passphrase-file",
-        &pass_file,
-    ]);
+    let run = create(&env, &pass_file, &["--profile", "organization"]);
     run.expect_code(1);
     assert!(run.stderr.contains("--domain"), "{}", run.stderr);
     // A real mesh; a second create refuses and keeps it.
-    env.run(&[
-        "certmesh",
-        "create",
-        "--entropy",
-        "system",
-        "--passphrase-file",
-        &pass_file,
-        "--no-trust",
-    ])
-    .expect_code(0);
+    create(&env, &pass_file, &["--no-trust"]).expect_code(0);
     let roster_before = std::fs::read(env.home.join("certmesh/roster.json")).expect("roster");
-    let run = env.run(&[
-        "certmesh",
-        "create",
-        "--entropy",
-        "system",
-        "--passphrase-file",
-        &pass_file,
-        "--no-trust",
-    ]);
+    let run = create(&env, &pass_file, &["--no-trust"]);
     run.expect_code(1);
     assert!(run.stderr.contains("already the CA"), "{}", run.stderr);
     assert_eq!(
