@@ -37,6 +37,8 @@ IP_B=10.77.50.2
 API_PORT=5641
 NETNS_UP=0
 DAEMON_PID=""
+# shellcheck source=../daemon-process.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../daemon-process.sh"
 SYSCTL="$(PATH=/usr/sbin:/sbin:$PATH command -v sysctl)"
 
 lab_up() {
@@ -105,24 +107,6 @@ daemon_up() {
     sleep 0.05
   done
   cat "$WORK/daemon.log" >&2; echo "the certmesh API never answered under koi daemon" >&2; exit 1
-}
-
-# Every descendant pid of $1.
-descendants() {
-  local kids
-  kids="$(ps -o pid= --ppid "$1" 2>/dev/null || true)"
-  for k in $kids; do echo "$k"; descendants "$k"; done
-}
-
-daemon_down() {
-  [ -n "$DAEMON_PID" ] || return 0
-  local kids; kids="$(descendants "$DAEMON_PID")"
-  kill -TERM "$DAEMON_PID" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$DAEMON_PID" 2>/dev/null || true
-  for k in $kids; do kill -KILL "$k" 2>/dev/null || true; done
-  wait "$DAEMON_PID" 2>/dev/null || true
-  DAEMON_PID=""
 }
 
 cleanup() {

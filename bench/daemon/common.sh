@@ -10,6 +10,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 REL="${REL:-$ROOT/target/release}"
 WORK="$(mktemp -d /tmp/koi-daemon-bench.XXXXXX)"
 DAEMON_PID=""
+# shellcheck source=../daemon-process.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../daemon-process.sh"
 mkdir -p "$WORK/plugins" "$WORK/home"
 cp "$REL/koi" "$WORK/koi"
 cp "$REL/examples/koi-hello" "$WORK/plugins/koi-hello"
@@ -20,13 +22,6 @@ HYPERFINE="${HYPERFINE:-$( [ -x /opt/hyperfine/bin/hyperfine ] && echo /opt/hype
 # A free TCP port on 127.0.0.1.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# Every descendant pid of $1 (plugins run in their own process groups, but are the daemon's children).
-descendants() {
-  local kids
-  kids="$(ps -o pid= --ppid "$1" 2>/dev/null || true)"
-  for k in $kids; do echo "$k"; descendants "$k"; done
 }
 
 # Sum of VmRSS (kB) over $1 and its descendants; prints "total_kb" and, on stderr, one line each.
@@ -53,17 +48,6 @@ daemon_up() {
   # so retry until `koi hello greet Ada` answers through it.
   for _ in $(seq 100); do "$@" "$KOI" hello greet Ada > /dev/null 2>&1 && return 0; sleep 0.1; done
   cat "$WORK/daemon.log" >&2; echo "koi daemon never answered koi hello greet" >&2; exit 1
-}
-
-daemon_down() {
-  [ -n "$DAEMON_PID" ] || return 0
-  local kids; kids="$(descendants "$DAEMON_PID")"
-  kill -TERM "$DAEMON_PID" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$DAEMON_PID" 2>/dev/null || true
-  for k in $kids; do kill -KILL "$k" 2>/dev/null || true; done
-  wait "$DAEMON_PID" 2>/dev/null || true
-  DAEMON_PID=""
 }
 
 cleanup() {
