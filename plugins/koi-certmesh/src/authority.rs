@@ -134,7 +134,7 @@ impl CaSession {
             audit,
         };
         session.record_head(layout)?;
-        let _ = std::fs::remove_file(layout.audit_pending().with_extension("signing"));
+        let _ = std::fs::remove_file(layout.audit_pending_signing());
         Ok((session, report))
     }
 
@@ -183,7 +183,7 @@ impl CaSession {
 /// they are signed in: a crash in between signs some twice rather than losing any.
 fn take_pending(layout: &Layout) -> Result<Vec<PendingEntry>, MethodError> {
     let path = layout.audit_pending();
-    let signing = path.with_extension("signing");
+    let signing = layout.audit_pending_signing();
     let fail = |what: &str, p: &std::path::Path, e: std::io::Error| {
         error::fail(
             format!("Failed to {what} {}: {e}.", p.display()),
@@ -192,16 +192,7 @@ fn take_pending(layout: &Layout) -> Result<Vec<PendingEntry>, MethodError> {
     };
     match std::fs::read(&path) {
         Ok(bytes) => {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut out = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(&signing)
-                .map_err(|e| fail("open", &signing, e))?;
-            out.write_all(&bytes)
-                .and_then(|()| out.sync_data())
-                .map_err(|e| fail("write", &signing, e))?;
+            append_durably(&signing, &bytes).map_err(|e| fail("append to", &signing, e))?;
             std::fs::remove_file(&path).map_err(|e| fail("remove", &path, e))?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -489,21 +480,33 @@ fn append_pending(layout: &Layout, actor: &str, details: Value) -> Result<(), Me
         .map_err(|e| MethodError::new(format!("Failed to encode an audit entry: {e}")))?;
     line.push(b'\n');
     let path = layout.audit_pending();
-    let io = |e: std::io::Error| {
+    append_durably(&path, &line).map_err(|e| {
         error::fail(
             format!("Failed to append to {}: {e}.", path.display()),
             "Check the disk and the permissions of KOI_HOME/certmesh.",
         )
-    };
+    })
+}
+
+/// Appends `bytes` to `path` (created 0600) in one write, then flushes it to disk.
+fn append_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(io)?;
-    file.write_all(&line).map_err(io)?;
-    file.sync_data().map_err(io)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_data()
+}
+
+/// Refusals recorded while locked and not yet signed into the audit log.
+pub fn pending_count(layout: &Layout) -> usize {
+    [layout.audit_pending(), layout.audit_pending_signing()]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| t.lines().count())
+        .sum()
 }
 
 /// The names and addresses a member's certificate gets: `host`, `host.local` and `host.<zone>`

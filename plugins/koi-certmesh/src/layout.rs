@@ -8,6 +8,7 @@
 //!     roster.json                      the mesh's record of itself (CA only)
 //!     audit.log                        hash-chained, CA-signed JSON lines (CA only)
 //!     audit-pending.jsonl              refusals seen while locked, signed in at the next unlock
+//!     audit-pending.signing            the same, while an unlock signs them in
 //!     totp-state.json                  replay / lockout state of enrollment codes
 //!     membership.json                  what this machine was told when it joined (every member)
 //! $KOI_HOME/certs/<hostname>/    0700  cert.pem, key.pem, ca.pem, fullchain.pem (all 0600)
@@ -63,6 +64,10 @@ impl Layout {
     /// `certmesh/audit-pending.jsonl`.
     pub fn audit_pending(&self) -> PathBuf {
         self.dir().join("audit-pending.jsonl")
+    }
+    /// `certmesh/audit-pending.signing`: pending refusals being signed in by an unlock.
+    pub fn audit_pending_signing(&self) -> PathBuf {
+        self.dir().join("audit-pending.signing")
     }
     /// `certmesh/totp-state.json`.
     pub fn totp_state(&self) -> PathBuf {

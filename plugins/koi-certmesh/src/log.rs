@@ -135,9 +135,7 @@ pub async fn run(app: Arc<App>, ctx: Context, p: LogParams) -> Result<LogResult,
         let skip = entries.len().saturating_sub(n);
         entries.drain(..skip);
     }
-    let pending_unsigned = std::fs::read_to_string(layout.audit_pending())
-        .map(|t| t.lines().count())
-        .unwrap_or(0);
+    let pending_unsigned = crate::authority::pending_count(&layout);
     Ok(LogResult {
         entries,
         verified,

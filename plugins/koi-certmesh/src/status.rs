@@ -107,9 +107,7 @@ pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
                 serde_json::to_value(app.api()).unwrap_or_default(),
             );
         }
-        let pending = std::fs::read_to_string(layout.audit_pending())
-            .map(|t| t.lines().count())
-            .unwrap_or(0);
+        let pending = crate::authority::pending_count(layout);
         details.insert("audit_pending_unsigned".into(), Value::from(pending));
         let lock_text = if !daemon {
             "no daemon: start `koi daemon` and unlock to accept joins".to_owned()
