@@ -10,18 +10,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::support::netlab::{LabHost, NetLab};
 use crate::support::{KoiEnv, bin_dir, root_or_skip};
 
-const PASSPHRASE: &str = "lab passphrase 7f3a9c";
+pub(crate) const PASSPHRASE: &str = "lab passphrase 7f3a9c";
 
-fn certmesh_bin() -> std::path::PathBuf {
+pub(crate) fn certmesh_bin() -> std::path::PathBuf {
     bin_dir().join("koi-certmesh")
 }
 
-fn mdns_bin() -> std::path::PathBuf {
+pub(crate) fn mdns_bin() -> std::path::PathBuf {
     bin_dir().join("koi-mdns")
 }
 
 /// The current (or `offset`-shifted) code for the otpauth URI.
-fn code(uri: &str, offset: i64) -> String {
+pub(crate) fn code(uri: &str, offset: i64) -> String {
     let totp = totp_rs::Totp::from_url(uri).expect("otpauth URI parses");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -31,7 +31,7 @@ fn code(uri: &str, offset: i64) -> String {
 }
 
 /// A code that is surely wrong right now (differs from every code in the ±1 window).
-fn wrong_code(uri: &str) -> String {
+pub(crate) fn wrong_code(uri: &str) -> String {
     let window: Vec<String> = [-30, 0, 30].iter().map(|o| code(uri, *o)).collect();
     (0..1000)
         .map(|n| format!("{:06}", (n * 7919 + 123_457) % 1_000_000))
@@ -39,14 +39,14 @@ fn wrong_code(uri: &str) -> String {
         .expect("a wrong code")
 }
 
-fn write_passphrase(env: &KoiEnv) -> String {
+pub(crate) fn write_passphrase(env: &KoiEnv) -> String {
     let path = env.dir.path().join("ca-pass");
     std::fs::write(&path, format!("{PASSPHRASE}\n")).expect("passphrase file");
     path.display().to_string()
 }
 
 /// `koi certmesh create --entropy system --passphrase-file PASS EXTRA...` (non-interactive).
-fn create(env: &KoiEnv, pass_file: &str, extra: &[&str]) -> crate::support::Run {
+pub(crate) fn create(env: &KoiEnv, pass_file: &str, extra: &[&str]) -> crate::support::Run {
     let mut args = vec![
         "certmesh",
         "create",
@@ -59,7 +59,7 @@ fn create(env: &KoiEnv, pass_file: &str, extra: &[&str]) -> crate::support::Run 
     env.run(&args)
 }
 
-fn output_text(out: &std::process::Output) -> String {
+pub(crate) fn output_text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -68,7 +68,11 @@ fn output_text(out: &std::process::Output) -> String {
 }
 
 /// POSTs `body` to A's join API from B with curl, trusting A's root. Returns (status, body).
-fn raw_join(lab: &NetLab, ca_pem: &Path, body: &serde_json::Value) -> (u16, serde_json::Value) {
+pub(crate) fn raw_join(
+    lab: &NetLab,
+    ca_pem: &Path,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
     let body_file = lab.b.env.dir.path().join("raw-join.json");
     std::fs::write(&body_file, body.to_string()).expect("body file");
     let out = lab
@@ -101,7 +105,7 @@ fn raw_join(lab: &NetLab, ca_pem: &Path, body: &serde_json::Value) -> (u16, serd
 }
 
 /// A CSR (PEM) for a fresh P-256 key, optionally asking for CA:TRUE.
-fn openssl_csr(dir: &Path, cn: &str, ask_ca: bool) -> String {
+pub(crate) fn openssl_csr(dir: &Path, cn: &str, ask_ca: bool) -> String {
     let key = dir.join(format!("{cn}-raw.key"));
     let mut args = vec![
         "req".to_owned(),
@@ -128,7 +132,7 @@ fn openssl_csr(dir: &Path, cn: &str, ask_ca: bool) -> String {
     String::from_utf8(out.stdout).expect("pem")
 }
 
-fn audit_entries(env: &KoiEnv) -> Vec<serde_json::Value> {
+pub(crate) fn audit_entries(env: &KoiEnv) -> Vec<serde_json::Value> {
     let run = env.run(&["certmesh", "log", "--json"]);
     run.expect_code(0);
     run.json()["entries"]
@@ -137,7 +141,7 @@ fn audit_entries(env: &KoiEnv) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-fn refusals(env: &KoiEnv) -> Vec<String> {
+pub(crate) fn refusals(env: &KoiEnv) -> Vec<String> {
     audit_entries(env)
         .iter()
         .filter(|e| e["event"] == "enrollment_refused")
@@ -145,7 +149,7 @@ fn refusals(env: &KoiEnv) -> Vec<String> {
         .collect()
 }
 
-fn wait_for_api(host: &LabHost, ip: &str) {
+pub(crate) fn wait_for_api(host: &LabHost, ip: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let ok = host
@@ -172,7 +176,7 @@ fn wait_for_api(host: &LabHost, ip: &str) {
 }
 
 /// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = entry.path();
@@ -185,13 +189,13 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-fn mode(path: &Path) -> u32 {
+pub(crate) fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
 }
 
 /// The public key (PEM) of a private key or certificate file, via openssl.
-fn public_key_of(path: &Path, is_cert: bool) -> String {
+pub(crate) fn public_key_of(path: &Path, is_cert: bool) -> String {
     let args: Vec<&str> = if is_cert {
         vec!["x509", "-pubkey", "-noout", "-in"]
     } else {
