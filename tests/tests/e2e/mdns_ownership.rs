@@ -4,6 +4,10 @@
 //! names it (certmesh's `_certmesh._tcp` resists the CLI and another plugin; a CLI user's own
 //! announcement resists another plugin but not that user); and after `kill -9` of koi-mdns under
 //! the daemon, certmesh's advertisement comes back on its own, seen from the other lab host.
+//!
+//! Ownership rests on the per-call context (protocol 1.1): the last test checks, with the Python
+//! fixture `koi-whoami`, that the host names every kind of caller, that a plugin cannot forge
+//! it, and that a plugin which did not negotiate `call_context` never receives it.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::certmesh::{certmesh_bin, create, mdns_bin, write_passphrase};
 use crate::support::netlab::{LabHost, NetLab};
-use crate::support::{Run, example, root_or_skip};
+use crate::support::{KoiEnv, Run, example, fixture, root_or_skip};
 
 const REST: &str = "127.0.0.1:7240";
 
@@ -310,4 +314,73 @@ fn a_cli_announcement_is_withdrawn_by_its_user_and_not_by_another_plugin() {
 
 fn output_text_of(run: &Run) -> String {
     format!("{}{}", run.stdout, run.stderr)
+}
+
+#[test]
+fn the_host_names_each_caller_and_a_plugin_cannot_forge_it() {
+    let env = KoiEnv::new().with_fixture("whoami");
+    env.install(&fixture("koi-pyhello"), "pyhello");
+    let me = rustix::process::getuid().as_raw();
+    let cli = json!({"caller": {"kind": "cli", "uid": me}});
+    let whoami = json!({"caller": {"kind": "plugin", "plugin": "whoami"}});
+    let context_of = |args: &[&str]| {
+        let run = env.run(args);
+        run.expect_code(0);
+        run.json()["context"].clone()
+    };
+
+    // One-shot: the CLI and its uid; through host/call, the calling plugin, whatever it claims
+    // (koi-whoami `forge` says it is koi-certmesh, at the top level and inside the params).
+    assert_eq!(context_of(&["whoami", "who", "--json"]), cli);
+    assert_eq!(context_of(&["whoami", "forge", "--json"]), whoami);
+
+    // A plugin that did not answer `call_context` (pyhello, written for protocol 1.0) never
+    // receives the member.
+    let traced = env
+        .command(&["pyhello", "add", "2", "3", "--json"])
+        .env("KOI_TRACE_PROTOCOL", "1")
+        .output()
+        .expect("run koi");
+    let stderr = String::from_utf8_lossy(&traced.stderr);
+    assert!(traced.status.success(), "{stderr}");
+    let to_pyhello: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("koi-trace pyhello -> "))
+        .collect();
+    assert!(
+        to_pyhello.iter().any(|l| l.contains(r#""method":"add""#)),
+        "{stderr}"
+    );
+    assert!(
+        !to_pyhello.iter().any(|l| l.contains(r#""context""#)),
+        "{stderr}"
+    );
+
+    // Under the daemon: forwarded CLI calls carry the control socket's peer uid, REST calls are
+    // `rest`, host/call still names the calling plugin.
+    let _daemon = env.start_daemon(&[
+        ("KOI_REST_ENABLED", "true"),
+        ("KOI_REST_BIND", "127.0.0.1:0"),
+    ]);
+    assert_eq!(context_of(&["whoami", "who", "--json"]), cli);
+    assert_eq!(context_of(&["whoami", "forge", "--json"]), whoami);
+    let addr = env.daemon_status()["daemon"]["rest"]
+        .as_str()
+        .expect("REST address")
+        .to_owned();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            &format!("http://{addr}/v1/whoami/who"),
+        ])
+        .output()
+        .expect("curl");
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        answer["context"],
+        json!({"caller": {"kind": "rest"}}),
+        "{answer}"
+    );
 }
