@@ -7,7 +7,8 @@
 //!
 //! Ownership rests on the per-call context (protocol 1.1): the last test checks, with the Python
 //! fixture `koi-whoami`, that the host names every kind of caller, that a plugin cannot forge
-//! it, and that a plugin which did not negotiate `call_context` never receives it.
+//! it (nor publish a `host.` event), and that a plugin which did not negotiate `call_context`
+//! never receives it.
 
 use std::time::{Duration, Instant};
 
@@ -333,6 +334,16 @@ fn the_host_names_each_caller_and_a_plugin_cannot_forge_it() {
     // (koi-whoami `forge` says it is koi-certmesh, at the top level and inside the params).
     assert_eq!(context_of(&["whoami", "who", "--json"]), cli);
     assert_eq!(context_of(&["whoami", "forge", "--json"]), whoami);
+    // Nor can a plugin pass an event off as the host's (certmesh trusts `host.plugin.restarted`).
+    let impersonate = env.run(&["whoami", "impersonate"]);
+    impersonate.expect_code(3);
+    assert!(
+        impersonate
+            .stderr
+            .contains("koi-whoami published `host.plugin.restarted`, but topics under `host.` are the host's own"),
+        "{}",
+        impersonate.stderr
+    );
 
     // A plugin that did not answer `call_context` (pyhello, written for protocol 1.0) never
     // receives the member.
