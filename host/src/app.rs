@@ -575,7 +575,12 @@ impl Target {
         on_id: impl FnOnce(u64),
     ) -> Result<Value, ErrorObject> {
         match self {
-            Target::Direct(c) => c.call_with_id(method, params, on_id).await,
+            // A one-shot run: the caller is this CLI process and its user. Under the daemon the
+            // daemon reads the uid from the control socket itself (nothing sent here counts).
+            Target::Direct(c) => {
+                let me = koi_protocol::CallContext::cli(Some(rustix::process::getuid().as_raw()));
+                c.call_with_id_as(&me, method, params, on_id).await
+            }
             Target::Daemon(peer) => {
                 let request =
                     serde_json::json!({ "plugin": moniker, "method": method, "params": params });

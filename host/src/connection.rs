@@ -14,11 +14,13 @@ use crate::schema::{PayloadKind, Validators, lock};
 use crate::services::HostServices;
 use crate::trace::{self, Direction};
 use koi_protocol::calls::{self, ItemParams, PublishParams};
+use koi_protocol::context::host_events;
 use koi_protocol::frame::{FrameError, read_frame};
 use koi_protocol::handshake::{HostInfo, InitializeParams, InitializeResult, RunMode, features};
 use koi_protocol::redact::{result_is_secret, secret_property_names};
 use koi_protocol::{
-    COOKIE_ENV, COOKIE_VALUE, ErrorObject, Id, Manifest, Message, PROTOCOL_VERSION, codes,
+    COOKIE_ENV, COOKIE_VALUE, CallContext, ErrorObject, Id, Manifest, Message, PROTOCOL_VERSION,
+    codes,
 };
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -98,6 +100,8 @@ struct Inner {
     secret_names: OnceLock<BTreeSet<String>>,
     validators: Validators,
     handshake_done: AtomicBool,
+    /// Whether the plugin answered the `call_context` feature (then requests carry `context`).
+    call_context: AtomicBool,
     /// Set when the connection broke (protocol violation); later errors quote it.
     fatal: Mutex<Option<String>>,
     stderr_tail: Mutex<VecDeque<String>>,
@@ -167,6 +171,7 @@ impl Connection {
             secret_names: OnceLock::new(),
             validators: Validators::default(),
             handshake_done: AtomicBool::new(false),
+            call_context: AtomicBool::new(false),
             fatal: Mutex::new(None),
             stderr_tail: Mutex::new(VecDeque::new()),
             stray_lines: AtomicU64::new(0),
@@ -274,6 +279,10 @@ impl Connection {
             secret.extend(secret_property_names(&m.result));
         }
         let _ = self.inner.secret_names.set(secret);
+        self.inner.call_context.store(
+            result.features.iter().any(|f| f == features::CALL_CONTEXT),
+            Ordering::Release,
+        );
         let _ = self.inner.protocol.set(result.protocol);
         let _ = self.inner.manifest.set(result.manifest);
         self.inner.handshake_done.store(true, Ordering::Release);
@@ -358,16 +367,31 @@ impl Connection {
         self.inner.exit.borrow().is_some()
     }
 
-    /// Calls a method of the plugin: checks params against its schema, waits (with an inactivity
-    /// timeout unless the method is long-running) and checks the result. `status` is checked
-    /// against the protocol's status schema instead.
+    /// Calls a method of the plugin on the host's own behalf (caller `host`: pings, the
+    /// dashboard). Calls made for someone else go through [`Self::call_as`].
     pub async fn call(&self, method: &str, params: Value) -> Result<Value, ErrorObject> {
-        self.call_with_id(method, params, |_| {}).await
+        self.call_with_id_as(&CallContext::host(), method, params, |_| {})
+            .await
     }
 
-    /// Like [`Self::call`], reporting the request id as soon as it is assigned (for cancellation).
-    pub async fn call_with_id(
+    /// Calls a method of the plugin for `context.caller`: checks params against its schema,
+    /// waits (with an inactivity timeout unless the method is long-running) and checks the
+    /// result. `status` is checked against the protocol's status schema instead. The context is
+    /// sent (as the request member `context`) only if the plugin negotiated `call_context`.
+    pub async fn call_as(
         &self,
+        context: &CallContext,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, ErrorObject> {
+        self.call_with_id_as(context, method, params, |_| {}).await
+    }
+
+    /// Like [`Self::call_as`], reporting the request id as soon as it is assigned (for
+    /// cancellation).
+    pub async fn call_with_id_as(
+        &self,
+        context: &CallContext,
         method: &str,
         params: Value,
         on_id: impl FnOnce(u64),
@@ -382,7 +406,13 @@ impl Connection {
         };
         if method == calls::STATUS {
             let result = self
-                .raw_call_observed(method, Value::Null, Some(self.inner.request_timeout), on_id)
+                .raw_call_observed(
+                    method,
+                    Value::Null,
+                    Some(self.inner.request_timeout),
+                    on_id,
+                    Some(context),
+                )
                 .await?;
             return serde_json::from_value::<calls::StatusReport>(result.clone()).map(|_| result).map_err(|e| {
                 schema_error(format!("koi-{moniker} answered `status` with a report that breaks the protocol schema: {e}"))
@@ -415,6 +445,7 @@ impl Connection {
                 params,
                 timeout_for(spec.long_running, spec.timeout_ms),
                 on_id,
+                Some(context),
             )
             .await?;
         self.inner
@@ -475,7 +506,7 @@ impl Connection {
         params: Value,
         timeout: Option<Duration>,
     ) -> Result<Value, ErrorObject> {
-        self.raw_call_observed(method, params, timeout, |_| {})
+        self.raw_call_observed(method, params, timeout, |_| {}, None)
             .await
     }
 
@@ -485,6 +516,7 @@ impl Connection {
         params: Value,
         timeout: Option<Duration>,
         on_id: impl FnOnce(u64),
+        context: Option<&CallContext>,
     ) -> Result<Value, ErrorObject> {
         if let Some(error) = self.gone_error(method) {
             return Err(error);
@@ -501,11 +533,12 @@ impl Connection {
             },
         );
         on_id(id);
-        self.send(&Message::Request {
-            id: Id::Number(id),
-            method: method.to_owned(),
-            params,
-        });
+        // Only the host writes the context, and only for plugins that asked for it.
+        let context = context.filter(|_| self.inner.call_context.load(Ordering::Acquire));
+        self.inner.enqueue(
+            koi_protocol::context::request_bytes(Id::Number(id), method, params, context),
+            false,
+        );
         let Some(timeout) = timeout else {
             return rx.await.unwrap_or_else(|_| {
                 Err(self
@@ -888,8 +921,8 @@ fn handle_message(inner: &Arc<Inner>, message: Message) {
     }
 }
 
-/// Checks what a plugin asks of the host before it is acted on: published events must be declared
-/// and match their schema.
+/// Checks what a plugin asks of the host before it is acted on: published events must be declared,
+/// match their schema, and not use the host's own `host.` topics.
 fn check_plugin_request(inner: &Inner, method: &str, params: &Value) -> Result<(), ErrorObject> {
     if method != calls::PUBLISH {
         return Ok(());
@@ -900,6 +933,14 @@ fn check_plugin_request(inner: &Inner, method: &str, params: &Value) -> Result<(
             format!("invalid host/publish params: {e}"),
         )
     })?;
+    if publish.topic.starts_with(host_events::PREFIX) {
+        return Err(schema_error(format!(
+            "koi-{} published `{}`, but topics under `{}` are the host's own",
+            inner.moniker,
+            publish.topic,
+            host_events::PREFIX
+        )));
+    }
     let manifest = inner
         .manifest
         .get()

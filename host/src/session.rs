@@ -10,7 +10,7 @@ use crate::schema::lock;
 use crate::services::{BoxFuture, HostServices};
 use crate::ui::Terminal;
 use koi_protocol::calls::{self, CallParams, EventDelivery, PublishParams, PublishResult};
-use koi_protocol::{ErrorObject, codes};
+use koi_protocol::{CallContext, ErrorObject, codes};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -98,6 +98,8 @@ impl Session {
                 format!("invalid host/call params: {e}"),
             )
         })?;
+        // The caller is the connection the request came in on, whatever it claims.
+        let caller = CallContext::plugin(from.moniker());
         let target = if call.plugin == from.moniker() {
             from
         } else {
@@ -119,7 +121,7 @@ impl Session {
             }
             self.connect(&call.plugin).await?
         };
-        target.call(&call.method, call.params).await
+        target.call_as(&caller, &call.method, call.params).await
     }
 
     fn publish(&self, from: &Connection, params: Value) -> Result<Value, ErrorObject> {

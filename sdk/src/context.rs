@@ -5,7 +5,7 @@ use crate::MethodError;
 use crate::runtime::Shared;
 use koi_protocol::calls::{self, *};
 use koi_protocol::handshake::RunMode;
-use koi_protocol::{Id, codes};
+use koi_protocol::{CallContext, Caller, Id, codes};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use std::path::Path;
@@ -19,6 +19,8 @@ pub struct Context {
     pub(crate) shared: Arc<Shared>,
     pub(crate) request: Option<Id>,
     pub(crate) cancel: CancellationToken,
+    /// What the host said about this call (who called), when it said anything.
+    pub(crate) call: Option<Arc<CallContext>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -48,6 +50,20 @@ impl Context {
     /// The id of the host request this context serves (none for event handlers).
     pub fn request_id(&self) -> Option<&Id> {
         self.request.as_ref()
+    }
+
+    /// The per-call context the host attached to this request (protocol 1.1, feature
+    /// `call_context`). `None` for background tasks and event handlers, and under a host that
+    /// does not send one.
+    pub fn call_context(&self) -> Option<&CallContext> {
+        self.call.as_deref()
+    }
+
+    /// Who made this call, as the host saw it: the CLI (with its uid), a REST client, another
+    /// plugin (by moniker) or the host itself. Only the host states it; a caller cannot forge it.
+    /// `None` when the host sent no context (see [`Self::call_context`]).
+    pub fn caller(&self) -> Option<&Caller> {
+        self.call.as_deref().map(|c| &c.caller)
     }
 
     /// Resolves when the host cancels this request (Ctrl-C) or the plugin is shutting down.

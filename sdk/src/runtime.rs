@@ -205,7 +205,7 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                 break;
             }
         }
-        let message = match Message::parse(&buf) {
+        let (message, call) = match koi_protocol::context::parse_frame(&buf) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "ignored a malformed frame from the host");
@@ -235,6 +235,7 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                             shared: shared.clone(),
                             request: None,
                             cancel: root.child_token(),
+                            call: None,
                         };
                         tracker.spawn(async move { handler(ctx, event).await });
                     }
@@ -252,6 +253,7 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                             shared: shared.clone(),
                             request: None,
                             cancel: root.child_token(),
+                            call: None,
                         };
                         tracker.spawn(async move { task(ctx).await });
                     }
@@ -273,6 +275,7 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                         shared: shared.clone(),
                         request: Some(id.clone()),
                         cancel: root.child_token(),
+                        call: call.map(Arc::new),
                     };
                     let status = def.status.clone();
                     let shared = shared.clone();
@@ -323,6 +326,7 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                             shared: shared.clone(),
                             request: Some(id.clone()),
                             cancel: token.clone(),
+                            call: call.map(Arc::new),
                         };
                         let fut = handler(ctx, params);
                         let handles_cancellation = *handles_cancellation;

@@ -84,6 +84,7 @@ pub async fn serve(listener: UnixListener, daemon: Weak<Daemon>, stop: Cancellat
         let (read, write) = stream.into_split();
         let session = Arc::new(ClientSession {
             daemon: daemon.clone(),
+            uid,
             calls: Arc::default(),
         });
         let peer = Peer::start(
@@ -117,6 +118,8 @@ struct PluginRequest {
 /// One connected CLI.
 struct ClientSession {
     daemon: Weak<Daemon>,
+    /// The client's uid from SO_PEERCRED, told to plugins as the caller's.
+    uid: Option<u32>,
     calls: Arc<Mutex<HashMap<Id, CancellationToken>>>,
 }
 
@@ -161,6 +164,7 @@ impl PeerHandler for ClientSession {
                 let token = CancellationToken::new();
                 lock(&self.calls).insert(id.clone(), token.clone());
                 let calls = self.calls.clone();
+                let uid = self.uid;
                 Box::pin(async move {
                     let call: CallRequest = serde_json::from_value(params).map_err(bad_params)?;
                     let outcome = daemon
@@ -170,6 +174,7 @@ impl PeerHandler for ClientSession {
                             call.params,
                             peer,
                             id.clone(),
+                            uid,
                             token,
                         )
                         .await;

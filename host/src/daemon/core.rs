@@ -11,7 +11,7 @@ use crate::peer::Peer;
 use crate::schema::lock;
 use crate::services::{BoxFuture, HostServices};
 use koi_protocol::calls::{self, CallParams, EventDelivery, PublishParams, PublishResult};
-use koi_protocol::{ErrorObject, Id, Manifest, codes};
+use koi_protocol::{CallContext, ErrorObject, Id, Manifest, codes};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -110,19 +110,23 @@ impl Daemon {
             .clone())
     }
 
-    /// Calls a plugin method (or its `status`); waits briefly for a restarting plugin.
+    /// Calls a plugin method (or its `status`) for `caller`; waits briefly for a restarting
+    /// plugin.
     pub async fn call(
         &self,
+        caller: &CallContext,
         moniker: &str,
         method: &str,
         params: Value,
     ) -> Result<Value, ErrorObject> {
         let connection = self.plugin(moniker)?.wait_connection(RESTART_WAIT).await?;
-        connection.call(method, params).await
+        connection.call_as(caller, method, params).await
     }
 
     /// Calls a plugin method for a CLI client: the plugin's questions, progress, items and output
-    /// for this call are routed to `client`, and `cancel` relays the client's `$/cancel`.
+    /// for this call are routed to `client`, and `cancel` relays the client's `$/cancel`. The
+    /// plugin is told the caller is the CLI run by `uid` (the control socket's SO_PEERCRED).
+    #[allow(clippy::too_many_arguments)]
     pub async fn call_for_client(
         &self,
         moniker: &str,
@@ -130,8 +134,10 @@ impl Daemon {
         params: Value,
         client: Arc<Peer>,
         client_request: Id,
+        uid: Option<u32>,
         cancel: CancellationToken,
     ) -> Result<Value, ErrorObject> {
+        let caller = CallContext::cli(uid);
         let connection = self.plugin(moniker)?.wait_connection(RESTART_WAIT).await?;
         let route = Route {
             client,
@@ -141,7 +147,7 @@ impl Daemon {
         let registered_in_call = registered.clone();
         let call = {
             let registered = registered_in_call;
-            connection.call_with_id(method, params, move |id| {
+            connection.call_with_id_as(&caller, method, params, move |id| {
                 let key = (moniker.to_owned(), id);
                 lock(&self.routes).insert(key.clone(), route);
                 *lock(&registered) = Some(key);
@@ -287,7 +293,9 @@ impl HostServices for Daemon {
                             ))
                         })?;
                     let connection = target.wait_connection(RESTART_WAIT).await?;
-                    connection.call(&call.method, call.params).await
+                    // The caller is the connection the request came in on, whatever it claims.
+                    let caller = CallContext::plugin(from.moniker());
+                    connection.call_as(&caller, &call.method, call.params).await
                 })
             }
             calls::PUBLISH => {
@@ -363,7 +371,7 @@ impl koi_rest::DaemonApi for RestBackend {
         let daemon = self.0.upgrade();
         Box::pin(async move {
             match daemon {
-                Some(d) => d.call(&plugin, &method, params).await,
+                Some(d) => d.call(&CallContext::rest(), &plugin, &method, params).await,
                 None => Err(ErrorObject::new(
                     codes::PLUGIN_UNAVAILABLE,
                     "koi daemon is shutting down",

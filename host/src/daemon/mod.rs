@@ -150,6 +150,7 @@ pub async fn run(home: KoiHome, launch_template: LaunchOptions) -> u8 {
     let services: Weak<dyn HostServices> = weak_daemon.clone();
     let on_start: OnStart = {
         let weak = weak_daemon.clone();
+        let started_once = std::sync::Mutex::new(std::collections::HashSet::<String>::new());
         Arc::new(
             move |plugin: &Arc<Supervised>, connection: &crate::connection::Connection| {
                 if let Some(d) = weak.upgrade() {
@@ -160,6 +161,8 @@ pub async fn run(home: KoiHome, launch_template: LaunchOptions) -> u8 {
                         queue,
                         &d.stop,
                     );
+                    let first = crate::schema::lock(&started_once).insert(plugin.moniker.clone());
+                    publish_started(&d, plugin, connection, first);
                 }
             },
         )
@@ -221,6 +224,34 @@ pub async fn run(home: KoiHome, launch_template: LaunchOptions) -> u8 {
     .await;
     let _ = std::fs::remove_file(&socket);
     0
+}
+
+/// Publishes `host.plugin.started` (first start) or `host.plugin.restarted` (any later start),
+/// so that plugins which keep state in another plugin (certmesh's mDNS advertisement in koi-mdns)
+/// can put it back after a crash took it away.
+fn publish_started(
+    daemon: &Daemon,
+    plugin: &Supervised,
+    connection: &crate::connection::Connection,
+    first: bool,
+) {
+    use koi_protocol::context::host_events;
+    let payload = host_events::PluginStarted {
+        plugin: plugin.moniker.clone(),
+        pid: connection.pid(),
+        restarts: plugin.supervision_json()["restarts"].as_u64().unwrap_or(0),
+    };
+    let topic = if first {
+        host_events::PLUGIN_STARTED
+    } else {
+        host_events::PLUGIN_RESTARTED
+    };
+    let delivered = daemon.bus.publish(&koi_protocol::calls::EventDelivery {
+        topic: topic.to_owned(),
+        source: host_events::SOURCE.to_owned(),
+        payload: serde_json::to_value(payload).unwrap_or_default(),
+    });
+    tracing::debug!(plugin = %plugin.moniker, topic, delivered, "host event published");
 }
 
 fn reload(daemon: &Daemon, path: &Path) {

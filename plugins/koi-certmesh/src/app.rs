@@ -32,6 +32,9 @@ pub struct App {
     api: Mutex<ApiState>,
     /// Signalled when `create` makes this machine a CA under the daemon.
     pub mesh_created: Notify,
+    /// The `mdns.advertise` params of the CA's `_certmesh._tcp` advertisement, once serving; kept
+    /// to advertise again when koi-mdns restarts (and loses it).
+    pub advertisement: Mutex<Option<serde_json::Value>>,
 }
 
 impl App {

@@ -3,6 +3,10 @@
 //! ([`crate::api`]) on `KOI_CERTMESH_API_BIND` (default `0.0.0.0:5641`, LAN peers only) and
 //! advertises `_certmesh._tcp` through koi-mdns with the CA fingerprint and port in TXT. The CA
 //! starts locked; `koi certmesh unlock` opens it. In one-shot mode it does nothing.
+//!
+//! The advertisement lives in koi-mdns's memory, so it is lost when koi-mdns crashes. The daemon
+//! publishes `host.plugin.restarted` when it starts koi-mdns again; [`on_event`] then advertises
+//! again (koi-mdns accepts a repeated, identical advertisement from the same owner as a no-op).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use koi_sdk::Context;
+use koi_sdk::protocol::calls::EventDelivery;
+use koi_sdk::protocol::context::host_events;
 use koi_sdk::protocol::handshake::RunMode;
 use serde_json::{Value, json};
 
@@ -100,8 +106,40 @@ async fn advertise(app: &Arc<App>, ctx: &Context, membership: &Membership, port:
         "port": port,
         "txt": txt,
     });
-    match ctx.call::<_, Value>("mdns", "advertise", &params).await {
-        Ok(_) => app.set_api(|a| a.advertised = true),
+    *app.advertisement
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(params.clone());
+    send_advertisement(app, ctx, &params, port).await;
+}
+
+/// Handles a delivered event: when the daemon restarts koi-mdns, the CA's advertisement went with
+/// the old process, so it is made again. Only the host can publish `host.*` topics.
+pub async fn on_event(app: Arc<App>, ctx: Context, event: EventDelivery) {
+    if event.topic != host_events::PLUGIN_RESTARTED
+        || event.source != host_events::SOURCE
+        || event.payload["plugin"] != "mdns"
+    {
+        return;
+    }
+    let params = app
+        .advertisement
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if let Some(params) = params {
+        let port = params["port"].as_u64().unwrap_or(0);
+        tracing::info!("koi-mdns restarted: advertising the CA again");
+        app.set_api(|a| a.advertised = false);
+        send_advertisement(&app, &ctx, &params, u16::try_from(port).unwrap_or(0)).await;
+    }
+}
+
+async fn send_advertisement(app: &Arc<App>, ctx: &Context, params: &Value, port: u16) {
+    match ctx.call::<_, Value>("mdns", "advertise", params).await {
+        Ok(_) => app.set_api(|a| {
+            a.advertised = true;
+            a.advertise_note = None;
+        }),
         Err(e) => {
             tracing::info!("not advertising the CA over mDNS: {}", e.message());
             app.set_api(|a| {

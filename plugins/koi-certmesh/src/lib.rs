@@ -167,6 +167,7 @@ pub fn plugin() -> Plugin {
     .example("koi certmesh close-enrollment");
 
     let status_app = app.clone();
+    let event_app = app.clone();
     Plugin::new(
         "certmesh",
         env!("CARGO_PKG_VERSION"),
@@ -181,5 +182,7 @@ pub fn plugin() -> Plugin {
     .method(open_enrollment)
     .method(close_enrollment)
     .status(move |ctx: Context| status::report(status_app.clone(), ctx))
+    .subscribes(koi_sdk::protocol::context::host_events::PLUGIN_RESTARTED)
+    .on_event(move |ctx, event| background::on_event(event_app.clone(), ctx, event))
     .background(move |ctx: Context| background::run(app.clone(), ctx))
 }

@@ -10,6 +10,7 @@ use crate::error::MdnsError;
 use crate::interfaces::Selection;
 use crate::names::{self, ServiceType};
 use crate::txt;
+use koi_sdk::protocol::Caller;
 use koi_sdk::protocol::handshake::RunMode;
 use koi_sdk::{Context, MethodError};
 use schemars::JsonSchema;
@@ -164,7 +165,7 @@ pub async fn announce(
         &p.ip,
         &p.interface,
     )?;
-    let registration = engine.register(spec).await?;
+    let registration = engine.register(spec, owner(&ctx)).await?;
     conflict_warning(&ctx, &registration);
     if ctx.mode() == RunMode::Daemon {
         return Ok(AnnounceResult {
@@ -183,7 +184,7 @@ pub async fn announce(
     ctx.cancelled().await;
     let service_type = ServiceType::parse(&registration.service_type)?;
     let registration = engine
-        .withdraw(&registration.instance, &service_type)
+        .withdraw(&registration.instance, &service_type, None)
         .await?;
     Ok(AnnounceResult {
         registration,
@@ -192,24 +193,34 @@ pub async fn announce(
     })
 }
 
-/// The `unannounce` (CLI) and `withdraw` (plugins) methods.
+/// Who is asking, as the host stated it. A host that sends no per-call context (protocol 1.0)
+/// makes every caller the same unidentified one, which is how such a host always behaved.
+pub fn owner(ctx: &Context) -> Caller {
+    ctx.caller().cloned().unwrap_or(Caller::Unknown)
+}
+
+/// The `unannounce` (CLI) and `withdraw` (plugins) methods: only the announcement's owner may
+/// withdraw it.
 pub async fn withdraw(
     engine: Arc<Engine>,
-    _ctx: Context,
+    ctx: Context,
     p: UnannounceParams,
 ) -> Result<WithdrawResult, MethodError> {
     let name = names::instance_name(&p.name)?;
     let service_type = ServiceType::parse(&p.service_type)?;
-    let registration = engine.withdraw(&name, &service_type).await?;
+    let registration = engine
+        .withdraw(&name, &service_type, Some(&owner(&ctx)))
+        .await?;
     Ok(WithdrawResult {
         registration,
         withdrawn: true,
     })
 }
 
-/// The `advertise` method: a persistent announcement for another plugin. It lasts until
-/// `withdraw`, or until this plugin process ends (at the end of a one-shot command, or when
-/// `koi daemon` stops), when goodbye packets are sent.
+/// The `advertise` method: a persistent announcement for another plugin. It lasts until its
+/// owner `withdraw`s it, or until this plugin process ends (at the end of a one-shot command, or
+/// when `koi daemon` stops), when goodbye packets are sent. Advertising again exactly what the
+/// same caller already advertises succeeds and changes nothing, so a plugin may re-assert it.
 pub async fn advertise(
     engine: Arc<Engine>,
     ctx: Context,
@@ -225,7 +236,7 @@ pub async fn advertise(
         &p.ip,
         &p.interface,
     )?;
-    let registration = engine.register(spec).await?;
+    let registration = engine.register(spec, owner(&ctx)).await?;
     conflict_warning(&ctx, &registration);
     Ok(AnnounceResult {
         registration,

@@ -2,6 +2,9 @@
 //! mdns-sd daemon per interface selection, kept for the life of the process), short-lived browsers
 //! for discovery and resolution, the registrations, and the discovered-service cache.
 //!
+//! Every announcement has an owner: the caller the host named when it was made (the CLI and its
+//! uid, or a plugin by moniker). Only that owner can withdraw it ([`may_withdraw`]).
+//!
 //! Locks are `std::sync::Mutex`es held only for map updates, never across an `.await`.
 
 use crate::cache::{Cache, Change, ServiceData, ServiceRecord};
@@ -10,6 +13,7 @@ use crate::interfaces::{self, Selection};
 use crate::names::{self, ServiceType};
 use crate::port;
 use crate::txt::TxtEntry;
+use koi_sdk::protocol::Caller;
 use mdns_sd::{DaemonEvent, ServiceDaemon, ServiceInfo, UnregisterStatus};
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -97,6 +101,8 @@ pub struct Registration {
     pub announced: bool,
     /// When it was registered (RFC 3339).
     pub since: String,
+    /// Who announced it (as the host said); only this owner can withdraw it.
+    pub owner: Caller,
     #[serde(skip)]
     engine_key: String,
     #[serde(skip)]
@@ -182,10 +188,16 @@ impl Engine {
         lock(&self.state).registrations.values().cloned().collect()
     }
 
-    /// Announces a service and waits for its probe and first announcement. A name conflict is
-    /// resolved the RFC 6762 §9 way (mdns-sd renames `web` to `web (2)`); the returned
-    /// registration says so in `renamed_from`.
-    pub async fn register(&self, spec: AnnouncementSpec) -> Result<Registration, MdnsError> {
+    /// Announces a service for `owner` and waits for its probe and first announcement. A name
+    /// conflict is resolved the RFC 6762 §9 way (mdns-sd renames `web` to `web (2)`); the
+    /// returned registration says so in `renamed_from`. Announcing again what the same owner
+    /// already announces, unchanged, returns the existing registration (so a plugin can re-assert
+    /// its advertisement); anything else under a name already held is refused.
+    pub async fn register(
+        &self,
+        spec: AnnouncementSpec,
+        owner: Caller,
+    ) -> Result<Registration, MdnsError> {
         let used = interfaces::usable(&spec.selection)?;
         let responder = self.responder(&spec.selection)?;
         let daemon = responder.get();
@@ -215,13 +227,14 @@ impl Engine {
         let engine_key = info.get_fullname().to_owned();
         {
             let state = lock(&self.state);
-            if state
-                .registrations
-                .contains_key(&engine_key.to_ascii_lowercase())
-            {
+            if let Some(held) = state.registrations.get(&engine_key.to_ascii_lowercase()) {
+                if held.owner == owner && same_announcement(held, &spec) {
+                    return Ok(held.clone());
+                }
                 return Err(MdnsError::AlreadyAnnounced {
                     name: spec.instance.clone(),
                     service_type: spec.service_type.short(),
+                    owner: held.owner.to_string(),
                 });
             }
         }
@@ -273,6 +286,7 @@ impl Engine {
             interfaces: used.into_iter().map(|i| i.name).collect(),
             announced,
             since: crate::cache::timestamp(SystemTime::now()),
+            owner,
             engine_key: engine_key.clone(),
             selection: Some(spec.selection.clone()),
         };
@@ -283,11 +297,14 @@ impl Engine {
     }
 
     /// Withdraws an announcement held by this process (sending goodbye packets), found by the
-    /// name asked for or the name on the network.
+    /// name asked for or the name on the network. With `caller`, only the announcement's owner
+    /// may withdraw it ([`may_withdraw`]); `None` is this process's own clean-up (shutdown, the
+    /// end of a one-shot announcement).
     pub async fn withdraw(
         &self,
         instance: &str,
         service_type: &ServiceType,
+        caller: Option<&Caller>,
     ) -> Result<Registration, MdnsError> {
         let short = service_type.short();
         let (key, registration) = {
@@ -305,6 +322,16 @@ impl Engine {
                     service_type: short.clone(),
                 })?
         };
+        if let Some(caller) = caller {
+            if !may_withdraw(&registration.owner, caller) {
+                return Err(MdnsError::NotOwner {
+                    name: registration.instance.clone(),
+                    service_type: short,
+                    owner: registration.owner.to_string(),
+                    caller: caller.to_string(),
+                });
+            }
+        }
         let selection = registration.selection.clone().unwrap_or(Selection::Default);
         let responder = lock(&self.state)
             .responders
@@ -337,10 +364,32 @@ impl Engine {
     pub async fn withdraw_all(&self) {
         for r in self.registrations() {
             if let Ok(t) = ServiceType::parse(&r.service_type) {
-                let _ = self.withdraw(&r.instance, &t).await;
+                let _ = self.withdraw(&r.instance, &t, None).await;
             }
         }
     }
+}
+
+/// Whether `caller` may withdraw an announcement `owner` made: only the owner itself. A plugin is
+/// identified by its moniker, the CLI by its user (uid), as the host states them; a REST client
+/// never gets this far (the methods are `local_only`).
+pub fn may_withdraw(owner: &Caller, caller: &Caller) -> bool {
+    owner == caller
+}
+
+/// Whether `held` already announces exactly what `spec` asks for.
+fn same_announcement(held: &Registration, spec: &AnnouncementSpec) -> bool {
+    let txt: BTreeMap<String, String> = spec
+        .txt
+        .iter()
+        .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
+    let addresses: Vec<String> = spec.addresses.iter().map(ToString::to_string).collect();
+    held.port == spec.port
+        && held.host == spec.host
+        && held.txt == txt
+        && held.addresses == addresses
+        && held.selection.as_ref() == Some(&spec.selection)
 }
 
 /// Converts a resolved service from mdns-sd into cache data.
@@ -353,5 +402,30 @@ pub fn data_from_resolved(r: &mdns_sd::ResolvedService) -> ServiceData {
         addresses: r.addresses.iter().map(ToString::to_string).collect(),
         port: r.port,
         txt: crate::txt::to_map(&r.txt_properties),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_owner_may_withdraw() {
+        let certmesh = Caller::Plugin {
+            plugin: "certmesh".into(),
+        };
+        let hello = Caller::Plugin {
+            plugin: "hello".into(),
+        };
+        let me = Caller::Cli { uid: Some(1000) };
+        let other_user = Caller::Cli { uid: Some(1001) };
+        assert!(may_withdraw(&certmesh, &certmesh));
+        assert!(!may_withdraw(&certmesh, &hello));
+        assert!(!may_withdraw(&certmesh, &me));
+        assert!(!may_withdraw(&certmesh, &Caller::Rest));
+        assert!(!may_withdraw(&certmesh, &Caller::Host));
+        assert!(may_withdraw(&me, &me));
+        assert!(!may_withdraw(&me, &other_user));
+        assert!(!may_withdraw(&me, &certmesh));
     }
 }

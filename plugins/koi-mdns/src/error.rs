@@ -117,12 +117,26 @@ pub enum MdnsError {
         cause: String,
     },
     /// This process already announces that name and type.
-    #[error("`{name}` ({service_type}) is already announced by this koi")]
+    #[error("`{name}` ({service_type}) is already announced by this koi, for {owner}")]
     AlreadyAnnounced {
         /// The instance name.
         name: String,
         /// The service type.
         service_type: String,
+        /// Who owns the announcement (`plugin koi-certmesh`, `the koi CLI (uid 1000)`).
+        owner: String,
+    },
+    /// `unannounce`/`withdraw` by someone other than the announcement's owner.
+    #[error("`{name}` ({service_type}) was announced by {owner}; {caller} cannot withdraw it")]
+    NotOwner {
+        /// The instance name.
+        name: String,
+        /// The service type.
+        service_type: String,
+        /// Who owns it.
+        owner: String,
+        /// Who asked.
+        caller: String,
     },
     /// `unannounce`/`withdraw` of something this process does not hold.
     #[error("this koi-mdns holds no announcement of `{name}` ({service_type})")]
@@ -181,7 +195,12 @@ impl MdnsError {
                  the port (SO_REUSEADDR, as Avahi and mDNSResponder do)."
                 .into(),
             Self::Engine { .. } => "Run again with `-vv` to see the engine's log; if it persists, report it.".into(),
-            Self::AlreadyAnnounced { .. } => "Withdraw it first with `koi mdns unannounce NAME TYPE`, or pick another name.".into(),
+            Self::AlreadyAnnounced { .. } => "Pick another name, or, if you announced it, withdraw it first with \
+                 `koi mdns unannounce NAME TYPE`; `koi mdns state` shows each announcement's owner."
+                .into(),
+            Self::NotOwner { .. } => "Only the owner can withdraw an announcement; `koi mdns state` lists each one \
+                 with its owner, and every announcement is withdrawn when `koi daemon` stops."
+                .into(),
             Self::NotAnnounced { .. } => "`koi mdns status` lists what this koi announces. A one-shot `koi mdns announce` \
                  is withdrawn by pressing Ctrl-C in its terminal."
                 .into(),

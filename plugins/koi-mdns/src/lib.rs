@@ -12,6 +12,10 @@
 //! | `state` (+ protocol `status`) | `koi mdns state`, `koi status` | interfaces, announcements, cache |
 //! | `advertise`, `withdraw`, `query` | — (other plugins) | persistent announcements, cache lookups |
 //!
+//! `announce`, `unannounce`, `advertise` and `withdraw` are `local_only` (never served over the
+//! daemon's unauthenticated REST API), and an announcement can be withdrawn only by its owner,
+//! the caller the host names in the per-call context (docs/mdns.md, "Ownership").
+//!
 //! Deprecated root aliases: `koi discover`, `koi announce`. Events: `mdns.service.appeared`,
 //! `mdns.service.changed`, `mdns.service.removed`. The blueprint is `docs/mdns.md`.
 //!
@@ -83,6 +87,7 @@ pub fn plugin() -> Plugin {
     .long_running()
     .handles_cancellation()
     .mutating()
+    .local_only()
     .example("koi mdns announce \"Grafana\" _http._tcp 3000 --txt path=/")
     .example("koi mdns announce printer _ipp._tcp 631 --host printer --ip 10.0.0.7");
 
@@ -94,6 +99,7 @@ pub fn plugin() -> Plugin {
     )
     .positional(["name", "service_type"])
     .mutating()
+    .local_only()
     .example("koi mdns unannounce Grafana _http._tcp");
 
     let e = engine.clone();
@@ -123,7 +129,8 @@ pub fn plugin() -> Plugin {
         move |ctx: Context, p: announce::AdvertiseParams| announce::advertise(e.clone(), ctx, p),
     )
     .not_on_cli()
-    .mutating();
+    .mutating()
+    .local_only();
 
     let e = engine.clone();
     let withdraw = Method::new(
@@ -132,7 +139,8 @@ pub fn plugin() -> Plugin {
         move |ctx: Context, p: announce::UnannounceParams| announce::withdraw(e.clone(), ctx, p),
     )
     .not_on_cli()
-    .mutating();
+    .mutating()
+    .local_only();
 
     let e = engine.clone();
     let query = Method::new(

@@ -1,6 +1,6 @@
 //! The manifest koi-mdns announces, checked without a network: the verbs and their CLI shapes, the
-//! methods reserved for other plugins, the deprecated aliases with the seed's warnings, and the
-//! event payload schemas (a payload with `last_seen` passes; one without fails), validated with
+//! methods reserved for other plugins, the methods kept off the REST API (`local_only`), the
+//! deprecated aliases with the seed's warnings, and the event payload schemas (a payload with `last_seen` passes; one without fails), validated with
 //! the same JSON Schema machinery the host uses.
 
 use serde_json::json;
@@ -18,6 +18,13 @@ fn verbs_plugin_methods_and_aliases_are_declared() {
             m.method(internal).is_some_and(|s| s.cli.is_none()),
             "{internal}"
         );
+    }
+    // Announcing and withdrawing are never served over the daemon's unauthenticated REST API.
+    for local in ["announce", "unannounce", "advertise", "withdraw"] {
+        assert!(m.method(local).is_some_and(|s| s.local_only), "{local}");
+    }
+    for open in ["discover", "resolve", "state", "query"] {
+        assert!(m.method(open).is_some_and(|s| !s.local_only), "{open}");
     }
     let discover = m.method("discover").expect("discover");
     assert!(discover.long_running && discover.stream_item.is_some());

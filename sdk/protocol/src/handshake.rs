@@ -16,7 +16,7 @@ pub const COOKIE_VALUE: &str = "koi-stdio-jsonrpc";
 /// The default hard limit on one frame, in bytes, in both directions (16 MiB).
 pub const DEFAULT_MAX_FRAME_BYTES: u64 = 16 * 1024 * 1024;
 /// The version of the protocol this crate describes.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
 
 /// A protocol version. Compatible iff the majors are equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -57,6 +57,9 @@ pub mod features {
     pub const KEYSTROKES: &str = "keystrokes";
     /// `$/item` notifications for methods that stream results.
     pub const STREAMS: &str = "streams";
+    /// The per-call context (who called) as the request member `context` (protocol 1.1). Unlike
+    /// the others, this one is enforced: the host sends `context` only to plugins that answer it.
+    pub const CALL_CONTEXT: &str = "call_context";
 
     /// Every feature this version of the protocol defines.
     pub const ALL: &[&str] = &[
@@ -67,6 +70,7 @@ pub mod features {
         EVENTS,
         STREAMS,
         KEYSTROKES,
+        CALL_CONTEXT,
     ];
 }
 

@@ -11,12 +11,14 @@
 //! - [`handshake`]: protocol versions, features, the `initialize` exchange, the launch cookie.
 //! - [`manifest`]: what a plugin declares: methods, CLI shape, events, deprecated root aliases.
 //! - [`calls`]: method names and payloads for plugin→host calls and notifications both ways.
+//! - [`context`]: the per-call context the host attaches (who called), and the host's own events.
 //! - [`error`]: the error object and the reserved error codes.
 //! - [`redact`]: which fields are secret and how traces hide them.
 //! - [`schema_read`]: reading params schemas (local `$ref`s, accepted types) for CLI and REST.
 //! - [`frame`] (feature `tokio`): newline-delimited frames with a hard size limit.
 
 pub mod calls;
+pub mod context;
 pub mod error;
 #[cfg(feature = "tokio")]
 pub mod frame;
@@ -26,6 +28,7 @@ pub mod message;
 pub mod redact;
 pub mod schema_read;
 
+pub use context::{CallContext, Caller};
 pub use error::{ErrorObject, codes};
 pub use handshake::{
     COOKIE_ENV, COOKIE_VALUE, DEFAULT_MAX_FRAME_BYTES, InitializeParams, InitializeResult,

@@ -2,6 +2,7 @@
 //! generated from the Rust type. `KOI_BLESS=1` rewrites them.
 
 use koi_protocol::calls::*;
+use koi_protocol::context::{CallContext, host_events::PluginStarted};
 use koi_protocol::{ErrorObject, InitializeParams, InitializeResult, Manifest};
 use schemars::{JsonSchema, schema_for};
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ fn protocol_schemas_are_current() {
     check::<CallParams>("call.params", &mut stale);
     check::<PublishParams>("publish.params", &mut stale);
     check::<PublishResult>("publish.result", &mut stale);
+    check::<CallContext>("call.context", &mut stale);
+    check::<PluginStarted>("host.plugin.started.payload", &mut stale);
     assert!(
         stale.is_empty(),
         "these schemas are stale or missing: {stale:?}\nRegenerate them with: KOI_BLESS=1 cargo test -p koi-protocol --test schemas"

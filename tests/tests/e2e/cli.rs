@@ -10,10 +10,10 @@ fn version_and_plugins_list_print_valid_json() {
     let version = env.run(&["version", "--json"]);
     version.expect_code(0);
     let v = version.json();
-    assert_eq!(v["koi"]["protocol"], "1.0");
+    assert_eq!(v["koi"]["protocol"], "1.1");
     assert!(v["koi"]["git_hash"].is_string());
     assert_eq!(v["plugins"][0]["name"], "hello");
-    assert_eq!(v["plugins"][0]["protocol"], "1.0");
+    assert_eq!(v["plugins"][0]["protocol"], "1.1");
     let list = env.run(&["plugins", "list", "--json"]);
     list.expect_code(0);
     assert_eq!(list.json()["plugins"][0]["state"], "ok");

@@ -12,6 +12,7 @@ mod certmesh_crash;
 mod cli;
 mod daemon;
 mod keystrokes;
+mod mdns_ownership;
 mod misbehaviour;
 mod protocol_features;
 mod pyhello;

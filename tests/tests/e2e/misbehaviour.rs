@@ -85,7 +85,7 @@ fn an_incompatible_protocol_names_both_versions_and_what_to_upgrade() {
     let run = env.run(&["future", "go"]);
     run.expect_code(3).expect_clean_error("future");
     assert!(run.stderr.contains("protocol 2.0"), "{}", run.stderr);
-    assert!(run.stderr.contains("speaks protocol 1.0"), "{}", run.stderr);
+    assert!(run.stderr.contains("speaks protocol 1.1"), "{}", run.stderr);
     assert!(run.stderr.contains("Upgrade koi"), "{}", run.stderr);
     env.assert_no_plugin_left();
 }
