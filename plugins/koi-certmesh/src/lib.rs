@@ -26,6 +26,7 @@
 //! - [`api`] (server) and [`client`], over [`tls`] with bodies from [`wire`].
 //! - [`background`] — daemon mode: serve the API, advertise over mDNS.
 //! - [`truststore`] — system, NSS and Java trust stores.
+//! - [`ownership`] — no name or address in two entries; [`out_dir`] — where `issue` may write.
 //! - [`layout`], [`files`], [`names`], [`x509`], [`secrets`], [`entropy`], [`app`], [`error`].
 
 #![forbid(unsafe_code)]
@@ -46,6 +47,8 @@ pub mod join;
 pub mod layout;
 pub mod log;
 pub mod names;
+pub mod out_dir;
+pub mod ownership;
 pub mod secrets;
 pub mod status;
 pub mod tls;
