@@ -10,10 +10,10 @@
 //! # Methods
 //! | Method | CLI | What it does |
 //! |---|---|---|
-//! | `create` | `koi certmesh create [--profile P] [--operator N] [--domain D]... [--subnet C]... [--entropy E] [--passphrase-file F]` | new mesh, this machine its CA |
+//! | `create` | `koi certmesh create [--profile P] [--operator N] [--domain D]... [--subnet C]... [--entropy E] [--passphrase-file F] [--unconstrained]` | new mesh, this machine its CA |
 //! | `unlock` | `koi certmesh unlock [--passphrase-file F]` | open the CA key in the daemon |
 //! | `join` | `koi certmesh join [--ca HOST:PORT] [--fingerprint FP] [--code C]` | enroll this machine |
-//! | `issue` | `koi certmesh issue NAME... [--ip A]... [--out DIR]` | certificate + key for a device |
+//! | `issue` | `koi certmesh issue NAME... [--ip A]... [--out DIR] [--force]` | certificate + key for a device |
 //! | `trust` | `koi certmesh trust install\|remove\|status` | the root in the trust stores |
 //! | `log` | `koi certmesh log [--verify] [--last N]` | the audit log |
 //! | `open-enrollment`, `close-enrollment` | `koi certmesh open-enrollment [--minutes N]` | the enrollment window |
