@@ -134,8 +134,9 @@ fn refuse_foreign_folder(
     canonical: &Path,
     shown: &Path,
 ) -> Result<(), MethodError> {
-    let resolve = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
-    let state = resolve(layout.dir());
+    // KOI_HOME itself may sit below a link (e.g. a temporary directory): compare real paths.
+    let home = std::fs::canonicalize(layout.home()).unwrap_or_else(|_| layout.home().to_path_buf());
+    let state = home.join("certmesh");
     if canonical.starts_with(&state) {
         return Err(error::fail(
             format!(
@@ -151,7 +152,7 @@ fn refuse_foreign_folder(
         if koi_certmesh_core::names::comparable(&m.hostname) == own {
             continue;
         }
-        let folder = resolve(layout.certs(&m.hostname));
+        let folder = home.join("certs").join(&m.hostname);
         if canonical.starts_with(&folder) {
             return Err(error::fail(
                 format!(
