@@ -302,3 +302,143 @@ impl OutDir {
             .map_err(|e| fail("move into place", e.into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use koi_certmesh_core::{
+        CaOptions, CertAuthority, LeafRequest, Member, Role, Scope, TrustProfile,
+    };
+    use time::OffsetDateTime;
+
+    struct Mesh {
+        _tmp: tempfile::TempDir,
+        work: PathBuf,
+        layout: Layout,
+        roster: Roster,
+        ca: CertAuthority,
+    }
+
+    fn mesh() -> Mesh {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(home.join("certmesh")).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let ca = CertAuthority::create(&CaOptions::new("t", Scope::unrestricted()), now).unwrap();
+        let mut roster = Roster::new(
+            TrustProfile::Personal,
+            ca.fingerprint(),
+            Scope::unrestricted(),
+            "stone-a".into(),
+            None,
+            now,
+        );
+        let own = ca
+            .issue_for_device(&LeafRequest::new("stone-a.lan"), now)
+            .unwrap();
+        roster.upsert(Member::from_issued(
+            "stone-a",
+            &own.cert,
+            Role::Primary,
+            None,
+        ));
+        Mesh {
+            work: tmp.path().to_path_buf(),
+            layout: Layout::new(&home),
+            _tmp: tmp,
+            roster,
+            ca,
+        }
+    }
+
+    impl Mesh {
+        fn open(&self, device: &str, dir: Option<&Path>, force: bool) -> Result<OutDir, String> {
+            open(
+                &self.layout,
+                &self.roster,
+                device,
+                dir,
+                self.ca.cert_pem(),
+                force,
+            )
+            .map_err(|e| e.message().to_owned())
+        }
+
+        fn issue_into(&self, device: &str, dir: &Path, force: bool) -> Result<(), String> {
+            let out = self.open(device, Some(dir), force)?;
+            let b = self
+                .ca
+                .issue_for_device(&LeafRequest::new(device), OffsetDateTime::now_utc())
+                .unwrap();
+            out.write(&b.cert.cert_pem, &b.key_pem, &b.cert.ca_pem)
+                .map_err(|e| e.message().to_owned())
+        }
+    }
+
+    #[test]
+    fn links_are_refused_on_the_way_and_in_place_of_a_file() {
+        let m = mesh();
+        let real = m.work.join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, m.work.join("link")).unwrap();
+        for dir in [m.work.join("link"), m.work.join("link/below")] {
+            let e = m.open("printer.lan", Some(&dir), true).unwrap_err();
+            assert!(e.contains("symbolic link"), "{e}");
+        }
+        assert_eq!(std::fs::read_dir(&real).unwrap().count(), 0);
+        let trap = m.work.join("trap");
+        std::fs::create_dir(&trap).unwrap();
+        std::os::unix::fs::symlink(m.work.join("victim"), trap.join("cert.pem")).unwrap();
+        let e = m.open("printer.lan", Some(&trap), true).unwrap_err();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(!m.work.join("victim").exists());
+    }
+
+    #[test]
+    fn other_entries_folders_and_the_mesh_state_are_refused() {
+        let m = mesh();
+        let home = m.layout.home().to_path_buf();
+        for dir in [
+            home.join("certs/stone-a"),
+            home.join("certs/stone-a/deeper"),
+            home.join("certmesh/ca"),
+        ] {
+            assert!(m.open("printer.lan", Some(&dir), true).is_err(), "{dir:?}");
+        }
+        // The device's own default folder is fine, and is created 0700.
+        let out = m.open("printer.lan", None, false).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out.files.dir)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn foreign_files_need_force_and_a_reissue_does_not() {
+        let m = mesh();
+        let dir = m.work.join("out");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("key.pem"), "not ours").unwrap();
+        let e = m.issue_into("printer.lan", &dir, false).unwrap_err();
+        assert!(e.contains("will not overwrite"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("key.pem")).unwrap(),
+            "not ours"
+        );
+        m.issue_into("printer.lan", &dir, true).unwrap();
+        let mode = std::fs::metadata(dir.join("key.pem")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+        // Ours now: the same device again needs no --force, another device does.
+        m.issue_into("PRINTER.lan", &dir, false).unwrap();
+        assert!(m.issue_into("scanner.lan", &dir, false).is_err());
+        // No temporary file is left behind.
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+    }
+}
