@@ -131,7 +131,7 @@ pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
             }
         };
         let scope_text = if unconstrained {
-            "; UNCONSTRAINED root: a leaked CA key could sign for any name (created without a scope)"
+            "; UNCONSTRAINED root: a leaked CA key could sign for any name (no name constraints)"
         } else {
             ""
         };
