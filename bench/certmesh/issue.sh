@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Issue one device certificate + key from the CLI, koi vs `mkcert -ecdsa`, in one hyperfine run
 # (-N, no shell), all inside the CA's network namespace under host name bench-ca:
-#   koi-daemon   `koi certmesh issue printer.lab --ip 10.77.50.9 --out DIR` forwarded to a running
+#   koi-daemon   `koi certmesh issue printer.lan --ip 10.77.50.9 --out DIR` forwarded to a running
 #                `koi daemon` whose CA was unlocked beforehand (the like-for-like case: mkcert's CA
 #                key sits unencrypted on disk, koi's is already open in the daemon);
 #   koi-oneshot  the same with --no-daemon --passphrase-file F on a second CA (no daemon on it):
 #                includes opening the vault (Argon2id, 64 MiB, t=3);
-#   mkcert       `mkcert -ecdsa -cert-file … -key-file … printer.lab 10.77.50.9`, CAROOT in the temp
+#   mkcert       `mkcert -ecdsa -cert-file … -key-file … printer.lan 10.77.50.9`, CAROOT in the temp
 #                dir (created before the run; never -install, so no trust store is touched).
 #   koi-floor    `koi --version`: starting the koi process alone (no plugin, no daemon).
 # Every command is started through `env VAR=…` (KOI_HOME or CAROOT), so all pay the same exec.
@@ -21,11 +21,11 @@ daemon_up
 on ca "$KOI" certmesh unlock --passphrase-file "$PASS" --json > /dev/null
 mkdir -p "$WORK/caroot" "$WORK/mk-home" "$WORK/out-mkcert"
 MK=(env CAROOT="$WORK/caroot" HOME="$WORK/mk-home" mkcert -ecdsa -cert-file "$WORK/out-mkcert/cert.pem"
-    -key-file "$WORK/out-mkcert/key.pem" printer.lab 10.77.50.9)
+    -key-file "$WORK/out-mkcert/key.pem" printer.lan 10.77.50.9)
 on ca "${MK[@]}" > /dev/null 2>&1   # creates mkcert's CA (not timed)
 # Each koi command is checked once before timing.
-KD="env KOI_HOME=$CA_HOME $KOI certmesh issue printer.lab --ip 10.77.50.9 --out $WORK/out-daemon"
-KO="env KOI_HOME=$ONESHOT_HOME $KOI --no-daemon certmesh issue printer.lab --ip 10.77.50.9 --out $WORK/out-oneshot --passphrase-file $PASS"
+KD="env KOI_HOME=$CA_HOME $KOI certmesh issue printer.lan --ip 10.77.50.9 --out $WORK/out-daemon"
+KO="env KOI_HOME=$ONESHOT_HOME $KOI --no-daemon certmesh issue printer.lan --ip 10.77.50.9 --out $WORK/out-oneshot --passphrase-file $PASS"
 on ca $KD > /dev/null
 on ca $KO > /dev/null
 cd "$WORK"

@@ -6,6 +6,7 @@
 //! - [`ca`] — root CA: P-256 key, self-signed root (random 16-byte serial, SKI/AKI, pathlen 0,
 //!   name constraints from the scope); the key never leaves [`CertAuthority`].
 //! - [`scope`] — `--domain`/`--subnet` scope: X.509 name constraints and issuance-time checks.
+//! - [`names`] — canonical DNS names (lower case, no trailing dot, IDNA A-labels).
 //! - [`issue`] — leaves from CSRs (signature verified, `CA:FALSE` forced, serverAuth+clientAuth,
 //!   30 days) and for devices (library-generated key).
 //! - [`keystore`] — Argon2id → AES-256-GCM sealing; the CA store (`ca.pem` + `vault.sealed`).
@@ -38,6 +39,7 @@ pub mod ca;
 pub mod error;
 pub mod issue;
 pub mod keystore;
+pub mod names;
 pub mod profiles;
 pub mod roster;
 pub mod scope;

@@ -4,6 +4,10 @@
 //! phases (reload hook, proxy entries, revocation). Saving is atomic and durable
 //! ([`crate::atomic::write_atomic`]); loading refuses versions this build does not know.
 //!
+//! Ownership: a name or address belongs to exactly one entry. [`Roster::holder_of_name`],
+//! [`Roster::holder_of_ip`] and [`Roster::first_conflict`] answer "who holds this?" so that join
+//! and issue can refuse a certificate for something another entry (member, CA, device) holds.
+//!
 //! Format version 1 — every field below is part of it; unknown fields are refused so that an
 //! older build never silently drops data written by a newer one.
 
@@ -17,8 +21,9 @@ use crate::atomic::write_atomic;
 use crate::audit::AuditHead;
 use crate::error::{Error, Result};
 use crate::issue::IssuedCert;
+use crate::names::comparable;
 use crate::profiles::TrustProfile;
-use crate::scope::Scope;
+use crate::scope::{Scope, canonical_ip};
 
 /// The roster format this build reads and writes.
 pub const ROSTER_VERSION: u32 = 1;
@@ -193,6 +198,51 @@ impl Member {
     }
 }
 
+/// A name or address that another roster entry already holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The name or address asked for (canonical).
+    pub claimed: String,
+    /// The roster key of the entry that holds it.
+    pub holder: String,
+    /// That entry's role.
+    pub role: Role,
+    /// The serial of that entry's current certificate.
+    pub serial: String,
+}
+
+impl Conflict {
+    fn new(claimed: String, m: &Member) -> Self {
+        Conflict {
+            claimed,
+            holder: m.hostname.clone(),
+            role: m.role,
+            serial: m.serial.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let role = match self.role {
+            Role::Primary => "the CA's",
+            Role::Standby => "standby CA",
+            Role::Member => "member",
+            Role::Device => "device",
+        };
+        let kind = if self.claimed.parse::<IpAddr>().is_ok() {
+            "address"
+        } else {
+            "name"
+        };
+        write!(
+            f,
+            "the {kind} {} belongs to {role} certificate {} (serial {})",
+            self.claimed, self.holder, self.serial
+        )
+    }
+}
+
 impl Roster {
     /// A new roster for a mesh just created; enrollment follows the profile's default.
     pub fn new(
@@ -225,17 +275,71 @@ impl Roster {
         }
     }
 
-    /// Inserts or replaces the member with the same host name.
+    /// Inserts or replaces the member with the same host name (compared in canonical form).
     pub fn upsert(&mut self, m: Member) {
-        match self.members.iter_mut().find(|x| x.hostname == m.hostname) {
+        let key = comparable(&m.hostname);
+        match self
+            .members
+            .iter_mut()
+            .find(|x| comparable(&x.hostname) == key)
+        {
             Some(slot) => *slot = m,
             None => self.members.push(m),
         }
     }
 
-    /// The member with this host name.
+    /// The member with this host name (compared in canonical form).
     pub fn member(&self, hostname: &str) -> Option<&Member> {
-        self.members.iter().find(|m| m.hostname == hostname)
+        let wanted = comparable(hostname);
+        self.members
+            .iter()
+            .find(|m| m.hostname == hostname || comparable(&m.hostname) == wanted)
+    }
+
+    /// The entry (member, CA or device) that holds this DNS name: as its roster key or as a SAN
+    /// of its current certificate. Names are compared in canonical form; revoked entries hold
+    /// nothing.
+    pub fn holder_of_name(&self, name: &str) -> Option<&Member> {
+        let wanted = comparable(name);
+        self.live().find(|m| {
+            comparable(&m.hostname) == wanted || m.dns_names.iter().any(|n| comparable(n) == wanted)
+        })
+    }
+
+    /// The entry that holds this IP address as a SAN of its current certificate.
+    pub fn holder_of_ip(&self, ip: IpAddr) -> Option<&Member> {
+        let wanted = canonical_ip(ip);
+        self.live()
+            .find(|m| m.ip_addresses.iter().any(|a| canonical_ip(*a) == wanted))
+    }
+
+    /// The first name or address in the request that an entry other than `own` holds. `own` is
+    /// the roster key of the entry being (re)issued, which may keep its own names.
+    pub fn first_conflict<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+        ips: impl IntoIterator<Item = IpAddr>,
+        own: Option<&str>,
+    ) -> Option<Conflict> {
+        let own = own.map(comparable);
+        let other = |m: &&Member| own.as_deref() != Some(comparable(&m.hostname).as_str());
+        for name in names {
+            if let Some(m) = self.holder_of_name(name).filter(other) {
+                return Some(Conflict::new(comparable(name), m));
+            }
+        }
+        for ip in ips {
+            if let Some(m) = self.holder_of_ip(ip).filter(other) {
+                return Some(Conflict::new(canonical_ip(ip).to_string(), m));
+            }
+        }
+        None
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Member> {
+        self.members
+            .iter()
+            .filter(|m| m.status != MemberStatus::Revoked)
     }
 
     /// Loads and validates a roster file.
@@ -268,5 +372,138 @@ impl Roster {
             serde_json::to_vec_pretty(self).map_err(|e| Error::crypto("encode the roster", e))?;
         json.push(b'\n');
         write_atomic(path, &json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(host: &str, role: Role, names: &[&str], ips: &[&str]) -> Member {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        Member {
+            hostname: host.into(),
+            dns_names: names.iter().map(|s| (*s).to_owned()).collect(),
+            ip_addresses: ips.iter().map(|s| s.parse().unwrap()).collect(),
+            serial: format!("{host}-serial"),
+            fingerprint: "00".into(),
+            issued_at: now,
+            expires_at: now,
+            role,
+            status: MemberStatus::Active,
+            operator: None,
+            reload_hook: None,
+            proxy_entries: Vec::new(),
+            revoked_at: None,
+        }
+    }
+
+    fn roster() -> Roster {
+        let mut r = Roster::new(
+            TrustProfile::Personal,
+            "ff".into(),
+            Scope::unrestricted(),
+            "stone-a".into(),
+            None,
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        r.upsert(member(
+            "stone-a",
+            Role::Primary,
+            &["stone-a.local", "stone-a.lan"],
+            &["10.0.0.1"],
+        ));
+        r.upsert(member(
+            "pebble",
+            Role::Member,
+            &["pebble.lan"],
+            &["10.0.0.2"],
+        ));
+        // Stored by an older build in a non-canonical spelling.
+        r.upsert(member(
+            "NAS.LAN",
+            Role::Device,
+            &["NAS.LAN", "files.lan."],
+            &[],
+        ));
+        r
+    }
+
+    #[test]
+    fn holders_are_found_by_key_san_and_address_in_any_spelling() {
+        let r = roster();
+        assert_eq!(r.holder_of_name("stone-a").unwrap().hostname, "stone-a");
+        assert_eq!(
+            r.holder_of_name("Stone-A.LAN.").unwrap().hostname,
+            "stone-a"
+        );
+        assert_eq!(r.holder_of_name("nas.lan").unwrap().hostname, "NAS.LAN");
+        assert_eq!(r.holder_of_name("FILES.lan").unwrap().hostname, "NAS.LAN");
+        assert!(r.holder_of_name("free.lan").is_none());
+        assert_eq!(
+            r.holder_of_ip("10.0.0.1".parse().unwrap())
+                .unwrap()
+                .hostname,
+            "stone-a"
+        );
+        assert_eq!(
+            r.holder_of_ip("::ffff:10.0.0.2".parse().unwrap())
+                .unwrap()
+                .hostname,
+            "pebble"
+        );
+        assert!(r.holder_of_ip("10.0.0.3".parse().unwrap()).is_none());
+        assert_eq!(r.member("nas.lan").unwrap().role, Role::Device);
+    }
+
+    #[test]
+    fn conflicts_name_the_holder_and_spare_the_own_entry() {
+        let r = roster();
+        let c = r
+            .first_conflict(["x.lan", "stone-a.lan"], [], Some("pebble"))
+            .unwrap();
+        assert_eq!(
+            c.to_string(),
+            "the name stone-a.lan belongs to the CA's certificate stone-a (serial stone-a-serial)"
+        );
+        let c = r
+            .first_conflict(["x.lan"], ["10.0.0.1".parse().unwrap()], Some("pebble"))
+            .unwrap();
+        assert!(
+            c.to_string().starts_with("the address 10.0.0.1 belongs to"),
+            "{c}"
+        );
+        // Re-enrolling pebble keeps its own name and address.
+        assert!(
+            r.first_conflict(
+                ["pebble.lan"],
+                ["10.0.0.2".parse().unwrap()],
+                Some("pebble")
+            )
+            .is_none()
+        );
+        // Re-issuing the device under another spelling is the same entry.
+        assert!(
+            r.first_conflict(["nas.lan", "files.lan"], [], Some("nas.lan"))
+                .is_none()
+        );
+        assert_eq!(
+            r.first_conflict(["files.lan"], [], Some("other.lan"))
+                .unwrap()
+                .holder,
+            "NAS.LAN"
+        );
+        // A revoked entry holds nothing.
+        let mut r = r;
+        r.members[1].status = MemberStatus::Revoked;
+        assert!(r.first_conflict(["pebble.lan"], [], None).is_none());
+    }
+
+    #[test]
+    fn upsert_replaces_the_entry_spelled_differently() {
+        let mut r = roster();
+        let n = r.members.len();
+        r.upsert(member("nas.lan", Role::Device, &["nas.lan"], &[]));
+        assert_eq!(r.members.len(), n);
     }
 }

@@ -8,7 +8,13 @@
 //! - With domains but no subnets, IP SANs are constrained to the private LAN ranges
 //!   ([`PRIVATE_RANGES`]) — otherwise a DNS-only constraint would leave IP names unconstrained.
 //! - With no subnets at all, issuance still accepts only private LAN addresses.
-//! - Wildcards, trailing dots, underscores and names that are really IP addresses are refused.
+//! - Without `--domain`, a new mesh gets [`Scope::mesh_default`]: the zone `lan`, `home.arpa`
+//!   (RFC 8375) and `local` (mDNS), with IP SANs in the private ranges — so `localhost`, public
+//!   names and public addresses are refused and the root is name-constrained. Only
+//!   `create --unconstrained` makes a root without DNS constraints ([`Scope::dns_unconstrained`]).
+//! - Names are compared in canonical form ([`crate::names::canonical_name`]: lower case, no
+//!   trailing dot, IDNA A-labels). Wildcards, underscores and names that are really IP addresses
+//!   are refused.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -18,6 +24,7 @@ use rcgen::{CidrSubnet, GeneralSubtree, NameConstraints};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::names::canonical;
 
 /// Private LAN ranges: RFC 1918, IPv4 link-local, IPv6 unique-local and link-local.
 pub const PRIVATE_RANGES: [&str; 6] = [
@@ -28,6 +35,11 @@ pub const PRIVATE_RANGES: [&str; 6] = [
     "fc00::/7",
     "fe80::/10",
 ];
+
+/// The DNS domains of a mesh created without `--domain`: the default zone first (it names
+/// members' `host.<zone>` certificates), then `home.arpa` (RFC 8375's home-network domain) and
+/// `local` (mDNS names).
+pub const DEFAULT_DOMAINS: [&str; 3] = ["lan", "home.arpa", "local"];
 
 /// The private LAN ranges as parsed networks.
 pub fn private_ranges() -> Vec<IpNet> {
@@ -59,10 +71,11 @@ impl Scope {
         let mut out = Scope::default();
         for d in domains {
             let raw = d.as_ref();
-            let norm = raw.trim().trim_start_matches('.').to_ascii_lowercase();
-            validate_dns_name(&norm).map_err(|reason| Error::InvalidScope {
-                input: raw.to_owned(),
-                reason,
+            let norm = canonical(raw.trim().trim_start_matches('.')).map_err(|reason| {
+                Error::InvalidScope {
+                    input: raw.to_owned(),
+                    reason,
+                }
             })?;
             if !out.domains.contains(&norm) {
                 out.domains.push(norm);
@@ -86,6 +99,46 @@ impl Scope {
             }
         }
         Ok(out)
+    }
+
+    /// The scope of a mesh created without `--domain` (and without `--unconstrained`):
+    /// [`DEFAULT_DOMAINS`], plus the given subnets (or, when none, the private ranges).
+    pub fn mesh_default<S: AsRef<str>>(subnets: &[S]) -> Result<Self> {
+        Scope::new(&DEFAULT_DOMAINS, subnets)
+    }
+
+    /// The scope `create` writes: `--unconstrained` gives an unrestricted root (and may not be
+    /// combined with `--domain`/`--subnet`); no `--domain` gives [`Scope::mesh_default`].
+    pub fn for_create<D: AsRef<str>, S: AsRef<str>>(
+        domains: &[D],
+        subnets: &[S],
+        unconstrained: bool,
+    ) -> Result<Self> {
+        if unconstrained {
+            if let Some(given) = domains
+                .iter()
+                .map(|d| d.as_ref())
+                .chain(subnets.iter().map(|s| s.as_ref()))
+                .next()
+            {
+                return Err(Error::InvalidScope {
+                    input: given.to_owned(),
+                    reason: "--unconstrained means no scope; pass either --unconstrained or --domain/--subnet".into(),
+                });
+            }
+            return Ok(Scope::unrestricted());
+        }
+        if domains.is_empty() {
+            Scope::mesh_default(subnets)
+        } else {
+            Scope::new(domains, subnets)
+        }
+    }
+
+    /// True when the root does not constrain DNS names: a leaked CA key could then sign for any
+    /// website. Meshes created by builds before the default scope, and `--unconstrained` ones.
+    pub fn dns_unconstrained(&self) -> bool {
+        self.domains.is_empty()
     }
 
     /// True when the user gave neither domains nor subnets.
@@ -129,14 +182,14 @@ impl Scope {
 
     /// Checks one DNS SAN: syntax, then the domain constraint. Returns the normalised name.
     pub fn check_dns(&self, name: &str) -> Result<String> {
-        let norm = name.trim().to_ascii_lowercase();
-        if norm.parse::<IpAddr>().is_ok() {
+        let trimmed = name.trim();
+        if trimmed.parse::<IpAddr>().is_ok() {
             return Err(Error::InvalidName {
                 name: name.to_owned(),
                 reason: "this is an IP address; pass it as an address, not a DNS name".into(),
             });
         }
-        validate_dns_name(&norm).map_err(|reason| Error::InvalidName {
+        let norm = canonical(trimmed).map_err(|reason| Error::InvalidName {
             name: name.to_owned(),
             reason,
         })?;
@@ -201,43 +254,6 @@ impl fmt::Display for Scope {
     }
 }
 
-/// Host-name syntax (RFC 1123 labels): 1–63 of `[a-z0-9-]`, no edge hyphens, ≤ 253 in total.
-/// Expects lower-case input.
-fn validate_dns_name(name: &str) -> std::result::Result<(), String> {
-    if name.is_empty() {
-        return Err("it is empty".into());
-    }
-    if name.len() > 253 {
-        return Err("it is longer than 253 characters".into());
-    }
-    if name.contains('*') {
-        return Err("wildcard names are not issued; ask for each host name".into());
-    }
-    if name.ends_with('.') {
-        return Err("remove the trailing dot".into());
-    }
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Err("it has an empty label (two dots in a row)".into());
-        }
-        if label.len() > 63 {
-            return Err(format!("the label '{label}' is longer than 63 characters"));
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(format!(
-                "the label '{label}' has characters other than letters, digits and '-' (use punycode for international names)"
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("the label '{label}' starts or ends with '-'"));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,11 +309,56 @@ mod tests {
         assert!(s.check_ip("127.0.0.1".parse().unwrap()).is_err());
         assert!(s.check_ip("fd00::1".parse().unwrap()).is_ok());
         for bad in [
-            "*.lan", "a..b", "-x.lan", "x_y.lan", "host.", "", "10.0.0.1", "é.lan",
+            "*.lan", "a..b", "-x.lan", "x_y.lan", "host..", "", "10.0.0.1",
         ] {
             assert!(s.check_dns(bad).is_err(), "{bad} accepted");
         }
         assert!(s.check_dns("stone-01").is_ok());
+        // Canonical forms, not refusals: a trailing dot, upper case, an international name.
+        assert_eq!(s.check_dns("Host.").unwrap(), "host");
+        assert_eq!(s.check_dns("é.lan").unwrap(), "xn--9ca.lan");
+    }
+
+    #[test]
+    fn default_scope_is_the_zone_home_arpa_local_and_private_addresses() {
+        let s = Scope::for_create(&[] as &[&str], &[] as &[&str], false).unwrap();
+        assert_eq!(s.domains, DEFAULT_DOMAINS);
+        assert!(!s.dns_unconstrained());
+        for ok in ["nas.lan", "NAS.LAN.", "x.home.arpa", "stone-a.local", "lan"] {
+            assert!(s.check_dns(ok).is_ok(), "{ok} refused");
+        }
+        for bad in [
+            "localhost",
+            "www.example.com",
+            "google.com",
+            "stone-a",
+            "evil-lan",
+        ] {
+            assert!(
+                matches!(s.check_dns(bad), Err(Error::OutOfScope { .. })),
+                "{bad} accepted"
+            );
+        }
+        assert!(s.check_ip("8.8.8.8".parse().unwrap()).is_err());
+        assert!(s.check_ip("127.0.0.1".parse().unwrap()).is_err());
+        assert!(s.check_ip("192.168.7.7".parse().unwrap()).is_ok());
+        // The root carries it: 3 DNS subtrees and the private IP ranges.
+        let nc = s.name_constraints().unwrap();
+        assert_eq!(nc.permitted_subtrees.len(), 3 + PRIVATE_RANGES.len());
+        // --subnet alone keeps the default domains.
+        let sub = Scope::for_create(&[] as &[&str], &["10.9.0.0/16"], false).unwrap();
+        assert_eq!(sub.domains, DEFAULT_DOMAINS);
+        assert_eq!(sub.subnets.len(), 1);
+    }
+
+    #[test]
+    fn unconstrained_is_explicit_and_exclusive() {
+        let s = Scope::for_create(&[] as &[&str], &[] as &[&str], true).unwrap();
+        assert!(s.dns_unconstrained() && s.name_constraints().is_none());
+        assert!(Scope::for_create(&["lan"], &[] as &[&str], true).is_err());
+        assert!(Scope::for_create(&[] as &[&str], &["10.0.0.0/8"], true).is_err());
+        let given = Scope::for_create(&["lab.example"], &[] as &[&str], false).unwrap();
+        assert_eq!(given.domains, ["lab.example"]);
     }
 
     #[test]

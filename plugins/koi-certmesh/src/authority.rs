@@ -406,6 +406,9 @@ impl Authority {
                 });
             }
         }
+        // Ownership is checked only for a caller holding a valid code, so the refusal (which
+        // names the holder) tells nothing about the roster to a client without one.
+        crate::ownership::check(&roster, &leaf, &req.hostname).map_err(Refusal::NotPermitted)?;
 
         let issued = session
             .unlocked
@@ -511,8 +514,9 @@ pub fn pending_count(layout: &Layout) -> usize {
 
 /// The names and addresses a member's certificate gets: `host`, `host.local` and `host.<zone>`
 /// where the scope allows them (silently left out otherwise), the names the member asked for
-/// (refused if out of scope), and its private LAN addresses inside the scope (others dropped
-/// and reported).
+/// (canonical form; refused if out of scope), and its private LAN addresses inside the scope
+/// (others dropped and reported). Ownership (no other entry may hold any of them) is checked by
+/// the caller against the roster ([`crate::ownership`]).
 pub fn leaf_request(
     scope: &Scope,
     zone: &str,

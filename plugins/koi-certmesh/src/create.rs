@@ -69,7 +69,8 @@ pub struct CreateParams {
     /// Operator name, written to the audit log (required by `organization`).
     #[serde(default)]
     pub operator: Option<String>,
-    /// Permitted DNS domain (repeatable); becomes an X.509 name constraint and the name zone.
+    /// Permitted DNS domain (repeatable); becomes an X.509 name constraint and the name zone
+    /// (default: lan, home.arpa and local).
     #[serde(default)]
     pub domain: Vec<String>,
     /// Permitted subnet in CIDR form (repeatable), e.g. 10.77.0.0/24.
@@ -84,15 +85,27 @@ pub struct CreateParams {
     /// Do not install the root into this machine's trust stores.
     #[serde(default)]
     pub no_trust: bool,
+    /// Make a root without name constraints (dangerous: a leaked key could sign for any website).
+    #[serde(default)]
+    pub unconstrained: bool,
 }
+
+/// What `create --unconstrained` prints: what a leaked CA key could then do.
+pub const UNCONSTRAINED_WARNING: &str = "WARNING: this mesh's root is UNCONSTRAINED. Anyone who \
+obtains the CA key (its vault and passphrase) can sign certificates for ANY name — any website, \
+bank or mail server, `localhost`, any public address — and every machine that trusts this mesh \
+will accept them. Without --unconstrained the root is limited to lan, home.arpa, local and \
+private addresses (or to your --domain/--subnet).";
 
 /// Result of `create`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct CreateResult {
     /// The new mesh.
     pub mesh: MeshInfo,
-    /// Permitted domains and subnets (empty = any name, private addresses only).
+    /// Permitted domains and subnets (empty domains = any name, private addresses only).
     pub scope: ScopeView,
+    /// Whether the root constrains no DNS names (`--unconstrained`).
+    pub unconstrained: bool,
     /// Whether members may join now.
     pub enrollment_open: bool,
     /// The enrollment secret as an otpauth URI (the same secret the QR code shows). Keep it private.
@@ -271,6 +284,7 @@ fn build(layout: &Layout, plan: Plan) -> Result<Built, MethodError> {
                 "operator": operator,
                 "ca_fingerprint": ca.fingerprint(),
                 "scope": roster.mesh.scope,
+                "unconstrained": roster.mesh.scope.dns_unconstrained(),
                 "enrollment": roster.mesh.enrollment,
                 "entropy": source.as_str(),
             }),
@@ -386,10 +400,15 @@ pub async fn run(
     let hostname = layout::hostname()?;
     let profile = choose_profile(&ctx, p.profile).await?;
     let operator = choose_operator(&ctx, profile, p.operator).await?;
-    let scope = Scope::new(&p.domain, &p.subnet).map_err(error::core)?;
+    // The profile judges what the user asked for; the default scope is applied after.
+    let asked = Scope::new(&p.domain, &p.subnet).map_err(error::core)?;
     profile
-        .check_create(&scope, operator.as_deref())
+        .check_create(&asked, operator.as_deref())
         .map_err(error::core)?;
+    let scope = Scope::for_create(&p.domain, &p.subnet, p.unconstrained).map_err(error::core)?;
+    if p.unconstrained {
+        ctx.show_text(UNCONSTRAINED_WARNING);
+    }
     let pass = crate::secrets::passphrase(&ctx, p.passphrase_file.as_deref(), true).await?;
     let source = p
         .entropy
@@ -457,6 +476,7 @@ pub async fn run(
     Ok(CreateResult {
         mesh: MeshInfo::of(&built.roster),
         scope: ScopeView::of(&built.roster.mesh.scope),
+        unconstrained: built.roster.mesh.scope.dns_unconstrained(),
         enrollment_open,
         otpauth_uri: built.otpauth_uri.to_string(),
         certificate: built.files,

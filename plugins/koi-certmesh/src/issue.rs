@@ -2,12 +2,19 @@
 //! device that cannot run koi (printer, NAS, router), like `mkcert` or `step ca certificate`.
 //! The key is generated here and written straight to disk (0600); it never crosses the pipe. The
 //! names obey the mesh scope; the device goes into the roster (role `device`) and the audit log.
+//!
+//! Names are canonical ([`koi_certmesh_core::names::canonical_name`]: `NAS.LAN.` is `nas.lan`, the
+//! same roster entry, so issuing it again re-issues that device). Every name and address is
+//! checked against every other roster entry ([`crate::ownership`]); the files go only where
+//! [`crate::out_dir`] allows (no links, no other entry's folder, no foreign files without
+//! `--force`).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use koi_certmesh_core::audit::events;
+use koi_certmesh_core::names::canonical_name;
 use koi_certmesh_core::{LeafRequest, Member, Role, Roster};
 use koi_sdk::protocol::handshake::RunMode;
 use koi_sdk::{Context, MethodError};
@@ -20,8 +27,8 @@ use crate::app::{App, actor};
 use crate::authority::{CaSession, ENROLLMENT_REFUSED, with_signing_session};
 use crate::error;
 use crate::files::CertFiles;
-use crate::layout::Layout;
 use crate::names;
+use crate::{out_dir, ownership};
 
 /// Params of `issue`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -41,6 +48,9 @@ pub struct IssueParams {
     /// Without a daemon: read the CA passphrase from this file instead of asking.
     #[serde(default)]
     pub passphrase_file: Option<String>,
+    /// Overwrite files in --out that koi did not write for this device (links are never followed).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Result of `issue`.
@@ -60,29 +70,36 @@ pub struct IssueResult {
     pub files: CertFiles,
 }
 
-fn out_dir(
-    ctx: &Context,
-    layout: &Layout,
-    given: Option<&str>,
-    name: &str,
-) -> Result<CertFiles, MethodError> {
+/// The absolute `--out` directory, if one was given.
+fn out_path(ctx: &Context, given: Option<&str>) -> Result<Option<PathBuf>, MethodError> {
     let Some(given) = given else {
-        return Ok(CertFiles::at(layout, name));
+        return Ok(None);
     };
     let path = PathBuf::from(given);
-    let path = if path.is_absolute() {
-        path
+    if path.is_absolute() {
+        Ok(Some(path))
     } else if ctx.mode() == RunMode::OneShot {
-        std::env::current_dir()
-            .map_err(|e| MethodError::new(format!("Failed to resolve --out {given}: {e}")))?
-            .join(path)
+        Ok(Some(
+            std::env::current_dir()
+                .map_err(|e| MethodError::new(format!("Failed to resolve --out {given}: {e}")))?
+                .join(path),
+        ))
     } else {
-        return Err(error::fail(
+        Err(error::fail(
             format!("--out {given} is relative, and koi daemon does not run in your directory."),
             "Pass an absolute path, e.g. --out \"$PWD/printer\".",
-        ));
-    };
-    Ok(CertFiles::in_dir(&path))
+        ))
+    }
+}
+
+/// Records a refused issuance in the audit log and returns the error.
+fn refuse(session: &mut CaSession, who: &str, device: &str, e: MethodError) -> MethodError {
+    let _ = session.audit(
+        ENROLLMENT_REFUSED,
+        who,
+        json!({"reason": "not_permitted", "detail": e.message(), "device": device}),
+    );
+    e
 }
 
 /// The `issue` method.
@@ -95,12 +112,20 @@ pub async fn run(app: Arc<App>, ctx: Context, p: IssueParams) -> Result<IssueRes
             "Run `koi certmesh issue` on the CA.",
         ));
     }
-    let Some(first) = p.names.first().cloned() else {
+    if p.names.is_empty() {
         return Err(error::fail(
             "Name at least one DNS name for the device.",
             "e.g. `koi certmesh issue printer.lan --ip 10.0.0.7`.",
         ));
-    };
+    }
+    let mut dns: Vec<String> = Vec::new();
+    for raw in &p.names {
+        let n = canonical_name(raw).map_err(error::core)?;
+        if !dns.contains(&n) {
+            dns.push(n);
+        }
+    }
+    let first = dns.remove(0);
     let mut ips = Vec::new();
     for text in &p.ip {
         ips.push(text.parse::<IpAddr>().map_err(|_| {
@@ -110,39 +135,53 @@ pub async fn run(app: Arc<App>, ctx: Context, p: IssueParams) -> Result<IssueRes
             )
         })?);
     }
-    let files = out_dir(&ctx, &layout, p.out.as_deref(), &first)?;
+    let given = out_path(&ctx, p.out.as_deref())?;
     let mut request = LeafRequest::new(first.clone());
-    request.dns_names = p.names[1..].to_vec();
+    request.dns_names = dns;
     request.ip_addresses = ips;
     let who = actor(p.operator.as_deref());
     let p_passphrase_file = p.passphrase_file.clone();
     let p_operator = p.operator.clone();
+    let force = p.force;
 
     let roster_path = layout.roster();
+    let layout_for_files = layout.clone();
     let issue = move |session: &mut CaSession| -> Result<IssueResult, MethodError> {
         let now = OffsetDateTime::now_utc();
         let roster = Roster::load(&roster_path).map_err(error::core)?;
         if let Some(existing) = roster.member(&first).filter(|m| m.role != Role::Device) {
-            return Err(error::fail(
+            let e = error::fail(
                 format!(
-                    "{first} is the name of a mesh machine ({}), not a device; issuing would replace its certificate.",
-                    crate::wire::serde_name(&existing.role)
+                    "{first} is the name of a mesh machine ({} certificate {}, serial {}), not a device; issuing would replace its certificate.",
+                    crate::wire::serde_name(&existing.role),
+                    existing.hostname,
+                    existing.serial
                 ),
-                "Pick another name for the device.",
-            ));
+                "Pick another name for the device (`koi certmesh status --json` lists every entry).",
+            );
+            return Err(refuse(session, &who, &first, e));
         }
+        if let Err(text) = ownership::check(&roster, &request, &first) {
+            return Err(refuse(session, &who, &first, MethodError::new(text)));
+        }
+        let ca_pem = session.unlocked().ca().cert_pem().to_owned();
+        let out = out_dir::open(
+            &layout_for_files,
+            &roster,
+            &first,
+            given.as_deref(),
+            &ca_pem,
+            force,
+        )?;
+        let files = out.files.clone();
         let device = match session.unlocked().ca().issue_for_device(&request, now) {
             Ok(d) => d,
             Err(e) => {
-                let _ = session.audit(
-                    ENROLLMENT_REFUSED,
-                    &who,
-                    json!({"reason": "not_permitted", "detail": e.to_string(), "device": first}),
-                );
-                return Err(error::core(e));
+                let e = error::core(e);
+                return Err(refuse(session, &who, &first, e));
             }
         };
-        files.write(&device.cert.cert_pem, &device.key_pem, &device.cert.ca_pem)?;
+        out.write(&device.cert.cert_pem, &device.key_pem, &device.cert.ca_pem)?;
         let expires_at = names::rfc3339(device.cert.not_after);
         session.audit(
             events::CERT_ISSUED,

@@ -10,10 +10,10 @@
 //! # Methods
 //! | Method | CLI | What it does |
 //! |---|---|---|
-//! | `create` | `koi certmesh create [--profile P] [--operator N] [--domain D]... [--subnet C]... [--entropy E] [--passphrase-file F]` | new mesh, this machine its CA |
+//! | `create` | `koi certmesh create [--profile P] [--operator N] [--domain D]... [--subnet C]... [--entropy E] [--passphrase-file F] [--unconstrained]` | new mesh, this machine its CA |
 //! | `unlock` | `koi certmesh unlock [--passphrase-file F]` | open the CA key in the daemon |
 //! | `join` | `koi certmesh join [--ca HOST:PORT] [--fingerprint FP] [--code C]` | enroll this machine |
-//! | `issue` | `koi certmesh issue NAME... [--ip A]... [--out DIR]` | certificate + key for a device |
+//! | `issue` | `koi certmesh issue NAME... [--ip A]... [--out DIR] [--force]` | certificate + key for a device |
 //! | `trust` | `koi certmesh trust install\|remove\|status` | the root in the trust stores |
 //! | `log` | `koi certmesh log [--verify] [--last N]` | the audit log |
 //! | `open-enrollment`, `close-enrollment` | `koi certmesh open-enrollment [--minutes N]` | the enrollment window |
@@ -26,6 +26,7 @@
 //! - [`api`] (server) and [`client`], over [`tls`] with bodies from [`wire`].
 //! - [`background`] — daemon mode: serve the API, advertise over mDNS.
 //! - [`truststore`] — system, NSS and Java trust stores.
+//! - [`ownership`] — no name or address in two entries; [`out_dir`] — where `issue` may write.
 //! - [`layout`], [`files`], [`names`], [`x509`], [`secrets`], [`entropy`], [`app`], [`error`].
 
 #![forbid(unsafe_code)]
@@ -46,6 +47,8 @@ pub mod join;
 pub mod layout;
 pub mod log;
 pub mod names;
+pub mod out_dir;
+pub mod ownership;
 pub mod secrets;
 pub mod status;
 pub mod tls;

@@ -73,6 +73,7 @@ pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
         None => format!("certificate missing at {}", files.cert),
     };
     let short_fp: String = membership.ca_fingerprint.chars().take(16).collect();
+    let mut unconstrained = false;
     let summary = if layout.is_ca() {
         let locked = !authority.is_unlocked();
         let daemon = ctx.mode() == RunMode::Daemon;
@@ -86,6 +87,8 @@ pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
                     "scope".into(),
                     serde_json::to_value(ScopeView::of(&roster.mesh.scope)).unwrap_or_default(),
                 );
+                unconstrained = roster.mesh.scope.dns_unconstrained();
+                details.insert("unconstrained".into(), Value::from(unconstrained));
                 details.insert(
                     "enrollment_open".into(),
                     Value::from(roster.mesh.enrollment.is_open(OffsetDateTime::now_utc())),
@@ -127,8 +130,13 @@ pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
                 (None, None) => "unlocked".to_owned(),
             }
         };
+        let scope_text = if unconstrained {
+            "; UNCONSTRAINED root: a leaked CA key could sign for any name (no name constraints)"
+        } else {
+            ""
+        };
         format!(
-            "CA of mesh {short_fp}… ({}), {lock_text}; {cert_text}",
+            "CA of mesh {short_fp}… ({}), {lock_text}; {cert_text}{scope_text}",
             membership.profile
         )
     } else {
