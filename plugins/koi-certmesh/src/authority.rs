@@ -143,6 +143,25 @@ impl CaSession {
         &self.unlocked
     }
 
+    /// Replaces the enrollment (TOTP) secret (`koi certmesh rotate-secret`): the vault is
+    /// rewritten atomically (a crash leaves the old secret or the new one, never neither), then
+    /// the code guard starts over on the new secret with no replay or lockout state — codes of
+    /// the old secret no longer verify at all, and failures counted against it say nothing
+    /// about guesses at the new one.
+    pub fn rotate_enrollment_secret(
+        &mut self,
+        layout: &Layout,
+    ) -> Result<&koi_certmesh_core::TotpSecret, MethodError> {
+        let secret = self
+            .unlocked
+            .rotate_totp_secret()
+            .map_err(error::core)?
+            .clone();
+        self.guard = TotpGuard::new(secret);
+        save_totp_state(layout, self.guard.state()).map_err(MethodError::from)?;
+        Ok(self.unlocked.totp_secret())
+    }
+
     /// Appends an audit entry signed by the CA.
     pub fn audit(&mut self, event: &str, actor: &str, details: Value) -> Result<(), MethodError> {
         self.audit
