@@ -2,13 +2,14 @@
 //! one-shot with a passphrase file and under an unlocked daemon; codes from the old URI are
 //! refused (401) and codes from the new one enroll; members enrolled before stay in the roster
 //! with valid certificates; the audit log records each rotation and verifies; and `create` over
-//! an existing mesh points at `rotate-secret`.
+//! an existing mesh points at `rotate-secret`. Also the CA's local files (issue 9, item 9):
+//! `KOI_HOME` and `certs/` are created 0700, and what a killed writer left is swept at start.
 
 use std::process::Command;
 
 use crate::certmesh::{
-    audit_entries, certmesh_bin, code, create, openssl_csr, output_text, raw_join, wait_for_api,
-    write_passphrase,
+    audit_entries, certmesh_bin, code, create, mode, openssl_csr, output_text, raw_join,
+    wait_for_api, write_passphrase,
 };
 use crate::support::netlab::NetLab;
 use crate::support::{KoiEnv, Run, root_or_skip};
@@ -140,4 +141,58 @@ fn rotate_secret_replaces_the_code_and_keeps_the_members() {
     assert_eq!(rotations, 2);
     let verified = lab.a.env.run(&["certmesh", "log", "--verify"]);
     verified.expect_code(0);
+}
+
+#[test]
+fn koi_home_is_created_private_and_a_killed_writers_leftovers_are_swept_at_start() {
+    if !root_or_skip(
+        "koi_home_is_created_private_and_a_killed_writers_leftovers_are_swept_at_start",
+    ) {
+        return;
+    }
+    let mut lab = NetLab::new("prv");
+    lab.a.env.home = lab.a.env.dir.path().join("fresh/home");
+    lab.a.env.install(&certmesh_bin(), "certmesh");
+    let home = lab.a.env.home.clone();
+    let pass_file = write_passphrase(&lab.a.env);
+
+    // The daemon creates KOI_HOME (run/, state/): owner only.
+    let mut daemon = lab.a.env.start_daemon(&[]);
+    assert_eq!(mode(&home), 0o700, "KOI_HOME");
+    assert_eq!(mode(&home.join("run")), 0o700);
+    create(&lab.a.env, &pass_file, &["--no-trust"]).expect_code(0);
+    let certs = home.join("certs");
+    let own = certs.join(&lab.a.hostname);
+    assert_eq!(mode(&certs), 0o700, "certs/");
+    assert_eq!(mode(&own), 0o700);
+    assert_eq!(mode(&home.join("state")), 0o700);
+    daemon.terminate(std::time::Duration::from_secs(10));
+    drop(daemon);
+
+    // What a writer killed mid-write leaves, and a certs/ an older koi made 0755.
+    let temp = ".tmp-0123456789abcdef";
+    let planted = [
+        home.join(format!("certmesh/.roster.json{temp}")),
+        home.join(format!("certmesh/ca/.vault.sealed{temp}")),
+        own.join(format!(".key.pem{temp}")),
+    ];
+    for p in &planted {
+        std::fs::write(p, "half-written").expect("plant");
+    }
+    let staging = home.join("certmesh.creating");
+    std::fs::create_dir_all(staging.join("ca")).expect("staging");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&certs, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    // The next daemon's certmesh takes the writer lock at start and sweeps.
+    let _daemon = lab.a.env.start_daemon(&[]);
+    wait_for_api(&lab.a, &lab.a.ip);
+    for p in &planted {
+        assert!(!p.exists(), "{} survived the start", p.display());
+    }
+    assert!(!staging.exists(), "certmesh.creating/ survived the start");
+    assert_eq!(mode(&certs), 0o700, "certs/ not tightened");
+    assert!(home.join("certmesh/roster.json").exists());
 }
