@@ -14,18 +14,40 @@ use crate::certmesh::{
 use crate::support::netlab::NetLab;
 use crate::support::{KoiEnv, Run, root_or_skip};
 
-fn rotate(env: &KoiEnv, pass_file: Option<&str>) -> String {
+/// `rotate-secret --json`; returns the new URI. With `traced`, runs with protocol traces on and
+/// checks that the new secret appears in none of them (the field is `x-koi-secret`).
+fn rotate(env: &KoiEnv, pass_file: Option<&str>, traced: bool) -> String {
     let mut args = vec!["certmesh", "rotate-secret", "--json"];
     if let Some(f) = pass_file {
         args.extend_from_slice(&["--passphrase-file", f]);
     }
-    let run = env.run(&args);
+    let mut cmd = env.command(&args);
+    if traced {
+        cmd.env("KOI_LOG", "trace").env("KOI_TRACE_PROTOCOL", "1");
+    }
+    let run = Run::from(cmd.output().expect("rotate-secret"));
     run.expect_code(0);
     let uri = run.json()["otpauth_uri"]
         .as_str()
         .expect("otpauth_uri")
         .to_owned();
     assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    if traced {
+        let secret = uri
+            .split("secret=")
+            .nth(1)
+            .and_then(|s| s.split('&').next())
+            .expect("secret in URI");
+        assert!(
+            run.stderr.contains("\"method\""),
+            "no trace: {}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains(secret) && !run.stderr.contains("otpauth://"),
+            "the new secret appears in a trace"
+        );
+    }
     uri
 }
 
@@ -79,7 +101,7 @@ fn rotate_secret_replaces_the_code_and_keeps_the_members() {
     );
 
     // One-shot rotation with the passphrase file.
-    let uri1 = rotate(&lab.a.env, Some(&pass_file));
+    let uri1 = rotate(&lab.a.env, Some(&pass_file), true);
     assert_ne!(uri0, uri1);
 
     // Daemon, unlock; the old secret's code is refused, the new one's enrolls B.
@@ -107,7 +129,7 @@ fn rotate_secret_replaces_the_code_and_keeps_the_members() {
     assert!(member_names(&lab.a.env).contains(&lab.b.hostname));
 
     // Rotation under the unlocked daemon: the (previously valid) uri1 is refused, uri2 works.
-    let uri2 = rotate(&lab.a.env, None);
+    let uri2 = rotate(&lab.a.env, None, false);
     assert_ne!(uri1, uri2);
     let ca_pem = lab.a.env.home.join("certmesh/ca/ca.pem");
     let csr = openssl_csr(lab.b.env.dir.path(), "late", false);
