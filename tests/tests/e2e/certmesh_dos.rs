@@ -92,6 +92,8 @@ fn health(lab: &NetLab) -> (bool, String) {
                 "-sSk",
                 "--max-time",
                 "10",
+                "-w",
+                "\ntime_total=%{time_total}s",
                 &format!("https://{}:5641/v1/certmesh/health", lab.a.ip),
             ],
         )
@@ -139,6 +141,10 @@ fn idle_connections_from_one_address_do_not_starve_the_others() {
     // The legitimate client, from B's own address, is answered every time.
     for attempt in 0..3 {
         let (ok, body) = health(&lab);
+        eprintln!(
+            "health during the flood: {}",
+            body.lines().last().unwrap_or("")
+        );
         assert!(
             ok && body.contains("\"status\":\"ok\""),
             "health attempt {attempt} during the flood failed: {body}"
@@ -146,6 +152,7 @@ fn idle_connections_from_one_address_do_not_starve_the_others() {
     }
     let summary = lines.next().and_then(Result::ok).unwrap_or_default();
     let _ = flood.wait();
+    eprintln!("flood from {attacker}: {summary}");
     let counts: Vec<u64> = summary
         .split_whitespace()
         .filter_map(|w| w.parse().ok())
