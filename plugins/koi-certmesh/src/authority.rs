@@ -143,21 +143,14 @@ impl CaSession {
         &self.unlocked
     }
 
-    /// Replaces the enrollment (TOTP) secret (`koi certmesh rotate-secret`): the vault is
-    /// rewritten atomically (a crash leaves the old secret or the new one, never neither), then
-    /// the code guard starts over on the new secret with no replay or lockout state — codes of
-    /// the old secret no longer verify at all, and failures counted against it say nothing
-    /// about guesses at the new one.
+    /// `rotate-secret`: a new TOTP secret in the vault (rewritten atomically), and the code guard
+    /// restarted on it with no replay or lockout state (see `rotate.rs`).
     pub fn rotate_enrollment_secret(
         &mut self,
         layout: &Layout,
     ) -> Result<&koi_certmesh_core::TotpSecret, MethodError> {
-        let secret = self
-            .unlocked
-            .rotate_totp_secret()
-            .map_err(error::core)?
-            .clone();
-        self.guard = TotpGuard::new(secret);
+        let secret = self.unlocked.rotate_totp_secret().map_err(error::core)?;
+        self.guard = TotpGuard::new(secret.clone());
         save_totp_state(layout, self.guard.state()).map_err(MethodError::from)?;
         Ok(self.unlocked.totp_secret())
     }
