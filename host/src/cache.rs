@@ -109,7 +109,7 @@ impl ManifestCache {
 
     fn write_atomically(&self) -> std::io::Result<()> {
         let dir = self.path.parent().map(PathBuf::from).unwrap_or_default();
-        std::fs::create_dir_all(&dir)?;
+        crate::paths::create_private_dir_all(&dir)?;
         let mut tmp = tempfile_in(&dir)?;
         tmp.1
             .write_all(&serde_json::to_vec(&self.file).unwrap_or_default())?;

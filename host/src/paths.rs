@@ -1,6 +1,20 @@
 //! Where Koi keeps things: `KOI_HOME` (default `~/.koi`) and the directories under it.
+//!
+//! Every directory koi creates under (and including) `KOI_HOME` is 0700 from the first instant
+//! ([`create_private_dir_all`]). A `KOI_HOME` that already exists keeps its mode: it may be a
+//! directory the user chose and shares; what needs privacy below it sits in 0700 subdirectories.
 
 use std::path::{Path, PathBuf};
+
+/// Creates `dir` and any missing parents, each 0700 (owner only). Existing directories are left
+/// as they are.
+pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
 
 /// The Koi state directory and its layout.
 #[derive(Debug, Clone)]
@@ -31,5 +45,22 @@ impl KoiHome {
     /// `state/`: caches and runtime state.
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn created_directories_are_0700_parents_included() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        create_private_dir_all(&home.join("run")).expect("create");
+        for d in [&home, &home.join("run")] {
+            let mode = std::fs::metadata(d).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+        }
     }
 }

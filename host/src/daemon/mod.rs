@@ -70,7 +70,7 @@ fn acquire_lock(path: &Path) -> Result<InstanceLock, String> {
 /// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
 pub async fn run(home: KoiHome, launch_template: LaunchOptions) -> u8 {
     let run_dir = home.root().join("run");
-    if let Err(e) = std::fs::create_dir_all(&run_dir)
+    if let Err(e) = crate::paths::create_private_dir_all(&run_dir)
         .and_then(|()| std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)))
     {
         eprintln!(

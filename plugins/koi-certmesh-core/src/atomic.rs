@@ -14,10 +14,68 @@ pub const FILE_MODE: u32 = 0o600;
 /// Permission bits for every directory this crate creates (owner only).
 pub const DIR_MODE: u32 = 0o700;
 
-/// Creates `dir` (and parents) if needed and restricts it to the owner (0700 on Unix).
+/// Creates `dir` (and parents) if needed and restricts it to the owner (0700 on Unix). Every
+/// directory this creates is 0700 from the first instant — `KOI_HOME` and `certs/` included, when
+/// they are new; `dir` itself is tightened even if it existed.
 pub fn ensure_private_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| Error::io("create the directory", dir, e))?;
+    create_private_dir_all(dir).map_err(|e| Error::io("create the directory", dir, e))?;
     set_mode(dir, DIR_MODE)
+}
+
+#[cfg(unix)]
+fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)
+}
+
+/// The temporary name [`write_atomic`] uses for `name`: `.{name}.tmp-{16 hex digits}`.
+fn temp_name(name: &str, suffix: &[u8; 8]) -> String {
+    format!(".{name}.tmp-{}", hex::encode(suffix))
+}
+
+/// True for a name [`write_atomic`] gives its temporary files (see [`temp_name`]).
+pub fn is_temp_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let Some((target, suffix)) = rest.rsplit_once(".tmp-") else {
+        return false;
+    };
+    !target.is_empty()
+        && suffix.len() == 16
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Removes the temporary files a killed [`write_atomic`] left in `dir` (not recursive) and
+/// returns how many. The caller must hold whatever lock excludes every writer of `dir`, or it
+/// could remove a live writer's file. A missing `dir` is not an error.
+pub fn remove_stale_temp_files(dir: &Path) -> Result<usize> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && name.to_str().is_some_and(is_temp_name) {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(unix)]
@@ -93,7 +151,7 @@ pub(crate) fn write_atomic_inner(path: &Path, bytes: &[u8], fail: FailPoint) -> 
         .unwrap_or_else(|| "file".to_owned());
     let mut suffix = [0u8; 8];
     rand::fill(&mut suffix);
-    let tmp = dir.join(format!(".{name}.tmp-{}", hex::encode(suffix)));
+    let tmp = dir.join(temp_name(&name, &suffix));
 
     let result = (|| -> Result<()> {
         let mut f = create_new_private(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
@@ -167,6 +225,47 @@ mod tests {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         reader.join().unwrap();
+    }
+
+    #[test]
+    fn temp_names_are_recognised_and_only_they_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = temp_name("roster.json", &[0xab; 8]);
+        assert!(is_temp_name(&name), "{name}");
+        for not in [
+            "roster.json",
+            ".roster.json",
+            ".roster.json.tmp-xyz",
+            ".roster.json.tmp-0123456789ABCDEF",
+            "..tmp-0123456789abcdef",
+            "roster.json.tmp-0123456789abcdef",
+        ] {
+            assert!(!is_temp_name(not), "{not}");
+        }
+        fs::write(dir.path().join(&name), b"half").unwrap();
+        fs::write(dir.path().join("roster.json"), b"whole").unwrap();
+        fs::write(dir.path().join(".roster.json.tmp-xyz"), b"not ours").unwrap();
+        assert_eq!(remove_stale_temp_files(dir.path()).unwrap(), 1);
+        assert!(!dir.path().join(&name).exists());
+        assert!(dir.path().join("roster.json").exists());
+        assert!(dir.path().join(".roster.json.tmp-xyz").exists());
+        assert_eq!(
+            remove_stale_temp_files(&dir.path().join("absent")).unwrap(),
+            0
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn every_directory_created_is_0700_parents_included() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        ensure_private_dir(&home.join("certs/host")).unwrap();
+        for d in [&home, &home.join("certs"), &home.join("certs/host")] {
+            let mode = fs::metadata(d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
     }
 
     #[cfg(unix)]

@@ -7,14 +7,18 @@
 //! | `GET /v1/certmesh/roster` | members (client certificate from this mesh) | the members |
 //!
 //! Hardening: only loopback, private (RFC 1918, ULA) and link-local peers are served; at most
-//! [`MAX_CONNECTIONS`] at once; the TLS handshake, the request head, the body and the whole
-//! connection each have a timeout; bodies are capped at [`MAX_BODY_BYTES`]; every malformed
-//! request gets a 4xx JSON body `{reason, error}` and never a panic.
+//! [`MAX_CONNECTIONS`] at once and at most [`MAX_CONNECTIONS_PER_PEER`] from one source address
+//! (so one machine holding idle sockets cannot starve the others); the TLS handshake, the request
+//! head, the body and the whole connection each have a timeout; bodies are capped at
+//! [`MAX_BODY_BYTES`]; every malformed request gets a 4xx JSON body `{reason, error}` and never a
+//! panic. A dropped connection is logged at debug only; a flood shows up as at most one info
+//! summary a minute ([`DropLog`]), so a LAN peer cannot fill the daemon's log.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -34,8 +38,13 @@ use crate::wire::{
 
 /// Concurrent connections served.
 pub const MAX_CONNECTIONS: usize = 64;
-/// TLS handshake deadline.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent connections served from one source address. A join is one connection, and `koi`
+/// never opens more than two at once to the CA; 8 leaves room for NAT and retries while one
+/// address can hold at most an eighth of [`MAX_CONNECTIONS`].
+pub const MAX_CONNECTIONS_PER_PEER: usize = 8;
+/// TLS handshake deadline: a real client finishes in milliseconds on a LAN, so an idle socket
+/// holds its slot for at most this long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Request head deadline.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Body deadline.
@@ -57,6 +66,134 @@ pub fn is_lan_peer(ip: IpAddr) -> bool {
     }
 }
 
+/// Connections open per source address, with the global limit. A [`Slot`] is one admitted
+/// connection; dropping it frees its place.
+#[derive(Debug)]
+pub struct Admission {
+    global: Arc<Semaphore>,
+    per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_peer_limit: usize,
+}
+
+/// One admitted connection (frees its place when dropped).
+#[derive(Debug)]
+pub struct Slot {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    peer: IpAddr,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// The peer is not on the LAN.
+    OutsideLan,
+    /// This source address already has its share of connections.
+    PeerLimit,
+    /// All connections are in use.
+    GlobalLimit,
+}
+
+impl Admission {
+    /// At most `global` connections, `per_peer` from one address.
+    pub fn new(global: usize, per_peer: usize) -> Self {
+        Admission {
+            global: Arc::new(Semaphore::new(global)),
+            per_peer: Arc::new(Mutex::new(HashMap::new())),
+            per_peer_limit: per_peer,
+        }
+    }
+
+    /// Admits a connection from `peer`, or says why not. The per-address check comes first, so
+    /// one address over its share never takes a global place from others.
+    pub fn admit(&self, peer: IpAddr) -> Result<Slot, Dropped> {
+        // `::ffff:10.0.0.3` and `10.0.0.3` are one machine.
+        let peer = peer.to_canonical();
+        if !is_lan_peer(peer) {
+            return Err(Dropped::OutsideLan);
+        }
+        let mut counts = self
+            .per_peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.get(&peer).copied().unwrap_or(0);
+        if count >= self.per_peer_limit {
+            return Err(Dropped::PeerLimit);
+        }
+        let permit = self
+            .global
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Dropped::GlobalLimit)?;
+        counts.insert(peer, count + 1);
+        Ok(Slot {
+            _global: permit,
+            per_peer: self.per_peer.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .per_peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// How often [`DropLog`] may write its summary line.
+pub const DROP_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Counts dropped connections: each one at debug, and at most one info line per
+/// [`DROP_SUMMARY_INTERVAL`] with the counts since the last one.
+#[derive(Debug)]
+pub struct DropLog {
+    since: Instant,
+    counts: [u64; 3],
+}
+
+impl Default for DropLog {
+    fn default() -> Self {
+        DropLog {
+            since: Instant::now(),
+            counts: [0; 3],
+        }
+    }
+}
+
+impl DropLog {
+    /// Records one dropped connection from `peer`.
+    pub fn record(&mut self, peer: SocketAddr, why: Dropped) {
+        let (index, what) = match why {
+            Dropped::OutsideLan => (0, "a peer outside the LAN"),
+            Dropped::PeerLimit => (1, "a source address at its connection limit"),
+            Dropped::GlobalLimit => (2, "the API at its connection limit"),
+        };
+        tracing::debug!(%peer, "certmesh API dropped a connection from {what}");
+        self.counts[index] = self.counts[index].saturating_add(1);
+        if self.since.elapsed() >= DROP_SUMMARY_INTERVAL {
+            let [outside, peer_limit, global] = self.counts;
+            tracing::info!(
+                outside_lan = outside,
+                per_address_limit = peer_limit,
+                global_limit = global,
+                "certmesh API dropped connections in the last {} s (limits: {MAX_CONNECTIONS} in \
+                 all, {MAX_CONNECTIONS_PER_PEER} per address)",
+                self.since.elapsed().as_secs()
+            );
+            *self = DropLog::default();
+        }
+    }
+}
+
 /// Binds the API. The caller then runs [`serve`].
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr).await.map_err(|e| {
@@ -75,7 +212,8 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Admission::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER);
+    let mut drops = DropLog::default();
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -83,22 +221,22 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!("certmesh API accept failed: {e}");
+                    // Out of descriptors and the like: the peer's problem as often as ours.
+                    tracing::debug!("certmesh API accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let permit = match admission.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                drops.record(peer, why);
+                continue;
+            }
+        };
         // Without it the CA's small answers wait for the member's delayed ACK (~40 ms a request).
         let _ = stream.set_nodelay(true);
-        if !is_lan_peer(peer.ip()) {
-            tracing::warn!(%peer, "refused a certmesh API connection from outside the LAN");
-            continue;
-        }
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "certmesh API at its connection limit; dropped a connection");
-            continue;
-        };
         let acceptor = acceptor.clone();
         let authority = authority.clone();
         tokio::spawn(async move {
@@ -124,7 +262,10 @@ async fn connection(
             tracing::debug!(%peer, "certmesh API TLS handshake failed: {e}");
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "certmesh API TLS handshake timed out; closed the connection");
+            return;
+        }
     };
     let member = tls
         .get_ref()
@@ -296,6 +437,27 @@ async fn join(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_address_gets_its_share_and_others_still_get_in() {
+        let admission = Admission::new(4, 2);
+        let a: IpAddr = "10.0.0.3".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = admission.admit(a).unwrap();
+        let _second = admission.admit(a).unwrap();
+        assert_eq!(admission.admit(a).unwrap_err(), Dropped::PeerLimit);
+        let _b1 = admission.admit(b).unwrap();
+        let _b2 = admission.admit(b).unwrap();
+        assert_eq!(admission.admit(b).unwrap_err(), Dropped::PeerLimit);
+        let c: IpAddr = "10.0.0.4".parse().unwrap();
+        assert_eq!(admission.admit(c).unwrap_err(), Dropped::GlobalLimit);
+        drop(first);
+        let _again = admission.admit(a).unwrap();
+        assert_eq!(
+            admission.admit("203.0.113.9".parse().unwrap()).unwrap_err(),
+            Dropped::OutsideLan
+        );
+    }
 
     #[test]
     fn only_lan_peers_are_served() {

@@ -143,6 +143,18 @@ impl CaSession {
         &self.unlocked
     }
 
+    /// `rotate-secret`: a new TOTP secret in the vault (rewritten atomically), and the code guard
+    /// restarted on it with no replay or lockout state (see `rotate.rs`).
+    pub fn rotate_enrollment_secret(
+        &mut self,
+        layout: &Layout,
+    ) -> Result<&koi_certmesh_core::TotpSecret, MethodError> {
+        let secret = self.unlocked.rotate_totp_secret().map_err(error::core)?;
+        self.guard = TotpGuard::new(secret.clone());
+        save_totp_state(layout, self.guard.state()).map_err(MethodError::from)?;
+        Ok(self.unlocked.totp_secret())
+    }
+
     /// Appends an audit entry signed by the CA.
     pub fn audit(&mut self, event: &str, actor: &str, details: Value) -> Result<(), MethodError> {
         self.audit

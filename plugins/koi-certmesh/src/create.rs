@@ -124,6 +124,26 @@ pub struct CreateResult {
     pub next: Vec<String>,
 }
 
+/// The enrollment secret as an otpauth URI: issuer `Koi certmesh`, account the CA's host name.
+/// `create` and `rotate-secret` both show exactly this.
+pub(crate) fn enrollment_uri(
+    secret: &TotpSecret,
+    ca_hostname: &str,
+) -> Result<Zeroizing<String>, MethodError> {
+    secret
+        .otpauth_uri("Koi certmesh", ca_hostname)
+        .map_err(error::core)
+}
+
+/// Shows the enrollment QR code through the host (`create` and `rotate-secret`); the URI itself
+/// goes in the result's `otpauth_uri`, a field marked `x-koi-secret`.
+pub(crate) fn show_enrollment_code(ctx: &Context, uri: &str) {
+    ctx.show_qr(
+        uri,
+        Some("Scan with an authenticator app: its six-digit codes let machines join this mesh"),
+    );
+}
+
 /// Refuses to touch an existing mesh or membership.
 fn refuse_existing(layout: &Layout) -> Result<(), MethodError> {
     if layout.is_ca() {
@@ -135,7 +155,10 @@ fn refuse_existing(layout: &Layout) -> Result<(), MethodError> {
                 "This machine is already the CA of a mesh (CA fingerprint {fp}). Nothing was changed."
             ),
             format!(
-                "To start over, move {} away first (it holds the CA key and the audit log).",
+                "If `create` was interrupted before it showed the enrollment code, or the code is \
+                 lost, run `koi certmesh rotate-secret` for a new one (members keep their \
+                 certificates). To start over instead, move {} away first (it holds the CA key \
+                 and the audit log).",
                 layout.dir().display()
             ),
         ));
@@ -257,9 +280,7 @@ fn build(layout: &Layout, plan: Plan) -> Result<Built, MethodError> {
     options.extra_entropy = entropy;
     let ca = CertAuthority::create(&options, now).map_err(error::core)?;
     let totp = TotpSecret::generate();
-    let otpauth_uri = totp
-        .otpauth_uri("Koi certmesh", hostname)
-        .map_err(error::core)?;
+    let otpauth_uri = enrollment_uri(&totp, hostname)?;
     let unlocked = CaStore::new(Layout::ca_dir_in(&staging))
         .create(ca, totp, pass, KdfParams::RECOMMENDED)
         .map_err(error::core)?;
@@ -451,10 +472,7 @@ pub async fn run(
     } else {
         Some(trust::install_root(&layout, &built.roster.mesh.ca_fingerprint).await?)
     };
-    ctx.show_qr(
-        &built.otpauth_uri,
-        Some("Scan with an authenticator app: its six-digit codes let machines join this mesh"),
-    );
+    show_enrollment_code(&ctx, &built.otpauth_uri);
     let mut next = Vec::new();
     if !serving {
         next.push(

@@ -14,6 +14,12 @@
 //! $KOI_HOME/certs/<hostname>/    0700  cert.pem, key.pem, ca.pem, fullchain.pem (all 0600)
 //! $KOI_HOME/state/certmesh.lock        flock: the writer of the CA state
 //! ```
+//!
+//! Every directory koi creates here is 0700, `KOI_HOME` and `certs/` included. Whoever takes the
+//! writer lock first sweeps what a killed writer left ([`Layout::sweep_leftovers`]): the atomic
+//! writer's temporary files in `certmesh/`, `certmesh/ca/` and `certs/*/`, and a staging
+//! `certmesh.creating/`; it also tightens an older `certs/` to 0700. Every writer of these
+//! directories holds the lock, so the sweep never removes a live writer's file.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -102,7 +108,10 @@ impl Layout {
                     .hint("Check that KOI_HOME is writable by this user.")
             })?;
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(file),
+            Ok(()) => {
+                self.sweep_leftovers()?;
+                Ok(file)
+            }
             Err(_) => Err(MethodError::new(
                 "Another koi process is managing this machine's certmesh state right now \
                  (usually `koi daemon`).",
@@ -112,6 +121,48 @@ impl Layout {
                  the other command first.",
             )),
         }
+    }
+}
+
+impl Layout {
+    /// Removes what a writer killed mid-write left behind and tightens `certs/` to 0700; returns
+    /// how many files and directories it removed. Call only while holding the writer lock.
+    pub fn sweep_leftovers(&self) -> Result<usize, MethodError> {
+        use koi_certmesh_core::atomic::remove_stale_temp_files;
+        let mut dirs = vec![self.dir(), self.ca_dir()];
+        let certs = self.home.join("certs");
+        if certs.is_dir() {
+            koi_certmesh_core::atomic::ensure_private_dir(&certs).map_err(crate::error::core)?;
+            for entry in std::fs::read_dir(&certs).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(entry.path());
+                }
+            }
+        }
+        let mut removed = 0;
+        for dir in &dirs {
+            removed += remove_stale_temp_files(dir).map_err(crate::error::core)?;
+        }
+        let staging = self.staging_dir();
+        if staging.is_dir() {
+            std::fs::remove_dir_all(&staging).map_err(|e| {
+                crate::error::fail(
+                    format!(
+                        "Failed to remove {}, left by an interrupted `koi certmesh create`: {e}.",
+                        staging.display()
+                    ),
+                    "Remove it by hand; it is not a live mesh (that is certmesh/).",
+                )
+            })?;
+            removed += 1;
+        }
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed files left by an interrupted certmesh writer"
+            );
+        }
+        Ok(removed)
     }
 }
 
@@ -126,4 +177,60 @@ pub fn hostname() -> Result<String, MethodError> {
         )
     })?;
     Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const TEMP: &str = ".tmp-0123456789abcdef";
+
+    fn plant(home: &Path) -> Vec<PathBuf> {
+        let planted = vec![
+            home.join(format!("certmesh/.roster.json{TEMP}")),
+            home.join(format!("certmesh/ca/.vault.sealed{TEMP}")),
+            home.join(format!("certs/stone/.key.pem{TEMP}")),
+        ];
+        for p in &planted {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"half-written").unwrap();
+        }
+        std::fs::write(home.join("certmesh/roster.json"), b"{}").unwrap();
+        std::fs::create_dir_all(home.join("certmesh.creating/ca")).unwrap();
+        std::fs::set_permissions(home.join("certs"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        planted
+    }
+
+    #[test]
+    fn taking_the_writer_lock_sweeps_what_a_killed_writer_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let planted = plant(dir.path());
+        let _lock = layout.lock_writer().unwrap();
+        for p in &planted {
+            assert!(!p.exists(), "{} left behind", p.display());
+        }
+        assert!(!layout.staging_dir().exists());
+        assert!(layout.roster().exists(), "a real file was removed");
+        let mode = std::fs::metadata(dir.path().join("certs"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_live_writers_temp_files_survive_a_second_locker() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let held = layout.lock_writer().unwrap();
+        let planted = plant(dir.path());
+        assert!(layout.lock_writer().is_err());
+        for p in &planted {
+            assert!(p.exists(), "{} removed under a live writer", p.display());
+        }
+        drop(held);
+    }
 }

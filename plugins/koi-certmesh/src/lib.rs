@@ -16,12 +16,13 @@
 //! | `issue` | `koi certmesh issue NAME... [--ip A]... [--out DIR] [--force]` | certificate + key for a device |
 //! | `trust` | `koi certmesh trust install\|remove\|status` | the root in the trust stores |
 //! | `log` | `koi certmesh log [--verify] [--last N]` | the audit log |
+//! | `rotate-secret` | `koi certmesh rotate-secret [--passphrase-file F]` | new enrollment secret and QR code; old codes refused |
 //! | `open-enrollment`, `close-enrollment` | `koi certmesh open-enrollment [--minutes N]` | the enrollment window |
 //! | `status` | `koi certmesh status` | mesh, role, lock, expiry, members |
 //!
 //! # Modules
 //! - [`create`], [`unlock`], [`join`], [`issue`], [`trust`], [`log`], [`enrollment`],
-//!   [`status`]: one per verb.
+//!   [`rotate`], [`status`]: one per verb.
 //! - [`authority`] — the CA at run time: sessions, enrollment, refusals, audit.
 //! - [`api`] (server) and [`client`], over [`tls`] with bodies from [`wire`].
 //! - [`background`] — daemon mode: serve the API, advertise over mDNS.
@@ -49,6 +50,7 @@ pub mod log;
 pub mod names;
 pub mod out_dir;
 pub mod ownership;
+pub mod rotate;
 pub mod secrets;
 pub mod status;
 pub mod tls;
@@ -150,6 +152,24 @@ pub fn plugin() -> Plugin {
     .example("koi certmesh log --verify");
 
     let a = app.clone();
+    let rotate_secret = Method::new(
+        "rotate-secret",
+        "On the CA: a new enrollment secret and QR code; codes from the old one stop working",
+        move |ctx: Context, p: rotate::RotateParams| rotate::run(a.clone(), ctx, p),
+    )
+    .description(
+        "Replaces the TOTP secret sealed in the CA vault (rewritten atomically), resets the \
+         code guard, audits `secret_rotated` and shows the new QR code and otpauth URI as \
+         `create` does. Members keep their certificates. Also the way to get a code after a \
+         `create` that was interrupted before it showed one.",
+    )
+    .interactive()
+    .mutating()
+    .local_only()
+    .example("koi certmesh rotate-secret")
+    .example("koi certmesh rotate-secret --passphrase-file /root/ca-pass --json");
+
+    let a = app.clone();
     let open_enrollment = Method::new(
         "open-enrollment",
         "On the CA: let machines join (for --minutes, or the profile's default window)",
@@ -182,6 +202,7 @@ pub fn plugin() -> Plugin {
     .method(issue)
     .method(trust)
     .method(log)
+    .method(rotate_secret)
     .method(open_enrollment)
     .method(close_enrollment)
     .status(move |ctx: Context| status::report(status_app.clone(), ctx))
