@@ -384,7 +384,7 @@ impl Authority {
                 crate::wire::serde_name(&existing.role)
             )));
         }
-        let (leaf, dropped) = leaf_request(
+        let (mut leaf, mut dropped) = leaf_request(
             session.unlocked.ca().scope(),
             &crate::names::zone_of(&roster),
             &req.hostname,
@@ -420,6 +420,11 @@ impl Authority {
         }
         // Ownership is checked only for a caller holding a valid code, so the refusal (which
         // names the holder) tells nothing about the roster to a client without one.
+        dropped.extend(crate::ownership::drop_held_addresses(
+            &roster,
+            &mut leaf,
+            &req.hostname,
+        ));
         crate::ownership::check(&roster, &leaf, &req.hostname).map_err(Refusal::NotPermitted)?;
 
         let issued = session
@@ -568,7 +573,7 @@ pub fn leaf_request(
         match scope.check_ip(*ip) {
             Ok(()) if !kept.contains(ip) => kept.push(*ip),
             Ok(()) => {}
-            Err(_) => dropped.push(ip.to_string()),
+            Err(_) => dropped.push(format!("{ip} (outside the mesh's scope)")),
         }
     }
     let mut req = LeafRequest::new(names.remove(0));

@@ -72,7 +72,8 @@ pub struct JoinResult {
     pub dns_names: Vec<String>,
     /// IP SANs.
     pub ip_addresses: Vec<String>,
-    /// Addresses the CA left out (outside the scope).
+    /// Addresses the CA left out, each with the reason: outside the scope, or held by another
+    /// entry.
     pub dropped_addresses: Vec<String>,
     /// Expiry (RFC 3339).
     pub expires_at: String,

@@ -80,7 +80,7 @@ pub struct JoinResponse {
     pub dns_names: Vec<String>,
     /// IP SANs.
     pub ip_addresses: Vec<String>,
-    /// Addresses left out because they are outside the scope.
+    /// Addresses left out, each with the reason: outside the scope, or held by another entry.
     pub dropped_addresses: Vec<String>,
     /// The mesh.
     pub mesh: MeshInfo,

@@ -9,8 +9,8 @@ mod support;
 
 mod certmesh;
 mod certmesh_crash;
-mod certmesh_ownership;
 mod certmesh_dos;
+mod certmesh_ownership;
 mod certmesh_rotate;
 mod cli;
 mod daemon;
