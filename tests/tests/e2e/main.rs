@@ -11,6 +11,7 @@ mod certmesh;
 mod certmesh_crash;
 mod cli;
 mod daemon;
+mod escapes;
 mod host_death;
 mod keystrokes;
 mod misbehaviour;
