@@ -144,3 +144,88 @@ fn json_output_is_exact_json_with_no_raw_control_character() {
         ]
     );
 }
+
+/// A hand-made mDNS announcement (PTR, SRV, TXT, A) of an `_http._tcp` instance whose name and
+/// TXT value hold ESC[2J, BEL, CR and U+009B, multicast from port 5353 on the lab link every
+/// 300 ms for `seconds` seconds. Plain Python, no mDNS library: the bytes are exactly these.
+const RAW_MDNS_SENDER: &str = r#"
+import socket, struct, sys, time
+source_ip, seconds = sys.argv[1], float(sys.argv[2])
+def name(*labels):
+    out = b""
+    for label in labels:
+        data = label.encode("utf-8")
+        out += bytes([len(data)]) + data
+    return out + b"\x00"
+instance = "Evil\x1b[2J\x07Printer\r\u009b31m"
+service = name("_http", "_tcp", "local")
+full = name(instance, "_http", "_tcp", "local")
+target = name("evil-host", "local")
+def record(owner, rtype, rclass, rdata):
+    return owner + struct.pack("!HHIH", rtype, rclass, 120, len(rdata)) + rdata
+txt = "note=\x1b]0;pwned\x07".encode("utf-8")
+answers = [
+    record(service, 12, 1, full),
+    record(full, 33, 0x8001, struct.pack("!HHH", 0, 0, 8080) + target),
+    record(full, 16, 0x8001, bytes([len(txt)]) + txt),
+    record(target, 1, 0x8001, socket.inet_aton(source_ip)),
+]
+packet = struct.pack("!HHHHHH", 0, 0x8400, 0, len(answers), 0, 0) + b"".join(answers)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 5353))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(source_ip))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+end = time.time() + seconds
+while time.time() < end:
+    s.sendto(packet, ("224.0.0.251", 5353))
+    time.sleep(0.3)
+"#;
+
+#[test]
+fn an_mdns_instance_name_with_escape_sequences_is_shown_escaped_by_mdns_discover() {
+    let test = "an_mdns_instance_name_with_escape_sequences_is_shown_escaped_by_mdns_discover";
+    if !crate::support::root_or_skip(test) {
+        return;
+    }
+    let lab = crate::support::netlab::NetLab::new("esc");
+    lab.a.env.install(&crate::certmesh::mdns_bin(), "mdns");
+    let mut sender = lab
+        .b
+        .command("python3", &["-c", RAW_MDNS_SENDER, &lab.b.ip, "12"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the raw mDNS sender");
+
+    let human = lab
+        .a
+        .env
+        .run(&["mdns", "discover", "_http._tcp", "--timeout", "3"]);
+    let json = lab
+        .a
+        .env
+        .run(&["--json", "mdns", "discover", "_http._tcp", "--timeout", "3"]);
+    let _ = sender.kill();
+    let _ = sender.wait();
+
+    human.expect_code(0);
+    assert_clean(&human, "mdns discover");
+    assert!(
+        human.stdout.contains("Evil\\e[2J\\x07Printer\\r\\u{9b}31m"),
+        "the hostile instance is not shown escaped:\n{}",
+        human.stdout
+    );
+    json.expect_code(0);
+    assert_clean(&json, "mdns discover --json");
+    let services = json.json()["services"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        services
+            .iter()
+            .any(|s| s["instance"] == "Evil\u{1b}[2J\u{7}Printer\r\u{9b}31m"),
+        "--json lost the exact instance name: {}",
+        json.stdout
+    );
+}
