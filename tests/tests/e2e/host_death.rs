@@ -49,6 +49,15 @@ fn env_with_stalling_mdns() -> (KoiEnv, String) {
     (env, pass.display().to_string())
 }
 
+/// Whether `program` is on PATH.
+fn have(program: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn free_port() -> u16 {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
     probe.local_addr().expect("addr").port()
@@ -142,6 +151,54 @@ fn kill_daemon_during(env: &KoiEnv, mut daemon: DaemonProc, args: &[&str], delay
     assert_nothing_left(env, &format!("{what}, daemon killed after {delay} ms"));
 }
 
+/// Starts a one-shot `koi certmesh create` on a pty (so it asks its questions and waits), kills
+/// `koi` with SIGKILL `delay` ms after koi-certmesh is up, and checks nothing of `env` survives.
+fn kill_one_shot_while_asking(env: &KoiEnv, delay: u64, what: &str) {
+    let inner = env.command(&[]);
+    let line = format!(
+        "exec {} certmesh create --entropy system --no-trust",
+        env.koi.display()
+    );
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qfec", &line, "/dev/null"])
+        .env_clear()
+        .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut session = script.spawn().expect("start script");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let plugin = loop {
+        if let Some(p) = processes_of(env)
+            .into_iter()
+            .find(|(_, c)| c.contains("koi-certmesh"))
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: koi-certmesh never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(delay));
+    let koi = env.koi.display().to_string();
+    for (pid, cmdline) in processes_of(env) {
+        if cmdline.starts_with(&koi) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+    drop(session.stdin.take());
+    reap(session);
+    assert_nothing_left(
+        env,
+        &format!("{what} (plugin {plugin:?}), koi killed after {delay} ms"),
+    );
+}
+
 /// Waits (up to 10 s) for a CLI command whose daemon died, then kills it if it still runs.
 fn reap(mut command: Child) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -221,6 +278,15 @@ fn killing_the_daemon_during_create_unlock_and_join_leaves_no_plugin_and_the_nex
         let delay = jitter.below(600);
         let join = ["certmesh", "join", "--code", "000000", "--no-trust"];
         kill_daemon_during(&member, daemon, &join, delay, &format!("join {i}"));
+    }
+
+    // One-shot: the host is the `koi` command itself, killed while certmesh waits for the answer
+    // to a question asked at a terminal (a pty from `script`, whose input never comes).
+    if have("script") {
+        for i in 0..2 {
+            let delay = 200 + jitter.below(800);
+            kill_one_shot_while_asking(&member, delay, &format!("one-shot create {i}"));
+        }
     }
 
     // The next daemon manages the mesh: status answers, and unlock opens the CA.
