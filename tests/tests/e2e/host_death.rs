@@ -185,10 +185,10 @@ fn kill_one_shot_while_asking(env: &KoiEnv, delay: u64, what: &str) {
     std::thread::sleep(Duration::from_millis(delay));
     let koi = env.koi.display().to_string();
     for (pid, cmdline) in processes_of(env) {
-        if cmdline.starts_with(&koi) {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
+        if cmdline.starts_with(&koi)
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
     }
     drop(session.stdin.take());
