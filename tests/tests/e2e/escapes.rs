@@ -2,7 +2,8 @@
 //! `koi-escapes` puts ESC[2J, BEL, CR, the 8-bit CSI U+009B and the bidi override U+202E into
 //! every kind of string a plugin can make the host print — result keys, values and table cells,
 //! `host/show` text, tables and captions, progress messages, streamed items, prompt and choice
-//! questions and defaults, an error message and hint, and stderr log lines (raw and structured).
+//! questions and defaults, an error message and hint, stderr log lines (raw and structured) and
+//! protocol traces (`KOI_TRACE_PROTOCOL=1`).
 //! The host's output holds no raw control character (only its own line breaks) and shows visible
 //! escapes instead; `--json` stays exact JSON for the same values.
 
@@ -58,7 +59,9 @@ fn plugin_strings_in_results_shows_items_prompts_errors_and_logs_are_escaped() {
     }
 
     let mut stream_env = env.command(&["--no-daemon", "escapes", "stream"]);
-    stream_env.env("KOI_LOG", "debug");
+    stream_env
+        .env("KOI_LOG", "debug")
+        .env("KOI_TRACE_PROTOCOL", "1");
     let stream = Run::from(stream_env.output().expect("run koi"));
     stream.expect_code(0);
     assert_clean(&stream, "stream");
