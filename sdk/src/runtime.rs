@@ -1,7 +1,9 @@
 //! The plugin's side of the connection: reads frames from stdin, dispatches requests to handlers
 //! (each in its own task, so calls run concurrently), answers the host's requests, sends the
 //! plugin's own requests to the host and matches their responses, and shuts down on `shutdown`,
-//! stdin EOF, SIGTERM or the host's death.
+//! stdin EOF, SIGTERM or the host's death. At shutdown every host call still awaiting a reply
+//! fails at once, and the process exits after a short grace even if a task ignores cancellation,
+//! so a plugin never outlives its host.
 
 use crate::Context;
 use crate::method::{BoxFuture, Handler};
