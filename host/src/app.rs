@@ -606,7 +606,7 @@ impl Target {
 
 fn print_result(terminal: &Terminal, result: &Value) {
     let text = if terminal.json {
-        format!("{result}\n")
+        format!("{}\n", crate::sanitize::json(result))
     } else {
         render::value(terminal.style, result)
     };
@@ -629,11 +629,11 @@ pub fn report(terminal: &Terminal, label: &str, e: &ErrorObject) -> u8 {
     let mut text = format!(
         "{} {label}: {}",
         style.red("error:"),
-        e.message.trim_end_matches('.')
+        crate::sanitize::line(e.message.trim_end_matches('.'))
     );
     text.push('.');
     if let Some(hint) = e.hint() {
-        text.push_str(&format!("\n  {hint}"));
+        text.push_str(&format!("\n  {}", crate::sanitize::text(hint)));
     }
     eprintln!("{text}");
     code

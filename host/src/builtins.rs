@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 fn print_json(value: &Value) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{value}");
+    let _ = writeln!(out, "{}", crate::sanitize::json(value));
 }
 
 fn print_text(text: &str) {
@@ -79,7 +79,10 @@ pub async fn status_from_daemon(daemon: &crate::peer::Peer, globals: &Globals) -
     {
         Ok(report) => render_status(&report, globals),
         Err(e) => {
-            eprintln!("error: koi daemon did not answer `status`: {}", e.message);
+            eprintln!(
+                "error: koi daemon did not answer `status`: {}",
+                crate::sanitize::line(&e.message)
+            );
             EXIT_PLUGIN_FAILED
         }
     }
@@ -128,16 +131,18 @@ fn render_status(report: &Value, globals: &Globals) -> u8 {
                 "inactive" => ("○", style.dim(&format!("{state:<8}"))),
                 _ => ("✗", style.red(&format!("{state:<8}"))),
             };
-            let name = row["name"].as_str().unwrap_or("?");
+            let name = crate::sanitize::line(row["name"].as_str().unwrap_or("?"));
             text.push_str(&format!(
                 "  {mark} {name:<width$}  {painted} {}\n",
-                row["summary"].as_str().unwrap_or("")
+                crate::sanitize::line(row["summary"].as_str().unwrap_or(""))
             ));
             let restarts = row["supervision"]["restarts"].as_u64().unwrap_or(0);
             if restarts > 0 {
-                let last = row["supervision"]["last_failure"]["reason"]
-                    .as_str()
-                    .unwrap_or("");
+                let last = crate::sanitize::line(
+                    row["supervision"]["last_failure"]["reason"]
+                        .as_str()
+                        .unwrap_or(""),
+                );
                 text.push_str(&format!(
                     "      {}\n",
                     style.yellow(&format!(
@@ -203,15 +208,16 @@ pub fn version(infos: &[PluginInfo], globals: &Globals) -> u8 {
             env!("KOI_GIT_HASH")
         );
         for p in &plugins {
-            let name = p["name"].as_str().unwrap_or("?");
+            let name = crate::sanitize::line(p["name"].as_str().unwrap_or("?"));
             match p["version"].as_str() {
                 Some(v) => text.push_str(&format!(
-                    "  koi-{name} {v} (protocol {})\n",
+                    "  koi-{name} {} (protocol {})\n",
+                    crate::sanitize::line(v),
                     p["protocol"].as_str().unwrap_or("?")
                 )),
                 None => text.push_str(&format!(
                     "  koi-{name} (unknown: {})\n",
-                    p["error"].as_str().unwrap_or("not inspected")
+                    crate::sanitize::line(p["error"].as_str().unwrap_or("not inspected"))
                 )),
             }
         }
@@ -308,6 +314,7 @@ pub async fn plugins_list(session: Arc<Session>, home: &KoiHome, globals: &Globa
                 .collect();
             let mut text = render::table(style, &columns, &table_rows);
             for w in &warnings {
+                let w = crate::sanitize::line(w);
                 text.push_str(&format!("{} {w}\n", style.yellow("warning:")));
             }
             print_text(&text);

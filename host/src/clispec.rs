@@ -6,6 +6,7 @@
 //! (or a trailing variadic positional), enums as fixed choices. Properties of object type cannot be
 //! given on the command line. Help text comes from the schema's `description`s.
 
+use crate::sanitize;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use koi_protocol::schema_read;
 use koi_protocol::{Manifest, MethodSpec};
@@ -137,9 +138,11 @@ fn properties(params: &Value) -> Vec<Property> {
 
 /// The `clap` command for one verb.
 pub fn verb_command(spec: &MethodSpec) -> Command {
-    let mut command = Command::new(spec.name.clone()).about(spec.summary.clone());
+    // Help text comes from the plugin: control characters are escaped (`crate::sanitize`).
+    let summary = sanitize::line(&spec.summary).into_owned();
+    let mut command = Command::new(spec.name.clone()).about(summary.clone());
     if let Some(description) = &spec.description {
-        command = command.long_about(format!("{}\n\n{description}", spec.summary));
+        command = command.long_about(format!("{summary}\n\n{}", sanitize::text(description)));
     }
     let cli = spec.cli.clone().unwrap_or_default();
     if !cli.examples.is_empty() {
@@ -195,7 +198,7 @@ fn decorate(mut arg: Arg, p: &Property) -> Arg {
         }
     }
     if !help.is_empty() {
-        arg = arg.help(help.trim().to_owned());
+        arg = arg.help(sanitize::text(help.trim()).into_owned());
     }
     if let Some(choices) = &p.choices {
         arg = arg.value_parser(clap::builder::PossibleValuesParser::new(choices.clone()));
@@ -206,12 +209,16 @@ fn decorate(mut arg: Arg, p: &Property) -> Arg {
 /// The `clap` command for a plugin: `koi <moniker>` with one subcommand per CLI verb.
 pub fn plugin_command(manifest: &Manifest) -> Command {
     let mut command = Command::new(manifest.name.clone())
-        .about(manifest.summary.clone())
+        .about(sanitize::line(&manifest.summary).into_owned())
         .subcommand_required(true)
         .arg_required_else_help(true)
         .disable_help_subcommand(true);
     if let Some(description) = &manifest.description {
-        command = command.long_about(format!("{}\n\n{description}", manifest.summary));
+        command = command.long_about(format!(
+            "{}\n\n{}",
+            sanitize::line(&manifest.summary),
+            sanitize::text(description)
+        ));
     }
     for spec in manifest.methods.iter().filter(|m| m.cli.is_some()) {
         command = command.subcommand(verb_command(spec));

@@ -826,6 +826,7 @@ async fn read_loop(
             Ok(m) => m,
             Err(e) => {
                 let sample: String = String::from_utf8_lossy(&buf).chars().take(120).collect();
+                let sample = crate::sanitize::line(&sample).into_owned();
                 if !inner.handshake_done.load(Ordering::Acquire) {
                     inner.break_connection(format!(
                         "koi-{} ({}) wrote non-protocol output to stdout before the handshake: \"{sample}\" ({e}). stdout is reserved for JSON-RPC frames; plugins must log to stderr",

@@ -9,7 +9,7 @@
 //! - [`session`] + [`services`]: the plugins running for one command and what the host does for them.
 //! - [`schema`]: runtime JSON-Schema checking; [`clispec`]: manifests → `clap`, arguments → params.
 //! - [`ui`]: questions, progress, shown output; [`keystrokes`]: raw-mode keystroke collection;
-//!   [`render`]: human-readable results.
+//!   [`render`]: human-readable results; [`sanitize`]: control characters escaped before printing.
 //! - [`trace`]: redacting protocol traces; [`logging`]: the host log and plugin stderr relay.
 //! - [`daemon`]: `koi daemon` (supervision, event bus, control socket, REST, systemd);
 //!   [`forward`]: the CLI's client for it; [`peer`]: JSON-RPC over the control socket.
@@ -31,6 +31,7 @@ pub mod logging;
 pub mod paths;
 pub mod peer;
 pub mod render;
+pub mod sanitize;
 pub mod schema;
 pub mod services;
 pub mod session;

@@ -1,6 +1,8 @@
 //! The host's log: `tracing` to stderr, filtered by `KOI_LOG` (default `warn`; `-v` gives `info`,
 //! `-vv` `debug`), and the relay that re-emits each plugin stderr line in it, tagged with the
-//! plugin's name and the level the plugin gave (unstructured lines are logged at `warn`).
+//! plugin's name and the level the plugin gave (unstructured lines are logged at `warn`). Relayed
+//! text has its control characters escaped ([`crate::sanitize::line`]): a plugin's log may quote
+//! remote data, and the host log is read on a terminal.
 
 use serde_json::Value;
 use tracing_subscriber::EnvFilter;
@@ -33,8 +35,9 @@ pub fn init(filter: &str, color: bool) {
 pub fn relay_plugin_line(plugin: &str, line: &str) -> String {
     let parsed: Option<serde_json::Map<String, Value>> = serde_json::from_str(line).ok();
     let Some(mut fields) = parsed.filter(|m| m.contains_key("level")) else {
+        let line = crate::sanitize::line(line);
         tracing::warn!(plugin, "{line}");
-        return line.to_owned();
+        return line.into_owned();
     };
     let level = fields
         .remove("level")
@@ -52,10 +55,12 @@ pub fn relay_plugin_line(plugin: &str, line: &str) -> String {
     };
     fields.remove("target");
     fields.remove("timestamp");
+    // Decoded JSON strings may hold raw control characters (`\u001b` decodes to ESC).
+    let message = crate::sanitize::line(&message).into_owned();
     let extra = if fields.is_empty() {
         String::new()
     } else {
-        format!(" {}", Value::Object(fields))
+        format!(" {}", crate::sanitize::json(&Value::Object(fields)))
     };
     match level.as_str() {
         "ERROR" => tracing::error!(plugin, "{message}{extra}"),

@@ -1,7 +1,10 @@
 //! Human-readable rendering of JSON results, without knowing what they mean: objects become
 //! aligned `Key: value` lines, arrays of objects become tables, nested values are indented.
-//! Colour is used only when allowed (TTY, no `NO_COLOR`, no `--no-color`).
+//! Colour is used only when allowed (TTY, no `NO_COLOR`, no `--no-color`). Every string from a
+//! plugin (keys, values, cells, column titles) passes through [`crate::sanitize`] first: one-line
+//! places escape every control character, multi-line values keep only `\n` and `\t`.
 
+use crate::sanitize;
 use serde_json::Value;
 use std::fmt::Write as _;
 
@@ -42,8 +45,12 @@ impl Style {
     }
 }
 
-/// `snake_case_key` → `Snake case key`.
+/// `snake_case_key` → `Snake case key` (control characters escaped).
 pub fn humanize(key: &str) -> String {
+    sanitize::line(&humanize_raw(key)).into_owned()
+}
+
+fn humanize_raw(key: &str) -> String {
     let spaced = key.replace(['_', '-'], " ");
     let mut chars = spaced.chars();
     match chars.next() {
@@ -52,24 +59,42 @@ pub fn humanize(key: &str) -> String {
     }
 }
 
-/// A scalar as a short string; composite values as compact JSON.
+/// A scalar as a short one-line string (control characters escaped); composite values as compact
+/// JSON.
 pub fn scalar(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => sanitize::line(s).into_owned(),
         Value::Bool(b) => if *b { "yes" } else { "no" }.to_owned(),
         Value::Number(n) => n.to_string(),
         Value::Array(items) if items.iter().all(|v| !v.is_object() && !v.is_array()) => {
             items.iter().map(scalar).collect::<Vec<_>>().join(", ")
         }
-        other => other.to_string(),
+        other => sanitize::json(other),
     }
 }
 
-/// Renders a table with left-aligned columns.
+/// A value on its own line(s): like [`scalar`], but a multi-line string keeps its line breaks.
+fn block(value: &Value) -> String {
+    match value {
+        Value::String(s) => sanitize::text(s).into_owned(),
+        other => scalar(other),
+    }
+}
+
+/// Renders a table with left-aligned columns (cells and titles with control characters escaped).
 pub fn table(style: Style, columns: &[String], rows: &[Vec<String>]) -> String {
+    // Upper-cased before escaping, so the escapes themselves (`\e`, `\x07`) stay as they are.
+    let columns: Vec<String> = columns
+        .iter()
+        .map(|c| sanitize::line(&c.to_uppercase()).into_owned())
+        .collect();
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| sanitize::line(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             if i < widths.len() {
                 widths[i] = widths[i].max(cell.chars().count());
@@ -89,11 +114,8 @@ pub fn table(style: Style, columns: &[String], rows: &[Vec<String>]) -> String {
         }
         out.trim_end().to_owned() + "\n"
     };
-    let mut out = line(
-        &columns.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>(),
-        true,
-    );
-    for row in rows {
+    let mut out = line(&columns, true);
+    for row in &rows {
         out.push_str(&line(row, false));
     }
     out
@@ -137,7 +159,7 @@ fn render(style: Style, value: &Value, indent: usize, out: &mut String) {
                             out,
                             "{pad}{} {}",
                             style.bold(&format!("{label:<width$}")),
-                            scalar(v)
+                            block(v)
                         );
                     }
                 }
@@ -166,7 +188,7 @@ fn render(style: Style, value: &Value, indent: usize, out: &mut String) {
                         .collect()
                 })
                 .collect();
-            let titles: Vec<String> = columns.iter().map(|c| humanize(c)).collect();
+            let titles: Vec<String> = columns.iter().map(|c| humanize_raw(c)).collect();
             for line in table(style, &titles, &rows).lines() {
                 let _ = writeln!(out, "{pad}{line}");
             }
@@ -181,7 +203,7 @@ fn render(style: Style, value: &Value, indent: usize, out: &mut String) {
             }
         }
         other => {
-            let _ = writeln!(out, "{pad}{}", scalar(other));
+            let _ = writeln!(out, "{pad}{}", block(other));
         }
     }
 }
@@ -191,7 +213,7 @@ pub fn inline(value: &Value) -> String {
     match value {
         Value::Object(map) => map
             .iter()
-            .map(|(k, v)| format!("{k}={}", scalar(v)))
+            .map(|(k, v)| format!("{}={}", sanitize::line(k), scalar(v)))
             .collect::<Vec<_>>()
             .join(" "),
         other => scalar(other),

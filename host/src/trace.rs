@@ -86,7 +86,9 @@ pub fn frame(
                     *result = Value::String(REDACTED.to_owned());
                 }
             }
-            value.to_string()
+            // A trace is read on a terminal too: no raw DEL, C1 or bidi character (serde already
+            // escapes C0).
+            crate::sanitize::json(&value)
         }
         Err(_) => format!("(non-JSON, {} bytes, not shown)", body.len()),
     };

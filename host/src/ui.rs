@@ -8,9 +8,12 @@
 //! error. Keystrokes (`crate::keystrokes`) need a terminal: their timings cannot be piped. Ctrl-C
 //! while collecting them is reported through [`Terminal::interrupted`], so the command ends as on
 //! any Ctrl-C. With `--json`, everything except the result goes to stderr so stdout stays
-//! machine-readable.
+//! machine-readable. Every plugin-supplied string (question, option, default, progress message,
+//! shown text, item) is printed through [`crate::sanitize`], so no control character from a plugin
+//! reaches the terminal raw.
 
 use crate::render::{self, Style};
+use crate::sanitize;
 use koi_protocol::calls::*;
 use koi_protocol::{ErrorObject, codes};
 use serde_json::Value;
@@ -125,9 +128,10 @@ impl Terminal {
         let answer = || match method {
             PROMPT => {
                 let p: PromptParams = parse(method, params)?;
+                let message = sanitize::line(&p.message);
                 let label = match &p.default {
-                    Some(d) => format!("{} [{d}]: ", p.message),
-                    None => format!("{}: ", p.message),
+                    Some(d) => format!("{message} [{}]: ", sanitize::line(d)),
+                    None => format!("{message}: "),
                 };
                 let line = self.read_line(plugin, &label, false)?;
                 let value = if line.is_empty() {
@@ -139,10 +143,10 @@ impl Terminal {
             }
             SECRET => {
                 let p: SecretParams = parse(method, params)?;
-                let first = self.read_line(plugin, &format!("{}: ", p.message), true)?;
+                let message = sanitize::line(&p.message);
+                let first = self.read_line(plugin, &format!("{message}: "), true)?;
                 if p.confirm {
-                    let second =
-                        self.read_line(plugin, &format!("{} (again): ", p.message), true)?;
+                    let second = self.read_line(plugin, &format!("{message} (again): "), true)?;
                     if *first != *second {
                         return Err(ErrorObject::new(
                             codes::USER_INPUT_UNAVAILABLE,
@@ -157,7 +161,7 @@ impl Terminal {
                 let p: ConfirmParams = parse(method, params)?;
                 let label = format!(
                     "{} [{}]: ",
-                    p.message,
+                    sanitize::line(&p.message),
                     if p.default { "Y/n" } else { "y/N" }
                 );
                 for _ in 0..3 {
@@ -191,9 +195,9 @@ impl Terminal {
                         "host/choose needs at least one option",
                     ));
                 }
-                eprintln!("{}", p.message);
+                eprintln!("{}", sanitize::line(&p.message));
                 for (i, option) in p.options.iter().enumerate() {
-                    eprintln!("  {}) {option}", i + 1);
+                    eprintln!("  {}) {}", i + 1, sanitize::line(option));
                 }
                 let label = match p.default {
                     Some(d) if d < p.options.len() => {
@@ -259,15 +263,16 @@ impl Terminal {
                 codes::USER_INPUT_UNAVAILABLE,
                 format!(
                     "koi-{plugin} asked \"{}\" but got no answer: keystrokes can only be typed at a terminal, and standard input is not one",
-                    p.message
+                    sanitize::line(&p.message)
                 ),
             )
             .with_hint("Run the command in a terminal (keystroke timings cannot be piped), or use the verb's flags instead of prompts."));
         }
         let count = usize::try_from(p.count).unwrap_or(usize::MAX);
         self.collecting.store(true, Ordering::Release);
+        let message = sanitize::line(&p.message);
         let collected =
-            crate::keystrokes::collect(&p.message, count, self.stderr_tty, &self.questions_over);
+            crate::keystrokes::collect(&message, count, self.stderr_tty, &self.questions_over);
         self.collecting.store(false, Ordering::Release);
         let collected = collected.map_err(|ended| {
             let cause = match ended {
@@ -284,7 +289,7 @@ impl Terminal {
                 crate::keystrokes::Ended::GaveUp => "the command ended".to_owned(),
                 crate::keystrokes::Ended::Failed(e) => e,
             };
-            no_answer(plugin, &p.message, &cause)
+            no_answer(plugin, &message, &cause)
         })?;
         let keystrokes: Vec<Value> = collected
             .bytes
@@ -341,7 +346,7 @@ impl Terminal {
     pub fn progress(&self, p: &ProgressParams) {
         if !self.stderr_tty {
             tracing::debug!(
-                message = p.message.as_deref().unwrap_or(""),
+                message = %sanitize::line(p.message.as_deref().unwrap_or("")),
                 current = p.current,
                 total = p.total,
                 "progress"
@@ -374,7 +379,7 @@ impl Terminal {
             bar.tick();
         }
         if let Some(message) = &p.message {
-            bar.set_message(message.clone());
+            bar.set_message(sanitize::line(message).into_owned());
         }
     }
 
@@ -388,7 +393,7 @@ impl Terminal {
     /// Renders `host/show` content.
     pub fn show(&self, content: &ShowContent) {
         let text = match content {
-            ShowContent::Text { text } => format!("{text}\n"),
+            ShowContent::Text { text } => format!("{}\n", sanitize::text(text)),
             ShowContent::Table { columns, rows } => render::table(self.style, columns, rows),
             ShowContent::Qr { data, caption } => {
                 let mut out = match qrcode::QrCode::new(data.as_bytes()) {
@@ -402,7 +407,7 @@ impl Terminal {
                 };
                 out.push('\n');
                 if let Some(caption) = caption {
-                    out.push_str(caption);
+                    out.push_str(&sanitize::text(caption));
                     out.push('\n');
                 }
                 out
@@ -414,7 +419,7 @@ impl Terminal {
     /// Prints one streamed item: an NDJSON line with `--json`, else a `key=value` line.
     pub fn item(&self, item: &Value) {
         let line = if self.json {
-            item.to_string()
+            sanitize::json(item)
         } else {
             render::inline(item)
         };
@@ -459,7 +464,10 @@ fn parse<T: serde::de::DeserializeOwned>(method: &str, params: Value) -> Result<
 fn no_answer(plugin: &str, question: &str, cause: &str) -> ErrorObject {
     ErrorObject::new(
         codes::USER_INPUT_UNAVAILABLE,
-        format!("koi-{plugin} asked \"{question}\" but got no answer: {cause}"),
+        format!(
+            "koi-{plugin} asked \"{}\" but got no answer: {cause}",
+            sanitize::line(question)
+        ),
     )
     .with_hint("Run the command in a terminal, or pipe the answers on standard input, or use the verb's flags instead of prompts.")
 }

@@ -1,7 +1,9 @@
 //! The plugin's side of the connection: reads frames from stdin, dispatches requests to handlers
 //! (each in its own task, so calls run concurrently), answers the host's requests, sends the
 //! plugin's own requests to the host and matches their responses, and shuts down on `shutdown`,
-//! stdin EOF, SIGTERM or the host's death.
+//! stdin EOF, SIGTERM or the host's death. At shutdown every host call still awaiting a reply
+//! fails at once, and the process exits after a short grace even if a task ignores cancellation,
+//! so a plugin never outlives its host.
 
 use crate::Context;
 use crate::method::{BoxFuture, Handler};
@@ -14,7 +16,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::BufReader;
@@ -65,6 +67,9 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     pending: Pending,
     max_frame: AtomicUsize,
+    /// Set once the connection is over (shutdown, stdin EOF, SIGTERM, host death): no host reply
+    /// can come any more.
+    closed: AtomicBool,
 }
 
 impl Shared {
@@ -120,24 +125,39 @@ impl Shared {
             pending: &self.pending,
             id: id.clone(),
         };
+        // Checked after the insert: `close` sets the flag before draining, so a call is either
+        // drained (its receiver fails) or sees the flag here. Never both missed.
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(host_gone());
+        }
         self.send(&Message::Request {
             id,
             method: method.to_owned(),
             params,
         });
-        let outcome = rx.await.unwrap_or_else(|_| {
-            Err(ErrorObject::new(
-                codes::PLUGIN_UNAVAILABLE,
-                "the host closed the connection",
-            ))
-        });
+        let outcome = rx.await.unwrap_or_else(|_| Err(host_gone()));
         drop(guard);
         outcome
+    }
+
+    /// Ends the connection for host calls: every call awaiting a host reply fails now, and later
+    /// calls fail at once. Without this a task awaiting a reply from a dead host would wait
+    /// forever, holding this `Shared` (and with it the output channel the writer drains), and the
+    /// process would never exit.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let waiting: Vec<_> = lock(&self.pending).drain().collect();
+        // Dropping the senders fails each receiver with "the host closed the connection".
+        drop(waiting);
     }
 
     fn respond(&self, id: Id, outcome: Result<Value, ErrorObject>) {
         self.send(&Message::Response { id, outcome });
     }
+}
+
+fn host_gone() -> ErrorObject {
+    ErrorObject::new(codes::PLUGIN_UNAVAILABLE, "the host closed the connection")
 }
 
 /// Removes a pending host call if its handler is dropped (cancelled) before the answer arrives.
@@ -171,6 +191,7 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
         max_frame: AtomicUsize::new(
             usize::try_from(koi_protocol::DEFAULT_MAX_FRAME_BYTES).unwrap_or(usize::MAX),
         ),
+        closed: AtomicBool::new(false),
     });
     let root = CancellationToken::new();
     let running: Arc<Mutex<HashMap<Id, CancellationToken>>> = Arc::default();
@@ -350,9 +371,16 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
         }
     }
 
+    // The host is gone or done with us: no reply to a host call can arrive any more.
+    shared.close();
     finish(&root, &tracker).await;
     drop(shared);
-    let _ = writer.await;
+    // The writer ends when the last `Shared` is dropped, that is when every task is over. A task
+    // that ignores cancellation must not keep the process alive (holding locks and an unlocked
+    // CA): after the grace the process exits anyway (`Plugin::run` calls `process::exit`).
+    if tokio::time::timeout(SHUTDOWN_GRACE, writer).await.is_err() {
+        tracing::warn!("a task ignored shutdown; exiting without it");
+    }
     exit
 }
 
@@ -406,4 +434,41 @@ fn initialize(def: &Definition, shared: &Shared, params: Value) -> Result<Value,
             format!("manifest not serialisable: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> (Arc<Shared>, mpsc::UnboundedReceiver<Vec<u8>>) {
+        let (out, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            out,
+            session: OnceLock::new(),
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            max_frame: AtomicUsize::new(1 << 20),
+            closed: AtomicBool::new(false),
+        });
+        (shared, rx)
+    }
+
+    #[tokio::test]
+    async fn closing_fails_a_host_call_awaiting_its_reply_and_every_later_one() {
+        let (shared, mut sent) = shared();
+        let waiting = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.request("host/prompt", Value::Null).await }
+        });
+        // The request went out; no reply will come (the host died).
+        assert!(sent.recv().await.is_some());
+        shared.close();
+        let outcome = waiting.await.expect("task");
+        assert_eq!(
+            outcome.expect_err("no reply").code,
+            codes::PLUGIN_UNAVAILABLE
+        );
+        let later = shared.request("host/prompt", Value::Null).await;
+        assert_eq!(later.expect_err("closed").code, codes::PLUGIN_UNAVAILABLE);
+    }
 }

@@ -27,8 +27,9 @@
 //! - `reply`: JSON responses and the JSON-RPC error → HTTP status mapping ([`http_status_for`]).
 //! - `openapi`: the OpenAPI 3.1 document ([`openapi()`]).
 //!
-//! Security properties: the API listens on loopback unless `allow_non_loopback` is set; when on
-//! loopback it answers only requests whose `Host` is a loopback name (so a web page cannot reach it
+//! Security properties: the API listens on loopback unless `allow_non_loopback` is set; a request
+//! without exactly one `Host` header is answered 400; when on loopback it answers only requests
+//! whose `Host` (and absolute-form target, if any) is a loopback name (so a web page cannot reach it
 //! by DNS rebinding); it sends no CORS headers and answers no preflight, and mutating methods
 //! require `content-type: application/json`, so a web page cannot post to it either.
 

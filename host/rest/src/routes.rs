@@ -67,8 +67,11 @@ impl Handler {
         B::Error: std::fmt::Display,
     {
         let (parts, body) = request.into_parts();
+        if let Some(reply) = host_header_problem(&parts.headers) {
+            return reply;
+        }
         if self.loopback_only {
-            if let Some(reply) = foreign_host(&parts.headers) {
+            if let Some(reply) = foreign_host(&parts.headers, &parts.uri) {
                 return reply;
             }
         }
@@ -363,18 +366,43 @@ fn declares_json(headers: &HeaderMap) -> bool {
 
 /// 403 when the `Host` header names something other than this machine's loopback: a web page
 /// that rebinds its own name to 127.0.0.1 must not reach the API.
-fn foreign_host(headers: &HeaderMap) -> Option<Reply> {
-    let host = headers.get(header::HOST)?;
-    let text = host.to_str().unwrap_or("");
-    if is_loopback_host(text) {
-        return None;
-    }
+/// A 400 unless the request carries exactly one `Host` header (RFC 9112 §3.2: a server must
+/// answer 400 to a request with none or several). Without it the loopback-name check below could
+/// not be applied, so such a request is never served.
+fn host_header_problem(headers: &HeaderMap) -> Option<Reply> {
+    let count = headers.get_all(header::HOST).iter().count();
+    let message = match count {
+        1 => return None,
+        0 => "the request has no `Host` header; this API answers only requests that name it"
+            .to_owned(),
+        n => format!("the request has {n} `Host` headers; exactly one is allowed"),
+    };
+    Some(reply::failure(
+        StatusCode::BAD_REQUEST,
+        codes::INVALID_REQUEST,
+        message,
+        "Send one `Host` header naming this API, e.g. `Host: 127.0.0.1:<port>` (curl, browsers and \
+         HTTP libraries do this themselves for http://127.0.0.1:<port>/).",
+    ))
+}
+
+/// A 403 when the `Host` header, or the authority of an absolute-form request target, is not a
+/// loopback name.
+fn foreign_host(headers: &HeaderMap, uri: &hyper::Uri) -> Option<Reply> {
+    let named = headers
+        .get(header::HOST)
+        .map(|host| host.to_str().unwrap_or("").to_owned());
+    let target = uri.authority().map(|a| a.as_str().to_owned());
+    let text = [named, target]
+        .into_iter()
+        .flatten()
+        .find(|host| !is_loopback_host(host))?;
     Some(reply::failure(
         StatusCode::FORBIDDEN,
         codes::INVALID_REQUEST,
         format!(
             "requests for the host `{}` are refused: this API answers only to loopback names",
-            clip(text)
+            clip(&text)
         ),
         "Address it as http://127.0.0.1:<port>/ or http://localhost:<port>/. (This guards against \
          web pages that rebind their name to this machine.)",

@@ -14,6 +14,8 @@ mod certmesh_ownership;
 mod certmesh_rotate;
 mod cli;
 mod daemon;
+mod escapes;
+mod host_death;
 mod keystrokes;
 mod mdns_ownership;
 mod misbehaviour;

@@ -3,6 +3,7 @@
 //! timeouts, graceful shutdown) and `schemathesis` (the OpenAPI document against the server).
 
 mod fake;
+mod host_header;
 mod http;
 mod lifecycle;
 mod schemathesis;
