@@ -463,3 +463,33 @@ fn leave_on_a_joined_member_and_on_its_daemon_ca_removes_trust_state_and_certifi
     assert!(!lab.a.env.home.join("certs").join(&lab.a.hostname).exists());
     assert!(!bundle_holds(&read(&a_bundle), &ca_pem), "CA still trusts");
 }
+
+#[test]
+fn leave_at_a_terminal_makes_the_ca_type_its_host_name_and_a_wrong_name_changes_nothing() {
+    use crate::keystrokes::{Pty, result_line};
+    let h = host();
+    let fp = h.create_mesh();
+    let hostname = hostname_of(&h.env);
+    let ca_pem = std::fs::read_to_string(h.env.home.join("certmesh/ca/ca.pem")).expect("ca.pem");
+
+    let mut pty = Pty::start(&h.env, &["certmesh", "leave", "--json"], &[]);
+    pty.wait_for("Type this machine's host name");
+    pty.type_bytes(b"not-this-host\r");
+    let (code, output) = pty.finish();
+    assert_ne!(code, Some(0), "{output}");
+    assert!(output.contains("DESTROYS THE CA"), "{output}");
+    assert!(output.contains("nothing was changed"), "{output}");
+    assert!(h.env.home.join("certmesh/membership.json").exists());
+    assert!(
+        bundle_holds(&h.bundle(), &ca_pem),
+        "a refused leave untrusted the root"
+    );
+
+    let mut pty = Pty::start(&h.env, &["certmesh", "leave", "--json"], &[]);
+    pty.wait_for("Type this machine's host name");
+    pty.type_bytes(format!("{hostname}\r").as_bytes());
+    let (code, output) = pty.finish();
+    assert_eq!(code, Some(0), "{output}");
+    assert_eq!(result_line(&output)["role"], "primary", "{output}");
+    assert_left(&h, &hostname, &ca_pem, &fp);
+}
