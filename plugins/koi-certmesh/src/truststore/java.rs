@@ -224,39 +224,6 @@ pub(crate) fn status(cfg: &TrustConfig, target: &Target) -> Vec<StoreReport> {
     vec![row]
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keystore_locations() {
-        let home = tempfile::tempdir().unwrap();
-        let h = home.path();
-        assert_eq!(keystore(h), None);
-        let cfg = TrustConfig {
-            java_home: Some(h.to_path_buf()),
-            ..TrustConfig::default()
-        };
-        let t = Target {
-            name: "n",
-            fingerprint: None,
-            pem: None,
-        };
-        let rows = status(&cfg, &t);
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].state, StoreState::NotPresent);
-        std::fs::create_dir_all(h.join("jre/lib/security")).unwrap();
-        std::fs::write(h.join("jre/lib/security/cacerts"), b"").unwrap();
-        assert_eq!(keystore(h), Some(h.join("jre/lib/security/cacerts")));
-        std::fs::create_dir_all(h.join("lib/security")).unwrap();
-        std::fs::write(h.join("lib/security/cacerts"), b"").unwrap();
-        assert_eq!(keystore(h), Some(h.join("lib/security/cacerts")));
-        // No Java configured: no row at all.
-        assert!(status(&TrustConfig::default(), &t).is_empty());
-    }
-}
-
 /// Every alias starting with `prefix` in the keystore (keytool lower-cases aliases), with its
 /// certificate's fingerprint.
 pub(crate) fn find(cfg: &TrustConfig, prefix: &str, found: &mut Found) {
@@ -297,5 +264,38 @@ pub(crate) fn find(cfg: &TrustConfig, prefix: &str, found: &mut Found) {
                 .unreadable
                 .push(StoreReport::failed(STORE, &r.location, detail)),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keystore_locations() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        assert_eq!(keystore(h), None);
+        let cfg = TrustConfig {
+            java_home: Some(h.to_path_buf()),
+            ..TrustConfig::default()
+        };
+        let t = Target {
+            name: "n",
+            fingerprint: None,
+            pem: None,
+        };
+        let rows = status(&cfg, &t);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].state, StoreState::NotPresent);
+        std::fs::create_dir_all(h.join("jre/lib/security")).unwrap();
+        std::fs::write(h.join("jre/lib/security/cacerts"), b"").unwrap();
+        assert_eq!(keystore(h), Some(h.join("jre/lib/security/cacerts")));
+        std::fs::create_dir_all(h.join("lib/security")).unwrap();
+        std::fs::write(h.join("lib/security/cacerts"), b"").unwrap();
+        assert_eq!(keystore(h), Some(h.join("lib/security/cacerts")));
+        // No Java configured: no row at all.
+        assert!(status(&TrustConfig::default(), &t).is_empty());
     }
 }
