@@ -3,7 +3,7 @@
 //! certmesh leave` removes trust, state and certificates on a CA and on a member — refusing
 //! without a terminal unless `--yes`, and finishing after being killed mid-way. The stores are
 //! real: `update-ca-certificates` against a temporary root and, when installed, NSS `certutil`
-//! against a temporary database. Single-host tests run one-shot with only koi-certmesh installed
+//! against a temporary database and `keytool` against a copied JDK keystore. Single-host tests run one-shot with only koi-certmesh installed
 //! (no daemon, no network); the member test uses the two-namespace lab.
 
 use std::path::{Path, PathBuf};
@@ -105,6 +105,32 @@ impl Host {
     }
 }
 
+/// Adds a Java keystore (a copy of the installed JDK's cacerts) when keytool is installed.
+fn with_java(h: &mut Host) -> bool {
+    let keytool = ["/usr/bin/keytool", "/usr/local/bin/keytool"]
+        .iter()
+        .find_map(|p| std::fs::canonicalize(p).ok());
+    let cacerts = keytool
+        .as_deref()
+        .and_then(|k| {
+            k.parent()?
+                .parent()
+                .map(|jdk| jdk.join("lib/security/cacerts"))
+        })
+        .filter(|c| c.is_file());
+    let Some(cacerts) = cacerts else {
+        eprintln!("keytool not installed (a Java runtime): the Java keystore is not checked");
+        return false;
+    };
+    let java_home = h.env.dir.path().join("java");
+    std::fs::create_dir_all(java_home.join("lib/security")).expect("java home");
+    std::fs::copy(&cacerts, java_home.join("lib/security/cacerts")).expect("copy cacerts");
+    h.env
+        .extra_env
+        .push(("JAVA_HOME".into(), java_home.display().to_string()));
+    true
+}
+
 /// The base64 body of a PEM certificate, as one line (to look for it in a bundle).
 fn body(pem: &str) -> String {
     pem.lines().filter(|l| !l.starts_with("-----")).collect()
@@ -142,7 +168,8 @@ fn expect_error_mentioning(run: &Run, needles: &[&str]) {
 
 #[test]
 fn an_orphaned_root_is_listed_by_trust_status_and_removed_by_fingerprint() {
-    let h = host();
+    let mut h = host();
+    let java = with_java(&mut h);
     let fp = h.create_mesh();
     let ca_pem = std::fs::read_to_string(h.env.home.join("certmesh/ca/ca.pem")).expect("ca.pem");
     assert!(bundle_holds(&h.bundle(), &ca_pem), "create did not trust");
@@ -162,6 +189,9 @@ fn an_orphaned_root_is_listed_by_trust_status_and_removed_by_fingerprint() {
     assert!(stores.contains(&"system (debian)"), "{status}");
     if h.nssdb.is_some() {
         assert!(stores.contains(&"nss"), "{status}");
+    }
+    if java {
+        assert!(stores.contains(&"java"), "{status}");
     }
     assert!(orphans.iter().all(|r| r["current"] == false), "{status}");
     assert!(
@@ -207,6 +237,13 @@ fn an_orphaned_root_is_listed_by_trust_status_and_removed_by_fingerprint() {
     assert!(!bundle_holds(&h.bundle(), &ca_pem), "still in the bundle");
     let nick = format!("koi-certmesh-{}", &fp[..16]);
     assert!(!h.nss_listing().contains(&nick), "{}", h.nss_listing());
+    if java {
+        assert!(
+            rows.iter()
+                .any(|r| r["store"] == "java" && r["state"] == "removed"),
+            "{rows:?}"
+        );
+    }
     assert!(roots_with(&h.status_json(), &fp).is_empty());
 
     // Nothing left: remove says so, without inventing a root.
