@@ -3,8 +3,9 @@
 //! certmesh leave` removes trust, state and certificates on a CA and on a member — refusing
 //! without a terminal unless `--yes`, and finishing after being killed mid-way. The stores are
 //! real: `update-ca-certificates` against a temporary root and, when installed, NSS `certutil`
-//! against a temporary database and `keytool` against a copied JDK keystore. Single-host tests run one-shot with only koi-certmesh installed
-//! (no daemon, no network); the member test uses the two-namespace lab.
+//! against a temporary database and `keytool` against a copied JDK keystore. Single-host tests
+//! run one-shot with only koi-certmesh installed (no daemon, no network); the member test uses
+//! the two-namespace lab.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
