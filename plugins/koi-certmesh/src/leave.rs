@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use koi_certmesh_core::Roster;
 use koi_certmesh_core::atomic::{ensure_private_dir, write_atomic};
+use koi_sdk::protocol::handshake::RunMode;
 use koi_sdk::{Context, MethodError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,9 @@ pub struct LeaveResult {
     pub record: Option<String>,
     /// How the leave was audited.
     pub audit: String,
+    /// What to do next.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next: Vec<String>,
 }
 
 /// `left.json`: the record a leave keeps.
@@ -135,6 +139,7 @@ pub async fn run(app: Arc<App>, ctx: Context, p: LeaveParams) -> Result<LeaveRes
                 audit: "finished deleting the state of a leave that was interrupted (its trust \
                         stores and certificates had already been cleaned)"
                     .into(),
+                next: Vec::new(),
             }),
             None => Err(error::fail(
                 format!(
@@ -191,6 +196,16 @@ pub async fn run(app: Arc<App>, ctx: Context, p: LeaveParams) -> Result<LeaveRes
         )
     })?;
     removed.extend(finish_interrupted(&layout)?);
+    let mut next = Vec::new();
+    if mesh.is_ca() && ctx.mode() == RunMode::Daemon {
+        next.push(
+            "The daemon's certmesh API keeps its port and mDNS advertisement (answering \"not a \
+             CA\") until koi daemon restarts; restart the daemon before `koi certmesh create` \
+             makes this machine a CA again."
+                .to_owned(),
+        );
+    }
+    next.push("To join a mesh: `koi certmesh join`; to start one: `koi certmesh create`.".into());
     Ok(LeaveResult {
         role: Some(mesh.role),
         ca_fingerprint: Some(mesh.fingerprint),
@@ -198,6 +213,7 @@ pub async fn run(app: Arc<App>, ctx: Context, p: LeaveParams) -> Result<LeaveRes
         removed,
         record: Some(record.display().to_string()),
         audit,
+        next,
     })
 }
 

@@ -497,6 +497,10 @@ fn leave_on_a_joined_member_and_on_its_daemon_ca_removes_trust_state_and_certifi
     assert_eq!(out["role"], "primary", "{out}");
     let record = PathBuf::from(out["record"].as_str().expect("record"));
     assert_eq!(last_event(&record), "mesh_left", "{out}");
+    assert!(
+        out["next"].to_string().contains("restart the daemon"),
+        "{out}"
+    );
     assert!(!lab.a.env.home.join("certmesh").exists());
     assert!(!lab.a.env.home.join("certs").join(&lab.a.hostname).exists());
     assert!(!bundle_holds(&read(&a_bundle), &ca_pem), "CA still trusts");
