@@ -130,7 +130,7 @@ pub fn plugin() -> Plugin {
     let a = app.clone();
     let trust = Method::new(
         "trust",
-        "Install, remove or show this mesh's root in the system, NSS and Java trust stores",
+        "Install, remove or show this mesh's root in the system, NSS and Java trust stores; list or remove any koi root",
         move |ctx: Context, p: trust::TrustParams| trust::run(a.clone(), ctx, p),
     )
     .positional(["action"])
@@ -138,7 +138,7 @@ pub fn plugin() -> Plugin {
     .local_only()
     .example("koi certmesh trust status")
     .example("sudo koi certmesh trust install")
-    .example("sudo koi certmesh trust remove --fingerprint 3fa2c1d09b7e4411…");
+    .example("sudo koi certmesh trust remove --name koi-certmesh-3fa2c1d09b7e4411");
 
     // `leave`: member or CA, with confirmation (issue 10 item 8).
     let a = app.clone();

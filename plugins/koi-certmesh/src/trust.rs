@@ -142,6 +142,12 @@ pub async fn install_root(layout: &Layout, fingerprint: &str) -> Result<TrustRep
 /// The `trust` method.
 pub async fn run(app: Arc<App>, ctx: Context, p: TrustParams) -> Result<TrustResult, MethodError> {
     let layout = app.authority(&ctx).layout().clone();
+    if !matches!(p.action, TrustAction::Remove) && (p.fingerprint.is_some() || p.name.is_some()) {
+        return Err(error::fail(
+            "--fingerprint and --name choose the root for `trust remove` only: install takes this machine's mesh root, and status shows every koi root.",
+            "Run `koi certmesh trust status` or `koi certmesh trust install` without them.",
+        ));
+    }
     match p.action {
         TrustAction::Install => {
             let (pem, fp) = root(&layout)?;
