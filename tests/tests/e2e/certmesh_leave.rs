@@ -343,9 +343,38 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// SIGKILL to `pid` and, when it leads one, its process group (the host starts each plugin in
+/// its own group, so the group holds the plugin and the tools it runs).
 fn kill9(pid: u32) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Waits until nothing holds the certmesh writer lock: a plugin started just as its `koi` was
+/// killed is not among the children listed before the kill and may still be finishing. This is a
+/// synchronisation, not a timing assertion; the deadline only stops a hung test.
+fn wait_for_writer_lock(env: &KoiEnv) {
+    let lock = env.home.join("state/certmesh.lock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let free = !lock.exists()
+            || Command::new("flock")
+                .arg("-n")
+                .arg(&lock)
+                .arg("true")
+                .status()
+                .is_ok_and(|s| s.success());
+        if free {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "something still holds {} a minute after the kill",
+            lock.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -401,6 +430,7 @@ fn leave_killed_at_any_moment_is_finished_by_running_it_again() {
         }
         kill9(child.id());
         let _ = child.wait();
+        wait_for_writer_lock(&h.env);
         let stopped = phase(&h, &ca_pem);
         phases.push(stopped);
         if stopped != "finished" {
