@@ -300,6 +300,11 @@ impl Authority {
         *self.session() = Some(session);
     }
 
+    /// Drops the opened session, key included (after `koi certmesh leave` destroyed the CA).
+    pub fn forget_session(&self) {
+        *self.session() = None;
+    }
+
     /// Runs `f` with the unlocked session, or refuses with the locked message.
     pub fn with_session<T>(
         &self,

@@ -14,7 +14,8 @@
 //! | `unlock` | `koi certmesh unlock [--passphrase-file F]` | open the CA key in the daemon |
 //! | `join` | `koi certmesh join [--ca HOST:PORT] [--fingerprint FP] [--code C]` | enroll this machine |
 //! | `issue` | `koi certmesh issue NAME... [--ip A]... [--out DIR] [--force]` | certificate + key for a device |
-//! | `trust` | `koi certmesh trust install\|remove\|status` | the root in the trust stores |
+//! | `trust` | `koi certmesh trust install\|remove\|status [--fingerprint FP] [--name N]` | the root in the trust stores; every koi root found |
+//! | `leave` | `koi certmesh leave [--yes]` | leave the mesh (destroys it on the CA): trust, state, certificates |
 //! | `log` | `koi certmesh log [--verify] [--last N]` | the audit log |
 //! | `rotate-secret` | `koi certmesh rotate-secret [--passphrase-file F]` | new enrollment secret and QR code; old codes refused |
 //! | `open-enrollment`, `close-enrollment` | `koi certmesh open-enrollment [--minutes N]` | the enrollment window |
@@ -22,7 +23,7 @@
 //!
 //! # Modules
 //! - [`create`], [`unlock`], [`join`], [`issue`], [`trust`], [`log`], [`enrollment`],
-//!   [`rotate`], [`status`]: one per verb.
+//!   [`rotate`], [`leave`], [`status`]: one per verb.
 //! - [`authority`] — the CA at run time: sessions, enrollment, refusals, audit.
 //! - [`api`] (server) and [`client`], over [`tls`] with bodies from [`wire`].
 //! - [`background`] — daemon mode: serve the API, advertise over mDNS.
@@ -46,6 +47,7 @@ pub mod files;
 pub mod issue;
 pub mod join;
 pub mod layout;
+pub mod leave;
 pub mod log;
 pub mod names;
 pub mod out_dir;
@@ -133,14 +135,35 @@ pub fn plugin() -> Plugin {
     let a = app.clone();
     let trust = Method::new(
         "trust",
-        "Install, remove or show this mesh's root in the system, NSS and Java trust stores",
+        "Install, remove or show this mesh's root in the system, NSS and Java trust stores; list or remove any koi root",
         move |ctx: Context, p: trust::TrustParams| trust::run(a.clone(), ctx, p),
     )
     .positional(["action"])
     .mutating()
     .local_only()
     .example("koi certmesh trust status")
-    .example("sudo koi certmesh trust install");
+    .example("sudo koi certmesh trust install")
+    .example("sudo koi certmesh trust remove --name koi-certmesh-3fa2c1d09b7e4411");
+
+    // `leave`: member or CA, with confirmation (issue 10 item 8).
+    let a = app.clone();
+    let leave = Method::new(
+        "leave",
+        "Leave the mesh: remove its root from the trust stores, its state and this machine's certificates",
+        move |ctx: Context, p: leave::LeaveParams| leave::run(a.clone(), ctx, p),
+    )
+    .description(
+        "On a member: removes the mesh root from every trust store, membership.json and \
+         KOI_HOME/certs/<host>/. On the CA it DESTROYS the mesh (key, roster, enrollment secret): \
+         the host name must be typed to confirm, and every member must then join a new mesh. \
+         A record (and the CA's audit log) is kept in KOI_HOME/certmesh-left/. Without a \
+         terminal, --yes is required.",
+    )
+    .interactive()
+    .mutating()
+    .local_only()
+    .example("koi certmesh leave")
+    .example("koi certmesh leave --yes --json");
 
     let a = app.clone();
     let log = Method::new(
@@ -201,6 +224,7 @@ pub fn plugin() -> Plugin {
     .method(join)
     .method(issue)
     .method(trust)
+    .method(leave)
     .method(log)
     .method(rotate_secret)
     .method(open_enrollment)

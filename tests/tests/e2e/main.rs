@@ -12,6 +12,7 @@ mod certmesh_crash;
 mod certmesh_dos;
 mod certmesh_ownership;
 mod certmesh_rotate;
+mod certmesh_leave;
 mod cli;
 mod daemon;
 mod escapes;

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::exec::{self, Cmd, Output};
+use super::found::{Found, names_in_listing};
 use super::{Lookup, StoreReport, StoreState, Target, TrustConfig, pem};
 
 const STORE: &str = "java";
@@ -221,6 +222,49 @@ pub(crate) fn status(cfg: &TrustConfig, target: &Target) -> Vec<StoreReport> {
         Err(detail) => StoreReport::failed(STORE, &r.location, detail),
     };
     vec![row]
+}
+
+/// Every alias starting with `prefix` in the keystore (keytool lower-cases aliases), with its
+/// certificate's fingerprint.
+pub(crate) fn find(cfg: &TrustConfig, prefix: &str, found: &mut Found) {
+    let r = match prepare(cfg) {
+        Ok(r) => r,
+        Err(rows) => {
+            found
+                .unreadable
+                .extend(rows.into_iter().filter(|r| r.state == StoreState::Failed));
+            return;
+        }
+    };
+    let list = Cmd::new(&r.keytool)
+        .arg("-list")
+        .arg("-keystore")
+        .arg(&r.keystore)
+        .args(["-storepass", STOREPASS]);
+    let out = match run(cfg, &list) {
+        Ok(out) if out.success() => out,
+        Ok(out) => {
+            found
+                .unreadable
+                .push(StoreReport::failed(STORE, &r.location, out.failure()));
+            return;
+        }
+        Err(detail) => {
+            found
+                .unreadable
+                .push(StoreReport::failed(STORE, &r.location, detail));
+            return;
+        }
+    };
+    for name in names_in_listing(&out.stdout, &prefix.to_ascii_lowercase()) {
+        match lookup(cfg, &r, &name) {
+            Ok(Lookup::Found(fps)) => found.add(STORE, &r.location, &name, fps),
+            Ok(Lookup::NotFound) => {}
+            Err(detail) => found
+                .unreadable
+                .push(StoreReport::failed(STORE, &r.location, detail)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,11 @@
 //!   `jre/lib/security/cacerts`), store password `changeit`, `keytool -importcert/-list/-delete`
 //!   with the anchor's name as alias; a missing keystore is one `not_present` row.
 //!
+//! # Finding roots by name
+//! [`find`] lists every entry whose name starts with a prefix (`koi-certmesh-` for Koi) in the
+//! system anchor directory (Linux), each NSS database and the Java keystore, with fingerprints, so
+//! roots can be shown and removed when nothing else remembers them.
+//!
 //! # Report
 //! Every store found gives one [`StoreReport`]. `verified` means the store was read back after the
 //! change: for install, the certificate was found *by fingerprint*; for remove, it is confirmed
@@ -42,6 +47,7 @@
 
 mod exec;
 mod family;
+mod found;
 mod java;
 #[cfg(target_os = "macos")]
 mod macos;
@@ -61,6 +67,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 pub use family::{Family, UnknownFamily};
+pub use found::{Found, FoundRoot, find};
 
 /// Where the stores live. Every location is configurable so tests run the real commands against a
 /// temporary root.

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::exec::{self, Cmd, Output};
+use super::found::{Found, names_in_listing};
 use super::{Family, Lookup, StoreReport, StoreState, Target, TrustConfig, pem};
 
 const STORE: &str = "nss";
@@ -104,24 +105,30 @@ fn certutil_package(cfg: &TrustConfig) -> &'static str {
     }
 }
 
-fn not_present(cfg: &TrustConfig) -> Vec<StoreReport> {
+fn not_present(cfg: &TrustConfig, installing: bool) -> Vec<StoreReport> {
     let location = cfg
         .home
         .as_ref()
         .map(|h| h.display().to_string())
         .unwrap_or_else(|| "(no home directory)".to_string());
-    let detail = format!(
-        "no NSS database under {location} (Chromium's .pki/nssdb or a Firefox profile with cert9.db); start Firefox or Chromium once to create one, then run `{}` again",
-        cfg.install_command
+    let mut detail = format!(
+        "no NSS database under {location} (Chromium's .pki/nssdb or a Firefox profile with cert9.db)"
     );
+    if installing {
+        detail.push_str(&format!(
+            "; start Firefox or Chromium once to create one, then run `{}` again",
+            cfg.install_command
+        ));
+    }
     vec![StoreReport::new(STORE, location, StoreState::NotPresent).detail(detail)]
 }
 
-/// The databases and certutil, or the rows that say why nothing can be done.
-fn prepare(cfg: &TrustConfig) -> Result<(Vec<Db>, PathBuf), Vec<StoreReport>> {
+/// The databases and certutil, or the rows that say why nothing can be done (the advice to
+/// create a database only when `installing`: removal and status have nothing to do there).
+fn prepare(cfg: &TrustConfig, installing: bool) -> Result<(Vec<Db>, PathBuf), Vec<StoreReport>> {
     let dbs = databases(cfg);
     if dbs.is_empty() {
-        return Err(not_present(cfg));
+        return Err(not_present(cfg, installing));
     }
     match exec::which("certutil") {
         Some(certutil) => Ok((dbs, certutil)),
@@ -266,7 +273,7 @@ fn install_one(
 }
 
 pub(crate) fn install(cfg: &TrustConfig, target: &Target) -> Vec<StoreReport> {
-    let (dbs, certutil) = match prepare(cfg) {
+    let (dbs, certutil) = match prepare(cfg, true) {
         Ok(p) => p,
         Err(rows) => return rows,
     };
@@ -279,7 +286,7 @@ pub(crate) fn install(cfg: &TrustConfig, target: &Target) -> Vec<StoreReport> {
 }
 
 pub(crate) fn remove(cfg: &TrustConfig, target: &Target) -> Vec<StoreReport> {
-    let (dbs, certutil) = match prepare(cfg) {
+    let (dbs, certutil) = match prepare(cfg, false) {
         Ok(p) => p,
         Err(rows) => return rows,
     };
@@ -299,7 +306,7 @@ pub(crate) fn remove(cfg: &TrustConfig, target: &Target) -> Vec<StoreReport> {
 }
 
 pub(crate) fn status(cfg: &TrustConfig, target: &Target) -> Vec<StoreReport> {
-    let (dbs, certutil) = match prepare(cfg) {
+    let (dbs, certutil) = match prepare(cfg, false) {
         Ok(p) => p,
         Err(rows) => return rows,
     };
@@ -321,6 +328,46 @@ pub(crate) fn status(cfg: &TrustConfig, target: &Target) -> Vec<StoreReport> {
             Err(detail) => StoreReport::failed(STORE, db.spec(), detail),
         })
         .collect()
+}
+
+/// Every nickname starting with `prefix` in every database, with its certificates' fingerprints.
+pub(crate) fn find(cfg: &TrustConfig, prefix: &str, found: &mut Found) {
+    let (dbs, certutil) = match prepare(cfg, false) {
+        Ok(p) => p,
+        Err(rows) => {
+            found
+                .unreadable
+                .extend(rows.into_iter().filter(|r| r.state == StoreState::Failed));
+            return;
+        }
+    };
+    for db in &dbs {
+        let list = Cmd::new(&certutil).args(["-L", "-d", &db.spec()]);
+        let out = match run(cfg, &list) {
+            Ok(out) if out.success() => out,
+            Ok(out) => {
+                found
+                    .unreadable
+                    .push(StoreReport::failed(STORE, db.spec(), out.failure()));
+                continue;
+            }
+            Err(detail) => {
+                found
+                    .unreadable
+                    .push(StoreReport::failed(STORE, db.spec(), detail));
+                continue;
+            }
+        };
+        for name in names_in_listing(&out.stdout, prefix) {
+            match lookup(cfg, &certutil, db, &name) {
+                Ok(Lookup::Found(fps)) => found.add(STORE, &db.spec(), &name, fps),
+                Ok(Lookup::NotFound) => {}
+                Err(detail) => found
+                    .unreadable
+                    .push(StoreReport::failed(STORE, db.spec(), detail)),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

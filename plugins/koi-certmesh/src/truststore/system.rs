@@ -130,7 +130,7 @@ impl Spec {
 }
 
 /// What this module needs before it can act: the family and its spec, or a failed row.
-fn resolve(cfg: &TrustConfig) -> Result<Spec, Box<StoreReport>> {
+pub(crate) fn resolve(cfg: &TrustConfig) -> Result<Spec, Box<StoreReport>> {
     match cfg.resolved_family() {
         Some(f) => Ok(spec(f)),
         None => Err(Box::new(StoreReport::failed(
