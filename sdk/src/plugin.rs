@@ -15,6 +15,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// Async worker threads a plugin runs on unless it asks for another number: two, so one handler
+/// that holds a worker cannot keep the host's pings and `status` calls waiting.
+pub const DEFAULT_WORKER_THREADS: usize = 2;
+
 /// A plugin under construction. See the crate documentation for a complete example.
 pub struct Plugin {
     manifest: Manifest,
@@ -52,7 +56,7 @@ impl Plugin {
             status: None,
             on_event: None,
             background: None,
-            worker_threads: 0,
+            worker_threads: DEFAULT_WORKER_THREADS,
         }
     }
 
@@ -136,10 +140,13 @@ impl Plugin {
         self
     }
 
-    /// Runs handlers on a multi-threaded runtime with `threads` workers (default: one thread,
-    /// which keeps start-up fast and memory small).
+    /// Runs handlers on a multi-threaded runtime with `threads` workers (default
+    /// [`DEFAULT_WORKER_THREADS`]; 0 counts as 1). A plugin never runs on a single-threaded
+    /// runtime: a handler that blocks its worker for a moment must not stop the status and ping
+    /// answers (docs/protocol.md, "Never block the protocol loop"). Heavy work belongs in
+    /// [`Context::blocking`](crate::Context::blocking) either way.
     pub fn worker_threads(mut self, threads: usize) -> Self {
-        self.worker_threads = threads;
+        self.worker_threads = threads.max(1);
         self
     }
 
@@ -224,16 +231,10 @@ impl Plugin {
         crate::logging::init();
         let stop = CancellationToken::new();
         lifecycle::exit_with_parent(&stop);
-        let runtime = if self.worker_threads > 1 {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(self.worker_threads)
-                .enable_all()
-                .build()
-        } else {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.worker_threads.max(1))
+            .enable_all()
+            .build();
         let runtime = match runtime {
             Ok(rt) => rt,
             Err(e) => {
