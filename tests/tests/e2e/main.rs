@@ -9,6 +9,7 @@ mod support;
 
 mod certmesh;
 mod certmesh_crash;
+mod certmesh_flood;
 mod cli;
 mod daemon;
 mod keystrokes;
