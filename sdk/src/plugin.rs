@@ -231,11 +231,7 @@ impl Plugin {
         crate::logging::init();
         let stop = CancellationToken::new();
         lifecycle::exit_with_parent(&stop);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(self.worker_threads.max(1))
-            .enable_all()
-            .build();
-        let runtime = match runtime {
+        let runtime = match build_runtime(self.worker_threads) {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("koi-{}: cannot start the async runtime: {e}", manifest.name);
@@ -261,5 +257,41 @@ impl Plugin {
         // Everything owed to the host is flushed (`serve` awaits its writer). Exiting here rather
         // than dropping the runtime avoids waiting for tokio's blocking stdin reader thread.
         std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
+    }
+}
+
+/// The runtime a plugin's handlers run on: multi-thread with `workers` workers (at least one).
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handler that blocks its thread (here: until another task runs) must not stop the other
+    /// tasks — the status and ping answers. On a single-thread runtime the second task never runs
+    /// while the first blocks, and the first gives up after its deadlock guard.
+    #[test]
+    fn a_blocked_handler_does_not_stop_other_tasks_on_the_default_runtime() {
+        let Plugin { worker_threads, .. } = Plugin::new("t", "0", "t");
+        let rt = build_runtime(worker_threads).expect("runtime");
+        let other_task_ran = rt.block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let blocked =
+                tokio::spawn(
+                    async move { rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok() },
+                );
+            tokio::task::yield_now().await;
+            let answer = tokio::spawn(async move {
+                let _ = tx.send(());
+            });
+            let _ = answer.await;
+            blocked.await.unwrap_or(false)
+        });
+        assert!(other_task_ran);
     }
 }
