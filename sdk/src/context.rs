@@ -219,6 +219,27 @@ impl Context {
         tokio::task::yield_now().await;
     }
 
+    /// Runs `work` on tokio's blocking thread pool and awaits it. Use it for anything that can take
+    /// more than a millisecond or two — key derivation, signing many things, reading or verifying a
+    /// large file — so the plugin keeps answering the host's pings and `status` calls while it runs
+    /// (docs/protocol.md, "Never block the protocol loop"). A panic in `work` becomes an internal
+    /// method error naming `what`.
+    pub async fn blocking<T, F>(&self, what: &str, work: F) -> Result<T, MethodError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, MethodError> + Send + 'static,
+    {
+        match tokio::task::spawn_blocking(work).await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(MethodError::with_code(
+                codes::INTERNAL_ERROR,
+                format!(
+                    "The plugin's {what} task failed ({e}). Run the command again; if it fails again, the daemon's log has the cause."
+                ),
+            )),
+        }
+    }
+
     /// Calls `method` of plugin `plugin` through the host, which checks both payloads.
     pub async fn call<P: Serialize, R: DeserializeOwned>(
         &self,

@@ -15,6 +15,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// Async worker threads a plugin runs on unless it asks for another number: two, so one handler
+/// that holds a worker cannot keep the host's pings and `status` calls waiting.
+pub const DEFAULT_WORKER_THREADS: usize = 2;
+
 /// A plugin under construction. See the crate documentation for a complete example.
 pub struct Plugin {
     manifest: Manifest,
@@ -52,7 +56,7 @@ impl Plugin {
             status: None,
             on_event: None,
             background: None,
-            worker_threads: 0,
+            worker_threads: DEFAULT_WORKER_THREADS,
         }
     }
 
@@ -136,10 +140,13 @@ impl Plugin {
         self
     }
 
-    /// Runs handlers on a multi-threaded runtime with `threads` workers (default: one thread,
-    /// which keeps start-up fast and memory small).
+    /// Runs handlers on a multi-threaded runtime with `threads` workers (default
+    /// [`DEFAULT_WORKER_THREADS`]; 0 counts as 1). A plugin never runs on a single-threaded
+    /// runtime: a handler that blocks its worker for a moment must not stop the status and ping
+    /// answers (docs/protocol.md, "Never block the protocol loop"). Heavy work belongs in
+    /// [`Context::blocking`](crate::Context::blocking) either way.
     pub fn worker_threads(mut self, threads: usize) -> Self {
-        self.worker_threads = threads;
+        self.worker_threads = threads.max(1);
         self
     }
 
@@ -224,17 +231,7 @@ impl Plugin {
         crate::logging::init();
         let stop = CancellationToken::new();
         lifecycle::exit_with_parent(&stop);
-        let runtime = if self.worker_threads > 1 {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(self.worker_threads)
-                .enable_all()
-                .build()
-        } else {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-        };
-        let runtime = match runtime {
+        let runtime = match build_runtime(self.worker_threads) {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("koi-{}: cannot start the async runtime: {e}", manifest.name);
@@ -260,5 +257,41 @@ impl Plugin {
         // Everything owed to the host is flushed (`serve` awaits its writer). Exiting here rather
         // than dropping the runtime avoids waiting for tokio's blocking stdin reader thread.
         std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
+    }
+}
+
+/// The runtime a plugin's handlers run on: multi-thread with `workers` workers (at least one).
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handler that blocks its thread (here: until another task runs) must not stop the other
+    /// tasks — the status and ping answers. On a single-thread runtime the second task never runs
+    /// while the first blocks, and the first gives up after its deadlock guard.
+    #[test]
+    fn a_blocked_handler_does_not_stop_other_tasks_on_the_default_runtime() {
+        let Plugin { worker_threads, .. } = Plugin::new("t", "0", "t");
+        let rt = build_runtime(worker_threads).expect("runtime");
+        let other_task_ran = rt.block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let blocked =
+                tokio::spawn(
+                    async move { rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok() },
+                );
+            tokio::task::yield_now().await;
+            let answer = tokio::spawn(async move {
+                let _ = tx.send(());
+            });
+            let _ = answer.await;
+            blocked.await.unwrap_or(false)
+        });
+        assert!(other_task_ran);
     }
 }

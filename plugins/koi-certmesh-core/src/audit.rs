@@ -12,7 +12,7 @@
 //! (distinct from tampering), appends are refused until [`repair_torn_tail`] truncates it.
 
 use std::fs;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -76,7 +76,7 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
-    fn canonical_body(&self) -> Vec<u8> {
+    pub(crate) fn canonical_body(&self) -> Vec<u8> {
         let mut m = serde_json::Map::new();
         m.insert("seq".into(), Value::from(self.seq));
         m.insert("ts".into(), Value::from(self.ts.clone()));
@@ -155,6 +155,12 @@ pub enum Tamper {
     HashMismatch,
     /// The hash matches but the signature does not (forged by someone without the CA key).
     BadSignature,
+    /// The entry a signed checkpoint ends at is not there: the log before the checkpoint was
+    /// edited, cut or replaced.
+    CheckpointMismatch {
+        /// The checkpoint's seq.
+        seq: u64,
+    },
     /// The log ends before the anchored head (lines were removed from the end).
     Truncated {
         /// The anchored head's seq.
@@ -175,6 +181,10 @@ impl std::fmt::Display for Tamper {
             Tamper::ChainBroken => write!(f, "prev_hash does not match the previous entry"),
             Tamper::HashMismatch => write!(f, "the content does not match its hash (edited)"),
             Tamper::BadSignature => write!(f, "the signature is not the CA's"),
+            Tamper::CheckpointMismatch { seq } => write!(
+                f,
+                "entry {seq}, where the CA's signed checkpoint ends, is not the entry the CA signed there (the log before it was edited, cut or replaced)"
+            ),
             Tamper::Truncated {
                 expected_seq,
                 found_seq,
@@ -215,68 +225,148 @@ pub enum AuditVerdict {
     },
 }
 
+/// Longest line the readers accept. Entries written since refusals are bounded are far smaller
+/// (about 1.5 KB at most); logs written before that could hold refusals of a few hundred KB.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Where verification starts: the beginning of the log, or a verified [`Checkpoint`]'s position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Start {
+    /// Entries before `offset`.
+    pub(crate) seq: u64,
+    /// Hash of entry `seq` (the genesis hash for 0).
+    pub(crate) hash: String,
+    /// Byte offset of entry `seq + 1`.
+    pub(crate) offset: u64,
+}
+
+impl Start {
+    pub(crate) fn genesis() -> Self {
+        Start {
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+            offset: 0,
+        }
+    }
+}
+
 /// Verifies the whole log at `path` against the CA public key (uncompressed SEC1 point).
 /// A missing file is an empty, intact log. `expected_head`, if given, must be present.
+/// Streams the file one line at a time: memory stays constant whatever the log's size.
 pub fn verify(
     path: &Path,
     ca_public_key_sec1: &[u8],
     expected_head: Option<&AuditHead>,
 ) -> Result<AuditVerdict> {
-    let key = VerifyingKey::from_sec1_bytes(ca_public_key_sec1).map_err(|e| {
-        Error::InvalidCertificate {
-            what: "of the CA (for audit verification)".into(),
-            reason: format!("its public key is not a P-256 point ({e})"),
+    let key = verifying_key(ca_public_key_sec1)?;
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(verify_reader(&[][..], &key, Start::genesis(), expected_head).0);
         }
-    })?;
-    let data = match fs::read(path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(Error::io("read", path, e)),
     };
-    Ok(verify_bytes(&data, &key, expected_head))
+    let reader = BufReader::with_capacity(64 * 1024, file);
+    let (verdict, io) = verify_reader(reader, &key, Start::genesis(), expected_head);
+    io.map_err(|e| Error::io("read", path, e))?;
+    Ok(verdict)
 }
 
-fn verify_bytes(
-    data: &[u8],
+pub(crate) fn verifying_key(ca_public_key_sec1: &[u8]) -> Result<VerifyingKey> {
+    VerifyingKey::from_sec1_bytes(ca_public_key_sec1).map_err(|e| Error::InvalidCertificate {
+        what: "of the CA (for audit verification)".into(),
+        reason: format!("its public key is not a P-256 point ({e})"),
+    })
+}
+
+/// Verifies the entries `reader` yields, starting after `start`. Returns the verdict and, for an
+/// intact log, the offset of its end; a read error is returned beside the verdict so far.
+pub(crate) fn verify_reader<R: BufRead>(
+    mut reader: R,
     key: &VerifyingKey,
+    start: Start,
     expected_head: Option<&AuditHead>,
-) -> AuditVerdict {
-    let mut prev_hash = GENESIS_HASH.to_owned();
-    let mut count: u64 = 0;
-    let mut offset: usize = 0;
-    let mut line_no = 0usize;
-    while offset < data.len() {
+) -> (AuditVerdict, std::io::Result<u64>) {
+    let mut prev_hash = start.hash;
+    let mut count = start.seq;
+    let mut offset = start.offset;
+    let mut line_no = usize::try_from(start.seq).unwrap_or(usize::MAX);
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        buf.clear();
+        let limit = u64::try_from(MAX_LINE_BYTES).unwrap_or(u64::MAX) + 1;
+        let read = match (&mut reader).take(limit).read_until(b'\n', &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let verdict = AuditVerdict::Intact {
+                    entries: count,
+                    head: None,
+                };
+                return (verdict, Err(e));
+            }
+        };
+        if read == 0 {
+            break;
+        }
         line_no += 1;
-        let Some(nl) = data[offset..].iter().position(|&b| b == b'\n') else {
-            return AuditVerdict::TornTail {
+        if buf.last() != Some(&b'\n') {
+            if buf.len() > MAX_LINE_BYTES {
+                let reason = format!("a line longer than {MAX_LINE_BYTES} bytes");
+                let problem = Tamper::Unparseable { reason };
+                return (
+                    AuditVerdict::Tampered {
+                        line: line_no,
+                        problem,
+                    },
+                    Ok(offset),
+                );
+            }
+            let verdict = AuditVerdict::TornTail {
                 line: line_no,
                 entries: count,
-                offset: offset as u64,
+                offset,
             };
-        };
-        let line = &data[offset..offset + nl];
-        offset += nl + 1;
+            return (verdict, Ok(offset));
+        }
+        let line = &buf[..buf.len() - 1];
         let entry: AuditEntry = match std::str::from_utf8(line)
             .map_err(|e| e.to_string())
             .and_then(|s| serde_json::from_str(s).map_err(|e| e.to_string()))
         {
             Ok(e) => e,
             Err(reason) => {
-                return AuditVerdict::Tampered {
-                    line: line_no,
-                    problem: Tamper::Unparseable { reason },
-                };
+                let problem = Tamper::Unparseable { reason };
+                return (
+                    AuditVerdict::Tampered {
+                        line: line_no,
+                        problem,
+                    },
+                    Ok(offset),
+                );
             }
         };
         if let Err(problem) = check_entry(&entry, count + 1, &prev_hash, key) {
-            return AuditVerdict::Tampered {
-                line: line_no,
-                problem,
-            };
+            return (
+                AuditVerdict::Tampered {
+                    line: line_no,
+                    problem,
+                },
+                Ok(offset),
+            );
         }
         count += 1;
+        offset += read as u64;
         prev_hash = entry.hash;
     }
+    (finish(count, prev_hash, line_no, expected_head), Ok(offset))
+}
+
+fn finish(
+    count: u64,
+    prev_hash: String,
+    line_no: usize,
+    expected_head: Option<&AuditHead>,
+) -> AuditVerdict {
     if let Some(h) = expected_head
         && count < h.seq
     {
@@ -307,7 +397,7 @@ fn verify_bytes(
     }
 }
 
-fn check_entry(
+pub(crate) fn check_entry(
     e: &AuditEntry,
     expected_seq: u64,
     prev_hash: &str,
@@ -344,20 +434,39 @@ pub fn repair_torn_tail(path: &Path, ca_public_key_sec1: &[u8]) -> Result<u64> {
             line,
             reason: problem.to_string(),
         }),
-        AuditVerdict::TornTail { offset, .. } => {
-            let f = fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| Error::io("open", path, e))?;
-            let len = f
-                .metadata()
-                .map_err(|e| Error::io("inspect", path, e))?
-                .len();
-            f.set_len(offset)
-                .map_err(|e| Error::io("truncate", path, e))?;
-            f.sync_all().map_err(|e| Error::io("flush", path, e))?;
-            Ok(len - offset)
-        }
+        AuditVerdict::TornTail { offset, .. } => truncate_at(path, offset),
+    }
+}
+
+/// Cuts the file at `path` to `offset` bytes and flushes it; returns the bytes removed.
+fn truncate_at(path: &Path, offset: u64) -> Result<u64> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io("inspect", path, e))?
+        .len();
+    f.set_len(offset)
+        .map_err(|e| Error::io("truncate", path, e))?;
+    f.sync_all().map_err(|e| Error::io("flush", path, e))?;
+    Ok(len.saturating_sub(offset))
+}
+
+/// The hash of the last entry of the (just verified, whole-lined) log, `entries` long.
+fn last_head(path: &Path, entries: u64) -> Result<String> {
+    if entries == 0 {
+        return Ok(GENESIS_HASH.to_owned());
+    }
+    let last = crate::audit_tail::read_last(path, 1)?;
+    match last.into_iter().next() {
+        Some(e) if e.seq == entries => Ok(e.hash),
+        _ => Err(Error::AuditTampered {
+            path: path.to_path_buf(),
+            line: usize::try_from(entries).unwrap_or(usize::MAX),
+            reason: "the last entry changed while the log was being repaired".into(),
+        }),
     }
 }
 
@@ -368,6 +477,10 @@ pub struct AuditLog {
     file: fs::File,
     next_seq: u64,
     prev_hash: String,
+    /// Byte offset of the end of the last entry.
+    end: u64,
+    /// Entries appended since the last checkpoint was written.
+    since_checkpoint: u64,
     /// Set when a write or fsync failed: the file may end in a partial line, so further appends
     /// are refused until the log is reopened (which detects and reports the torn tail).
     poisoned: bool,
@@ -376,40 +489,99 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (creating, 0600) the log at `path` after verifying it. A torn tail or any tampering
-    /// is an error: appending would bury it.
+    /// Opens (creating, 0600) the log at `path` after verifying it — from its signed checkpoint
+    /// when there is a valid one ([`crate::checkpoint`]), else every entry. A torn tail or any
+    /// tampering is an error: appending would bury it.
     pub fn open(path: &Path, ca: &CertAuthority) -> Result<Self> {
+        Self::open_with(path, ca, false).map(|(log, _)| log)
+    }
+
+    /// [`Self::open`], but a torn last line (a crash mid-append) is truncated instead of refused.
+    /// Returns the log and the number of bytes removed (0 normally).
+    pub fn open_repairing(path: &Path, ca: &CertAuthority) -> Result<(Self, u64)> {
+        Self::open_with(path, ca, true)
+    }
+
+    fn open_with(path: &Path, ca: &CertAuthority, repair: bool) -> Result<(Self, u64)> {
+        let public = ca.public_key_sec1();
+        let key = verifying_key(&public)?;
         let created = !path.exists();
-        let (next_seq, prev_hash) = match verify(path, &ca.public_key_sec1(), None)? {
+        let tampered = |line: usize, problem: Tamper| Error::AuditTampered {
+            path: path.to_path_buf(),
+            line,
+            reason: problem.to_string(),
+        };
+        let (verdict, mut end) = match fs::File::open(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                AuditVerdict::Intact {
+                    entries: 0,
+                    head: None,
+                },
+                0,
+            ),
+            Err(e) => return Err(Error::io("read", path, e)),
+            Ok(mut file) => {
+                let start = match crate::checkpoint::load(path, &key) {
+                    Some(cp) => crate::checkpoint::resume_at(&mut file, &cp, &key)
+                        .map_err(|p| tampered(usize::try_from(cp.seq).unwrap_or(usize::MAX), p))?,
+                    None => Start::genesis(),
+                };
+                file.seek(SeekFrom::Start(start.offset))
+                    .map_err(|e| Error::io("read", path, e))?;
+                let reader = BufReader::with_capacity(64 * 1024, file);
+                let (verdict, io) = verify_reader(reader, &key, start, None);
+                (verdict, io.map_err(|e| Error::io("read", path, e))?)
+            }
+        };
+        let mut torn = 0;
+        let (next_seq, prev_hash) = match verdict {
             AuditVerdict::Intact { head: None, .. } => (1, GENESIS_HASH.to_owned()),
             AuditVerdict::Intact { head: Some(h), .. } => (h.seq + 1, h.hash),
-            AuditVerdict::TornTail { line, .. } => {
+            AuditVerdict::TornTail { line, .. } if !repair => {
                 return Err(Error::AuditTornTail {
                     path: path.to_path_buf(),
                     line,
                 });
             }
-            AuditVerdict::Tampered { line, problem } => {
-                return Err(Error::AuditTampered {
-                    path: path.to_path_buf(),
-                    line,
-                    reason: problem.to_string(),
-                });
+            AuditVerdict::TornTail {
+                entries, offset, ..
+            } => {
+                torn = truncate_at(path, offset)?;
+                end = offset;
+                // The tail after `offset` is gone; the head is the last intact entry.
+                let head = last_head(path, entries)?;
+                (entries + 1, head)
             }
+            AuditVerdict::Tampered { line, problem } => return Err(tampered(line, problem)),
         };
         let file =
             open_append_private(path).map_err(|e| Error::io("open for appending", path, e))?;
         if created && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             sync_dir(dir)?;
         }
-        Ok(AuditLog {
+        let log = AuditLog {
             path: path.to_path_buf(),
             file,
             next_seq,
             prev_hash,
+            end,
+            since_checkpoint: 0,
             poisoned: false,
-            ca_public_key: ca.public_key_sec1(),
-        })
+            ca_public_key: public,
+        };
+        Ok((log, torn))
+    }
+
+    /// Signs and writes a checkpoint at the current head (nothing for an empty log). The caller
+    /// decides what a failure means; a missing checkpoint only makes the next open slower.
+    pub fn write_checkpoint(&mut self, ca: &CertAuthority) -> Result<()> {
+        let Some(head) = self.head() else {
+            return Ok(());
+        };
+        let cp = crate::checkpoint::Checkpoint::sign(ca, head.seq, self.end, &head.hash)?;
+        crate::checkpoint::save(&self.path, &cp)?;
+        self.since_checkpoint = 0;
+        Ok(())
     }
 
     /// Appends one signed entry and fsyncs it. Returns the entry written.
@@ -464,6 +636,13 @@ impl AuditLog {
         }
         self.next_seq += 1;
         self.prev_hash = entry.hash.clone();
+        self.end += line.len() as u64;
+        self.since_checkpoint += 1;
+        if self.since_checkpoint >= crate::checkpoint::CHECKPOINT_EVERY {
+            // Best effort: the entry is durable; without a fresh checkpoint the next open
+            // verifies a little more.
+            let _ = self.write_checkpoint(ca);
+        }
         Ok(entry)
     }
 

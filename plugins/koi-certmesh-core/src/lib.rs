@@ -12,6 +12,8 @@
 //! - [`keystore`] — Argon2id → AES-256-GCM sealing; the CA store (`ca.pem` + `vault.sealed`).
 //! - [`totp`] — enrollment codes: ±1 step, constant-time, replay refusal, 3 failures → 5 min lock.
 //! - [`audit`] — append-only, hash-chained, CA-signed JSON-lines log; verification; torn-tail repair.
+//! - [`checkpoint`] — signed checkpoints, so an unlock verifies only the entries after one.
+//! - [`audit_tail`] — the newest entries, read backwards from the end.
 //! - [`roster`] — versioned mesh/member data model.
 //! - [`profiles`] — personal / team / organization defaults.
 //! - [`atomic`] — atomic durable writes, 0600 files, 0700 directories.
@@ -35,7 +37,9 @@
 
 pub mod atomic;
 pub mod audit;
+pub mod audit_tail;
 pub mod ca;
+pub mod checkpoint;
 pub mod error;
 pub mod issue;
 pub mod keystore;

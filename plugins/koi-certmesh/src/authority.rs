@@ -29,6 +29,7 @@ use time::OffsetDateTime;
 
 use crate::error::{self, Refusal};
 use crate::layout::Layout;
+use crate::refusals::{Coalescer, Record, Refused};
 use crate::wire::{JoinRequest, JoinResponse, MeshInfo};
 
 /// Audit event: a join or issuance the CA refused (reason in `details.reason`).
@@ -88,9 +89,9 @@ impl CaSession {
         }
         let unlocked = store.unlock(pass).map_err(error::core)?;
         let ca = unlocked.ca();
-        let torn =
-            audit::repair_torn_tail(&layout.audit(), &ca.public_key_sec1()).map_err(error::core)?;
-        let mut audit = AuditLog::open(&layout.audit(), ca).map_err(error::core)?;
+        // Verifies from the signed checkpoint (koi_certmesh_core::checkpoint), not the whole log.
+        let (mut audit, torn) =
+            AuditLog::open_repairing(&layout.audit(), ca).map_err(error::core)?;
         let now = OffsetDateTime::now_utc();
         if torn > 0 {
             audit
@@ -103,14 +104,36 @@ impl CaSession {
                 )
                 .map_err(error::core)?;
         }
-        let pending = take_pending(layout)?;
+        let (pending, over) = take_pending(layout)?;
         for p in &pending {
-            let mut details = p.details.clone();
+            // Entries written before refusals were bounded can hold raw client text.
+            let mut details = crate::refusals::bounded_value(&p.details);
             if let Value::Object(m) = &mut details {
-                m.insert("recorded_while_locked_at".into(), Value::from(p.ts.clone()));
+                m.insert(
+                    "recorded_while_locked_at".into(),
+                    Value::from(crate::refusals::bounded(&p.ts, 64)),
+                );
             }
+            let event = crate::refusals::bounded(&p.event, crate::refusals::MAX_NAME_CHARS);
+            let actor = crate::refusals::bounded(&p.actor, crate::refusals::MAX_NAME_CHARS);
             audit
-                .append(ca, &p.event, &p.actor, details, now)
+                .append(ca, &event, &actor, details, now)
+                .map_err(error::core)?;
+        }
+        if over > 0 {
+            audit
+                .append(
+                    ca,
+                    ENROLLMENT_REFUSED,
+                    "system",
+                    json!({
+                        "reason": "other",
+                        "peer": "any",
+                        "count": over,
+                        "coalesced": "pending refusals beyond the limit signed in at one unlock",
+                    }),
+                    now,
+                )
                 .map_err(error::core)?;
         }
         audit
@@ -122,10 +145,15 @@ impl CaSession {
                 now,
             )
             .map_err(error::core)?;
+        if let Err(e) = audit.write_checkpoint(ca) {
+            tracing::warn!(
+                "could not write the audit checkpoint (the next unlock verifies more): {e}"
+            );
+        }
         let guard = TotpGuard::with_state(unlocked.totp_secret().clone(), load_totp_state(layout));
         let report = UnlockReport {
             ca_fingerprint: ca.fingerprint(),
-            pending_entries_signed: pending.len(),
+            pending_entries_signed: pending.len() + usize::try_from(over).unwrap_or(usize::MAX),
             torn_bytes_repaired: torn,
         };
         let session = CaSession {
@@ -192,8 +220,11 @@ impl CaSession {
 
 /// Collects the pending refusals into `audit-pending.signing` (appending, so entries left there by
 /// an unlock that crashed mid-signing are kept) and reads them. The caller removes the file once
-/// they are signed in: a crash in between signs some twice rather than losing any.
-fn take_pending(layout: &Layout) -> Result<Vec<PendingEntry>, MethodError> {
+/// they are signed in: a crash in between signs some twice rather than losing any. Reads line by
+/// line and keeps at most [`crate::refusals::MAX_PENDING_LINES`] entries (a file written before
+/// pending refusals were bounded can be huge); the rest are returned as a count.
+fn take_pending(layout: &Layout) -> Result<(Vec<PendingEntry>, u64), MethodError> {
+    use std::io::BufRead;
     let path = layout.audit_pending();
     let signing = layout.audit_pending_signing();
     let fail = |what: &str, p: &std::path::Path, e: std::io::Error| {
@@ -202,24 +233,43 @@ fn take_pending(layout: &Layout) -> Result<Vec<PendingEntry>, MethodError> {
             "Check the permissions of KOI_HOME/certmesh.",
         )
     };
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            append_durably(&signing, &bytes).map_err(|e| fail("append to", &signing, e))?;
-            std::fs::remove_file(&path).map_err(|e| fail("remove", &path, e))?;
+    match std::fs::File::open(&path) {
+        Ok(mut src) => {
+            if std::fs::metadata(&signing).is_err() {
+                // The usual case: move it in one rename.
+                std::fs::rename(&path, &signing).map_err(|e| fail("rename", &path, e))?;
+            } else {
+                let mut dst = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&signing)
+                    .map_err(|e| fail("append to", &signing, e))?;
+                std::io::copy(&mut src, &mut dst).map_err(|e| fail("append to", &signing, e))?;
+                dst.sync_data().map_err(|e| fail("flush", &signing, e))?;
+                std::fs::remove_file(&path).map_err(|e| fail("remove", &path, e))?;
+            }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(fail("read", &path, e)),
     }
-    let text = match std::fs::read_to_string(&signing) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+    let file = match std::fs::File::open(&signing) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(fail("read", &signing, e)),
     };
-    // A torn last line (crash mid-write) is dropped; every complete line is kept.
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    let mut kept = Vec::new();
+    let mut over = 0u64;
+    // A torn last line (crash mid-write) or any unparseable line is dropped.
+    for line in std::io::BufReader::new(file).split(b'\n') {
+        let line = line.map_err(|e| fail("read", &signing, e))?;
+        if kept.len() >= crate::refusals::MAX_PENDING_LINES {
+            over += 1;
+            continue;
+        }
+        if let Ok(p) = serde_json::from_slice::<PendingEntry>(&line) {
+            kept.push(p);
+        }
+    }
+    Ok((kept, over))
 }
 
 fn load_totp_state(layout: &Layout) -> TotpState {
@@ -241,6 +291,7 @@ pub struct Authority {
     layout: Layout,
     session: Mutex<Option<CaSession>>,
     writer: Mutex<Option<File>>,
+    refusals: Mutex<Coalescer>,
 }
 
 impl Authority {
@@ -250,6 +301,7 @@ impl Authority {
             layout,
             session: Mutex::new(None),
             writer: Mutex::new(None),
+            refusals: Mutex::new(Coalescer::default()),
         })
     }
 
@@ -296,8 +348,12 @@ impl Authority {
     }
 
     /// Installs an opened session (after `unlock`, or after `create` under the daemon).
+    /// Counted refusals recorded while locked are signed in at once. Blocking (signs).
     pub fn install(&self, session: CaSession) {
-        *self.session() = Some(session);
+        let mut guard = self.session();
+        *guard = Some(session);
+        let records = self.coalescer().flush();
+        self.write_refusals(guard.as_mut(), records);
     }
 
     /// Drops the opened session, key included (after `koi certmesh leave` destroyed the CA).
@@ -316,14 +372,55 @@ impl Authority {
         }
     }
 
-    /// Records a refusal: signed into the log when unlocked, pending when locked.
-    fn record_refusal(&self, session: Option<&mut CaSession>, actor: &str, details: Value) {
+    fn coalescer(&self) -> MutexGuard<'_, Coalescer> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a refusal through the coalescer ([`crate::refusals`]): what it lets through is
+    /// signed into the log when unlocked, pending when locked.
+    fn record_refusal(&self, session: Option<&mut CaSession>, refused: &Refused<'_>) {
+        let now = OffsetDateTime::now_utc();
+        let records = self.coalescer().admit(refused, now);
+        self.write_refusals(session, records);
+    }
+
+    /// Writes the counted refusals not yet in the log (before `log` reads it, at unlock, at
+    /// shutdown, and periodically from the background task). Blocking when there are any.
+    pub fn flush_refusals(&self) {
+        if !self.coalescer().has_counts() {
+            return;
+        }
+        let mut guard = self.session();
+        let records = self.coalescer().flush();
+        self.write_refusals(guard.as_mut(), records);
+    }
+
+    fn write_refusals(&self, session: Option<&mut CaSession>, records: Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
         let outcome = match session {
-            Some(s) => s.audit(ENROLLMENT_REFUSED, actor, details).and_then(|()| {
-                let mut roster = Roster::load(&self.layout.roster()).map_err(error::core)?;
-                s.save_roster(&self.layout, &mut roster)
+            Some(s) => records
+                .into_iter()
+                .try_for_each(|r| s.audit(ENROLLMENT_REFUSED, &r.actor, r.details))
+                .and_then(|()| {
+                    let mut roster = Roster::load(&self.layout.roster()).map_err(error::core)?;
+                    s.save_roster(&self.layout, &mut roster)
+                }),
+            None => records.into_iter().try_for_each(|r| {
+                let reason = r.details["reason"].as_str().unwrap_or("").to_owned();
+                match append_pending(&self.layout, &r.actor, r.details) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        let reason = crate::refusals::static_reason(&reason);
+                        self.coalescer().unstored(reason, OffsetDateTime::now_utc());
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
             }),
-            None => append_pending(&self.layout, actor, details),
         };
         if let Err(e) = outcome {
             tracing::error!(
@@ -340,17 +437,15 @@ impl Authority {
         let mut guard = self.session();
         let result = self.enroll_locked(guard.as_mut(), req, peer);
         if let Err(refusal) = &result {
-            self.record_refusal(
-                guard.as_mut(),
-                &req.hostname,
-                json!({
-                    "reason": refusal.reason(),
-                    "detail": refusal.to_string(),
-                    "hostname": req.hostname,
-                    "peer": peer.to_string(),
-                    "operator": req.operator,
-                }),
-            );
+            let detail = refusal.to_string();
+            let refused = Refused {
+                peer,
+                reason: refusal.reason(),
+                detail: &detail,
+                hostname: &req.hostname,
+                operator: req.operator.as_deref(),
+            };
+            self.record_refusal(guard.as_mut(), &refused);
         }
         result
     }
@@ -494,7 +589,14 @@ fn describe(reason: RejectReason) -> &'static str {
     }
 }
 
-fn append_pending(layout: &Layout, actor: &str, details: Value) -> Result<(), MethodError> {
+/// Appends one refusal to `audit-pending.jsonl`; `Ok(false)` when the file has reached
+/// [`crate::refusals::PENDING_MAX_BYTES`] and the refusal was not stored.
+fn append_pending(layout: &Layout, actor: &str, details: Value) -> Result<bool, MethodError> {
+    let path = layout.audit_pending();
+    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    if size >= crate::refusals::PENDING_MAX_BYTES {
+        return Ok(false);
+    }
     let entry = PendingEntry {
         ts: crate::names::rfc3339(OffsetDateTime::now_utc()),
         event: ENROLLMENT_REFUSED.into(),
@@ -504,13 +606,13 @@ fn append_pending(layout: &Layout, actor: &str, details: Value) -> Result<(), Me
     let mut line = serde_json::to_vec(&entry)
         .map_err(|e| MethodError::new(format!("Failed to encode an audit entry: {e}")))?;
     line.push(b'\n');
-    let path = layout.audit_pending();
     append_durably(&path, &line).map_err(|e| {
         error::fail(
             format!("Failed to append to {}: {e}.", path.display()),
             "Check the disk and the permissions of KOI_HOME/certmesh.",
         )
-    })
+    })?;
+    Ok(true)
 }
 
 /// Appends `bytes` to `path` (created 0600) in one write, then flushes it to disk.
@@ -527,10 +629,16 @@ fn append_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Refusals recorded while locked and not yet signed into the audit log.
 pub fn pending_count(layout: &Layout) -> usize {
+    use std::io::BufRead;
     [layout.audit_pending(), layout.audit_pending_signing()]
         .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|t| t.lines().count())
+        .filter_map(|p| std::fs::File::open(p).ok())
+        .map(|f| {
+            std::io::BufReader::new(f)
+                .split(b'\n')
+                .take_while(Result::is_ok)
+                .count()
+        })
         .sum()
 }
 
@@ -605,23 +713,20 @@ pub async fn with_signing_session<T: Send + 'static>(
         ));
     }
     let writer = authority.writer_for_command()?;
-    let joined =
-        |e: tokio::task::JoinError| MethodError::new(format!("The {purpose} task failed: {e}"));
     if ctx.mode() == koi_sdk::protocol::handshake::RunMode::Daemon {
-        return tokio::task::spawn_blocking(move || {
-            let _writer = writer;
-            authority.with_session(f)
-        })
-        .await
-        .map_err(joined)?;
+        return ctx
+            .blocking(purpose, move || {
+                let _writer = writer;
+                authority.with_session(f)
+            })
+            .await;
     }
     let pass = crate::secrets::passphrase(ctx, passphrase_file, false).await?;
     let layout = authority.layout().clone();
-    tokio::task::spawn_blocking(move || {
+    ctx.blocking(purpose, move || {
         let _writer = writer;
         let (mut session, _) = CaSession::open(&layout, &pass, &actor, purpose)?;
         f(&mut session)
     })
     .await
-    .map_err(joined)?
 }

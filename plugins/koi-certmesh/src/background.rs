@@ -53,7 +53,23 @@ pub async fn run(app: Arc<App>, ctx: Context) {
         tracing::error!("certmesh API not serving: {e}");
         app.set_api(|a| a.error = Some(e));
     }
-    ctx.cancelled().await;
+    // Coalesced refusal counts are written once a window, and at shutdown (crate::refusals).
+    loop {
+        let stop = tokio::select! {
+            _ = ctx.cancelled() => true,
+            _ = tokio::time::sleep(crate::refusals::WINDOW) => false,
+        };
+        let authority = authority.clone();
+        let _ = ctx
+            .blocking("refusal flush", move || {
+                authority.flush_refusals();
+                Ok(())
+            })
+            .await;
+        if stop {
+            return;
+        }
+    }
 }
 
 async fn serve(app: &Arc<App>, ctx: &Context) -> Result<(), String> {

@@ -53,6 +53,7 @@ pub mod names;
 pub mod out_dir;
 pub mod ownership;
 pub mod rotate;
+pub mod refusals;
 pub mod secrets;
 pub mod status;
 pub mod tls;

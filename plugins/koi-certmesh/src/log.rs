@@ -1,11 +1,16 @@
 //! `koi certmesh log [--verify] [--last N]`: the CA's audit log. `--verify` checks every line's
 //! hash chain and CA signature and the roster's anchor of the last entry, and fails naming the
 //! first bad line (an edited, removed or reordered entry, or a cut-off end).
+//!
+//! Cost. Entries are read backwards from the end of the file ([`audit_tail::read_last`]): the last
+//! [`DEFAULT_PAGE`] unless `--last N` (at most [`MAX_PAGE`]). `--verify` streams the file one line
+//! at a time (constant memory) on the blocking pool, so the plugin keeps answering the host.
 
 use std::sync::Arc;
 
 use koi_certmesh_core::Roster;
 use koi_certmesh_core::audit::{self, AuditEntry, AuditVerdict};
+use koi_certmesh_core::audit_tail;
 use koi_sdk::{Context, MethodError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -21,10 +26,15 @@ pub struct LogParams {
     /// Check the hash chain and signatures; fail on the first bad line.
     #[serde(default)]
     pub verify: bool,
-    /// Show only the last N entries.
+    /// Show only the last N entries (default 1000, at most 10000).
     #[serde(default)]
     pub last: Option<u32>,
 }
+
+/// Entries shown without `--last`.
+pub const DEFAULT_PAGE: u32 = 1000;
+/// Most entries one `log` answer holds (each at most about 1.5 KB: well inside the frame limit).
+pub const MAX_PAGE: u32 = 10_000;
 
 /// One entry as shown.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -46,7 +56,7 @@ pub struct LogEntry {
 /// Result of `log`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct LogResult {
-    /// The entries (all, or the last N).
+    /// The last N entries, oldest first.
     pub entries: Vec<LogEntry>,
     /// With --verify: `intact` and the number of entries checked.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,88 +67,83 @@ pub struct LogResult {
 
 /// The `log` method.
 pub async fn run(app: Arc<App>, ctx: Context, p: LogParams) -> Result<LogResult, MethodError> {
-    let layout = app.authority(&ctx).layout().clone();
+    let authority = app.authority(&ctx);
+    let layout = authority.layout().clone();
     if !layout.is_ca() {
         return Err(error::fail(
             "This machine is not a certmesh CA; the audit log lives on the CA.",
             "Run `koi certmesh log` on the CA.",
         ));
     }
-    let path = layout.audit();
-    let verified = if p.verify {
-        let ca_pem = std::fs::read_to_string(layout.ca_dir().join("ca.pem")).map_err(|e| {
-            error::fail(
-                format!("Failed to read the CA certificate: {e}."),
-                "The CA directory is damaged; restore it from a backup.",
-            )
-        })?;
-        let key = crate::x509::public_key(&ca_pem).ok_or_else(|| {
-            error::fail(
-                "The CA certificate does not parse.",
-                "The CA directory is damaged; restore it from a backup.",
-            )
-        })?;
-        let head = Roster::load(&layout.roster())
+    let last = p.last.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
+    let verify = p.verify;
+    ctx.blocking("log", move || {
+        // Refusals counted but not yet written go in first, so the log is up to date.
+        authority.flush_refusals();
+        let verified = if verify {
+            Some(verify_all(&layout)?)
+        } else {
+            None
+        };
+        let path = layout.audit();
+        let n = usize::try_from(last).unwrap_or(usize::MAX);
+        let entries = audit_tail::read_last(&path, n)
             .map_err(error::core)?
-            .mesh
-            .audit_head;
-        match audit::verify(&path, &key, head.as_ref()).map_err(error::core)? {
-            AuditVerdict::Intact { entries, .. } => Some(format!(
-                "intact: {entries} entries, every hash and signature checks"
-            )),
-            AuditVerdict::Tampered { line, problem } => {
-                return Err(error::fail(
-                    format!(
-                        "The audit log {} fails verification at line {line}: {problem}.",
-                        path.display()
-                    ),
-                    "Entries were edited, removed or reordered after they were written. Keep this copy as evidence and restore the log from a backup.",
-                ));
-            }
-            AuditVerdict::TornTail { line, .. } => {
-                return Err(error::fail(
-                    format!(
-                        "The audit log {} ends in a partial line (line {line}): a crash interrupted a write.",
-                        path.display()
-                    ),
-                    "`koi certmesh unlock` repairs it (the repair itself is audited).",
-                ));
-            }
-        }
-    } else {
-        None
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => {
-            return Err(error::fail(
-                format!("Failed to read {}: {e}.", path.display()),
-                "Check its permissions.",
-            ));
-        }
-    };
-    let mut entries: Vec<LogEntry> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<AuditEntry>(l).ok())
-        .map(|e| LogEntry {
-            seq: e.seq,
-            ts: e.ts,
-            event: e.event,
-            actor: e.actor,
-            details: e.details,
-            hash: e.hash,
+            .into_iter()
+            .map(|e: AuditEntry| LogEntry {
+                seq: e.seq,
+                ts: e.ts,
+                event: e.event,
+                actor: e.actor,
+                details: e.details,
+                hash: e.hash,
+            })
+            .collect();
+        Ok(LogResult {
+            entries,
+            verified,
+            pending_unsigned: crate::authority::pending_count(&layout),
         })
-        .collect();
-    if let Some(n) = p.last {
-        let n = usize::try_from(n).unwrap_or(usize::MAX);
-        let skip = entries.len().saturating_sub(n);
-        entries.drain(..skip);
-    }
-    let pending_unsigned = crate::authority::pending_count(&layout);
-    Ok(LogResult {
-        entries,
-        verified,
-        pending_unsigned,
     })
+    .await
+}
+
+/// Verifies every line of the log (streaming) against the CA key and the roster's anchor.
+fn verify_all(layout: &crate::layout::Layout) -> Result<String, MethodError> {
+    let path = layout.audit();
+    let ca_pem = std::fs::read_to_string(layout.ca_dir().join("ca.pem")).map_err(|e| {
+        error::fail(
+            format!("Failed to read the CA certificate: {e}."),
+            "The CA directory is damaged; restore it from a backup.",
+        )
+    })?;
+    let key = crate::x509::public_key(&ca_pem).ok_or_else(|| {
+        error::fail(
+            "The CA certificate does not parse.",
+            "The CA directory is damaged; restore it from a backup.",
+        )
+    })?;
+    let head = Roster::load(&layout.roster())
+        .map_err(error::core)?
+        .mesh
+        .audit_head;
+    match audit::verify(&path, &key, head.as_ref()).map_err(error::core)? {
+        AuditVerdict::Intact { entries, .. } => Ok(format!(
+            "intact: {entries} entries, every hash and signature checks"
+        )),
+        AuditVerdict::Tampered { line, problem } => Err(error::fail(
+            format!(
+                "The audit log {} fails verification at line {line}: {problem}.",
+                path.display()
+            ),
+            "Entries were edited, removed or reordered after they were written. Keep this copy as evidence and restore the log from a backup.",
+        )),
+        AuditVerdict::TornTail { line, .. } => Err(error::fail(
+            format!(
+                "The audit log {} ends in a partial line (line {line}): a crash interrupted a write.",
+                path.display()
+            ),
+            "`koi certmesh unlock` repairs it (the repair itself is audited).",
+        )),
+    }
 }

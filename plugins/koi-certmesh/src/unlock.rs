@@ -77,10 +77,11 @@ pub async fn run(
     } else {
         "unlock (one-shot check)"
     };
-    let (session, report) =
-        tokio::task::spawn_blocking(move || CaSession::open(&layout, &pass, &who, purpose))
-            .await
-            .map_err(|e| MethodError::new(format!("The unlock task failed: {e}")))??;
+    let (session, report) = ctx
+        .blocking("unlock", move || {
+            CaSession::open(&layout, &pass, &who, purpose)
+        })
+        .await?;
     if daemon {
         authority.install(session);
         Ok(UnlockResult {

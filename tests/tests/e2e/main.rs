@@ -13,6 +13,7 @@ mod certmesh_dos;
 mod certmesh_ownership;
 mod certmesh_rotate;
 mod certmesh_leave;
+mod certmesh_flood;
 mod cli;
 mod daemon;
 mod escapes;
