@@ -24,7 +24,8 @@
 //! # Modules
 //! - [`create`], [`unlock`], [`join`], [`issue`], [`trust`], [`log`], [`enrollment`],
 //!   [`rotate`], [`leave`], [`status`]: one per verb.
-//! - [`authority`] — the CA at run time: sessions, enrollment, refusals, audit.
+//! - [`authority`] — the CA at run time: sessions, enrollment, audit.
+//! - [`refusals`] — refused joins recorded in bounded, coalesced entries (signed or pending).
 //! - [`api`] (server) and [`client`], over [`tls`] with bodies from [`wire`].
 //! - [`background`] — daemon mode: serve the API, advertise over mDNS.
 //! - [`truststore`] — system, NSS and Java trust stores.
@@ -52,8 +53,8 @@ pub mod log;
 pub mod names;
 pub mod out_dir;
 pub mod ownership;
-pub mod rotate;
 pub mod refusals;
+pub mod rotate;
 pub mod secrets;
 pub mod status;
 pub mod tls;
