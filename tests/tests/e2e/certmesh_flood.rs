@@ -49,8 +49,9 @@ fn flood(lab: &NetLab, ca_pem: &Path, body: &str, n: usize) -> Vec<u16> {
                 "-s",
                 "--no-progress-meter",
                 "--parallel",
+                // Under the API's per-address connection cap (8), so every request is answered.
                 "--parallel-max",
-                "16",
+                "6",
                 "--max-time",
                 "60",
                 "--cacert",
