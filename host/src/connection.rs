@@ -273,6 +273,13 @@ impl Connection {
                 result.manifest.name
             )));
         }
+        if let Some((path, problem)) = result.manifest.first_problem() {
+            return Err(unavailable(format!(
+                "koi-{moniker} ({}) answered `initialize` with an invalid manifest: at /manifest{path}: {problem}",
+                self.inner.path.display()
+            ))
+            .with_hint("This is a bug in the plugin: report it to its author. docs/protocol.md §6 describes the manifest."));
+        }
         let mut secret = BTreeSet::new();
         for m in &result.manifest.methods {
             secret.extend(secret_property_names(&m.params));
