@@ -822,13 +822,17 @@ async fn read_loop(
                 break;
             }
         }
-        trace::frame(
-            &inner.moniker,
-            Direction::FromPlugin,
-            &buf,
-            inner.secret_names(),
-            false,
-        );
+        if inner.handshake_done.load(Ordering::Acquire) {
+            trace::frame(
+                &inner.moniker,
+                Direction::FromPlugin,
+                &buf,
+                inner.secret_names(),
+                false,
+            );
+        } else {
+            trace::handshake_answer(&inner.moniker, &buf);
+        }
         let message = match Message::parse(&buf) {
             Ok(m) => m,
             Err(e) => {
