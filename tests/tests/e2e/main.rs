@@ -19,5 +19,6 @@ mod host_death;
 mod keystrokes;
 mod mdns_ownership;
 mod misbehaviour;
+mod protocol_bugs;
 mod protocol_features;
 mod pyhello;
