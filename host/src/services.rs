@@ -52,3 +52,48 @@ pub fn blame_caller(caller: &str, callee: &str, method: &str, mut e: ErrorObject
         "This is a bug in koi-{caller}, not in your command: report it to its author."
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn error(code: i64, data: Option<Value>) -> ErrorObject {
+        let mut e = ErrorObject::new(code, "refused");
+        e.data = data;
+        e
+    }
+
+    #[test]
+    fn refusals_of_what_the_caller_sent_are_blamed_on_it_once() {
+        let params = Some(json!({"payload": "params", "path": "/port"}));
+        let blamed = blame_caller("a", "b", "m", error(codes::SCHEMA_VIOLATION, params));
+        assert_eq!(blamed.code, codes::SCHEMA_VIOLATION);
+        assert_eq!(
+            blamed.message,
+            "koi-a made an invalid call to koi-b `m`: refused"
+        );
+        assert_eq!(
+            blamed.data.as_ref().map(|d| &d["caller"]),
+            Some(&json!("a"))
+        );
+        // A deeper caller keeps the blame.
+        let again = blame_caller("z", "a", "n", blamed.clone());
+        assert_eq!(again, blamed);
+        for code in [codes::INVALID_PARAMS, codes::METHOD_NOT_FOUND] {
+            assert!(
+                blame_caller("a", "b", "m", error(code, None))
+                    .data
+                    .is_some()
+            );
+        }
+        // Failures that are not about what the caller sent stay as they are.
+        for e in [
+            error(1, None),
+            error(codes::PLUGIN_UNAVAILABLE, None),
+            error(codes::SCHEMA_VIOLATION, Some(json!({"payload": "result"}))),
+        ] {
+            assert_eq!(blame_caller("a", "b", "m", e.clone()), e);
+        }
+    }
+}

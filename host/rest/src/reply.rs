@@ -150,6 +150,21 @@ mod tests {
     }
 
     #[test]
+    fn a_plugins_refused_host_call_is_a_bad_gateway_not_a_bad_request() {
+        let caller = |payload: Option<&str>| {
+            let mut data = json!({"caller": "certmesh"});
+            if let Some(p) = payload {
+                data["payload"] = json!(p);
+            }
+            Some(data)
+        };
+        assert_eq!(status(codes::SCHEMA_VIOLATION, caller(Some("params"))), 502);
+        assert_eq!(status(codes::INVALID_PARAMS, caller(None)), 502);
+        assert_eq!(status(codes::METHOD_NOT_FOUND, caller(None)), 502);
+        assert_eq!(status(1, caller(None)), 422);
+    }
+
+    #[test]
     fn every_reply_is_json() {
         let r = wrong_verb("/x", &hyper::Method::GET, &hyper::Method::POST);
         assert_eq!(r.status(), 405);
