@@ -646,8 +646,11 @@ pub fn exit_code_for(e: &ErrorObject) -> u8 {
         .as_ref()
         .and_then(|d| d.get("payload"))
         .and_then(Value::as_str);
+    // A plugin sent another plugin something it refused: a plugin bug, not the user's arguments.
+    let plugin_caused = e.data.as_ref().and_then(|d| d.get("caller")).is_some();
     match e.code {
         codes::REQUEST_CANCELLED => EXIT_INTERRUPTED,
+        _ if plugin_caused => EXIT_PLUGIN_FAILED,
         codes::INVALID_PARAMS | codes::METHOD_NOT_FOUND => EXIT_USAGE,
         codes::SCHEMA_VIOLATION if payload == Some("params") => EXIT_USAGE,
         codes::USER_INPUT_UNAVAILABLE => EXIT_METHOD_FAILED,

@@ -228,7 +228,7 @@ pub fn version(infos: &[PluginInfo], globals: &Globals) -> u8 {
 
 /// `koi plugins list`: every candidate found, kubectl-style warnings for the ones not used.
 pub async fn plugins_list(session: Arc<Session>, home: &KoiHome, globals: &Globals) -> u8 {
-    let infos = crate::catalog::load_all(&session, home, true).await;
+    let infos = crate::catalog::inspect_all(&session, home).await;
     let mut rows: Vec<Value> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
     for candidate in session.discovery.candidates() {
@@ -273,9 +273,9 @@ pub async fn plugins_list(session: Arc<Session>, home: &KoiHome, globals: &Globa
                         .map_or(Value::Null, |v| {
                             json!(format!("{}.{}", v["major"], v["minor"]))
                         });
-                    ("incompatible", e.to_string())
+                    ("incompatible", sentences(&e))
                 }
-                Some(Err(e)) => ("failing", e.to_string()),
+                Some(Err(e)) => ("failing", sentences(&e)),
                 None => ("failing", "not inspected".to_owned()),
             }
         };
@@ -327,6 +327,16 @@ pub async fn plugins_list(session: Arc<Session>, home: &KoiHome, globals: &Globa
         EXIT_PLUGIN_FAILED
     } else {
         EXIT_OK
+    }
+}
+
+/// An error as the sentences a warning line shows: the message ended by a full stop, then the
+/// hint (`ErrorObject`'s `Display` joins them with a bare space).
+fn sentences(e: &koi_protocol::ErrorObject) -> String {
+    let message = e.message.trim_end_matches('.');
+    match e.hint() {
+        Some(hint) => format!("{message}. {hint}"),
+        None => format!("{message}."),
     }
 }
 

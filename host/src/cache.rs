@@ -59,8 +59,10 @@ impl ManifestCache {
         let entry = self.file.entries.get(&key(candidate))?;
         (entry.size == candidate.size
             && entry.mtime_ns == candidate.mtime_ns
-            && entry.protocol == PROTOCOL_VERSION)
-            .then_some((&entry.manifest, entry.plugin_protocol))
+            && entry.protocol == PROTOCOL_VERSION
+            // Written by a koi that did not check method names: ask the plugin again.
+            && entry.manifest.first_problem().is_none())
+        .then_some((&entry.manifest, entry.plugin_protocol))
     }
 
     /// Records a manifest fresh from a handshake.
@@ -84,6 +86,11 @@ impl ManifestCache {
             },
         );
         self.dirty = true;
+    }
+
+    /// Forgets the manifest of a plugin that failed its handshake.
+    pub fn remove(&mut self, candidate: &Candidate) {
+        self.dirty |= self.file.entries.remove(&key(candidate)).is_some();
     }
 
     /// Drops entries for plugins that no longer exist.

@@ -25,11 +25,28 @@ pub async fn load_all(
     home: &KoiHome,
     start_missing: bool,
 ) -> Vec<PluginInfo> {
+    load(session, home, start_missing, false).await
+}
+
+/// Manifests of all active plugins, each from a fresh handshake whatever the cache holds: a
+/// plugin can begin failing without its file changing (a missing interpreter or library, broken
+/// state), and `koi plugins list` must say so rather than repeat an old success. The cache is
+/// refreshed, and the entries of plugins that fail are dropped.
+pub async fn inspect_all(session: &Arc<Session>, home: &KoiHome) -> Vec<PluginInfo> {
+    load(session, home, true, true).await
+}
+
+async fn load(
+    session: &Arc<Session>,
+    home: &KoiHome,
+    start_missing: bool,
+    fresh: bool,
+) -> Vec<PluginInfo> {
     let mut cache = ManifestCache::load(home);
     let mut infos: Vec<PluginInfo> = Vec::new();
     let mut missing = tokio::task::JoinSet::new();
     for candidate in session.discovery.active() {
-        match cache.get(candidate) {
+        match cache.get(candidate).filter(|_| !fresh) {
             Some((manifest, protocol)) => infos.push(PluginInfo {
                 candidate: candidate.clone(),
                 manifest: Some(Ok((manifest.clone(), protocol))),
@@ -60,8 +77,10 @@ pub async fn load_all(
     }
     while let Some(joined) = missing.join_next().await {
         if let Ok(info) = joined {
-            if let Some(Ok((manifest, protocol))) = &info.manifest {
-                cache.put(&info.candidate, manifest, *protocol);
+            match &info.manifest {
+                Some(Ok((manifest, protocol))) => cache.put(&info.candidate, manifest, *protocol),
+                Some(Err(_)) => cache.remove(&info.candidate),
+                None => {}
             }
             infos.push(info);
         }

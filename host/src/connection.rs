@@ -273,6 +273,13 @@ impl Connection {
                 result.manifest.name
             )));
         }
+        if let Some((path, problem)) = result.manifest.first_problem() {
+            return Err(unavailable(format!(
+                "koi-{moniker} ({}) answered `initialize` with an invalid manifest: at /manifest{path}: {problem}",
+                self.inner.path.display()
+            ))
+            .with_hint("This is a bug in the plugin: report it to its author. docs/protocol.md §6 describes the manifest."));
+        }
         let mut secret = BTreeSet::new();
         for m in &result.manifest.methods {
             secret.extend(secret_property_names(&m.params));
@@ -532,6 +539,12 @@ impl Connection {
                 last_activity: last_activity.clone(),
             },
         );
+        // If this future is dropped before the answer arrives (a REST client that disconnected,
+        // a caller that gave up), the plugin is told to stop instead of working for nobody.
+        let _abandon = CancelOnDrop {
+            inner: &self.inner,
+            id,
+        };
         on_id(id);
         // Only the host writes the context, and only for plugins that asked for it.
         let context = context.filter(|_| self.inner.call_context.load(Ordering::Acquire));
@@ -751,6 +764,28 @@ impl Inner {
     }
 }
 
+/// Relays a dropped, still unanswered call as `$/cancel` and forgets it (docs/protocol.md §12).
+/// A call that was answered, timed out or failed with the connection is no longer pending, so
+/// dropping its guard does nothing.
+struct CancelOnDrop<'a> {
+    inner: &'a Arc<Inner>,
+    id: u64,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        let Some(call) = lock(&self.inner.pending).remove(&self.id) else {
+            return;
+        };
+        tracing::debug!(plugin = %self.inner.moniker, method = %call.method, id = self.id,
+            "the caller went away before the answer; cancelling the request");
+        Connection {
+            inner: self.inner.clone(),
+        }
+        .cancel(self.id);
+    }
+}
+
 /// The first violation of the protocol's `initialize` result schema, with its path. Only computed
 /// when decoding already failed, so the happy path pays nothing for it.
 fn initialize_schema_problem(value: &Value) -> Option<String> {
@@ -815,13 +850,17 @@ async fn read_loop(
                 break;
             }
         }
-        trace::frame(
-            &inner.moniker,
-            Direction::FromPlugin,
-            &buf,
-            inner.secret_names(),
-            false,
-        );
+        if inner.handshake_done.load(Ordering::Acquire) {
+            trace::frame(
+                &inner.moniker,
+                Direction::FromPlugin,
+                &buf,
+                inner.secret_names(),
+                false,
+            );
+        } else {
+            trace::handshake_answer(&inner.moniker, &buf);
+        }
         let message = match Message::parse(&buf) {
             Ok(m) => m,
             Err(e) => {
@@ -853,6 +892,11 @@ fn handle_message(inner: &Arc<Inner>, message: Message) {
         } => {
             if let Some(call) = lock(&inner.pending).remove(&id) {
                 let _ = call.reply.send(outcome);
+            } else if matches!(&outcome, Err(e) if e.code == codes::REQUEST_CANCELLED) {
+                // The expected answer to a `$/cancel` for a call the host stopped waiting for.
+                tracing::debug!(plugin = %inner.moniker, id, "late answer to a cancelled request");
+            } else {
+                tracing::debug!(plugin = %inner.moniker, id, "answer to a request the host stopped waiting for (ignored)");
             }
         }
         Message::Response { id, .. } => {

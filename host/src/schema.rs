@@ -31,6 +31,14 @@ impl PayloadKind {
             PayloadKind::Event => "payload of event",
         }
     }
+
+    /// The verb agreeing with [`Self::describe`]: "params" is plural.
+    fn breaks(self) -> &'static str {
+        match self {
+            PayloadKind::Params => "break",
+            _ => "breaks",
+        }
+    }
 }
 
 /// Compiled validators for one plugin, keyed by payload kind and method or topic.
@@ -62,8 +70,9 @@ impl Validators {
         let mut object = ErrorObject::new(
             codes::SCHEMA_VIOLATION,
             format!(
-                "the {} `{name}` of koi-{plugin} breaks its declared schema at {shown_path}: {error}",
-                kind.describe()
+                "the {} `{name}` of koi-{plugin} {} its declared schema at {shown_path}: {error}",
+                kind.describe(),
+                kind.breaks()
             ),
         );
         object.set_data_field("path", Value::String(shown_path));
@@ -142,6 +151,21 @@ mod tests {
         assert_eq!(
             err.data.as_ref().and_then(|d| d.get("path")),
             Some(&json!("/port"))
+        );
+        assert!(
+            err.message
+                .contains("params for `announce` of koi-mdns break its"),
+            "params is plural: {}",
+            err.message
+        );
+        let err = v
+            .check("mdns", PayloadKind::Result, "announce", &schema, &json!({}))
+            .expect_err("port is required");
+        assert!(
+            err.message
+                .contains("result of `announce` of koi-mdns breaks its"),
+            "{}",
+            err.message
         );
     }
 

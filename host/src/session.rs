@@ -7,7 +7,7 @@
 use crate::connection::{Connection, LaunchOptions};
 use crate::discovery::Discovery;
 use crate::schema::lock;
-use crate::services::{BoxFuture, HostServices};
+use crate::services::{BoxFuture, HostServices, blame_caller};
 use crate::ui::Terminal;
 use koi_protocol::calls::{self, CallParams, EventDelivery, PublishParams, PublishResult};
 use koi_protocol::{CallContext, ErrorObject, codes};
@@ -100,6 +100,7 @@ impl Session {
         })?;
         // The caller is the connection the request came in on, whatever it claims.
         let caller = CallContext::plugin(from.moniker());
+        let caller_moniker = from.moniker().to_owned();
         let target = if call.plugin == from.moniker() {
             from
         } else {
@@ -121,7 +122,10 @@ impl Session {
             }
             self.connect(&call.plugin).await?
         };
-        target.call_as(&caller, &call.method, call.params).await
+        target
+            .call_as(&caller, &call.method, call.params)
+            .await
+            .map_err(|e| blame_caller(&caller_moniker, &call.plugin, &call.method, e))
     }
 
     fn publish(&self, from: &Connection, params: Value) -> Result<Value, ErrorObject> {

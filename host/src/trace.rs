@@ -59,16 +59,57 @@ pub fn frame(
     secret_names: &BTreeSet<String>,
     whole_result_secret: bool,
 ) {
+    write(
+        plugin,
+        direction,
+        body,
+        secret_names,
+        whole_result_secret,
+        false,
+    );
+}
+
+/// Traces a frame the plugin sent before the handshake completed: the answer to `initialize`.
+/// Its `result.manifest` is declarations, not values (a params schema with a property named
+/// `password` holds no password), so it is shown whole; the rest is redacted as usual.
+pub fn handshake_answer(plugin: &str, body: &[u8]) {
+    write(
+        plugin,
+        Direction::FromPlugin,
+        body,
+        &BTreeSet::new(),
+        false,
+        true,
+    );
+}
+
+fn write(
+    plugin: &str,
+    direction: Direction,
+    body: &[u8],
+    secret_names: &BTreeSet<String>,
+    whole_result_secret: bool,
+    manifest_is_schema: bool,
+) {
     if !enabled() {
         return;
     }
     let text = match serde_json::from_slice::<Value>(body) {
         Ok(mut value) => {
+            // Taken out (leaving null in its place, so the order of keys is kept) while the rest
+            // is redacted.
+            let manifest = manifest_is_schema
+                .then(|| value.pointer_mut("/result/manifest").map(std::mem::take))
+                .flatten();
             // Only payloads are redacted: the envelope (ids, error codes) is never secret.
             for payload in ["params", "result"] {
                 if let Some(v) = value.get_mut(payload) {
                     redact(v, secret_names);
                 }
+            }
+            if let (Some(manifest), Some(slot)) = (manifest, value.pointer_mut("/result/manifest"))
+            {
+                *slot = manifest;
             }
             if let Some(data) = value.get_mut("error").and_then(|e| e.get_mut("data")) {
                 redact(data, secret_names);

@@ -25,10 +25,14 @@ pub(crate) type Reply = Response<Body>;
 /// | any code `>= 0` (a domain failure) | 422 |
 /// | `-32003` plugin unavailable, `-32800` cancelled | 503 |
 /// | `-32004` timeout | 504 |
+/// | any negative code with `data.caller` (a plugin's `host/call` the callee refused) | 502 |
 /// | anything else (internal errors, result schema violations, protocol errors) | 502 |
 pub fn http_status_for(error: &ErrorObject) -> StatusCode {
+    // `data.caller`: one plugin sent another something it refused, a plugin bug behind the API.
+    let plugin_caused = error.data.as_ref().and_then(|d| d.get("caller")).is_some();
     match error.code {
         code if code >= 0 => StatusCode::UNPROCESSABLE_ENTITY,
+        _ if plugin_caused => StatusCode::BAD_GATEWAY,
         codes::INVALID_PARAMS => StatusCode::BAD_REQUEST,
         codes::SCHEMA_VIOLATION if is_params_violation(error) => StatusCode::BAD_REQUEST,
         codes::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
@@ -143,6 +147,21 @@ mod tests {
         assert_eq!(status(codes::PROTOCOL_MISMATCH, None), 502);
         assert_eq!(status(codes::FRAME_TOO_LARGE, None), 502);
         assert_eq!(status(-1, None), 502);
+    }
+
+    #[test]
+    fn a_plugins_refused_host_call_is_a_bad_gateway_not_a_bad_request() {
+        let caller = |payload: Option<&str>| {
+            let mut data = json!({"caller": "certmesh"});
+            if let Some(p) = payload {
+                data["payload"] = json!(p);
+            }
+            Some(data)
+        };
+        assert_eq!(status(codes::SCHEMA_VIOLATION, caller(Some("params"))), 502);
+        assert_eq!(status(codes::INVALID_PARAMS, caller(None)), 502);
+        assert_eq!(status(codes::METHOD_NOT_FOUND, caller(None)), 502);
+        assert_eq!(status(1, caller(None)), 422);
     }
 
     #[test]

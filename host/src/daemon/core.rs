@@ -295,7 +295,17 @@ impl HostServices for Daemon {
                     let connection = target.wait_connection(RESTART_WAIT).await?;
                     // The caller is the connection the request came in on, whatever it claims.
                     let caller = CallContext::plugin(from.moniker());
-                    connection.call_as(&caller, &call.method, call.params).await
+                    connection
+                        .call_as(&caller, &call.method, call.params)
+                        .await
+                        .map_err(|e| {
+                            crate::services::blame_caller(
+                                from.moniker(),
+                                &call.plugin,
+                                &call.method,
+                                e,
+                            )
+                        })
                 })
             }
             calls::PUBLISH => {

@@ -46,6 +46,41 @@ impl Manifest {
         self.publishes.iter().find(|e| e.topic == topic)
     }
 
+    /// The first reason this manifest cannot be served, with the JSON Pointer of the offending
+    /// field inside the manifest (`/methods/1/name`), or `None`. Method names are checked here
+    /// because the schema cannot say which names the protocol reserves or that names are unique
+    /// (docs/protocol.md §6).
+    pub fn first_problem(&self) -> Option<(String, String)> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, method) in self.methods.iter().enumerate() {
+            let path = format!("/methods/{i}/name");
+            if let Some(problem) = method_name_problem(&method.name) {
+                return Some((path, problem));
+            }
+            if !seen.insert(method.name.as_str()) {
+                return Some((
+                    path,
+                    format!(
+                        "`{}` is declared twice; method names must be unique",
+                        method.name
+                    ),
+                ));
+            }
+        }
+        for (i, alias) in self.aliases.iter().enumerate() {
+            if self.method(&alias.method).is_none() {
+                return Some((
+                    format!("/aliases/{i}/method"),
+                    format!(
+                        "the alias `{}` runs `{}`, which is not among the declared methods",
+                        alias.name, alias.method
+                    ),
+                ));
+            }
+        }
+        None
+    }
+
     /// Whether this plugin subscribed to `topic`.
     pub fn subscribes_to(&self, topic: &str) -> bool {
         self.subscribes
@@ -142,6 +177,44 @@ pub struct LegacyRoute {
     pub method: String,
 }
 
+/// Method names the protocol itself uses: a plugin answers them but never declares them.
+pub const RESERVED_METHOD_NAMES: &[&str] = &[
+    crate::calls::INITIALIZE,
+    crate::calls::STATUS,
+    crate::calls::SHUTDOWN,
+];
+
+/// The longest method name accepted.
+pub const MAX_METHOD_NAME_CHARS: usize = 64;
+
+/// Why `name` cannot be a declared method name, or `None` if it can. A method name is a JSON-RPC
+/// method, a CLI verb and a REST path segment at once, so it is lower-case ASCII letters, digits,
+/// `-` and `_`, starting with a letter, at most [`MAX_METHOD_NAME_CHARS`] long, and not one of
+/// [`RESERVED_METHOD_NAMES`] (`host/...` and `$/...` fail the character rule: they are the
+/// protocol's own namespaces).
+pub fn method_name_problem(name: &str) -> Option<String> {
+    if RESERVED_METHOD_NAMES.contains(&name) {
+        return Some(format!(
+            "`{name}` is a method every plugin answers (docs/protocol.md §7); it must not be declared"
+        ));
+    }
+    if name.starts_with("host/") || name.starts_with("$/") {
+        return Some(format!(
+            "`{name}` is in the protocol's own namespace (`host/...` and `$/...` are reserved)"
+        ));
+    }
+    let mut chars = name.chars();
+    let valid = matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= MAX_METHOD_NAME_CHARS
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-' | '_'));
+    (!valid).then(|| {
+        format!(
+            "{} is not a valid method name: use lower-case ASCII letters, digits, `-` and `_`, starting with a letter, at most {MAX_METHOD_NAME_CHARS} characters",
+            serde_json::Value::String(name.to_owned())
+        )
+    })
+}
+
 /// Whether `name` is a valid moniker: starts with a lower-case letter, then lower-case letters,
 /// digits and single hyphens; at most 32 characters.
 pub fn is_valid_moniker(name: &str) -> bool {
@@ -165,6 +238,28 @@ mod tests {
         for bad in ["", "Mdns", "2fa", "x.py", "a--b", "b-", "x_y"] {
             assert!(!is_valid_moniker(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn method_names() {
+        for ok in ["greet", "rotate-secret", "open_enrollment", "a1"] {
+            assert_eq!(method_name_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "initialize",
+            "status",
+            "shutdown",
+            "host/x",
+            "$/cancel",
+            "Bad Name",
+            "",
+            "Greet",
+            "1x",
+            "a.b",
+        ] {
+            assert!(method_name_problem(bad).is_some(), "{bad}");
+        }
+        assert!(method_name_problem(&"a".repeat(MAX_METHOD_NAME_CHARS + 1)).is_some());
     }
 
     #[test]

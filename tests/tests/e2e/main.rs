@@ -21,5 +21,6 @@ mod host_death;
 mod keystrokes;
 mod mdns_ownership;
 mod misbehaviour;
+mod protocol_bugs;
 mod protocol_features;
 mod pyhello;

@@ -107,11 +107,16 @@ fn plugins_call_each_other_through_the_host_with_schema_checks() {
         "--params",
         r#"{"nom":"Lin"}"#,
     ]);
-    bad_params.expect_code(2);
+    // A plugin's host/call the callee refuses is that plugin's bug (exit 3, docs/protocol.md §13),
+    // even when, as with this relay, the params came from the command line.
+    bad_params.expect_code(3);
     assert!(
         bad_params
             .stderr
-            .contains("params for `greet` of koi-hello"),
+            .contains("koi-hello made an invalid call to koi-hello `greet`")
+            && bad_params
+                .stderr
+                .contains("params for `greet` of koi-hello"),
         "{}",
         bad_params.stderr
     );
