@@ -79,6 +79,19 @@ impl CaSession {
     ) -> Result<(Self, UnlockReport), MethodError> {
         let store = CaStore::new(layout.ca_dir());
         if !store.exists() {
+            if layout.is_ca() {
+                // `create` refuses while the roster is here; `leave` needs no vault.
+                return Err(error::fail(
+                    format!(
+                        "This machine is the CA of a mesh, but its key vault {} is missing (moved \
+                         or deleted), so nothing can be signed.",
+                        store.vault_path().display()
+                    ),
+                    "koi keeps no copy of the vault: put back one you saved, or start a new mesh \
+                     with `koi certmesh leave` and then `koi certmesh create` (members join the \
+                     new mesh).",
+                ));
+            }
             return Err(error::fail(
                 format!(
                     "No CA on this machine (nothing at {}).",
@@ -270,6 +283,13 @@ fn take_pending(layout: &Layout) -> Result<(Vec<PendingEntry>, u64), MethodError
         }
     }
     Ok((kept, over))
+}
+
+/// When an enrollment lockout (too many wrong codes) ends, as Unix time, if one is in force.
+pub fn lockout_until(layout: &Layout, now_unix: u64) -> Option<u64> {
+    load_totp_state(layout)
+        .locked_until
+        .filter(|u| *u > now_unix)
 }
 
 fn load_totp_state(layout: &Layout) -> TotpState {

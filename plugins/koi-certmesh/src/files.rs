@@ -107,6 +107,9 @@ pub struct Membership {
     /// Operator who enrolled this machine.
     #[serde(default)]
     pub operator: Option<String>,
+    /// Host name of the mesh's CA, for members (named when the member must ask its operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_name: Option<String>,
 }
 
 impl Membership {

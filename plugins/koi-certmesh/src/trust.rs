@@ -265,9 +265,9 @@ async fn removal_target(layout: &Layout, p: &TrustParams) -> Result<RemovalTarge
                     "`koi certmesh trust status` shows every store that was checked.",
                 )),
                 Some(first) => {
-                    let flag = match &first.fingerprint {
-                        Some(fp) => format!("--fingerprint {fp}"),
-                        None => format!("--name {}", first.name),
+                    let command = match &first.fingerprint {
+                        Some(fp) => format!("`koi certmesh trust remove --fingerprint {fp}`"),
+                        None => format!("`koi certmesh trust remove --name {}`", first.name),
                     };
                     Err(error::fail(
                         format!(
@@ -275,7 +275,7 @@ async fn removal_target(layout: &Layout, p: &TrustParams) -> Result<RemovalTarge
                             listed.join("; ")
                         ),
                         format!(
-                            "Say which one to remove: `koi certmesh trust remove {flag}` (or --name NAME), as `koi certmesh trust status` lists them."
+                            "Say which one to remove: {command} (or --name NAME), as `koi certmesh trust status` lists them."
                         ),
                     ))
                 }

@@ -8,12 +8,13 @@
 mod support;
 
 mod certmesh;
+mod certmesh_cli;
 mod certmesh_crash;
 mod certmesh_dos;
+mod certmesh_flood;
+mod certmesh_leave;
 mod certmesh_ownership;
 mod certmesh_rotate;
-mod certmesh_leave;
-mod certmesh_flood;
 mod cli;
 mod daemon;
 mod escapes;
