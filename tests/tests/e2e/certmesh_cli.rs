@@ -5,3 +5,275 @@
 //! the `host.local` name a client can actually resolve.
 
 mod commands;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::certmesh::{
+    certmesh_bin, code, create, mdns_bin, output_text, wait_for_api, write_passphrase, wrong_code,
+};
+use crate::support::netlab::NetLab;
+use crate::support::{KoiEnv, root_or_skip};
+
+/// `create` refuses `.local` as a unicast domain, a subnet written with host bits (naming the
+/// network it would be), and reports every missing profile requirement in one error; nothing is
+/// created by any of them.
+#[test]
+fn create_refuses_local_domains_and_host_subnets_and_lists_every_missing_requirement() {
+    let env = KoiEnv::new();
+    env.install(&certmesh_bin(), "certmesh");
+    let pass = write_passphrase(&env);
+    for domain in ["local", "lab.local"] {
+        let run = create(&env, &pass, &["--domain", domain]);
+        run.expect_code(1);
+        assert!(
+            run.stderr.contains("belong to mDNS"),
+            "--domain {domain}: {}",
+            run.stderr
+        );
+    }
+    let run = create(&env, &pass, &["--subnet", "10.88.1.5/24"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("did you mean 10.88.1.0/24?"),
+        "{}",
+        run.stderr
+    );
+    let run = create(&env, &pass, &["--profile", "organization"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("requires a scope and an operator name")
+            && run.stderr.contains("--domain D")
+            && run.stderr.contains("--operator NAME"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !env.home.join("certmesh").exists(),
+        "a refused create left state behind"
+    );
+}
+
+fn join_args<'a>(ca: &'a str, fingerprint: &'a str, code: &'a str) -> Vec<&'a str> {
+    vec![
+        "certmesh",
+        "join",
+        "--ca",
+        ca,
+        "--fingerprint",
+        fingerprint,
+        "--code",
+        code,
+    ]
+}
+
+/// In a two-host lab: a member joining a locked CA is told to ask the CA's operator, by name;
+/// malformed codes never reach the CA (three of them cost nothing) while three wrong ones lock
+/// enrollment out, which `status` shows with its end; `--ca NAME.local` resolves through
+/// koi-mdns (an unknown name says so); the member's certificate holds `cmcli-b.local`, which
+/// `join` says and `curl https://cmcli-b.local` proves; `unlock` on the member names the CA.
+#[test]
+fn join_by_local_name_checks_codes_locally_and_tells_a_member_whom_to_ask() {
+    if !root_or_skip("join_by_local_name_checks_codes_locally_and_tells_a_member_whom_to_ask") {
+        return;
+    }
+    let lab = NetLab::new("cmcli");
+    for host in [&lab.a, &lab.b] {
+        host.env.install(&certmesh_bin(), "certmesh");
+        host.env.install(&mdns_bin(), "mdns");
+    }
+    let pass = write_passphrase(&lab.a.env);
+    let quick = [("KOI_RESTART_INITIAL_MS", "50")];
+    let mut daemon_a = lab.a.env.start_daemon(&quick);
+    let created = create(&lab.a.env, &pass, &["--json"]);
+    created.expect_code(0);
+    let fingerprint = created.json()["mesh"]["ca_fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_owned();
+    let uri = created.json()["otpauth_uri"]
+        .as_str()
+        .expect("uri")
+        .to_owned();
+
+    // A locked CA (the daemon restarted): the member is told whom to ask, not to unlock itself.
+    daemon_a.terminate(Duration::from_secs(10));
+    drop(daemon_a);
+    let _daemon_a = lab.a.env.start_daemon(&quick);
+    wait_for_api(&lab.a, &lab.a.ip);
+    let the_code = code(&uri, 0);
+    let locked = lab
+        .b
+        .env
+        .run(&join_args(&lab.a.ip, &fingerprint, &the_code));
+    locked.expect_code(1);
+    assert!(
+        locked
+            .stderr
+            .contains("Ask the operator of cmcli-a to run `koi certmesh unlock` on cmcli-a"),
+        "{}",
+        locked.stderr
+    );
+    lab.a
+        .env
+        .run(&["certmesh", "unlock", "--passphrase-file", &pass])
+        .expect_code(0);
+
+    // Malformed codes are refused here and cost no attempt at the CA.
+    for bad in ["abc", "12345", "1234567", "12a456"] {
+        let run = lab.b.env.run(&join_args(&lab.a.ip, &fingerprint, bad));
+        run.expect_code(1);
+        assert!(
+            run.stderr.contains("Nothing was sent to the CA") && !run.stderr.contains(bad),
+            "--code {bad}: {}",
+            run.stderr
+        );
+    }
+    let status = lab.a.env.run(&["certmesh", "status", "--json"]);
+    assert_eq!(
+        status.json()["details"]["enrollment_open"],
+        true,
+        "{}",
+        status.stdout
+    );
+    assert!(status.json()["details"]["enrollment_locked_out"].is_null());
+
+    // Three wrong codes lock enrollment out; status says so and when it ends.
+    for _ in 0..3 {
+        let wrong = wrong_code(&uri);
+        lab.b
+            .env
+            .run(&join_args(&lab.a.ip, &fingerprint, &wrong))
+            .expect_code(1);
+    }
+    let status = lab.a.env.run(&["certmesh", "status", "--json"]);
+    let details = &status.json()["details"];
+    assert_eq!(details["enrollment_open"], false, "{}", status.stdout);
+    assert!(
+        details["enrollment_locked_out"]["until"]
+            .as_str()
+            .is_some_and(|u| u.ends_with('Z'))
+            && details["enrollment_locked_out"]["seconds_left"].as_u64() > Some(0),
+        "{}",
+        status.stdout
+    );
+    let human = lab.a.env.run(&["certmesh", "status"]);
+    assert!(
+        human.stdout.contains("enrollment LOCKED OUT"),
+        "{}",
+        human.stdout
+    );
+    // rotate-secret restarts the code guard, so the lab can go on.
+    let rotated = lab.a.env.run(&["certmesh", "rotate-secret", "--json"]);
+    rotated.expect_code(0);
+    let uri = rotated.json()["otpauth_uri"]
+        .as_str()
+        .expect("new uri")
+        .to_owned();
+
+    // An unknown .local name: the mDNS lookup fails and says how to check the name.
+    let the_code = code(&uri, 0);
+    let unknown = lab
+        .b
+        .env
+        .run(&join_args("nosuch-cmcli.local", &fingerprint, &the_code));
+    unknown.expect_code(1);
+    assert!(
+        unknown
+            .stderr
+            .contains("No machine answered for nosuch-cmcli.local over mDNS")
+            && unknown
+                .stderr
+                .contains("`koi mdns resolve nosuch-cmcli.local`"),
+        "{}",
+        unknown.stderr
+    );
+
+    // Join by the CA's mDNS name.
+    let mut args = join_args("cmcli-a.local", &fingerprint, &the_code);
+    args.push("--json");
+    let joined = lab.b.env.run(&args);
+    joined.expect_code(0);
+    let holds = joined.json()["certificate_holds"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        holds.contains("cmcli-b.local") && holds.contains(&lab.b.ip),
+        "{}",
+        joined.stdout
+    );
+    assert!(
+        joined.json()["dns_names"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n == "cmcli-b.local")),
+        "{}",
+        joined.stdout
+    );
+
+    // `curl https://cmcli-b.local` from A, against B serving its new certificate.
+    let certs = lab.b.env.home.join("certs").join("cmcli-b");
+    let mut server = lab
+        .b
+        .command(
+            "openssl",
+            &[
+                "s_server",
+                "-quiet",
+                "-www",
+                "-accept",
+                "8443",
+                "-cert",
+                &certs.join("cert.pem").display().to_string(),
+                "-key",
+                &certs.join("key.pem").display().to_string(),
+            ],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let ca_pem = lab.a.env.home.join("certs").join("cmcli-a").join("ca.pem");
+    let resolve = format!("cmcli-b.local:8443:{}", lab.b.ip);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let curl = loop {
+        let out = lab
+            .a
+            .command(
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "3",
+                    "--resolve",
+                    &resolve,
+                    "--cacert",
+                    &ca_pem.display().to_string(),
+                    "https://cmcli-b.local:8443/",
+                ],
+            )
+            .output()
+            .expect("curl");
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(curl.status.success(), "curl: {}", output_text(&curl));
+
+    // `unlock` on the member: it names the mesh and its CA, and whom to ask.
+    let unlock = lab.b.env.run(&["certmesh", "unlock"]);
+    unlock.expect_code(1);
+    assert!(
+        unlock.stderr.contains("member of mesh")
+            && unlock.stderr.contains("whose CA is cmcli-a")
+            && unlock
+                .stderr
+                .contains("Ask the operator of cmcli-a to run `koi certmesh unlock` on cmcli-a"),
+        "{}",
+        unlock.stderr
+    );
+}
