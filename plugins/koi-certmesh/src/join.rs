@@ -332,17 +332,17 @@ async fn resolve_ca(ctx: &Context, given: CaEndpoint) -> Result<CaEndpoint, Meth
             .await
             .map(|mut addrs| addrs.next().is_some())
             .unwrap_or(false);
-        return match found {
-            true => Ok(given),
-            false => Err(error::fail(
-                format!(
-                    "The CA name {} does not resolve on this machine (DNS has no address for it).",
-                    given.host
-                ),
-                "Pass the CA's address with --ca ADDR (`koi certmesh status` on the CA shows it), \
+        if found {
+            return Ok(given);
+        }
+        return Err(error::fail(
+            format!(
+                "The CA name {} does not resolve on this machine (DNS has no address for it).",
+                given.host
+            ),
+            "Pass the CA's address with --ca ADDR (`koi certmesh status` on the CA shows it), \
                  or its mDNS name: --ca HOST.local.",
-            )),
-        };
+        ));
     }
     let answer: Value = ctx
         .call(

@@ -242,13 +242,16 @@ fn the_extractor_reads_literals_continuations_and_placeholders() {
         ]
     );
     assert_eq!(
-        words("koi mdns resolve {}").unwrap(),
+        words("koi mdns resolve {}").expect("words"),
         ["mdns", "resolve", "X"]
     );
     assert_eq!(words("koi {moniker} {}"), None);
-    assert_eq!(words("koi certmesh log …").unwrap(), ["certmesh", "log"]);
     assert_eq!(
-        words("koi mdns announce \"Living room\" _http._tcp 80").unwrap(),
+        words("koi certmesh log …").expect("words"),
+        ["certmesh", "log"]
+    );
+    assert_eq!(
+        words("koi mdns announce \"Living room\" _http._tcp 80").expect("words"),
         ["mdns", "announce", "Living room", "_http._tcp", "80"]
     );
 }
