@@ -277,3 +277,73 @@ fn join_by_local_name_checks_codes_locally_and_tells_a_member_whom_to_ask() {
         unlock.stderr
     );
 }
+
+/// The advice for a damaged CA is followed verbatim and works: with the vault gone, or the
+/// roster unreadable, the error names `koi certmesh leave` then `koi certmesh create` (no
+/// nonexistent `restore`, no `create` that would refuse), and running exactly those succeeds. A
+/// wrong passphrase says to type it again.
+#[test]
+fn advice_for_a_damaged_ca_names_commands_that_then_work() {
+    if !root_or_skip("advice_for_a_damaged_ca_names_commands_that_then_work") {
+        return;
+    }
+    let lab = NetLab::new("cmfix");
+    let env = &lab.a.env;
+    env.install(&certmesh_bin(), "certmesh");
+    let pass = write_passphrase(env);
+    create(env, &pass, &[]).expect_code(0);
+
+    let wrong = env.dir.path().join("wrong-pass");
+    std::fs::write(&wrong, "not the passphrase at all\n").expect("write");
+    let run = env.run(&[
+        "certmesh",
+        "unlock",
+        "--passphrase-file",
+        &wrong.display().to_string(),
+    ]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("type the passphrase exactly") && !run.stderr.contains("restore"),
+        "{}",
+        run.stderr
+    );
+
+    // The vault is gone: the advice is leave, then create.
+    std::fs::remove_file(env.home.join("certmesh/ca/vault.sealed")).expect("remove vault");
+    let run = env.run(&["certmesh", "unlock", "--passphrase-file", &pass]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("vault") && run.stderr.contains("missing"),
+        "{}",
+        run.stderr
+    );
+    follow_leave_then_create(env, &pass, &run.stderr);
+
+    // The roster is unreadable: the same advice, and it works too.
+    std::fs::write(env.home.join("certmesh/roster.json"), "{ not json").expect("corrupt");
+    let status = env.run(&["certmesh", "status", "--json"]);
+    let problem = status.json()["details"]["roster_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!problem.contains("restore"), "{problem}");
+    follow_leave_then_create(env, &pass, &problem);
+}
+
+/// Asserts `advice` names `koi certmesh leave` and `koi certmesh create`, then runs them.
+fn follow_leave_then_create(env: &KoiEnv, pass: &str, advice: &str) {
+    assert!(
+        advice.contains("`koi certmesh leave`") && advice.contains("`koi certmesh create`"),
+        "{advice}"
+    );
+    let left = env.run(&["certmesh", "leave", "--yes"]);
+    assert_eq!(left.code, Some(0), "leave: {}{}", left.stdout, left.stderr);
+    let again = create(env, pass, &[]);
+    assert_eq!(
+        again.code,
+        Some(0),
+        "create: {}{}",
+        again.stdout,
+        again.stderr
+    );
+}
