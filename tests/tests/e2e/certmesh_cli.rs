@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::certmesh::{
     certmesh_bin, code, create, mdns_bin, output_text, wait_for_api, write_passphrase, wrong_code,
 };
+use crate::keystrokes::{Pty, result_line};
 use crate::support::netlab::NetLab;
 use crate::support::{KoiEnv, root_or_skip};
 
@@ -54,6 +55,12 @@ fn create_refuses_local_domains_and_host_subnets_and_lists_every_missing_require
     );
 }
 
+fn join_args_json<'a>(ca: &'a str, fingerprint: &'a str, code: &'a str) -> Vec<&'a str> {
+    let mut args = join_args(ca, fingerprint, code);
+    args.push("--json");
+    args
+}
+
 fn join_args<'a>(ca: &'a str, fingerprint: &'a str, code: &'a str) -> Vec<&'a str> {
     vec![
         "certmesh",
@@ -69,7 +76,8 @@ fn join_args<'a>(ca: &'a str, fingerprint: &'a str, code: &'a str) -> Vec<&'a st
 
 /// In a two-host lab: a member joining a locked CA is told to ask the CA's operator, by name;
 /// malformed codes never reach the CA (three of them cost nothing) while three wrong ones lock
-/// enrollment out, which `status` shows with its end; `--ca NAME.local` resolves through
+/// enrollment out, which `status` shows with its end; at a terminal a malformed code is asked
+/// for again; `--ca NAME.local` resolves through
 /// koi-mdns (an unknown name says so); the member's certificate holds `cmcli-b.local`, which
 /// `join` says and `curl https://cmcli-b.local` proves; `unlock` on the member names the CA.
 #[test]
@@ -189,26 +197,35 @@ fn join_by_local_name_checks_codes_locally_and_tells_a_member_whom_to_ask() {
         unknown.stderr
     );
 
-    // Join by the CA's mDNS name.
-    let mut args = join_args("cmcli-a.local", &fingerprint, &the_code);
-    args.push("--json");
-    let joined = lab.b.env.run(&args);
-    joined.expect_code(0);
-    let holds = joined.json()["certificate_holds"]
+    // Join by the CA's mDNS name, at a terminal: a malformed --code, then a malformed typed
+    // code, are each answered with a new question, and nothing reaches the CA until the code
+    // has six digits.
+    let mut pty = Pty::start(
+        &lab.b.env,
+        &join_args_json("cmcli-a.local", &fingerprint, "abc"),
+        &[],
+    );
+    pty.wait_for("you will be asked for the code instead");
+    pty.wait_for("Enrollment code");
+    pty.type_bytes(b"12a\n");
+    pty.wait_for("type the code again");
+    pty.type_bytes(format!("{}\n", code(&uri, 0)).as_bytes());
+    let (exit, output) = pty.finish();
+    assert_eq!(exit, Some(0), "{output}");
+    let joined = result_line(&output);
+    let holds = joined["certificate_holds"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
     assert!(
         holds.contains("cmcli-b.local") && holds.contains(&lab.b.ip),
-        "{}",
-        joined.stdout
+        "{joined}"
     );
     assert!(
-        joined.json()["dns_names"]
+        joined["dns_names"]
             .as_array()
             .is_some_and(|n| n.iter().any(|n| n == "cmcli-b.local")),
-        "{}",
-        joined.stdout
+        "{joined}"
     );
 
     // `curl https://cmcli-b.local` from A, against B serving its new certificate.
