@@ -98,9 +98,19 @@ fn root(layout: &Layout) -> Result<(String, String), MethodError> {
     })?;
     let files = CertFiles::at(layout, &membership.hostname);
     let pem = std::fs::read_to_string(&files.ca).map_err(|e| {
+        // `join` refuses on the CA, whose root is also kept in its CA directory.
+        let next = if layout.is_ca() {
+            format!(
+                "Copy the CA's own root {} to {}, then run the command again.",
+                layout.ca_dir().join("ca.pem").display(),
+                files.ca
+            )
+        } else {
+            "Join the mesh again (`koi certmesh join`, with a fresh code) to restore it.".into()
+        };
         error::fail(
             format!("Failed to read the mesh root {}: {e}.", files.ca),
-            "Join the mesh again (`koi certmesh join`) to restore it.",
+            next,
         )
     })?;
     Ok((pem, membership.ca_fingerprint))

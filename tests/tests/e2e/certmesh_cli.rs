@@ -296,7 +296,8 @@ fn join_by_local_name_checks_codes_locally_and_tells_a_member_whom_to_ask() {
 }
 
 /// The advice for a damaged CA is followed verbatim and works: with the vault gone, or the
-/// roster unreadable, the error names `koi certmesh leave` then `koi certmesh create` (no
+/// roster or membership record unreadable, the error names `koi certmesh leave` then `koi
+/// certmesh create` (no
 /// nonexistent `restore`, no `create` that would refuse), and running exactly those succeeds. A
 /// wrong passphrase says to type it again.
 #[test]
@@ -345,6 +346,13 @@ fn advice_for_a_damaged_ca_names_commands_that_then_work() {
         .to_owned();
     assert!(!problem.contains("restore"), "{problem}");
     follow_leave_then_create(env, &pass, &problem);
+
+    // The CA's membership record is unreadable: `join` (refused on a CA) is not the advice.
+    std::fs::write(env.home.join("certmesh/membership.json"), "[").expect("corrupt");
+    let run = env.run(&["certmesh", "trust", "install"]);
+    run.expect_code(1);
+    assert!(!run.stderr.contains("certmesh join"), "{}", run.stderr);
+    follow_leave_then_create(env, &pass, &run.stderr);
 }
 
 /// Asserts `advice` names `koi certmesh leave` and `koi certmesh create`, then runs them.
