@@ -80,17 +80,7 @@ impl CaSession {
         let store = CaStore::new(layout.ca_dir());
         if !store.exists() {
             if layout.is_ca() {
-                // `create` refuses while the roster is here; `leave` needs no vault.
-                return Err(error::fail(
-                    format!(
-                        "This machine is the CA of a mesh, but its key vault {} is missing (moved \
-                         or deleted), so nothing can be signed.",
-                        store.vault_path().display()
-                    ),
-                    "koi keeps no copy of the vault: put back one you saved, or start a new mesh \
-                     with `koi certmesh leave` and then `koi certmesh create` (members join the \
-                     new mesh).",
-                ));
+                return Err(error::missing_vault(&store.vault_path()));
             }
             return Err(error::fail(
                 format!(
