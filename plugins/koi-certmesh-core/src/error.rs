@@ -34,7 +34,7 @@ pub enum Error {
 
     /// Decryption failed: wrong passphrase, or the sealed file was altered.
     #[error(
-        "Cannot unlock {what}: the passphrase is wrong or the sealed file was altered (AES-256-GCM authentication failed). Re-enter the passphrase; if it is right, restore the file from a backup (`koi certmesh restore`)."
+        "Cannot unlock {what}: the passphrase is wrong or the sealed file was altered (AES-256-GCM authentication failed). Nothing was changed. Run the command again and type the passphrase exactly (it is case-sensitive). If it is surely right, the file was altered: put back a copy of it you saved (koi keeps none), or start a new mesh with `koi certmesh leave` and then `koi certmesh create` (members join the new mesh)."
     )]
     WrongPassphrase {
         /// The sealed thing ("the CA vault at /path").
@@ -43,7 +43,7 @@ pub enum Error {
 
     /// A sealed file is malformed or uses parameters this build refuses.
     #[error(
-        "The sealed file {what} is unreadable: {reason}. Restore it from a backup (`koi certmesh restore`); it was not written by this version of koi-certmesh or was damaged."
+        "The sealed file {what} is unreadable: {reason}. It was damaged, or written by another version of koi-certmesh (`koi version` shows this one). Put back a copy of it you saved (koi keeps none), or start a new mesh with `koi certmesh leave` and then `koi certmesh create` (members join the new mesh)."
     )]
     SealedFormat {
         /// The sealed thing.
@@ -114,7 +114,7 @@ pub enum Error {
 
     /// A certificate (ours, read back from disk) could not be parsed or is unusable.
     #[error(
-        "The certificate {what} is unusable: {reason}. Restore the CA directory from a backup (`koi certmesh restore`)."
+        "The certificate {what} is unusable: {reason}. It was damaged: put back a copy of it you saved (koi keeps none), or start over with `koi certmesh leave` and then `koi certmesh create` or `koi certmesh join`."
     )]
     InvalidCertificate {
         /// Which certificate.
@@ -176,7 +176,7 @@ pub enum Error {
     },
 
     /// The audit log ends in a partly written line (a crash during an append).
-    #[error("The audit log {} ends with a partly written line (line {line}, from a crash during an append). Run `koi certmesh log --verify` to inspect it; recover by truncating the torn tail (`koi certmesh log --repair`).", path.display())]
+    #[error("The audit log {} ends with a partly written line (line {line}, from a crash during an append). `koi certmesh unlock` removes the torn line and records the repair in the log itself; `koi certmesh log --verify` shows the log first.", path.display())]
     AuditTornTail {
         /// The log.
         path: PathBuf,
@@ -185,7 +185,7 @@ pub enum Error {
     },
 
     /// The audit log is not intact; appending to it would hide the damage.
-    #[error("The audit log {} failed verification at line {line}: {reason}. Appends are refused until an operator has inspected it (`koi certmesh log --verify`).", path.display())]
+    #[error("The audit log {} failed verification at line {line}: {reason}. Appends are refused, because an entry written after the damage would hide it, so this CA cannot sign any more; existing certificates stay valid. `koi certmesh log --verify` shows the first bad line. koi keeps no copy of the log: put back one you saved, or start a new mesh with `koi certmesh leave` (it keeps this log as evidence) and then `koi certmesh create` (members join the new mesh).", path.display())]
     AuditTampered {
         /// The log.
         path: PathBuf,
@@ -200,10 +200,10 @@ pub enum Error {
     ProfileRequirement {
         /// The profile.
         profile: &'static str,
-        /// What it requires.
-        requirement: &'static str,
+        /// What it requires (every unmet requirement).
+        requirement: String,
         /// What to pass.
-        next: &'static str,
+        next: String,
     },
 }
 

@@ -113,24 +113,62 @@ impl TrustProfile {
         }
     }
 
-    /// Checks a `create` request against the profile's requirements.
-    pub fn check_create(self, scope: &Scope, operator: Option<&str>) -> Result<()> {
+    /// What a `create` request lacks for this profile, every item at once (empty when none).
+    pub fn missing(self, scope: &Scope, operator: Option<&str>) -> Vec<Requirement> {
         let d = self.defaults();
+        let mut missing = Vec::new();
         if d.requires_scope && scope.is_unrestricted() {
-            return Err(Error::ProfileRequirement {
-                profile: self.as_str(),
-                requirement: "a scope",
-                next: "Pass `--domain D` and/or `--subnet CIDR` to `koi certmesh create`.",
-            });
+            missing.push(Requirement::Scope);
         }
         if d.requires_operator && operator.is_none_or(|o| o.trim().is_empty()) {
-            return Err(Error::ProfileRequirement {
-                profile: self.as_str(),
-                requirement: "an operator name",
-                next: "Pass `--operator NAME` (it is written to the audit log).",
-            });
+            missing.push(Requirement::Operator);
         }
-        Ok(())
+        missing
+    }
+
+    /// Checks a `create` request against the profile's requirements, naming every one unmet.
+    pub fn check_create(self, scope: &Scope, operator: Option<&str>) -> Result<()> {
+        self.refuse(&self.missing(scope, operator))
+    }
+
+    /// The error for `missing` requirements (`Ok` when there are none): all of them in one
+    /// message, so the user fixes the command line once.
+    pub fn refuse(self, missing: &[Requirement]) -> Result<()> {
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let what: Vec<&str> = missing.iter().map(|r| r.what()).collect();
+        let flags: Vec<&str> = missing.iter().map(|r| r.flags()).collect();
+        Err(Error::ProfileRequirement {
+            profile: self.as_str(),
+            requirement: what.join(" and "),
+            next: format!("Pass {} to `koi certmesh create`.", flags.join(", and ")),
+        })
+    }
+}
+
+/// Something a trust profile requires of `create`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requirement {
+    /// A scope: `--domain` and/or `--subnet`.
+    Scope,
+    /// An operator name: `--operator`.
+    Operator,
+}
+
+impl Requirement {
+    fn what(self) -> &'static str {
+        match self {
+            Requirement::Scope => "a scope",
+            Requirement::Operator => "an operator name",
+        }
+    }
+
+    fn flags(self) -> &'static str {
+        match self {
+            Requirement::Scope => "--domain D and/or --subnet CIDR",
+            Requirement::Operator => "--operator NAME (it is written to the audit log)",
+        }
     }
 }
 
@@ -149,8 +187,8 @@ impl std::str::FromStr for TrustProfile {
             "organization" | "organisation" | "org" => Ok(TrustProfile::Organization),
             _ => Err(Error::ProfileRequirement {
                 profile: "requested",
-                requirement: "one of: personal, team, organization",
-                next: "Pass `--profile personal|team|organization`.",
+                requirement: "one of: personal, team, organization".into(),
+                next: "Pass --profile personal, team or organization.".into(),
             }),
         }
     }
@@ -168,6 +206,13 @@ mod tests {
             org.check_create(&Scope::unrestricted(), Some("ana"))
                 .is_err()
         );
+        let both = org.check_create(&Scope::unrestricted(), None).unwrap_err();
+        assert!(
+            both.to_string()
+                .contains("requires a scope and an operator name"),
+            "{both}"
+        );
+        assert!(both.to_string().contains("--operator NAME"), "{both}");
         let scope = Scope::new(&["lab.example"], &[] as &[&str]).unwrap();
         assert!(org.check_create(&scope, None).is_err());
         assert!(org.check_create(&scope, Some("ana")).is_ok());

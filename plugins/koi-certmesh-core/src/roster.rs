@@ -28,6 +28,11 @@ use crate::scope::{Scope, canonical_ip};
 /// The roster format this build reads and writes.
 pub const ROSTER_VERSION: u32 = 1;
 
+/// What to do about a roster that does not parse: koi keeps no copy of it, and `leave` works
+/// without it (it reads `membership.json` and `ca/ca.pem`).
+pub const ROSTER_DAMAGED_NEXT: &str = "koi keeps no copy of roster.json: put back one you saved, \
+or start a new mesh with `koi certmesh leave` and then `koi certmesh create` (members join the new mesh).";
+
 /// The whole roster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -349,7 +354,7 @@ impl Roster {
             serde_json::from_slice(&bytes).map_err(|e| Error::Format {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
-                next: "Restore roster.json from a backup (`koi certmesh restore`).",
+                next: ROSTER_DAMAGED_NEXT,
             })?;
         let found = probe.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
         if found != u64::from(ROSTER_VERSION) {
@@ -362,7 +367,7 @@ impl Roster {
         serde_json::from_value(probe).map_err(|e| Error::Format {
             path: path.to_path_buf(),
             reason: e.to_string(),
-            next: "Restore roster.json from a backup (`koi certmesh restore`).",
+            next: ROSTER_DAMAGED_NEXT,
         })
     }
 

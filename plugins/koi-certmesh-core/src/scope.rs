@@ -41,6 +41,24 @@ pub const PRIVATE_RANGES: [&str; 6] = [
 /// `local` (mDNS names).
 pub const DEFAULT_DOMAINS: [&str; 3] = ["lan", "home.arpa", "local"];
 
+/// Refuses `local` and any name under it as a `--domain`: the first domain becomes the mesh's
+/// unicast zone (`host.<zone>` names), and `.local` belongs to multicast DNS (RFC 6762), where a
+/// unicast zone would collide with every machine's own mDNS name. The default scope already
+/// certifies members' `host.local` names.
+pub fn refuse_mdns_domain(domain: &str) -> Result<()> {
+    let lower = domain.trim().trim_matches('.').to_ascii_lowercase();
+    if lower == "local" || lower.ends_with(".local") {
+        return Err(Error::InvalidScope {
+            input: domain.to_owned(),
+            reason: "`.local` names belong to mDNS (RFC 6762), so no unicast zone may be there; \
+                     leave out --domain to get the default scope, which already certifies every \
+                     member's host.local name, or pick a unicast domain such as lab.example"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// The private LAN ranges as parsed networks.
 pub fn private_ranges() -> Vec<IpNet> {
     PRIVATE_RANGES
@@ -87,7 +105,16 @@ impl Scope {
                 input: raw.to_owned(),
                 reason: "not a CIDR block such as 192.168.1.0/24 or fd00::/64".into(),
             })?;
-            let net = net.trunc();
+            if net.trunc() != net {
+                return Err(Error::InvalidScope {
+                    input: raw.to_owned(),
+                    reason: format!(
+                        "{} is an address inside a network, not the network; did you mean {}?",
+                        net.addr(),
+                        net.trunc()
+                    ),
+                });
+            }
             if net.prefix_len() == 0 {
                 return Err(Error::InvalidScope {
                     input: raw.to_owned(),
@@ -127,6 +154,9 @@ impl Scope {
                 });
             }
             return Ok(Scope::unrestricted());
+        }
+        for d in domains {
+            refuse_mdns_domain(d.as_ref())?;
         }
         if domains.is_empty() {
             Scope::mesh_default(subnets)
@@ -293,12 +323,25 @@ mod tests {
 
     #[test]
     fn subnet_scope_and_mapped_addresses() {
-        let s = Scope::new(&[] as &[&str], &["10.77.0.9/24"]).unwrap();
+        let e = Scope::new(&[] as &[&str], &["10.77.0.9/24"]).unwrap_err();
+        assert!(e.to_string().contains("did you mean 10.77.0.0/24?"), "{e}");
+        let s = Scope::new(&[] as &[&str], &["10.77.0.0/24"]).unwrap();
         assert_eq!(s.subnets[0].to_string(), "10.77.0.0/24");
         assert!(s.check_ip("10.77.0.200".parse().unwrap()).is_ok());
         assert!(s.check_ip("::ffff:10.77.0.5".parse().unwrap()).is_ok());
         assert!(s.check_ip("10.78.0.1".parse().unwrap()).is_err());
         assert!(s.check_ip("192.168.1.1".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_domain_under_local_is_refused_but_the_default_scope_keeps_local() {
+        for bad in ["local", "LOCAL.", ".local", "lab.local"] {
+            let e = Scope::for_create(&[bad], &[] as &[&str], false).unwrap_err();
+            assert!(e.to_string().contains("belong to mDNS"), "{bad}: {e}");
+        }
+        assert!(Scope::for_create(&["localnet.example"], &[] as &[&str], false).is_ok());
+        let default = Scope::for_create(&[] as &[&str], &[] as &[&str], false).unwrap();
+        assert!(default.check_dns("stone-b.local").is_ok());
     }
 
     #[test]

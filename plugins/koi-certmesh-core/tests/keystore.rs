@@ -64,7 +64,7 @@ fn wrong_passphrase_fails_with_a_clear_error() {
     assert!(
         msg.contains("vault.sealed")
             && msg.contains("passphrase is wrong")
-            && msg.contains("restore"),
+            && msg.contains("`koi certmesh leave`"),
         "{msg}"
     );
     assert!(!msg.contains("the wrong passphrase"));

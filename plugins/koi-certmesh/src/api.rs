@@ -360,10 +360,12 @@ async fn route(
                 status: "ok".into(),
                 api_version: crate::wire::API_VERSION,
                 locked: !authority.is_unlocked(),
-                enrollment_open: roster
-                    .mesh
-                    .enrollment
-                    .is_open(time::OffsetDateTime::now_utc()),
+                enrollment_open: {
+                    let now = time::OffsetDateTime::now_utc();
+                    let unix = u64::try_from(now.unix_timestamp()).unwrap_or(0);
+                    roster.mesh.enrollment.is_open(now)
+                        && crate::authority::lockout_until(authority.layout(), unix).is_none()
+                },
                 mesh: MeshInfo::of(&roster),
             },
         ),

@@ -79,6 +79,9 @@ impl CaSession {
     ) -> Result<(Self, UnlockReport), MethodError> {
         let store = CaStore::new(layout.ca_dir());
         if !store.exists() {
+            if layout.is_ca() {
+                return Err(error::missing_vault(&store.vault_path()));
+            }
             return Err(error::fail(
                 format!(
                     "No CA on this machine (nothing at {}).",
@@ -270,6 +273,13 @@ fn take_pending(layout: &Layout) -> Result<(Vec<PendingEntry>, u64), MethodError
         }
     }
     Ok((kept, over))
+}
+
+/// When an enrollment lockout (too many wrong codes) ends, as Unix time, if one is in force.
+pub fn lockout_until(layout: &Layout, now_unix: u64) -> Option<u64> {
+    load_totp_state(layout)
+        .locked_until
+        .filter(|u| *u > now_unix)
 }
 
 fn load_totp_state(layout: &Layout) -> TotpState {

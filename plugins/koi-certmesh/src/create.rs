@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use koi_certmesh_core::atomic::ensure_private_dir;
 use koi_certmesh_core::audit::events;
+use koi_certmesh_core::profiles::Requirement;
 use koi_certmesh_core::{
     AuditLog, CaOptions, CaStore, CertAuthority, KdfParams, Member, Passphrase, Role, Roster,
     Scope, TotpSecret, TrustProfile,
@@ -157,9 +158,9 @@ fn refuse_existing(layout: &Layout) -> Result<(), MethodError> {
             format!(
                 "If `create` was interrupted before it showed the enrollment code, or the code is \
                  lost, run `koi certmesh rotate-secret` for a new one (members keep their \
-                 certificates). To start over instead, move {} away first (it holds the CA key \
-                 and the audit log).",
-                layout.dir().display()
+                 certificates). To start over instead, run `koi certmesh leave` first (it \
+                 destroys this CA and keeps its audit log under {}).",
+                layout.home().join("certmesh-left").display()
             ),
         ));
     }
@@ -169,10 +170,7 @@ fn refuse_existing(layout: &Layout) -> Result<(), MethodError> {
                 "This machine is a member of the mesh with CA fingerprint {}; it cannot also create one.",
                 m.ca_fingerprint
             ),
-            format!(
-                "To leave that mesh, move {} away first.",
-                layout.dir().display()
-            ),
+            "Leave that mesh first with `koi certmesh leave`, then run `koi certmesh create` again.",
         ));
     }
     if let Ok(mut entries) = std::fs::read_dir(layout.dir())
@@ -367,6 +365,7 @@ fn build(layout: &Layout, plan: Plan) -> Result<Built, MethodError> {
             .map(ToString::to_string)
             .collect(),
         operator: operator.map(str::to_owned),
+        ca_name: None,
     }
     .save_in(&staging)?;
     drop(audit);
@@ -419,14 +418,22 @@ pub async fn run(
     let _writer = authority.writer_for_command()?;
     refuse_existing(&layout)?;
     let hostname = layout::hostname()?;
-    let profile = choose_profile(&ctx, p.profile).await?;
-    let operator = choose_operator(&ctx, profile, p.operator).await?;
+    // The flags are checked before any question, so a bad command line asks nothing.
+    let scope = Scope::for_create(&p.domain, &p.subnet, p.unconstrained).map_err(error::core)?;
     // The profile judges what the user asked for; the default scope is applied after.
     let asked = Scope::new(&p.domain, &p.subnet).map_err(error::core)?;
+    let profile = choose_profile(&ctx, p.profile).await?;
+    // Everything missing that will not be asked for is reported at once, before the question.
+    let given = p.operator.as_deref().filter(|o| !o.trim().is_empty());
+    let mut missing = profile.missing(&asked, given);
+    if given.is_none() && profile.defaults().prompts_for_operator && ctx.interactive() {
+        missing.retain(|r| *r != Requirement::Operator);
+    }
+    profile.refuse(&missing).map_err(error::core)?;
+    let operator = choose_operator(&ctx, profile, p.operator).await?;
     profile
         .check_create(&asked, operator.as_deref())
         .map_err(error::core)?;
-    let scope = Scope::for_create(&p.domain, &p.subnet, p.unconstrained).map_err(error::core)?;
     if p.unconstrained {
         ctx.show_text(UNCONSTRAINED_WARNING);
     }

@@ -12,6 +12,20 @@ pub fn core(e: koi_certmesh_core::Error) -> MethodError {
     MethodError::new(e.to_string())
 }
 
+/// The CA's roster is here but its vault is not. `create` refuses while the roster is here, and
+/// `leave` needs no vault, so the advice is leave, then create.
+pub fn missing_vault(vault: &std::path::Path) -> MethodError {
+    fail(
+        format!(
+            "This machine is the CA of a mesh, but its key vault {} is missing (moved or \
+             deleted), so nothing can be signed.",
+            vault.display()
+        ),
+        "koi keeps no copy of the vault: put back one you saved, or start a new mesh with \
+         `koi certmesh leave` and then `koi certmesh create` (members join the new mesh).",
+    )
+}
+
 /// A failure with its next step.
 pub fn fail(message: impl Into<String>, next: impl Into<String>) -> MethodError {
     MethodError::new(message).hint(next)

@@ -107,6 +107,9 @@ pub struct Membership {
     /// Operator who enrolled this machine.
     #[serde(default)]
     pub operator: Option<String>,
+    /// Host name of the mesh's CA, for members (named when the member must ask its operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_name: Option<String>,
 }
 
 impl Membership {
@@ -124,9 +127,16 @@ impl Membership {
             }
         };
         let m: Membership = serde_json::from_slice(&bytes).map_err(|e| {
+            // `join` refuses on a CA; `leave` identifies a CA by its root without this file.
+            let next = if layout.is_ca() {
+                "koi keeps no copy of it: put back one you saved, or start a new mesh with \
+                 `koi certmesh leave` and then `koi certmesh create` (members join the new mesh)."
+            } else {
+                "Move it away, then join the mesh again (`koi certmesh join`)."
+            };
             error::fail(
                 format!("{} is not a valid membership record: {e}.", path.display()),
-                "Move it away and join the mesh again (`koi certmesh join`).",
+                next,
             )
         })?;
         if m.version != MEMBERSHIP_VERSION {

@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 
 use crate::app::App;
 use crate::client::{self, Answer, CaEndpoint};
-use crate::error;
+use crate::error::{self, Refusal};
 use crate::files::{CertFiles, MEMBERSHIP_VERSION, Membership};
 use crate::layout;
 use crate::names;
@@ -75,6 +75,9 @@ pub struct JoinResult {
     /// Addresses the CA left out, each with the reason: outside the scope, or held by another
     /// entry.
     pub dropped_addresses: Vec<String>,
+    /// Every name and address this machine's certificate holds, in one line: clients reach this
+    /// machine over TLS by these and no others.
+    pub certificate_holds: String,
     /// Expiry (RFC 3339).
     pub expires_at: String,
     /// Where the root was installed (absent with --no-trust).
@@ -242,10 +245,160 @@ async fn pin_ca(
     Ok((seen, health))
 }
 
-fn refused(endpoint: &CaEndpoint, status: u16, error_text: &str) -> MethodError {
+fn refused(
+    endpoint: &CaEndpoint,
+    ca_name: &str,
+    status: u16,
+    body: &crate::wire::ErrorBody,
+) -> MethodError {
+    if body.reason == Refusal::Locked.reason() {
+        // The CA's own text tells its operator to unlock; on this machine that command cannot
+        // work (it is not the CA), so the member is told whom to ask.
+        return error::fail(
+            format!(
+                "The certmesh CA {ca_name} at {endpoint} is locked: its key stays sealed until its \
+                 operator unlocks it, so it cannot enroll this machine ({status}). Nothing was \
+                 changed here."
+            ),
+            format!(
+                "Ask the operator of {ca_name} to run `koi certmesh unlock` on {ca_name}, then run \
+                 `koi certmesh join` here again with a fresh code."
+            ),
+        );
+    }
     MethodError::new(format!(
-        "The certmesh CA at {endpoint} refused to enroll this machine ({status}): {error_text}"
+        "The certmesh CA {ca_name} at {endpoint} refused to enroll this machine ({status}): {}",
+        body.error
     ))
+}
+
+/// How a typed or passed code fails the six-digit format (without repeating the code), or
+/// `None` when it is six ASCII digits. Spaces are ignored (apps show `123 456`).
+pub fn code_problem(code: &str) -> Option<String> {
+    let digits = koi_certmesh_core::totp::DIGITS;
+    let n = code.chars().count();
+    if !code.chars().all(|c| c.is_ascii_digit()) {
+        Some(format!(
+            "has {n} character(s), not all digits; a code is {digits} digits"
+        ))
+    } else if n != digits {
+        Some(format!("has {n} digit(s); a code is {digits} digits"))
+    } else {
+        None
+    }
+}
+
+/// The code without the spaces an authenticator app shows in it.
+fn normalize_code(code: &str) -> Zeroizing<String> {
+    Zeroizing::new(code.chars().filter(|c| !c.is_whitespace()).collect())
+}
+
+/// Typed codes with the wrong format are asked for again, at most this many times in all.
+const CODE_TRIES: usize = 3;
+
+/// Asks for the code at the terminal until one has the six-digit format.
+async fn ask_code(ctx: &Context) -> Result<Zeroizing<String>, MethodError> {
+    for _ in 0..CODE_TRIES {
+        let typed = ctx
+            .secret(
+                "Enrollment code (six digits from the authenticator app)",
+                false,
+            )
+            .await?;
+        let code = normalize_code(&typed);
+        match code_problem(&code) {
+            None => return Ok(code),
+            Some(problem) => ctx.show_text(&format!(
+                "That code {problem}. Nothing was sent to the CA; type the code again."
+            )),
+        }
+    }
+    Err(error::fail(
+        format!("{CODE_TRIES} codes in a row were not six digits; nothing was sent to the CA."),
+        "Run `koi certmesh join` again and type the six digits the authenticator app shows.",
+    ))
+}
+
+/// Where to connect for `--ca`: an address as given; a `.local` name resolved through koi-mdns
+/// (via the host: the system resolver often has no mDNS); any other name looked up now, so a
+/// name that does not resolve gets its own error instead of an "unreachable" one.
+async fn resolve_ca(ctx: &Context, given: CaEndpoint) -> Result<CaEndpoint, MethodError> {
+    if given.host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(given);
+    }
+    let lower = given.host.to_ascii_lowercase();
+    if !lower.trim_end_matches('.').ends_with(".local") {
+        let found = tokio::net::lookup_host((given.host.as_str(), given.port))
+            .await
+            .map(|mut addrs| addrs.next().is_some())
+            .unwrap_or(false);
+        if found {
+            return Ok(given);
+        }
+        return Err(error::fail(
+            format!(
+                "The CA name {} does not resolve on this machine (DNS has no address for it).",
+                given.host
+            ),
+            "Pass the CA's address with --ca ADDR (`koi certmesh status` on the CA shows it), \
+                 or its mDNS name: --ca HOST.local.",
+        ));
+    }
+    let answer: Value = ctx
+        .call(
+            "mdns",
+            "resolve",
+            &json!({"host": given.host, "timeout": 3.0}),
+        )
+        .await
+        .map_err(|e| {
+            if e.code() < 0 {
+                error::fail(
+                    format!(
+                        "Cannot resolve {} through koi-mdns: {}",
+                        given.host,
+                        e.message()
+                    ),
+                    "Install koi-mdns beside koi (`koi plugins list` shows where plugins are \
+                     looked for), or pass the CA's address with --ca ADDR.",
+                )
+            } else {
+                error::fail(
+                    format!(
+                        "No machine answered for {} over mDNS: {}",
+                        given.host,
+                        e.message()
+                    ),
+                    format!(
+                        "Check the name with `koi mdns resolve {}` (the CA's `koi certmesh status` \
+                         shows its host name) and that the CA is on this link; or pass its \
+                         address with --ca ADDR.",
+                        given.host
+                    ),
+                )
+            }
+        })?;
+    let mut addresses: Vec<&str> = answer["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|a| !a.contains('%'))
+        .collect();
+    addresses.sort_by_key(|a| a.contains(':'));
+    let address = addresses.first().ok_or_else(|| {
+        error::fail(
+            format!(
+                "{} answered over mDNS with no address this machine can reach (only link-local ones).",
+                given.host
+            ),
+            "Pass the CA's address with --ca ADDR (`koi certmesh status` on the CA shows it).",
+        )
+    })?;
+    Ok(CaEndpoint {
+        host: (*address).to_owned(),
+        port: given.port,
+    })
 }
 
 /// The `join` method.
@@ -258,11 +411,25 @@ pub async fn run(app: Arc<App>, ctx: Context, p: JoinParams) -> Result<JoinResul
             "Join from another machine.",
         ));
     }
+    // A code that cannot be one is caught here: sent, it would cost an attempt at the CA.
+    let mut given_code = p.code.as_deref().map(normalize_code);
+    if let Some(problem) = given_code.as_deref().and_then(|c| code_problem(c)) {
+        if !ctx.interactive() {
+            return Err(error::fail(
+                format!("--code {problem}. Nothing was sent to the CA, so no attempt was counted."),
+                "Pass the six digits the authenticator app shows now with --code.",
+            ));
+        }
+        ctx.show_text(&format!(
+            "--code {problem}; you will be asked for the code instead."
+        ));
+        given_code = None;
+    }
     let _writer = authority.writer_for_command()?;
     let hostname = layout::hostname()?;
     let found = match &p.ca {
         Some(text) => Found {
-            endpoint: CaEndpoint::parse(text)?,
+            endpoint: resolve_ca(&ctx, CaEndpoint::parse(text)?).await?,
             advertised_fingerprint: None,
             label: text.clone(),
         },
@@ -278,9 +445,9 @@ pub async fn run(app: Arc<App>, ctx: Context, p: JoinParams) -> Result<JoinResul
                 existing.ca_fingerprint
             ),
             format!(
-                "To move to the mesh at {}, move {} away first.",
-                found.endpoint,
-                layout.dir().display()
+                "To move to the mesh at {}, leave the current one first (`koi certmesh leave`), \
+                 then run `koi certmesh join` again.",
+                found.endpoint
             ),
         ));
     }
@@ -291,15 +458,9 @@ pub async fn run(app: Arc<App>, ctx: Context, p: JoinParams) -> Result<JoinResul
             .await?;
         operator = Some(typed.trim().to_owned()).filter(|o| !o.is_empty());
     }
-    let code: Zeroizing<String> = match &p.code {
-        Some(c) => Zeroizing::new(c.trim().to_owned()),
-        None if ctx.interactive() => {
-            ctx.secret(
-                "Enrollment code (six digits from the authenticator app)",
-                false,
-            )
-            .await?
-        }
+    let code: Zeroizing<String> = match given_code {
+        Some(c) => c,
+        None if ctx.interactive() => ask_code(&ctx).await?,
         None => {
             return Err(error::fail(
                 "No terminal to ask for the enrollment code.",
@@ -335,7 +496,12 @@ pub async fn run(app: Arc<App>, ctx: Context, p: JoinParams) -> Result<JoinResul
     let issued = match answer {
         Answer::Ok(a) => a,
         Answer::Refused { status, body } => {
-            return Err(refused(&found.endpoint, status, &body.error));
+            return Err(refused(
+                &found.endpoint,
+                &health.mesh.primary,
+                status,
+                &body,
+            ));
         }
     };
     if crate::x509::public_key(&issued.cert_pem).as_deref() != Some(key.public_key_raw()) {
@@ -368,6 +534,7 @@ pub async fn run(app: Arc<App>, ctx: Context, p: JoinParams) -> Result<JoinResul
         dns_names: issued.dns_names.clone(),
         ip_addresses: issued.ip_addresses.clone(),
         operator,
+        ca_name: Some(issued.mesh.primary.clone()),
     }
     .save_in(&layout.dir())?;
     let trust = if p.no_trust {
@@ -375,7 +542,15 @@ pub async fn run(app: Arc<App>, ctx: Context, p: JoinParams) -> Result<JoinResul
     } else {
         Some(trust::install_root(&layout, &fingerprint).await?)
     };
+    let certificate_holds = issued
+        .dns_names
+        .iter()
+        .chain(&issued.ip_addresses)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     Ok(JoinResult {
+        certificate_holds,
         mesh: issued.mesh,
         ca: found.endpoint.to_string(),
         certificate: files,

@@ -114,13 +114,13 @@ fn verify_all(layout: &crate::layout::Layout) -> Result<String, MethodError> {
     let ca_pem = std::fs::read_to_string(layout.ca_dir().join("ca.pem")).map_err(|e| {
         error::fail(
             format!("Failed to read the CA certificate: {e}."),
-            "The CA directory is damaged; restore it from a backup.",
+            koi_certmesh_core::roster::ROSTER_DAMAGED_NEXT.replace("roster.json", "ca/ca.pem"),
         )
     })?;
     let key = crate::x509::public_key(&ca_pem).ok_or_else(|| {
         error::fail(
             "The CA certificate does not parse.",
-            "The CA directory is damaged; restore it from a backup.",
+            koi_certmesh_core::roster::ROSTER_DAMAGED_NEXT.replace("roster.json", "ca/ca.pem"),
         )
     })?;
     let head = Roster::load(&layout.roster())
@@ -136,7 +136,10 @@ fn verify_all(layout: &crate::layout::Layout) -> Result<String, MethodError> {
                 "The audit log {} fails verification at line {line}: {problem}.",
                 path.display()
             ),
-            "Entries were edited, removed or reordered after they were written. Keep this copy as evidence and restore the log from a backup.",
+            "Entries were edited, removed or reordered after they were written. koi keeps no copy \
+             of the log: put back one you saved. If this CA may be compromised, start a new mesh \
+             with `koi certmesh leave` (it keeps this log as evidence) and then `koi certmesh \
+             create` (members join the new mesh).",
         )),
         AuditVerdict::TornTail { line, .. } => Err(error::fail(
             format!(

@@ -74,6 +74,7 @@ pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
     };
     let short_fp: String = membership.ca_fingerprint.chars().take(16).collect();
     let mut unconstrained = false;
+    let mut lockout_text = String::new();
     let summary = if layout.is_ca() {
         let locked = !authority.is_unlocked();
         let daemon = ctx.mode() == RunMode::Daemon;
@@ -89,10 +90,34 @@ pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
                 );
                 unconstrained = roster.mesh.scope.dns_unconstrained();
                 details.insert("unconstrained".into(), Value::from(unconstrained));
+                let now = OffsetDateTime::now_utc();
+                let now_unix = u64::try_from(now.unix_timestamp()).unwrap_or(0);
+                let lockout = crate::authority::lockout_until(layout, now_unix);
+                // Locked out, the window may be open but no code is looked at.
                 details.insert(
                     "enrollment_open".into(),
-                    Value::from(roster.mesh.enrollment.is_open(OffsetDateTime::now_utc())),
+                    Value::from(roster.mesh.enrollment.is_open(now) && lockout.is_none()),
                 );
+                if let Some(until) = lockout {
+                    let ends = i64::try_from(until)
+                        .ok()
+                        .and_then(|u| OffsetDateTime::from_unix_timestamp(u).ok())
+                        .map(crate::names::rfc3339)
+                        .unwrap_or_default();
+                    let seconds = until - now_unix;
+                    details.insert(
+                        "enrollment_locked_out".into(),
+                        json!({
+                            "until": ends,
+                            "seconds_left": seconds,
+                            "reason": format!("{} wrong codes in a row", koi_certmesh_core::totp::MAX_FAILURES),
+                        }),
+                    );
+                    lockout_text = format!(
+                        "; enrollment LOCKED OUT after {} wrong codes until {ends} ({seconds} s)",
+                        koi_certmesh_core::totp::MAX_FAILURES
+                    );
+                }
                 details.insert(
                     "members".into(),
                     serde_json::to_value(RosterMember::all(&roster)).unwrap_or_default(),
@@ -136,7 +161,7 @@ pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
             ""
         };
         format!(
-            "CA of mesh {short_fp}… ({}), {lock_text}; {cert_text}{scope_text}",
+            "CA of mesh {short_fp}… ({}), {lock_text}{lockout_text}; {cert_text}{scope_text}",
             membership.profile
         )
     } else {

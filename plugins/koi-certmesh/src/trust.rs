@@ -98,9 +98,19 @@ fn root(layout: &Layout) -> Result<(String, String), MethodError> {
     })?;
     let files = CertFiles::at(layout, &membership.hostname);
     let pem = std::fs::read_to_string(&files.ca).map_err(|e| {
+        // `join` refuses on the CA, whose root is also kept in its CA directory.
+        let next = if layout.is_ca() {
+            format!(
+                "Copy the CA's own root {} to {}, then run the command again.",
+                layout.ca_dir().join("ca.pem").display(),
+                files.ca
+            )
+        } else {
+            "Join the mesh again (`koi certmesh join`, with a fresh code) to restore it.".into()
+        };
         error::fail(
             format!("Failed to read the mesh root {}: {e}.", files.ca),
-            "Join the mesh again (`koi certmesh join`) to restore it.",
+            next,
         )
     })?;
     Ok((pem, membership.ca_fingerprint))
@@ -265,9 +275,9 @@ async fn removal_target(layout: &Layout, p: &TrustParams) -> Result<RemovalTarge
                     "`koi certmesh trust status` shows every store that was checked.",
                 )),
                 Some(first) => {
-                    let flag = match &first.fingerprint {
-                        Some(fp) => format!("--fingerprint {fp}"),
-                        None => format!("--name {}", first.name),
+                    let command = match &first.fingerprint {
+                        Some(fp) => format!("`koi certmesh trust remove --fingerprint {fp}`"),
+                        None => format!("`koi certmesh trust remove --name {}`", first.name),
                     };
                     Err(error::fail(
                         format!(
@@ -275,7 +285,7 @@ async fn removal_target(layout: &Layout, p: &TrustParams) -> Result<RemovalTarge
                             listed.join("; ")
                         ),
                         format!(
-                            "Say which one to remove: `koi certmesh trust remove {flag}` (or --name NAME), as `koi certmesh trust status` lists them."
+                            "Say which one to remove: {command} (or --name NAME), as `koi certmesh trust status` lists them."
                         ),
                     ))
                 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::{App, actor};
 use crate::authority::{CaSession, UnlockReport};
 use crate::error;
+use crate::files::Membership;
 
 /// Params of `unlock`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -47,9 +48,26 @@ pub async fn run(
     let authority = app.authority(&ctx);
     let layout = authority.layout().clone();
     if !layout.is_ca() {
+        if let Some(m) = Membership::load(&layout)? {
+            // The CA's key lives on the CA only: its operator unlocks it there.
+            let ca = m.ca_name.as_deref().unwrap_or("the CA");
+            let at = m
+                .ca_endpoint
+                .as_deref()
+                .map(|e| format!(" at {e}"))
+                .unwrap_or_default();
+            return Err(error::fail(
+                format!(
+                    "This machine is a member of mesh {}… whose CA is {ca}{at}; only the CA has a \
+                     key to unlock.",
+                    m.ca_fingerprint.chars().take(16).collect::<String>()
+                ),
+                format!("Ask the operator of {ca} to run `koi certmesh unlock` on {ca}."),
+            ));
+        }
         return Err(error::fail(
-            "This machine is not a certmesh CA, so there is nothing to unlock.",
-            "Run `koi certmesh unlock` on the CA, or create a mesh here with `koi certmesh create`.",
+            "This machine is not in a mesh, so there is no CA key to unlock.",
+            "Start a mesh here with `koi certmesh create`, or join one with `koi certmesh join`.",
         ));
     }
     let daemon = ctx.mode() == RunMode::Daemon;

@@ -304,7 +304,7 @@ fn two_host_lab_create_unlock_join_then_tls_works_and_no_secret_leaks() {
     assert!(
         locked
             .stderr
-            .contains("CA is locked. Run koi certmesh unlock to resume signing."),
+            .contains("is locked: its key stays sealed until its operator unlocks it"),
         "{}",
         locked.stderr
     );
