@@ -144,7 +144,9 @@ fn conflict_warning(ctx: &Context, r: &Registration) {
             renamed: r.instance.clone(),
             service_type: r.service_type.clone(),
         };
-        tracing::warn!("{e}");
+        // Shown to the user once; the log keeps it at info level (a warn line would be relayed to
+        // the same terminal and repeat it).
+        tracing::info!("{e}");
         ctx.show_text(&format!("warning: {e}.\n  {}", e.hint()));
     }
 }
