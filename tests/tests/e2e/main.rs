@@ -21,3 +21,4 @@ mod mdns_ownership;
 mod misbehaviour;
 mod protocol_features;
 mod pyhello;
+mod rendering;
