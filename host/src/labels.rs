@@ -24,6 +24,7 @@ const ACRONYMS: &[(&str, &str)] = &[
     ("totp", "TOTP"),
     ("api", "API"),
     ("pid", "PID"),
+    ("uid", "UID"),
     ("otpauth", "otpauth"),
 ];
 

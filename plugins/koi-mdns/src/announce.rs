@@ -28,6 +28,7 @@ pub struct AnnounceParams {
     /// Service type, e.g. `_http._tcp`.
     pub service_type: String,
     /// Port the service listens on (1–65535).
+    #[schemars(range(min = 1))]
     pub port: u16,
     /// TXT entry `key=value` (repeatable; each at most 255 bytes).
     #[serde(default)]
@@ -74,6 +75,7 @@ pub struct AdvertiseParams {
     /// Service type, e.g. `_certmesh._tcp`.
     pub service_type: String,
     /// Port (1–65535).
+    #[schemars(range(min = 1))]
     pub port: u16,
     /// TXT properties (each `key=value` at most 255 bytes).
     #[serde(default)]
