@@ -204,13 +204,7 @@ async fn run_root(inv: &Invocation) -> u8 {
         Err(e) => {
             let unknown = e.kind() == clap::error::ErrorKind::InvalidSubcommand;
             if let Some((_, word)) = command_word(&inv.args).filter(|_| unknown) {
-                let commands: Vec<String> = root
-                    .get_subcommands()
-                    .filter(|c| !c.is_hide_set())
-                    .map(|c| c.get_name().to_owned())
-                    .collect();
-                let dirs = inv.session.discovery.dirs();
-                let e = crate::errors::not_installed(word, &dirs, &commands);
+                let e = crate::errors::not_installed(word, &inv.session.discovery.dirs(), &root);
                 return report(&inv.session.terminal, word, &e);
             }
             return clap_error(e, inv.globals.json);
@@ -521,27 +515,19 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
             EXIT_OK
         }
         Err(e) => {
+            let daemon_gone = matches!(&target, Target::Daemon(peer) if peer.is_closed());
             let spec = manifest.method(verb);
-            let e = match (&target, spec) {
-                (Target::Daemon(peer), _) if peer.is_closed() => {
-                    crate::errors::daemon_died(moniker, verb, spec.is_none_or(|s| s.mutating))
-                }
-                (_, Some(spec)) => crate::errors::explain_params_violation(
-                    moniker,
-                    spec,
-                    e,
-                    inv.globals.verbosity > 0,
-                ),
-                _ => e,
-            };
+            let verbose = inv.globals.verbosity > 0;
+            let e = crate::errors::for_call(e, daemon_gone, moniker, verb, spec, verbose);
             report(&inv.session.terminal, &label, &e)
         }
     }
 }
 
 /// Runs one call; the first Ctrl-C sends `$/cancel` and waits briefly for the plugin to finish,
-/// the second stops waiting (`interrupted` says whether Ctrl-C was pressed). Ctrl-C typed into a question that reads the terminal in raw mode
-/// (`host/keystrokes`) arrives through `terminal` instead of SIGINT and counts the same.
+/// the second stops waiting (`interrupted` says whether Ctrl-C was pressed). Ctrl-C typed into a
+/// question that reads the terminal in raw mode (`host/keystrokes`) arrives through `terminal`
+/// instead of SIGINT and counts the same.
 async fn call_with_interrupt(
     target: &Target,
     terminal: &Terminal,

@@ -46,9 +46,14 @@ pub fn usage(text: &str, help: &str) -> ErrorObject {
 
 /// `koi <word> …` where `<word>` is neither a command nor an installed plugin: says that no
 /// `koi-<word>` was found, lists where koi looked, and suggests a command only when one is close.
-pub fn not_installed(word: &str, dirs: &[std::path::PathBuf], commands: &[String]) -> ErrorObject {
+pub fn not_installed(word: &str, dirs: &[std::path::PathBuf], root: &clap::Command) -> ErrorObject {
+    let commands: Vec<String> = root
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name().to_owned())
+        .collect();
     let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-    let suggestion = closest(word, commands)
+    let suggestion = closest(word, &commands)
         .map(|c| format!(" Did you mean `koi {c}`?"))
         .unwrap_or_default();
     ErrorObject::new(
@@ -78,6 +83,24 @@ fn closest<'a>(word: &str, commands: &'a [String]) -> Option<&'a String> {
         .filter(|(d, _)| *d <= allowed)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
+}
+
+/// A failed call's error as the user should read it: a daemon that closed the connection while
+/// the call ran ([`daemon_died`]), or a violation of the params schema by the user's own
+/// arguments ([`explain_params_violation`]); any other error unchanged.
+pub fn for_call(
+    e: ErrorObject,
+    daemon_gone: bool,
+    moniker: &str,
+    verb: &str,
+    spec: Option<&MethodSpec>,
+    verbose: bool,
+) -> ErrorObject {
+    match spec {
+        _ if daemon_gone => daemon_died(moniker, verb, spec.is_none_or(|s| s.mutating)),
+        Some(spec) => explain_params_violation(moniker, spec, e, verbose),
+        None => e,
+    }
 }
 
 /// A violation of `spec`'s params schema by the user's own arguments, in the user's words: the
