@@ -74,15 +74,22 @@ pub fn not_installed(word: &str, dirs: &[std::path::PathBuf], root: &clap::Comma
 }
 
 /// The command in `commands` a typo of `word` most likely meant, if any is close: one edit away
-/// for short words, a third of the length for longer ones.
+/// for short words, a third of the length for longer ones; ties go to the more similar one
+/// (`helo` → `hello`, not `help`).
 fn closest<'a>(word: &str, commands: &'a [String]) -> Option<&'a String> {
     let allowed = (word.chars().count() / 3).max(1);
     commands
         .iter()
-        .map(|c| (strsim::levenshtein(word, c), c))
-        .filter(|(d, _)| *d <= allowed)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+        .map(|c| {
+            (
+                strsim::levenshtein(word, c),
+                strsim::jaro_winkler(word, c),
+                c,
+            )
+        })
+        .filter(|(d, _, _)| *d <= allowed)
+        .min_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)))
+        .map(|(_, _, c)| c)
 }
 
 /// A failed call's error as the user should read it: a daemon that closed the connection while
@@ -239,5 +246,10 @@ mod tests {
             Some("certmesh")
         );
         assert_eq!(closest("wifi", &commands), None);
+        let commands = vec!["help".to_owned(), "hello".to_owned()];
+        assert_eq!(
+            closest("helo", &commands).map(String::as_str),
+            Some("hello")
+        );
     }
 }
