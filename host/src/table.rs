@@ -8,6 +8,9 @@ use std::io::IsTerminal;
 
 /// The narrowest a wrapped column gets (narrower columns keep their natural width).
 const MIN_WRAPPED: usize = 10;
+/// Columns at most this wide (states, names, counts) keep their width when the wide ones can
+/// still get [`MIN_WRAPPED`] each: a word like `pond_initialized` is not split to save a column.
+const SHORT: usize = 20;
 
 /// The width to fit output into: `COLUMNS`, else stdout's terminal width, else none.
 pub fn output_width() -> Option<usize> {
@@ -37,9 +40,15 @@ pub fn fit(natural: &[usize], total: Option<usize>) -> Vec<usize> {
     }
     // Water-filling: columns narrower than a fair share keep their width; the rest share what is
     // left equally (never below MIN_WRAPPED, so a very narrow terminal overflows rather than
-    // shows one letter per line).
+    // shows one letter per line). Short columns are served first when that leaves enough.
     let mut budget = total.saturating_sub(gaps);
     let mut open: Vec<usize> = (0..widths.len()).collect();
+    let (short, long): (Vec<usize>, Vec<usize>) = open.iter().partition(|&&i| natural[i] <= SHORT);
+    let short_sum: usize = short.iter().map(|&i| natural[i]).sum();
+    if !long.is_empty() && short_sum + long.len() * MIN_WRAPPED <= budget {
+        budget -= short_sum;
+        open = long;
+    }
     loop {
         let share = budget / open.len().max(1);
         let (keep, narrow): (Vec<usize>, Vec<usize>) =
@@ -107,6 +116,10 @@ mod tests {
         let w = fit(&[20, 200, 100, 5], Some(80));
         assert!(w.iter().sum::<usize>() + 6 <= 80, "{w:?}");
         assert_eq!((w[0], w[3]), (20, 5));
+        // Short columns first: the 16-wide one is not split although a fair share is 11.
+        let w = fit(&[15, 80, 16, 8, 60, 300], Some(80));
+        assert_eq!((w[0], w[2], w[3]), (15, 16, 8), "{w:?}");
+        assert!(w.iter().sum::<usize>() + 10 <= 80, "{w:?}");
     }
 
     #[test]

@@ -318,3 +318,62 @@ fn a_daemon_dying_mid_command_says_what_to_check() {
         );
     }
 }
+
+#[test]
+fn certmesh_create_and_log_read_well_at_80_columns() {
+    if !crate::support::root_or_skip("certmesh_create_and_log_read_well_at_80_columns") {
+        return;
+    }
+    let mut lab = crate::support::netlab::NetLab::new("rd");
+    lab.a.env.extra_env.extend([
+        ("COLUMNS".into(), "80".into()),
+        ("NO_COLOR".into(), "1".into()),
+    ]);
+    let env = &lab.a.env;
+    env.install(&crate::certmesh::certmesh_bin(), "certmesh");
+    env.install(&crate::certmesh::mdns_bin(), "mdns");
+    let pass_file = crate::certmesh::write_passphrase(env);
+    let created = crate::certmesh::create(
+        env,
+        &pass_file,
+        &[
+            "--profile",
+            "personal",
+            "--operator",
+            "ana",
+            "--domain",
+            "lan",
+        ],
+    );
+    created.expect_code(0);
+    let out = &created.stdout;
+    assert!(out.contains("CA fingerprint:"), "{out}");
+    assert!(!out.contains("Ca fingerprint"), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("otpauth://totp/")),
+        "the enrollment URI alone on its line (stdout is no terminal):\n{out}"
+    );
+    assert!(
+        !out.contains(['█', '▀', '▄']),
+        "a QR code for a pipe:\n{out}"
+    );
+    let next: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Next:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert!(next.len() >= 2, "next steps one per line:\n{out}");
+    assert!(next.iter().all(|l| l.contains('`')), "{next:?}");
+
+    let log = env.run(&["certmesh", "log"]);
+    log.expect_code(0);
+    assert!(log.stdout.contains("TIME"), "{}", log.stdout);
+    for line in log.stdout.lines() {
+        assert!(
+            line.chars().count() <= 80,
+            "wider than 80 columns: {line:?}\n{}",
+            log.stdout
+        );
+    }
+}
