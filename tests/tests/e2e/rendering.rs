@@ -189,6 +189,14 @@ fn qr_code_only_at_a_terminal_else_the_uri_alone() {
         "a QR code was drawn for a pipe:\n{}",
         run.stdout
     );
+    // At a terminal it is drawn.
+    let pty = crate::keystrokes::Pty::start(&env, &["--no-daemon", "hello", "show"], &[]);
+    let (code, output) = pty.finish();
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.contains(['█', '▀', '▄']),
+        "no QR code at a terminal:\n{output}"
+    );
 }
 
 /// Runs `koi <args>` (the fixture's `watch`), waits for its first streamed line, presses Ctrl-C
