@@ -121,8 +121,13 @@ pub fn explain_params_violation(
     verbose: bool,
 ) -> ErrorObject {
     let data = e.data.as_ref();
+    let field_of = |key: &str| data.and_then(|d| d.get(key)).and_then(Value::as_str);
+    // Only this verb's own params: a violation inside a call one plugin made to another keeps
+    // its full text (it names the plugins and the path).
     let is_params = e.code == codes::SCHEMA_VIOLATION
-        && data.and_then(|d| d.get("payload")).and_then(Value::as_str) == Some("params");
+        && field_of("payload") == Some("params")
+        && field_of("plugin") == Some(moniker)
+        && field_of("name") == Some(spec.name.as_str());
     let path = data.and_then(|d| d.get("path")).and_then(Value::as_str);
     let Some(field) = path
         .filter(|_| is_params)
@@ -213,6 +218,40 @@ pub fn daemon_died(moniker: &str, verb: &str, mutating: bool) -> ErrorObject {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_the_verbs_own_params_are_reworded() {
+        let spec: MethodSpec = serde_json::from_value(json!({
+            "name": "port", "summary": "s", "result": {},
+            "params": {"type": "object", "properties": {"port": {"type": "integer", "minimum": 1, "maximum": 65535}}},
+            "cli": {"positional": [], "short": {}, "examples": []}
+        }))
+        .expect("spec");
+        let violation = |plugin: &str, name: &str| {
+            let mut e = ErrorObject::new(
+                codes::SCHEMA_VIOLATION,
+                "the params … breaks its declared schema at /port",
+            );
+            for (k, v) in [
+                ("payload", "params"),
+                ("path", "/port"),
+                ("plugin", plugin),
+                ("name", name),
+            ] {
+                e.set_data_field(k, json!(v));
+            }
+            e
+        };
+        let own = explain_params_violation("awkward", &spec, violation("awkward", "port"), false);
+        assert_eq!(own.message, "--port must be 1–65535");
+        let nested =
+            explain_params_violation("awkward", &spec, violation("mdns", "announce"), false);
+        assert!(
+            nested.message.contains("declared schema at /port"),
+            "{}",
+            nested.message
+        );
+    }
 
     #[test]
     fn requirements_in_words() {

@@ -146,6 +146,17 @@ fn range_errors_speak_the_users_language_and_json_errors_are_json() {
         "{error}"
     );
 
+    // The same through `koi daemon` (which checks the params against its own manifest).
+    let daemon = env.start_daemon(&[]);
+    let forwarded = env.run(&["awkward", "port", "--port", "70000"]);
+    forwarded.expect_code(2);
+    assert!(
+        forwarded.stderr.contains("--port must be 1–65535"),
+        "{}",
+        forwarded.stderr
+    );
+    drop(daemon);
+
     for (args, code) in [
         (
             vec!["--json", "--no-daemon", "awkward", "port", "--port", "abc"],
