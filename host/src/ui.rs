@@ -3,7 +3,8 @@
 //! streamed items.
 //!
 //! A QR code is drawn only when stderr is a terminal; otherwise its data (an otpauth URI) is printed
-//! alone on one line. Traces redact it either way (`crate::trace`).
+//! alone on one line of stdout, and not at all under `--json` (stderr may be a log). Traces redact
+//! it either way (`crate::trace`).
 //!
 //! Questions are asked on stderr and answered on stdin, one at a time. Secrets are read without
 //! echo when stdin is a terminal and are zeroized after use. When stdin is not a terminal, answers
@@ -399,7 +400,10 @@ impl Terminal {
             ShowContent::Text { text } => format!("{}\n", sanitize::text(text)),
             ShowContent::Table { columns, rows } => render::table(self.style, columns, rows),
             // A QR code is for a person at a screen: without a terminal on stderr (a pipe, a log,
-            // a CI job) the data is printed on its own line instead, which a script can read.
+            // a CI job) the data is printed on its own line of stdout instead. With `--json` it
+            // is not printed at all: stdout holds only the result, and stderr may be a log (the
+            // data is often a secret; a plugin puts it in its result too, as certmesh does).
+            ShowContent::Qr { .. } if !self.stderr_tty && self.json => return,
             ShowContent::Qr { data, .. } if !self.stderr_tty => {
                 format!("{}\n", sanitize::line(data))
             }

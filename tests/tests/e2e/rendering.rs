@@ -200,6 +200,11 @@ fn qr_code_only_at_a_terminal_else_the_uri_alone() {
         "a QR code was drawn for a pipe:\n{}",
         run.stdout
     );
+    // With --json the result is all of stdout, and stderr (often a log) gets no copy of the data.
+    let json = env.run(&["--no-daemon", "--json", "hello", "show"]);
+    json.expect_code(0);
+    json.json();
+    assert!(!json.stderr.contains("JBSWY3DPEHPK3PXP"), "{}", json.stderr);
     // At a terminal it is drawn.
     let pty = crate::keystrokes::Pty::start(&env, &["--no-daemon", "hello", "show"], &[]);
     let (code, output) = pty.finish();
