@@ -228,7 +228,7 @@ async fn run_root(inv: &Invocation) -> u8 {
                 .get_many::<String>("topic")
                 .map(|t| t.cloned().collect())
                 .unwrap_or_default();
-            help_topic(root, &topic)
+            help_topic(root, &topic, inv.globals.json)
         }
         alias => match find_alias(&infos, alias) {
             Some((moniker, method, warning)) => {
@@ -383,7 +383,7 @@ fn clap_error(e: clap::Error, json: bool) -> u8 {
     EXIT_USAGE
 }
 
-fn help_topic(mut root: Command, topic: &[String]) -> u8 {
+fn help_topic(mut root: Command, topic: &[String], json: bool) -> u8 {
     let mut path = vec!["koi".to_owned()];
     let mut command = &mut root;
     for word in topic {
@@ -404,11 +404,17 @@ fn help_topic(mut root: Command, topic: &[String]) -> u8 {
                     .max_by(|a, b| a.0.total_cmp(&b.0))
                     .map(|(_, n)| format!(" Did you mean `{}`?", n))
                     .unwrap_or_default();
-                eprintln!(
+                let text = format!(
                     "error: `{}` has no command `{word}`.{suggestion} Run `{} --help` to see them.",
                     path.join(" "),
                     path.join(" ")
                 );
+                if json {
+                    let help = format!("{} --help", path.join(" "));
+                    crate::errors::print_json(None, &crate::errors::usage(&text, &help));
+                } else {
+                    eprintln!("{text}");
+                }
                 return EXIT_USAGE;
             }
         }

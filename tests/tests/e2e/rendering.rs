@@ -163,6 +163,7 @@ fn range_errors_speak_the_users_language_and_json_errors_are_json() {
             2,
         ),
         (vec!["--json", "dns", "add", "x"], 2),
+        (vec!["--json", "help", "awkward", "nope"], 2),
         (vec!["--json", "--no-daemon", "awkward", "nope"], 2),
     ] {
         let run = env.run(&args);
