@@ -201,7 +201,14 @@ async fn run_root(inv: &Invocation) -> u8 {
     let root = root_command(&infos);
     let matches = match root.clone().try_get_matches_from(&inv.args) {
         Ok(m) => m,
-        Err(e) => return clap_error(e),
+        Err(e) => {
+            let unknown = e.kind() == clap::error::ErrorKind::InvalidSubcommand;
+            if let Some((_, word)) = command_word(&inv.args).filter(|_| unknown) {
+                let e = crate::errors::not_installed(word, &inv.session.discovery.dirs(), &root);
+                return report(&inv.session.terminal, word, &e);
+            }
+            return clap_error(e, inv.globals.json);
+        }
     };
     let Some((name, sub)) = matches.subcommand() else {
         let mut root = root;
@@ -214,13 +221,14 @@ async fn run_root(inv: &Invocation) -> u8 {
         "plugins" => {
             crate::builtins::plugins_list(inv.session.clone(), &inv.home, &inv.globals).await
         }
-        "completions" => crate::builtins::completions(root, sub),
+        // Deprecated aliases stay out of completions: they only keep old scripts working.
+        "completions" => crate::builtins::completions(plugins_root(&infos), sub),
         "help" => {
             let topic: Vec<String> = sub
                 .get_many::<String>("topic")
                 .map(|t| t.cloned().collect())
                 .unwrap_or_default();
-            help_topic(root, &topic)
+            help_topic(root, &topic, inv.globals.json)
         }
         alias => match find_alias(&infos, alias) {
             Some((moniker, method, warning)) => {
@@ -316,6 +324,11 @@ fn root_base() -> Command {
 
 /// The full command tree: built-ins, plugins (with verbs where a manifest is known), aliases.
 pub fn root_command(infos: &[PluginInfo]) -> Command {
+    with_aliases(plugins_root(infos), infos)
+}
+
+/// Built-ins and plugins, without the deprecated aliases.
+fn plugins_root(infos: &[PluginInfo]) -> Command {
     let mut root = root_base();
     for info in infos {
         let moniker = info.candidate.moniker.clone();
@@ -325,6 +338,11 @@ pub fn root_command(infos: &[PluginInfo]) -> Command {
             None => Command::new(moniker).about("(not inspected yet: run `koi plugins list`)"),
         });
     }
+    root
+}
+
+/// `root` with each plugin's deprecated root aliases (hidden) added.
+fn with_aliases(mut root: Command, infos: &[PluginInfo]) -> Command {
     let taken: Vec<String> = infos.iter().map(|i| i.candidate.moniker.clone()).collect();
     for info in infos {
         let Some(Ok((manifest, _))) = &info.manifest else {
@@ -350,12 +368,22 @@ fn single_plugin_root(manifest: &Manifest) -> Command {
     root_base().subcommand(clispec::plugin_command(manifest))
 }
 
-fn clap_error(e: clap::Error) -> u8 {
-    let _ = e.print();
-    if e.use_stderr() { EXIT_USAGE } else { EXIT_OK }
+/// Prints a `clap` outcome (help, version, or a usage error: as JSON under `--json`).
+fn clap_error(e: clap::Error, json: bool) -> u8 {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return EXIT_OK;
+    }
+    if json {
+        let text = e.render().to_string();
+        crate::errors::print_json(None, &crate::errors::usage(&text, "koi --help"));
+    } else {
+        let _ = e.print();
+    }
+    EXIT_USAGE
 }
 
-fn help_topic(mut root: Command, topic: &[String]) -> u8 {
+fn help_topic(mut root: Command, topic: &[String], json: bool) -> u8 {
     let mut path = vec!["koi".to_owned()];
     let mut command = &mut root;
     for word in topic {
@@ -376,11 +404,17 @@ fn help_topic(mut root: Command, topic: &[String]) -> u8 {
                     .max_by(|a, b| a.0.total_cmp(&b.0))
                     .map(|(_, n)| format!(" Did you mean `{}`?", n))
                     .unwrap_or_default();
-                eprintln!(
+                let text = format!(
                     "error: `{}` has no command `{word}`.{suggestion} Run `{} --help` to see them.",
                     path.join(" "),
                     path.join(" ")
                 );
+                if json {
+                    let help = format!("{} --help", path.join(" "));
+                    crate::errors::print_json(None, &crate::errors::usage(&text, &help));
+                } else {
+                    eprintln!("{text}");
+                }
                 return EXIT_USAGE;
             }
         }
@@ -413,7 +447,7 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
                 }
                 match single_plugin_root(&manifest).try_get_matches_from(&args) {
                     Ok(_) => EXIT_OK,
-                    Err(e) => clap_error(e),
+                    Err(e) => clap_error(e, inv.globals.json),
                 }
             }
             Err(e) => report(&inv.session.terminal, moniker, &e),
@@ -440,7 +474,7 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
     };
     let matches = match single_plugin_root(&manifest).try_get_matches_from(&args) {
         Ok(m) => m,
-        Err(e) => return clap_error(e),
+        Err(e) => return clap_error(e, inv.globals.json),
     };
     let Some((verb, verb_matches)) = matches.subcommand().and_then(|(_, m)| m.subcommand()) else {
         return EXIT_USAGE;
@@ -449,9 +483,13 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
         Some(spec) => match clispec::params_from_matches(spec, verb_matches) {
             Ok(p) => p,
             Err(problem) => {
-                eprintln!(
-                    "error: {problem}\n\nFor more information, try 'koi {moniker} {verb} --help'."
-                );
+                let help = format!("koi {moniker} {verb} --help");
+                if inv.globals.json {
+                    let e = crate::errors::usage(&problem, &help);
+                    crate::errors::print_json(Some(moniker), &e);
+                } else {
+                    eprintln!("error: {problem}\n\nFor more information, try '{help}'.");
+                }
                 return EXIT_USAGE;
             }
         },
@@ -459,27 +497,50 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
         None => return EXIT_USAGE,
     };
     let label = format!("{moniker} {verb}");
-    let outcome = call_with_interrupt(&target, &inv.session.terminal, moniker, verb, params).await;
+    let mut interrupted = false;
+    let outcome = call_with_interrupt(
+        &target,
+        &inv.session.terminal,
+        moniker,
+        verb,
+        params,
+        &mut interrupted,
+    )
+    .await;
     inv.session.terminal.end_questions().await;
     inv.session.terminal.finish_progress();
     match outcome {
         Ok(result) => {
-            print_result(&inv.session.terminal, &result);
+            let spec = manifest.method(verb);
+            // A stream the user ended with Ctrl-C ends with its items: the final result (what
+            // was present at the end) would read as one more item, or an empty table.
+            let streamed = spec.is_some_and(|s| s.stream_item.is_some());
+            if !(streamed && interrupted) {
+                print_result(&inv.session.terminal, &result, spec.map(|s| &s.result));
+            }
             EXIT_OK
         }
-        Err(e) => report(&inv.session.terminal, &label, &e),
+        Err(e) => {
+            let daemon_gone = matches!(&target, Target::Daemon(peer) if peer.is_closed());
+            let spec = manifest.method(verb);
+            let verbose = inv.globals.verbosity > 0;
+            let e = crate::errors::for_call(e, daemon_gone, moniker, verb, spec, verbose);
+            report(&inv.session.terminal, &label, &e)
+        }
     }
 }
 
 /// Runs one call; the first Ctrl-C sends `$/cancel` and waits briefly for the plugin to finish,
-/// the second stops waiting. Ctrl-C typed into a question that reads the terminal in raw mode
-/// (`host/keystrokes`) arrives through `terminal` instead of SIGINT and counts the same.
+/// the second stops waiting (`interrupted` says whether Ctrl-C was pressed). Ctrl-C typed into a
+/// question that reads the terminal in raw mode (`host/keystrokes`) arrives through `terminal`
+/// instead of SIGINT and counts the same.
 async fn call_with_interrupt(
     target: &Target,
     terminal: &Terminal,
     moniker: &str,
     method: &str,
     params: Value,
+    interrupted: &mut bool,
 ) -> Result<Value, ErrorObject> {
     let (id_tx, id_rx) = std::sync::mpsc::channel();
     let call = target.call(moniker, method, params, move |id| {
@@ -496,6 +557,7 @@ async fn call_with_interrupt(
                     _ = terminal.interrupted() => {}
                 }
             } => {
+                *interrupted = true;
                 if deadline.is_some() {
                     break;
                 }
@@ -604,11 +666,11 @@ impl Target {
     }
 }
 
-fn print_result(terminal: &Terminal, result: &Value) {
+fn print_result(terminal: &Terminal, result: &Value, schema: Option<&Value>) {
     let text = if terminal.json {
         format!("{}\n", crate::sanitize::json(result))
     } else {
-        render::value(terminal.style, result)
+        render::value_with(terminal.style, result, schema)
     };
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
@@ -619,13 +681,16 @@ fn print_result(terminal: &Terminal, result: &Value) {
 /// the exit code for it.
 pub fn report(terminal: &Terminal, label: &str, e: &ErrorObject) -> u8 {
     let code = exit_code_for(e);
+    if terminal.json {
+        let plugin = label.split(' ').next().filter(|m| !m.is_empty());
+        crate::errors::print_json(plugin, e);
+        return code;
+    }
     if code == EXIT_INTERRUPTED {
         eprintln!("Cancelled.");
         return code;
     }
-    let style = render::Style {
-        color: terminal.style.color && std::io::stderr().is_terminal(),
-    };
+    let style = render::Style::new(terminal.style.color && std::io::stderr().is_terminal());
     let mut text = format!(
         "{} {label}: {}",
         style.red("error:"),

@@ -96,9 +96,7 @@ fn render_status(report: &Value, globals: &Globals) -> u8 {
     if globals.json {
         print_json(report);
     } else {
-        let style = Style {
-            color: globals.color,
-        };
+        let style = Style::new(globals.color);
         let mut text = format!(
             "{} {} — {} plugin(s)",
             style.bold("koi"),
@@ -291,9 +289,7 @@ pub async fn plugins_list(session: Arc<Session>, home: &KoiHome, globals: &Globa
             &json!({"protocol": PROTOCOL_VERSION.to_string(), "plugins": rows, "warnings": warnings}),
         );
     } else {
-        let style = Style {
-            color: globals.color,
-        };
+        let style = Style::new(globals.color);
         if rows.is_empty() {
             print_text(
                 "No koi-<name> plugins found in KOI_PLUGIN_PATH, $KOI_HOME/plugins, koi's own directory or PATH.\n",

@@ -124,9 +124,15 @@ fn properties(params: &Value) -> Vec<Property> {
                     .and_then(Value::as_str)
                     .map(str::to_owned),
                 choices: choices_of(resolved),
+                // An empty default (`[]`, `{}`, `""`) is no default worth showing in help.
                 default: schema
                     .get("default")
-                    .filter(|d| !d.is_null())
+                    .filter(|d| {
+                        !(d.is_null()
+                            || d.as_array().is_some_and(Vec::is_empty)
+                            || d.as_object().is_some_and(Map::is_empty)
+                            || d.as_str().is_some_and(str::is_empty))
+                    })
                     .map(|d| match d {
                         Value::String(s) => s.clone(),
                         other => other.to_string(),
@@ -269,7 +275,8 @@ pub fn params_from_matches(spec: &MethodSpec, matches: &ArgMatches) -> Result<Va
     Ok(Value::Object(params))
 }
 
-fn flag_label(spec: &MethodSpec, name: &str) -> String {
+/// How argument `name` of `spec` is written on the command line: `--kebab-name` or `<NAME>`.
+pub(crate) fn flag_label(spec: &MethodSpec, name: &str) -> String {
     let positional = spec
         .cli
         .as_ref()

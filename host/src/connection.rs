@@ -143,6 +143,11 @@ impl Connection {
             .env("KOI_LOG", &options.log_filter)
             .process_group(0)
             .kill_on_drop(true);
+        // The absolute path of this koi, for advice a plugin prints (`sudo <koi> …`: sudo does not
+        // search the user's PATH). Documented in docs/plugins.md.
+        if let Ok(exe) = std::env::current_exe() {
+            command.env("KOI_EXE", exe);
+        }
         let mut child = command.spawn().map_err(|e| {
             unavailable(format!("cannot start koi-{moniker} ({}): {e}", path.display()))
                 .with_hint("Check that the file is an executable for this machine; `koi plugins list` shows what was found.")

@@ -117,6 +117,11 @@ impl Discovery {
         }
     }
 
+    /// The directories searched, in order (for "not found" messages).
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|(d, _)| d.clone()).collect()
+    }
+
     /// Every candidate on the search path, in search order (lists the directories once).
     pub fn candidates(&self) -> &[Candidate] {
         self.scanned.get_or_init(|| scan(&self.dirs))

@@ -2,6 +2,10 @@
 //! `host/confirm`, `host/choose`, `host/keystrokes`), progress bars, shown text/tables/QR codes and
 //! streamed items.
 //!
+//! A QR code is drawn only when stderr is a terminal; otherwise its data (an otpauth URI) is printed
+//! alone on one line of stdout, and not at all under `--json` (stderr may be a log). Traces redact
+//! it either way (`crate::trace`).
+//!
 //! Questions are asked on stderr and answered on stdin, one at a time. Secrets are read without
 //! echo when stdin is a terminal and are zeroized after use. When stdin is not a terminal, answers
 //! are read line by line from it (scripts can pipe them); at end of input the plugin gets a clear
@@ -53,7 +57,7 @@ impl Terminal {
     pub fn new(json: bool, color: bool) -> Self {
         Self {
             json,
-            style: Style { color },
+            style: Style::new(color),
             stdin_tty: std::io::stdin().is_terminal(),
             stderr_tty: std::io::stderr().is_terminal(),
             input: Mutex::new(()),
@@ -395,6 +399,14 @@ impl Terminal {
         let text = match content {
             ShowContent::Text { text } => format!("{}\n", sanitize::text(text)),
             ShowContent::Table { columns, rows } => render::table(self.style, columns, rows),
+            // A QR code is for a person at a screen: without a terminal on stderr (a pipe, a log,
+            // a CI job) the data is printed on its own line of stdout instead. With `--json` it
+            // is not printed at all: stdout holds only the result, and stderr may be a log (the
+            // data is often a secret; a plugin puts it in its result too, as certmesh does).
+            ShowContent::Qr { .. } if !self.stderr_tty && self.json => return,
+            ShowContent::Qr { data, .. } if !self.stderr_tty => {
+                format!("{}\n", sanitize::line(data))
+            }
             ShowContent::Qr { data, caption } => {
                 let mut out = match qrcode::QrCode::new(data.as_bytes()) {
                     Ok(code) => code

@@ -20,6 +20,7 @@ pub const MEMBERSHIP_VERSION: u32 = 1;
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct CertFiles {
     /// The directory.
+    #[schemars(title = "Directory")]
     pub dir: String,
     /// Leaf certificate.
     pub cert: String,
@@ -28,6 +29,7 @@ pub struct CertFiles {
     /// The mesh's root certificate.
     pub ca: String,
     /// Leaf + root, for servers that want one file.
+    #[schemars(title = "Full chain")]
     pub fullchain: String,
 }
 

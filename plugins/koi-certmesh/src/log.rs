@@ -42,6 +42,7 @@ pub struct LogEntry {
     /// Sequence number.
     pub seq: u64,
     /// Time (RFC 3339, UTC).
+    #[schemars(title = "Time")]
     pub ts: String,
     /// Event.
     pub event: String,

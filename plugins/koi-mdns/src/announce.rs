@@ -28,6 +28,7 @@ pub struct AnnounceParams {
     /// Service type, e.g. `_http._tcp`.
     pub service_type: String,
     /// Port the service listens on (1–65535).
+    #[schemars(range(min = 1))]
     pub port: u16,
     /// TXT entry `key=value` (repeatable; each at most 255 bytes).
     #[serde(default)]
@@ -74,6 +75,7 @@ pub struct AdvertiseParams {
     /// Service type, e.g. `_certmesh._tcp`.
     pub service_type: String,
     /// Port (1–65535).
+    #[schemars(range(min = 1))]
     pub port: u16,
     /// TXT properties (each `key=value` at most 255 bytes).
     #[serde(default)]
@@ -144,7 +146,9 @@ fn conflict_warning(ctx: &Context, r: &Registration) {
             renamed: r.instance.clone(),
             service_type: r.service_type.clone(),
         };
-        tracing::warn!("{e}");
+        // Shown to the user once; the log keeps it at info level (a warn line would be relayed to
+        // the same terminal and repeat it).
+        tracing::info!("{e}");
         ctx.show_text(&format!("warning: {e}.\n  {}", e.hint()));
     }
 }

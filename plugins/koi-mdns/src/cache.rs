@@ -35,6 +35,7 @@ pub struct ServiceRecord {
     /// Service type (`_http._tcp`).
     pub service_type: String,
     /// Full DNS name (`web._http._tcp.local.`).
+    #[schemars(title = "Full name")]
     pub fullname: String,
     /// Target host name (`host-a.local.`).
     pub host: String,

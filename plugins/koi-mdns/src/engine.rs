@@ -86,6 +86,7 @@ pub struct Registration {
     /// Service type (`_http._tcp`).
     pub service_type: String,
     /// Full DNS name on the network.
+    #[schemars(title = "Full name")]
     pub fullname: String,
     /// Host name.
     pub host: String,

@@ -39,8 +39,9 @@ fn invalid_input_is_refused_with_the_next_step() {
         &lab,
         &["mdns", "announce", "web", "_http._tcp", "0"],
         2,
-        "port 0 cannot be announced",
-        "Pass the port your service listens on",
+        // The params schema declares the range, so the host says it in the user's words.
+        "<PORT> must be 1–65535",
+        "Run `koi mdns announce --help`",
     );
     let long_txt = format!("note={}", "x".repeat(300));
     fails_with(

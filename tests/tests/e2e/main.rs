@@ -25,3 +25,4 @@ mod misbehaviour;
 mod protocol_bugs;
 mod protocol_features;
 mod pyhello;
+mod rendering;

@@ -134,6 +134,8 @@ impl TrustConfig {
                 .map(PathBuf::from),
             java_home: var("JAVA_HOME").map(PathBuf::from),
             family,
+            install_command: koi_command(var("KOI_EXE").as_deref(), "install"),
+            remove_command: koi_command(var("KOI_EXE").as_deref(), "remove"),
             ..Self::default()
         }
     }
@@ -181,6 +183,17 @@ impl TrustConfig {
             format!("sudo env {} {command}", env.join(" "))
         }
     }
+}
+
+/// `<koi> certmesh trust <action>`, with `koi` the absolute path the host gave in `KOI_EXE`
+/// (docs/plugins.md): `sudo` searches its own `secure_path`, where a koi installed in
+/// `~/.cargo/bin` or a build directory is not.
+fn koi_command(koi_exe: Option<&std::ffi::OsStr>, action: &str) -> String {
+    let koi = koi_exe
+        .map(|p| p.to_string_lossy())
+        .filter(|p| Path::new(p.as_ref()).is_absolute())
+        .map_or_else(|| "koi".to_owned(), |p| exec::shell_quote(&p));
+    format!("{koi} certmesh trust {action}")
 }
 
 /// The certificate to trust. `name` is unique per mesh (e.g. `koi-certmesh-3fa2c1d09b7e4411`,
@@ -560,6 +573,21 @@ pub(crate) fn io_failure(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_commands_name_the_koi_the_host_runs() {
+        let exe = std::ffi::OsStr::new("/opt/my koi/bin/koi");
+        assert_eq!(
+            koi_command(Some(exe), "install"),
+            "'/opt/my koi/bin/koi' certmesh trust install"
+        );
+        assert_eq!(koi_command(None, "remove"), "koi certmesh trust remove");
+        let relative = std::ffi::OsStr::new("target/koi");
+        assert_eq!(
+            koi_command(Some(relative), "remove"),
+            "koi certmesh trust remove"
+        );
+    }
 
     #[test]
     fn names_are_checked() {
