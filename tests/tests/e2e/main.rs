@@ -22,4 +22,5 @@ mod keystrokes;
 mod mdns_ownership;
 mod misbehaviour;
 mod protocol_features;
+mod prompts_daemon;
 mod pyhello;
