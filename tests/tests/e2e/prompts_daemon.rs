@@ -6,7 +6,9 @@
 //! not a terminal, fails with the documented "needs …, but …" error naming the flag to use. And
 //! `create` checks a new passphrase when it is typed (too short, or a differing confirmation, is
 //! asked again before the mash), and keys typed past the end of the mash are discarded instead of
-//! reaching the shell.
+//! reaching the shell. Underneath, the protocol: the per-call context's `interactive` for each
+//! kind of caller, and `host/secret` with `confirm` asking again when the entries differ (the
+//! raw-protocol fixture `koi-asker`).
 //!
 //! Each session runs `script` so `koi` has a terminal; the test types only once the prompt it
 //! answers is on the screen. After `koi` exits, the same shell reads one line from the terminal
@@ -325,6 +327,87 @@ fn calls_that_cannot_ask_get_the_documented_error_naming_the_caller_and_the_flag
             && leave.stderr.contains("--yes"),
         "{}",
         leave.stderr
+    );
+}
+
+/// `koi-asker context` / `koi-whoami forge` (a plugin-to-plugin call) at a terminal and piped:
+/// what the context said about `interactive`.
+fn interactive_seen(env: &KoiEnv) -> [serde_json::Value; 4] {
+    let at_terminal = |args: &[&str]| {
+        let (code, output) = Term::start(env, args).finish();
+        assert_eq!(code, Some(0), "{args:?}:\n{output}");
+        result_line(&output)["context"].clone()
+    };
+    let piped = |args: &[&str]| {
+        let run = env.run(args);
+        run.expect_code(0);
+        run.json()["context"].clone()
+    };
+    let from_plugin = at_terminal(&["whoami", "forge", "--json"]);
+    assert_eq!(from_plugin["caller"]["plugin"], "whoami", "{from_plugin}");
+    [
+        at_terminal(&["asker", "context", "--json"])["interactive"].clone(),
+        piped(&["asker", "context", "--json"])["interactive"].clone(),
+        from_plugin["interactive"].clone(),
+        piped(&["whoami", "forge", "--json"])["interactive"].clone(),
+    ]
+}
+
+#[test]
+fn the_call_context_says_per_call_whether_a_person_can_be_asked() {
+    use serde_json::json;
+    let env = KoiEnv::new().with_fixture("asker").with_fixture("whoami");
+    let expected = [json!(true), json!(false), json!(false), json!(false)];
+    assert_eq!(interactive_seen(&env), expected, "one-shot");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let bind = format!("127.0.0.1:{port}");
+    let _daemon = env.start_daemon(&[("KOI_REST_ENABLED", "true"), ("KOI_REST_BIND", &bind)]);
+    assert_eq!(interactive_seen(&env), expected, "under koi daemon");
+    let rest = Command::new("curl")
+        .args(["-s", "-S", "--max-time", "10"])
+        .arg(format!("http://{bind}/v1/asker/context"))
+        .output()
+        .expect("curl");
+    let body: serde_json::Value = serde_json::from_slice(&rest.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&rest.stdout))
+    });
+    assert_eq!(body["context"]["caller"]["kind"], "rest", "{body}");
+    assert_eq!(body["context"]["interactive"], false, "{body}");
+}
+
+#[test]
+fn a_confirmed_secret_whose_entries_differ_is_asked_again() {
+    let env = KoiEnv::new().with_fixture("asker");
+    let mut term = Term::start(&env, &["asker", "word", "--json"]);
+    term.wait_for_nth("Secret word:", 1);
+    term.type_text("alpha\n");
+    term.wait_for_nth("Secret word (again):", 1);
+    term.type_text("beta\n");
+    term.wait_for("Type it again");
+    term.wait_for_nth("Secret word:", 2);
+    term.type_text("gamma\n");
+    term.wait_for_nth("Secret word (again):", 2);
+    term.type_text("gamma\n");
+    let (code, output) = term.finish();
+    assert_eq!(code, Some(0), "{output}");
+    assert_eq!(result_line(&output)["length"], 5, "{output}");
+
+    // Bounded: after three mismatches the question fails with -32010's "no answer".
+    let mut term = Term::start(&env, &["asker", "word"]);
+    for n in 1..=3 {
+        term.wait_for_nth("Secret word:", n);
+        term.type_text("one\n");
+        term.wait_for_nth("Secret word (again):", n);
+        term.type_text("two\n");
+    }
+    let (code, output) = term.finish();
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains("the two entries did not match 3 times"),
+        "{output}"
     );
 }
 
