@@ -66,8 +66,11 @@ impl Context {
             }
             Some(caller) => format!("this call came from {caller}, which has no terminal to ask at"),
         };
-        MethodError::with_code(codes::USER_INPUT_UNAVAILABLE, format!("{needed}, but {why}"))
-            .hint(next)
+        MethodError::with_code(
+            codes::USER_INPUT_UNAVAILABLE,
+            format!("{needed}, but {why}"),
+        )
+        .hint(next)
     }
 
     /// The id of the host request this context serves (none for event handlers).

@@ -221,7 +221,13 @@ mod tests {
         }
         // A 1.1 host that predates the member sends none: the reader falls back to the handshake.
         let frame = br#"{"jsonrpc":"2.0","id":1,"method":"m","context":{"caller":{"kind":"cli"}}}"#;
-        assert_eq!(parse_frame(frame).expect("parse").1.and_then(|c| c.interactive), None);
+        assert_eq!(
+            parse_frame(frame)
+                .expect("parse")
+                .1
+                .and_then(|c| c.interactive),
+            None
+        );
     }
 
     #[test]

@@ -307,23 +307,28 @@ fn calls_that_cannot_ask_get_the_documented_error_naming_the_caller_and_the_flag
     let relayed = env.run(&["hello", "relay", "certmesh", "unlock"]);
     relayed.expect_code(1);
     assert!(
-        relayed.stderr.contains("this call came from plugin koi-hello"),
+        relayed
+            .stderr
+            .contains("this call came from plugin koi-hello"),
         "{}",
         relayed.stderr
     );
     let piped = env.run(&["certmesh", "unlock"]);
     piped.expect_code(1);
     assert!(
-        piped.stderr.contains(
-            "The CA passphrase is needed, but no terminal is attached to this call"
-        ) && piped.stderr.contains("--passphrase-file"),
+        piped
+            .stderr
+            .contains("The CA passphrase is needed, but no terminal is attached to this call")
+            && piped.stderr.contains("--passphrase-file"),
         "{}",
         piped.stderr
     );
     let leave = env.run(&["certmesh", "leave"]);
     leave.expect_code(1);
     assert!(
-        leave.stderr.contains("no terminal is attached to this call")
+        leave
+            .stderr
+            .contains("no terminal is attached to this call")
             && leave.stderr.contains("--yes"),
         "{}",
         leave.stderr
@@ -371,9 +376,8 @@ fn the_call_context_says_per_call_whether_a_person_can_be_asked() {
         .arg(format!("http://{bind}/v1/asker/context"))
         .output()
         .expect("curl");
-    let body: serde_json::Value = serde_json::from_slice(&rest.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}", String::from_utf8_lossy(&rest.stdout))
-    });
+    let body: serde_json::Value = serde_json::from_slice(&rest.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&rest.stdout)));
     assert_eq!(body["context"]["caller"]["kind"], "rest", "{body}");
     assert_eq!(body["context"]["interactive"], false, "{body}");
 }
@@ -430,7 +434,10 @@ fn fresh_code(uri: &str, last: &mut i64) -> String {
 
 /// `join --ca A` at B's terminal: confirm the fingerprint, type the code.
 fn join_at_a_terminal(lab: &NetLab, fingerprint: &str, uri: &str, last: &mut i64) {
-    let mut term = Term::start(&lab.b.env, &["certmesh", "join", "--ca", &lab.a.ip, "--json"]);
+    let mut term = Term::start(
+        &lab.b.env,
+        &["certmesh", "join", "--ca", &lab.a.ip, "--json"],
+    );
     term.wait_for("Does it match");
     assert!(term.text().contains(fingerprint), "{}", term.text());
     term.wait_for("[y/N]");
