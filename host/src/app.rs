@@ -543,7 +543,7 @@ async fn call_with_interrupt(
     interrupted: &mut bool,
 ) -> Result<Value, ErrorObject> {
     let (id_tx, id_rx) = std::sync::mpsc::channel();
-    let call = target.call(moniker, method, params, move |id| {
+    let call = target.call(moniker, method, params, terminal.interactive(), move |id| {
         let _ = id_tx.send(id);
     });
     tokio::pin!(call);
@@ -629,23 +629,30 @@ impl Target {
         }
     }
 
+    /// Calls `method`; `interactive` says whether this terminal can answer the plugin's
+    /// questions for this call (the per-call context's `interactive`).
     async fn call(
         &self,
         moniker: &str,
         method: &str,
         params: Value,
+        interactive: bool,
         on_id: impl FnOnce(u64),
     ) -> Result<Value, ErrorObject> {
         match self {
             // A one-shot run: the caller is this CLI process and its user. Under the daemon the
-            // daemon reads the uid from the control socket itself (nothing sent here counts).
+            // daemon reads the uid from the control socket itself (nothing sent here counts);
+            // only this CLI can tell whether it has a terminal, so it says so with the call.
             Target::Direct(c) => {
-                let me = koi_protocol::CallContext::cli(Some(rustix::process::getuid().as_raw()));
+                let me = koi_protocol::CallContext::cli(
+                    Some(rustix::process::getuid().as_raw()),
+                    interactive,
+                );
                 c.call_with_id_as(&me, method, params, on_id).await
             }
             Target::Daemon(peer) => {
-                let request =
-                    serde_json::json!({ "plugin": moniker, "method": method, "params": params });
+                let request = serde_json::json!({ "plugin": moniker, "method": method,
+                                                  "params": params, "interactive": interactive });
                 peer.request_with_id(crate::daemon::control::methods::CALL, request, on_id)
                     .await
             }

@@ -6,11 +6,17 @@
 //!
 //! Reading waits with `poll` in short slices, so the caller can make it give up (the command ended
 //! for another reason) and the terminal is restored before `koi` exits.
+//!
+//! A person mashing the keyboard does not stop the instant the bar is full. Once enough keys are
+//! in, the rest are read and thrown away until the keyboard has been quiet for [`QUIET`] (at most
+//! [`DRAIN_LIMIT`]), and whatever is still queued is flushed (`tcflush`) before the terminal is
+//! restored; otherwise those keys would land in the next prompt or in the shell.
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
 use rustix::termios::{
-    InputModes, LocalModes, OptionalActions, SpecialCodeIndex, Termios, tcgetattr, tcsetattr,
+    InputModes, LocalModes, OptionalActions, QueueSelector, SpecialCodeIndex, Termios, tcflush,
+    tcgetattr, tcsetattr,
 };
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -25,6 +31,13 @@ const POLL_SLICE: Timespec = Timespec {
     tv_sec: 0,
     tv_nsec: 100_000_000,
 };
+/// After collecting, input is discarded until none arrives for this long…
+const QUIET: Timespec = Timespec {
+    tv_sec: 0,
+    tv_nsec: 300_000_000,
+};
+/// …or for at most this long in all.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Width of the progress bar, in cells.
 const BAR_WIDTH: usize = 30;
 
@@ -174,7 +187,32 @@ pub fn collect(
         }
     };
     byte.zeroize();
+    if outcome.is_ok() {
+        drain(fd);
+    }
     drop(bar);
     drop(raw);
     outcome.map(|()| collected)
+}
+
+/// Discards keys typed past the end (see the module's doc): reads until the terminal has been
+/// quiet for [`QUIET`] or [`DRAIN_LIMIT`] has passed, then flushes what is still queued.
+fn drain(fd: BorrowedFd<'_>) {
+    let started = Instant::now();
+    let mut sink = Zeroizing::new([0u8; 64]);
+    while started.elapsed() < DRAIN_LIMIT {
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        match poll(&mut fds, Some(&QUIET)) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(Errno::INTR) => continue,
+            Err(_) => break,
+        }
+        match rustix::io::read(fd, &mut sink[..]) {
+            Ok(0) => break,
+            Ok(_) | Err(Errno::INTR | Errno::AGAIN) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = tcflush(fd, QueueSelector::IFlush);
 }

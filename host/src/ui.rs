@@ -26,6 +26,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
+/// How many times a secret with `confirm` is asked when the two entries differ.
+const SECRET_TRIES: usize = 3;
+
 /// Output and input settings for one CLI run.
 pub struct Terminal {
     /// `--json`: stdout holds only results.
@@ -85,9 +88,11 @@ impl Terminal {
         }
     }
 
-    /// Whether a person can answer questions at a terminal.
+    /// Whether a person can answer questions at a terminal: standard input (where answers are
+    /// read) and standard error (where questions are shown) are both terminals. Sent with every
+    /// call as the per-call context's `interactive`.
     pub fn interactive(&self) -> bool {
-        self.stdin_tty
+        self.stdin_tty && self.stderr_tty
     }
 
     /// Answers a question (`host/prompt`, `host/secret`, `host/confirm`, `host/choose`,
@@ -148,18 +153,23 @@ impl Terminal {
             SECRET => {
                 let p: SecretParams = parse(method, params)?;
                 let message = sanitize::line(&p.message);
-                let first = self.read_line(plugin, &format!("{message}: "), true)?;
-                if p.confirm {
-                    let second = self.read_line(plugin, &format!("{message} (again): "), true)?;
-                    if *first != *second {
-                        return Err(ErrorObject::new(
-                            codes::USER_INPUT_UNAVAILABLE,
-                            "the two entries did not match",
-                        )
-                        .with_hint("Run the command again and type the same value twice."));
+                // A confirmation that does not match asks for both entries again, a few times.
+                for _ in 0..SECRET_TRIES {
+                    let first = self.read_line(plugin, &format!("{message}: "), true)?;
+                    if !p.confirm {
+                        return Ok(serde_json::json!({ "value": first.as_str() }));
                     }
+                    let second = self.read_line(plugin, &format!("{message} (again): "), true)?;
+                    if *first == *second {
+                        return Ok(serde_json::json!({ "value": first.as_str() }));
+                    }
+                    eprintln!("The two entries did not match. Type it again.");
                 }
-                Ok(serde_json::json!({ "value": first.as_str() }))
+                Err(no_answer(
+                    plugin,
+                    &p.message,
+                    &format!("the two entries did not match {SECRET_TRIES} times"),
+                ))
             }
             CONFIRM => {
                 let p: ConfirmParams = parse(method, params)?;

@@ -42,9 +42,35 @@ impl Context {
         &self.shared.session().koi_home
     }
 
-    /// Whether a person is at a terminal to answer prompts.
+    /// Whether a person can answer questions (`prompt`, `secret`, `confirm`, `choose`,
+    /// `keystrokes`) for this call. It is a property of each call: true for a call from a `koi`
+    /// command line whose terminal can answer — one-shot or forwarded by `koi daemon` — and false
+    /// for REST, plugin-to-plugin and host calls. Without a per-call value (a host that sends
+    /// none, background tasks, event handlers) it is the handshake's process-wide flag, which is
+    /// false under the daemon. When it is false, don't ask: fail with
+    /// [`Self::no_terminal`] naming the flag that supplies the answer.
     pub fn interactive(&self) -> bool {
-        self.shared.session().interactive
+        self.call
+            .as_deref()
+            .and_then(|c| c.interactive)
+            .unwrap_or(self.shared.session().interactive)
+    }
+
+    /// The documented refusal for a question this call cannot ask (see [`Self::interactive`]):
+    /// code `-32010`, a message saying what was needed and why nobody can be asked (naming the
+    /// caller), and `next` — the flag or command that supplies the answer instead.
+    pub fn no_terminal(&self, needed: &str, next: impl Into<String>) -> MethodError {
+        let why = match self.caller() {
+            Some(Caller::Cli { .. }) | None => {
+                "no terminal is attached to this call (standard input or standard error is not a terminal)".to_owned()
+            }
+            Some(caller) => format!("this call came from {caller}, which has no terminal to ask at"),
+        };
+        MethodError::with_code(
+            codes::USER_INPUT_UNAVAILABLE,
+            format!("{needed}, but {why}"),
+        )
+        .hint(next)
     }
 
     /// The id of the host request this context serves (none for event handlers).

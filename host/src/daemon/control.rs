@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `daemon/hello` | — | `{pid, version, protocol}` |
 //! | `daemon/manifest` | `{plugin}` | the plugin's manifest |
-//! | `daemon/call` | `{plugin, method, params}` | the method's result; meanwhile the daemon sends the client the plugin's `host/prompt`… requests and `$/progress`, `$/item`, `host/show` notifications |
+//! | `daemon/call` | `{plugin, method, params, interactive}` | the method's result; meanwhile the daemon sends the client the plugin's `host/prompt`… requests and `$/progress`, `$/item`, `host/show` notifications. `interactive` (default false): the client's terminal can answer them; it becomes the call context's `interactive` |
 //! | `daemon/status` | — | the live `koi status --json` |
 //!
 //! and the notification `$/cancel {request}` (Ctrl-C at the CLI). A client that disconnects has
@@ -17,7 +17,7 @@ use super::core::Daemon;
 use crate::peer::{Peer, PeerHandler};
 use crate::schema::lock;
 use crate::services::BoxFuture;
-use koi_protocol::{ErrorObject, Id, PROTOCOL_VERSION, codes};
+use koi_protocol::{CallContext, ErrorObject, Id, PROTOCOL_VERSION, codes};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -108,6 +108,10 @@ struct CallRequest {
     method: String,
     #[serde(default)]
     params: Value,
+    /// Whether the client's terminal can answer the plugin's questions. Only the client can know;
+    /// it is the same user (SO_PEERCRED), and the questions go back to that client alone.
+    #[serde(default)]
+    interactive: bool,
 }
 
 #[derive(Deserialize)]
@@ -174,7 +178,7 @@ impl PeerHandler for ClientSession {
                             call.params,
                             peer,
                             id.clone(),
-                            uid,
+                            CallContext::cli(uid, call.interactive),
                             token,
                         )
                         .await;

@@ -125,7 +125,8 @@ impl Daemon {
 
     /// Calls a plugin method for a CLI client: the plugin's questions, progress, items and output
     /// for this call are routed to `client`, and `cancel` relays the client's `$/cancel`. The
-    /// plugin is told the caller is the CLI run by `uid` (the control socket's SO_PEERCRED).
+    /// plugin is told `caller`: the CLI run by the uid the control socket's SO_PEERCRED reports,
+    /// and whether that CLI's terminal can answer questions.
     #[allow(clippy::too_many_arguments)]
     pub async fn call_for_client(
         &self,
@@ -134,10 +135,9 @@ impl Daemon {
         params: Value,
         client: Arc<Peer>,
         client_request: Id,
-        uid: Option<u32>,
+        caller: CallContext,
         cancel: CancellationToken,
     ) -> Result<Value, ErrorObject> {
-        let caller = CallContext::cli(uid);
         let connection = self.plugin(moniker)?.wait_connection(RESTART_WAIT).await?;
         let route = Route {
             client,

@@ -63,9 +63,9 @@ pub async fn collect(
 ) -> Result<Option<Zeroizing<Vec<u8>>>, MethodError> {
     let needs_terminal = source != EntropySource::System;
     if needs_terminal && !ctx.interactive() {
-        return Err(error::fail(
-            format!("--entropy {} needs a terminal to type at.", source.as_str()),
-            "Run it at a terminal, or pass --entropy system for automation.",
+        return Err(ctx.no_terminal(
+            &format!("--entropy {} needs a person typing", source.as_str()),
+            "Run it in a terminal, or pass --entropy system for automation.",
         ));
     }
     let mut hasher = Sha256::new();
@@ -85,29 +85,47 @@ pub async fn collect(
             }
         }
         EntropySource::Passphrase | EntropySource::Manual => {
-            let typed: Zeroizing<String> = if source == EntropySource::Passphrase {
-                ctx.secret(
-                    "Type a long phrase nobody could guess (hidden; it is hashed, not stored)",
-                    false,
-                )
-                .await?
-            } else {
-                Zeroizing::new(
-                    ctx.prompt(
-                        "Type at least 20 random characters (hashed into the key, not stored)",
-                        None,
-                    )
-                    .await?,
-                )
-            };
-            if typed.chars().count() < MIN_TYPED_CHARS {
-                return Err(error::fail(
-                    format!("That was fewer than {MIN_TYPED_CHARS} characters."),
-                    "Type more, or use --entropy mash or --entropy system.",
-                ));
-            }
+            let typed = typed_entropy(ctx, source).await?;
             hasher.update(typed.as_bytes());
         }
     }
     Ok(Some(Zeroizing::new(hasher.finalize().to_vec())))
+}
+
+/// Asks for a typed phrase (`passphrase`, hidden) or random characters (`manual`, visible); one
+/// that is too short is explained and asked again, [`crate::secrets::TRIES`] times at most.
+async fn typed_entropy(
+    ctx: &Context,
+    source: EntropySource,
+) -> Result<Zeroizing<String>, MethodError> {
+    for _ in 0..crate::secrets::TRIES {
+        let typed: Zeroizing<String> = if source == EntropySource::Passphrase {
+            ctx.secret(
+                "Type a long phrase nobody could guess (hidden; it is hashed, not stored)",
+                false,
+            )
+            .await?
+        } else {
+            Zeroizing::new(
+                ctx.prompt(
+                    "Type at least 20 random characters (hashed into the key, not stored)",
+                    None,
+                )
+                .await?,
+            )
+        };
+        if typed.chars().count() >= MIN_TYPED_CHARS {
+            return Ok(typed);
+        }
+        ctx.show_text(&format!(
+            "That was fewer than {MIN_TYPED_CHARS} characters. Try again."
+        ));
+    }
+    Err(error::fail(
+        format!(
+            "Fewer than {MIN_TYPED_CHARS} characters were typed {} times; nothing was created.",
+            crate::secrets::TRIES
+        ),
+        "Run `koi certmesh create` again and type more, or use --entropy mash or --entropy system.",
+    ))
 }

@@ -216,13 +216,13 @@ async fn pin_ca(
     }
     if expected.is_none() {
         if !ctx.interactive() {
-            return Err(error::fail(
-                format!(
-                    "The CA at {} presents fingerprint {seen}; there is no terminal to confirm it.",
+            return Err(ctx.no_terminal(
+                &format!(
+                    "The CA at {} presents fingerprint {seen}, which must be confirmed",
                     found.endpoint
                 ),
                 format!(
-                    "Check it against `koi certmesh status` on the CA and pass --fingerprint {seen}."
+                    "Check it against `koi certmesh status` on the CA and pass --fingerprint {seen}, or run the command in a terminal to be asked."
                 ),
             ));
         }
@@ -462,9 +462,9 @@ pub async fn run(app: Arc<App>, ctx: Context, p: JoinParams) -> Result<JoinResul
         Some(c) => c,
         None if ctx.interactive() => ask_code(&ctx).await?,
         None => {
-            return Err(error::fail(
-                "No terminal to ask for the enrollment code.",
-                "Pass --code CODE (it works once).",
+            return Err(ctx.no_terminal(
+                "The enrollment code is needed",
+                "Pass --code CODE (it works once), or run the command in a terminal to be asked.",
             ));
         }
     };

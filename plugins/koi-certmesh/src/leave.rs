@@ -273,8 +273,8 @@ async fn confirm(
         return Ok(());
     }
     if !ctx.interactive() {
-        return Err(error::fail(
-            "`koi certmesh leave` asks for confirmation, and there is no terminal to ask.",
+        return Err(ctx.no_terminal(
+            "`koi certmesh leave` asks for confirmation",
             "Run `koi certmesh leave --yes` to leave without being asked.",
         ));
     }

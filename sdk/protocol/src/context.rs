@@ -12,8 +12,11 @@
 //! sends is copied into it, so a plugin cannot claim to be another plugin and a REST client
 //! cannot claim to be the CLI. Plugins that did not answer the feature never see the member.
 //!
-//! The structure is open for additions (a later minor version adds fields beside `caller`);
-//! readers ignore members they do not know. This module also names the events the host itself
+//! Beside `caller` it says whether this call can ask a person (`interactive`): true only for a
+//! call forwarded from a `koi` command line whose terminal can answer. That is a property of the
+//! call, not of the plugin process: under `koi daemon` one plugin serves a CLI at a terminal, a
+//! script and a REST client at once. The structure is open for further additions; readers ignore
+//! members they do not know. This module also names the events the host itself
 //! publishes (topics under `host.`, which plugins may not publish).
 
 use crate::message::{Id, Message, MessageError};
@@ -68,17 +71,29 @@ impl std::fmt::Display for Caller {
 pub struct CallContext {
     /// Who asked for the call.
     pub caller: Caller,
+    /// Whether a person can answer questions (`host/prompt`, `host/secret`, `host/confirm`,
+    /// `host/choose`, `host/keystrokes`) for this call: true only for a call from a `koi` command
+    /// line whose terminal can answer them. Always false for REST, plugin and host calls. Absent
+    /// when sent by a host that predates the member: then the handshake's `interactive` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactive: Option<bool>,
 }
 
 impl CallContext {
-    /// A call made by `caller`.
+    /// A call made by `caller`, which cannot ask a person anything.
     pub fn new(caller: Caller) -> Self {
-        Self { caller }
+        Self {
+            caller,
+            interactive: Some(false),
+        }
     }
 
-    /// A call from the CLI run by `uid`.
-    pub fn cli(uid: Option<u32>) -> Self {
-        Self::new(Caller::Cli { uid })
+    /// A call from the CLI run by `uid`; `interactive` when its terminal can answer questions.
+    pub fn cli(uid: Option<u32>, interactive: bool) -> Self {
+        Self {
+            caller: Caller::Cli { uid },
+            interactive: Some(interactive),
+        }
     }
 
     /// A call from plugin `moniker` through `host/call`.
@@ -177,7 +192,7 @@ mod tests {
         let value: Value = serde_json::from_slice(&bytes).expect("json");
         assert_eq!(
             value["context"],
-            json!({"caller": {"kind": "plugin", "plugin": "certmesh"}})
+            json!({"caller": {"kind": "plugin", "plugin": "certmesh"}, "interactive": false})
         );
         assert_eq!(value["params"], json!({"a": 1}));
         let (message, read) = parse_frame(&bytes).expect("parse");
@@ -190,8 +205,34 @@ mod tests {
     }
 
     #[test]
+    fn interactive_is_per_call_and_absent_from_older_hosts() {
+        let at_terminal = CallContext::cli(Some(1000), true);
+        let bytes = request_bytes(Id::Number(1), "unlock", json!({}), Some(&at_terminal));
+        let value: Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(value["context"]["interactive"], json!(true));
+        assert_eq!(parse_frame(&bytes).expect("parse").1, Some(at_terminal));
+        for ctx in [
+            CallContext::cli(None, false),
+            CallContext::rest(),
+            CallContext::plugin("mdns"),
+            CallContext::host(),
+        ] {
+            assert_eq!(ctx.interactive, Some(false), "{ctx:?}");
+        }
+        // A 1.1 host that predates the member sends none: the reader falls back to the handshake.
+        let frame = br#"{"jsonrpc":"2.0","id":1,"method":"m","context":{"caller":{"kind":"cli"}}}"#;
+        assert_eq!(
+            parse_frame(frame)
+                .expect("parse")
+                .1
+                .and_then(|c| c.interactive),
+            None
+        );
+    }
+
+    #[test]
     fn unknown_caller_kinds_and_extra_members_are_tolerated() {
-        let frame = br#"{"jsonrpc":"2.0","id":1,"method":"m","context":{"caller":{"kind":"martian"},"interactive":true}}"#;
+        let frame = br#"{"jsonrpc":"2.0","id":1,"method":"m","context":{"caller":{"kind":"martian"},"mood":"sunny"}}"#;
         let (_, ctx) = parse_frame(frame).expect("parse");
         assert_eq!(ctx.map(|c| c.caller), Some(Caller::Unknown));
         let cli: Caller = serde_json::from_value(json!({"kind": "cli", "uid": 1000})).expect("cli");

@@ -108,7 +108,9 @@ pub struct InitializeParams {
     pub max_frame_bytes: u64,
     /// The Koi state directory the plugin should keep its files under (`$KOI_HOME`).
     pub koi_home: String,
-    /// Whether a person is at a terminal to answer prompts.
+    /// Whether a person is at a terminal to answer prompts, for the whole process: the host's
+    /// own terminal in a one-shot run, always false under `koi daemon`. The per-call context's
+    /// `interactive` overrides it for each call that carries one.
     pub interactive: bool,
 }
 

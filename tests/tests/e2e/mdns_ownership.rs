@@ -322,8 +322,9 @@ fn the_host_names_each_caller_and_a_plugin_cannot_forge_it() {
     let env = KoiEnv::new().with_fixture("whoami");
     env.install(&fixture("koi-pyhello"), "pyhello");
     let me = rustix::process::getuid().as_raw();
-    let cli = json!({"caller": {"kind": "cli", "uid": me}});
-    let whoami = json!({"caller": {"kind": "plugin", "plugin": "whoami"}});
+    // Run without a terminal, so no call here can ask a person (`interactive`, issue 10 item 1).
+    let cli = json!({"caller": {"kind": "cli", "uid": me}, "interactive": false});
+    let whoami = json!({"caller": {"kind": "plugin", "plugin": "whoami"}, "interactive": false});
     let context_of = |args: &[&str]| {
         let run = env.run(args);
         run.expect_code(0);
@@ -391,7 +392,7 @@ fn the_host_names_each_caller_and_a_plugin_cannot_forge_it() {
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     assert_eq!(
         answer["context"],
-        json!({"caller": {"kind": "rest"}}),
+        json!({"caller": {"kind": "rest"}, "interactive": false}),
         "{answer}"
     );
 }
