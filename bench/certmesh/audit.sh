@@ -2,9 +2,12 @@
 # The audit log at scale (issue 9, finding 2), inside the CA's namespace:
 #   unlock-empty    `koi certmesh unlock` forwarded to a freshly restarted `koi daemon` (so the CA
 #                   is locked) on a mesh whose log holds only create's entries;
-#   unlock-100k     the same on a mesh whose log holds ENTRIES (default 100,000) more entries,
+#   unlock-100k     the same on a mesh whose log holds ENTRIES (default 100,999) more entries,
 #                   written by plugins/koi-certmesh-core/examples/audit_fill.rs (the CA's own
-#                   AuditLog::append, so signed checkpoints every 1,000 entries, as in real use);
+#                   AuditLog::append, so signed checkpoints every 1,000 entries, as in real use;
+#                   100,999 leaves 999 entries after the last checkpoint: the most an unlock can
+#                   meet). Before every run the mesh's log, checkpoint and roster are restored
+#                   from a copy (an unlock writes a fresh checkpoint), and the daemon restarted;
 #   log-last-20     `koi certmesh log --last 20 --json` on the big mesh, through the daemon;
 #   log-verify      `koi certmesh log --verify` on the big mesh (every line, every signature),
 #                   3 runs, with the plugin's peak RSS (VmHWM, reset before) — the cost the old
@@ -13,7 +16,7 @@
 # the same unlock with the plugin from before incremental verification.
 # Usage: bash bench/certmesh/audit.sh   (ENTRIES=…, RUNS=…, REL=…, OLD_CERTMESH=…)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-N="${ENTRIES:-100000}"
+N="${ENTRIES:-100999}"
 lab_up
 ca_create "$WORK/ca-empty"
 EMPTY_HOME="$CA_HOME"
@@ -24,16 +27,23 @@ fill_start=$(date +%s.%N)
 "$ROOT/target/release/examples/audit_fill" "$BIG_HOME/certmesh" "$PASS" "$N"
 fill_s=$(echo "$(date +%s.%N) - $fill_start" | bc)
 log_bytes=$(stat -c %s "$BIG_HOME/certmesh/audit.log")
+log_lines=$(wc -l < "$BIG_HOME/certmesh/audit.log")
+mkdir -p "$WORK/pristine"
+cp -a "$BIG_HOME/certmesh/audit.log" "$BIG_HOME/certmesh/audit.log.checkpoint" \
+  "$BIG_HOME/certmesh/roster.json" "$WORK/pristine/"
 RESTART="bash $HERE/restart-daemon.sh $WORK $KOI $IP_A:$API_PORT"
+printf 'cp -a %q/pristine/. %q/certmesh/\nexec %s\n' "$WORK" "$BIG_HOME" "$RESTART" > "$WORK/prepare-big.sh"
 UNLOCK="$KOI certmesh unlock --passphrase-file $PASS"
 cd "$WORK"
 
 unlock_bench() {   # unlock_bench NAME HOME
-  CA_HOME="$2" on ca bash "$HERE/restart-daemon.sh" "$WORK" "$KOI" "$IP_A:$API_PORT"
+  local prepare="$RESTART"
+  [ "$2" = "$BIG_HOME" ] && prepare="bash $WORK/prepare-big.sh"
+  CA_HOME="$2" on ca $prepare
   CA_HOME="$2" on ca $UNLOCK --json | jq -e '.unlocked == true' > /dev/null \
     || { echo "$1: unlock did not stay unlocked" >&2; exit 1; }
   CA_HOME="$2" on ca "$HYPERFINE" -N --warmup 1 --runs "${RUNS:-10}" --export-json "$WORK/$1.json" \
-    --prepare "$RESTART" -n "$1" "$UNLOCK" >&2
+    --prepare "$prepare" -n "$1" "$UNLOCK" >&2
 }
 unlock_bench unlock-empty "$EMPTY_HOME"
 unlock_bench unlock-100k "$BIG_HOME"
@@ -50,15 +60,15 @@ if [ -n "${OLD_CERTMESH:-}" ]; then
   cp "$OLD_CERTMESH" "$WORK/plugins/koi-certmesh"
   unlock_bench unlock-100k-old "$BIG_HOME"
 fi
-"$PY" - "$WORK" "$N" "$fill_s" "$log_bytes" "$verify_peak_kib" <<'PY'
+"$PY" - "$WORK" "$N" "$fill_s" "$log_bytes" "$verify_peak_kib" "$log_lines" <<'PY'
 import json, os, sys
-w, n, fill_s, size, peak = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+w, n, fill_s, size, peak, lines = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 def res(name):
     p = os.path.join(w, name + ".json")
     return json.load(open(p))["results"][0] if os.path.exists(p) else None
 ms = lambda r, k="median": round(r[k] * 1000, 1)
 e, b, l, v, o = (res(x) for x in ("unlock-empty", "unlock-100k", "log-last", "log-verify", "unlock-100k-old"))
-out = {"entries_added": n, "fill_seconds": round(fill_s, 1), "audit_log_bytes": size,
+out = {"entries_added": n, "audit_log_entries": lines, "fill_seconds": round(fill_s, 1), "audit_log_bytes": size,
        "unlock_empty_median_ms": ms(e), "unlock_empty_min_max_ms": [ms(e, "min"), ms(e, "max")],
        "unlock_100k_median_ms": ms(b), "unlock_100k_min_max_ms": [ms(b, "min"), ms(b, "max")],
        "unlock_ratio_100k_over_empty": round(b["median"] / e["median"], 2),
