@@ -2,21 +2,22 @@
 # The audit log at scale (issue 9, finding 2), inside the CA's namespace:
 #   unlock-empty    `koi certmesh unlock` forwarded to a freshly restarted `koi daemon` (so the CA
 #                   is locked) on a mesh whose log holds only create's entries;
-#   unlock-100k     the same on a mesh whose log holds ENTRIES (default 100,999) more entries,
-#                   written by plugins/koi-certmesh-core/examples/audit_fill.rs (the CA's own
-#                   AuditLog::append, so signed checkpoints every 1,000 entries, as in real use;
-#                   100,999 leaves 999 entries after the last checkpoint: the most an unlock can
-#                   meet). Before every run the mesh's log, checkpoint and roster are restored
+#   unlock-100k     the same on a mesh whose log holds about ENTRIES (default 100,000) more
+#                   entries, written by plugins/koi-certmesh-core/examples/audit_fill.rs (the CA's
+#                   own AuditLog::append, so a signed checkpoint every 256 entries, as in real use);
+#                   the count is rounded to leave 255 entries after the last checkpoint: the most
+#                   an unlock can meet. Before every run the mesh's log, checkpoint and roster are restored
 #                   from a copy (an unlock writes a fresh checkpoint), and the daemon restarted;
 #   log-last-20     `koi certmesh log --last 20 --json` on the big mesh, through the daemon;
 #   log-verify      `koi certmesh log --verify` on the big mesh (every line, every signature),
-#                   3 runs, with the plugin's peak RSS (VmHWM, reset before) — the cost the old
-#                   unlock paid twice (torn-tail check + open) on every unlock.
+#                   VERIFY_RUNS runs (default 1), with the plugin's peak RSS (VmHWM, reset
+#                   before) — the cost the old unlock paid twice (torn-tail check + open).
 # OLD_CERTMESH=path/to/koi-certmesh (a release build of commit 3c6df58) adds unlock-100k-old:
-# the same unlock with the plugin from before incremental verification.
-# Usage: bash bench/certmesh/audit.sh   (ENTRIES=…, RUNS=…, REL=…, OLD_CERTMESH=…)
+# the same unlock with the plugin from before incremental verification (OLD_RUNS runs, default 2).
+# Usage: bash bench/certmesh/audit.sh   (ENTRIES=…, RUNS=…, REL=…, OLD_CERTMESH=…, OLD_RUNS=…)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-N="${ENTRIES:-100999}"
+# 256 = CHECKPOINT_EVERY (plugins/koi-certmesh-core/src/checkpoint.rs).
+N=$(( ${ENTRIES:-100000} / 256 * 256 + 255 ))
 lab_up
 ca_create "$WORK/ca-empty"
 EMPTY_HOME="$CA_HOME"
@@ -32,17 +33,19 @@ mkdir -p "$WORK/pristine"
 cp -a "$BIG_HOME/certmesh/audit.log" "$BIG_HOME/certmesh/audit.log.checkpoint" \
   "$BIG_HOME/certmesh/roster.json" "$WORK/pristine/"
 RESTART="bash $HERE/restart-daemon.sh $WORK $KOI $IP_A:$API_PORT"
-printf 'cp -a %q/pristine/. %q/certmesh/\nexec %s\n' "$WORK" "$BIG_HOME" "$RESTART" > "$WORK/prepare-big.sh"
+# sync: the restored log (tens of MB) must not be written back inside the timed unlock's first fsync.
+printf 'cp -a %q/pristine/. %q/certmesh/\nsync\nexec %s\n' "$WORK" "$BIG_HOME" "$RESTART" \
+  > "$WORK/prepare-big.sh"
 UNLOCK="$KOI certmesh unlock --passphrase-file $PASS"
 cd "$WORK"
 
-unlock_bench() {   # unlock_bench NAME HOME
+unlock_bench() {   # unlock_bench NAME HOME [WARMUP RUNS]
   local prepare="$RESTART"
   [ "$2" = "$BIG_HOME" ] && prepare="bash $WORK/prepare-big.sh"
   CA_HOME="$2" on ca $prepare
   CA_HOME="$2" on ca $UNLOCK --json | jq -e '.unlocked == true' > /dev/null \
     || { echo "$1: unlock did not stay unlocked" >&2; exit 1; }
-  CA_HOME="$2" on ca "$HYPERFINE" -N --warmup 1 --runs "${RUNS:-10}" --export-json "$WORK/$1.json" \
+  CA_HOME="$2" on ca "$HYPERFINE" -N --warmup "${3:-1}" --runs "${4:-${RUNS:-10}}" --export-json "$WORK/$1.json" \
     --prepare "$prepare" -n "$1" "$UNLOCK" >&2
 }
 unlock_bench unlock-empty "$EMPTY_HOME"
@@ -53,12 +56,13 @@ CA_HOME="$BIG_HOME" on ca "$HYPERFINE" -N --warmup 3 --runs 30 --export-json "$W
 CA_HOME="$BIG_HOME" on ca $KOI certmesh log --last 20 --json | jq -e '.entries | length == 20' > /dev/null
 pid=$(CA_HOME="$BIG_HOME" on ca $KOI status --json | jq -r '.plugins[] | select(.name == "certmesh") | .supervision.pid')
 echo 5 > "/proc/$pid/clear_refs"
-CA_HOME="$BIG_HOME" on ca "$HYPERFINE" -N --runs 3 --export-json "$WORK/log-verify.json" \
+CA_HOME="$BIG_HOME" on ca "$HYPERFINE" -N --runs "${VERIFY_RUNS:-1}" --export-json "$WORK/log-verify.json" \
   -n log-verify "$KOI certmesh log --verify --last 1" >&2
 verify_peak_kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
 if [ -n "${OLD_CERTMESH:-}" ]; then
-  cp "$OLD_CERTMESH" "$WORK/plugins/koi-certmesh"
-  unlock_bench unlock-100k-old "$BIG_HOME"
+  cp --remove-destination "$OLD_CERTMESH" "$WORK/plugins/koi-certmesh"
+  # Each old unlock verifies the whole chain twice (≈ 100 s here): OLD_RUNS runs, no warm-up.
+  unlock_bench unlock-100k-old "$BIG_HOME" 0 "${OLD_RUNS:-2}"
 fi
 "$PY" - "$WORK" "$N" "$fill_s" "$log_bytes" "$verify_peak_kib" "$log_lines" <<'PY'
 import json, os, sys

@@ -4,7 +4,7 @@
 //! Usage: `audit_fill CERTMESH_DIR PASSPHRASE_FILE N` (the daemon must not be running on it).
 //! The entries are built in a scratch copy on /dev/shm (fsync is free there, so 100,000 entries
 //! take seconds instead of minutes), with the same code the CA uses (`AuditLog::append`, a signed
-//! checkpoint every 1,000 entries and none at the end, as a running CA leaves it), then copied
+//! checkpoint every 256 entries and none at the end, as a running CA leaves it), then copied
 //! back; the roster's audit head is updated.
 
 use std::path::{Path, PathBuf};
