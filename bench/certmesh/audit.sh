@@ -2,18 +2,22 @@
 # The audit log at scale (issue 9, finding 2), inside the CA's namespace:
 #   unlock-empty    `koi certmesh unlock` forwarded to a freshly restarted `koi daemon` (so the CA
 #                   is locked) on a mesh whose log holds only create's entries;
-#   unlock-100k     the same on a mesh whose log holds ENTRIES (default 100,000) more entries,
-#                   written by plugins/koi-certmesh-core/examples/audit_fill.rs (the CA's own
-#                   AuditLog::append, so signed checkpoints every 1,000 entries, as in real use);
+#   unlock-100k     the same on a mesh whose log holds about ENTRIES (default 100,000) more
+#                   entries, written by plugins/koi-certmesh-core/examples/audit_fill.rs (the CA's
+#                   own AuditLog::append, so a signed checkpoint every 256 entries, as in real use);
+#                   the count is rounded to leave 255 entries after the last checkpoint: the most
+#                   an unlock can meet. Before every run the mesh's log, checkpoint and roster are restored
+#                   from a copy (an unlock writes a fresh checkpoint), and the daemon restarted;
 #   log-last-20     `koi certmesh log --last 20 --json` on the big mesh, through the daemon;
 #   log-verify      `koi certmesh log --verify` on the big mesh (every line, every signature),
-#                   3 runs, with the plugin's peak RSS (VmHWM, reset before) — the cost the old
-#                   unlock paid twice (torn-tail check + open) on every unlock.
+#                   VERIFY_RUNS runs (default 1), with the plugin's peak RSS (VmHWM, reset
+#                   before) — the cost the old unlock paid twice (torn-tail check + open).
 # OLD_CERTMESH=path/to/koi-certmesh (a release build of commit 3c6df58) adds unlock-100k-old:
-# the same unlock with the plugin from before incremental verification.
-# Usage: bash bench/certmesh/audit.sh   (ENTRIES=…, RUNS=…, REL=…, OLD_CERTMESH=…)
+# the same unlock with the plugin from before incremental verification (OLD_RUNS runs, default 2).
+# Usage: bash bench/certmesh/audit.sh   (ENTRIES=…, RUNS=…, REL=…, OLD_CERTMESH=…, OLD_RUNS=…)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-N="${ENTRIES:-100000}"
+# 256 = CHECKPOINT_EVERY (plugins/koi-certmesh-core/src/checkpoint.rs).
+N=$(( ${ENTRIES:-100000} / 256 * 256 + 255 ))
 lab_up
 ca_create "$WORK/ca-empty"
 EMPTY_HOME="$CA_HOME"
@@ -24,16 +28,25 @@ fill_start=$(date +%s.%N)
 "$ROOT/target/release/examples/audit_fill" "$BIG_HOME/certmesh" "$PASS" "$N"
 fill_s=$(echo "$(date +%s.%N) - $fill_start" | bc)
 log_bytes=$(stat -c %s "$BIG_HOME/certmesh/audit.log")
+log_lines=$(wc -l < "$BIG_HOME/certmesh/audit.log")
+mkdir -p "$WORK/pristine"
+cp -a "$BIG_HOME/certmesh/audit.log" "$BIG_HOME/certmesh/audit.log.checkpoint" \
+  "$BIG_HOME/certmesh/roster.json" "$WORK/pristine/"
 RESTART="bash $HERE/restart-daemon.sh $WORK $KOI $IP_A:$API_PORT"
+# sync: the restored log (tens of MB) must not be written back inside the timed unlock's first fsync.
+printf 'cp -a %q/pristine/. %q/certmesh/\nsync\nexec %s\n' "$WORK" "$BIG_HOME" "$RESTART" \
+  > "$WORK/prepare-big.sh"
 UNLOCK="$KOI certmesh unlock --passphrase-file $PASS"
 cd "$WORK"
 
-unlock_bench() {   # unlock_bench NAME HOME
-  CA_HOME="$2" on ca bash "$HERE/restart-daemon.sh" "$WORK" "$KOI" "$IP_A:$API_PORT"
+unlock_bench() {   # unlock_bench NAME HOME [WARMUP RUNS]
+  local prepare="$RESTART"
+  [ "$2" = "$BIG_HOME" ] && prepare="bash $WORK/prepare-big.sh"
+  CA_HOME="$2" on ca $prepare
   CA_HOME="$2" on ca $UNLOCK --json | jq -e '.unlocked == true' > /dev/null \
     || { echo "$1: unlock did not stay unlocked" >&2; exit 1; }
-  CA_HOME="$2" on ca "$HYPERFINE" -N --warmup 1 --runs "${RUNS:-10}" --export-json "$WORK/$1.json" \
-    --prepare "$RESTART" -n "$1" "$UNLOCK" >&2
+  CA_HOME="$2" on ca "$HYPERFINE" -N --warmup "${3:-1}" --runs "${4:-${RUNS:-10}}" --export-json "$WORK/$1.json" \
+    --prepare "$prepare" -n "$1" "$UNLOCK" >&2
 }
 unlock_bench unlock-empty "$EMPTY_HOME"
 unlock_bench unlock-100k "$BIG_HOME"
@@ -43,22 +56,23 @@ CA_HOME="$BIG_HOME" on ca "$HYPERFINE" -N --warmup 3 --runs 30 --export-json "$W
 CA_HOME="$BIG_HOME" on ca $KOI certmesh log --last 20 --json | jq -e '.entries | length == 20' > /dev/null
 pid=$(CA_HOME="$BIG_HOME" on ca $KOI status --json | jq -r '.plugins[] | select(.name == "certmesh") | .supervision.pid')
 echo 5 > "/proc/$pid/clear_refs"
-CA_HOME="$BIG_HOME" on ca "$HYPERFINE" -N --runs 3 --export-json "$WORK/log-verify.json" \
+CA_HOME="$BIG_HOME" on ca "$HYPERFINE" -N --runs "${VERIFY_RUNS:-1}" --export-json "$WORK/log-verify.json" \
   -n log-verify "$KOI certmesh log --verify --last 1" >&2
 verify_peak_kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
 if [ -n "${OLD_CERTMESH:-}" ]; then
-  cp "$OLD_CERTMESH" "$WORK/plugins/koi-certmesh"
-  unlock_bench unlock-100k-old "$BIG_HOME"
+  cp --remove-destination "$OLD_CERTMESH" "$WORK/plugins/koi-certmesh"
+  # Each old unlock verifies the whole chain twice (≈ 100 s here): OLD_RUNS runs, no warm-up.
+  unlock_bench unlock-100k-old "$BIG_HOME" 0 "${OLD_RUNS:-2}"
 fi
-"$PY" - "$WORK" "$N" "$fill_s" "$log_bytes" "$verify_peak_kib" <<'PY'
+"$PY" - "$WORK" "$N" "$fill_s" "$log_bytes" "$verify_peak_kib" "$log_lines" <<'PY'
 import json, os, sys
-w, n, fill_s, size, peak = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+w, n, fill_s, size, peak, lines = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 def res(name):
     p = os.path.join(w, name + ".json")
     return json.load(open(p))["results"][0] if os.path.exists(p) else None
 ms = lambda r, k="median": round(r[k] * 1000, 1)
 e, b, l, v, o = (res(x) for x in ("unlock-empty", "unlock-100k", "log-last", "log-verify", "unlock-100k-old"))
-out = {"entries_added": n, "fill_seconds": round(fill_s, 1), "audit_log_bytes": size,
+out = {"entries_added": n, "audit_log_entries": lines, "fill_seconds": round(fill_s, 1), "audit_log_bytes": size,
        "unlock_empty_median_ms": ms(e), "unlock_empty_min_max_ms": [ms(e, "min"), ms(e, "max")],
        "unlock_100k_median_ms": ms(b), "unlock_100k_min_max_ms": [ms(b, "min"), ms(b, "max")],
        "unlock_ratio_100k_over_empty": round(b["median"] / e["median"], 2),

@@ -229,6 +229,9 @@ pub enum AuditVerdict {
 /// (about 1.5 KB at most); logs written before that could hold refusals of a few hundred KB.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 
+/// Entries between two progress calls of [`verify_with_progress`].
+pub const PROGRESS_EVERY: u64 = 1000;
+
 /// Where verification starts: the beginning of the log, or a verified [`Checkpoint`]'s position.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Start {
@@ -258,16 +261,27 @@ pub fn verify(
     ca_public_key_sec1: &[u8],
     expected_head: Option<&AuditHead>,
 ) -> Result<AuditVerdict> {
+    verify_with_progress(path, ca_public_key_sec1, expected_head, &mut |_| {})
+}
+
+/// [`verify`], calling `progress` with the number of bytes verified so far after every
+/// [`PROGRESS_EVERY`] entries (a caller reports it, so a long verification shows it is alive).
+pub fn verify_with_progress(
+    path: &Path,
+    ca_public_key_sec1: &[u8],
+    expected_head: Option<&AuditHead>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<AuditVerdict> {
     let key = verifying_key(ca_public_key_sec1)?;
     let file = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(verify_reader(&[][..], &key, Start::genesis(), expected_head).0);
+            return Ok(verify_reader(&[][..], &key, Start::genesis(), expected_head, progress).0);
         }
         Err(e) => return Err(Error::io("read", path, e)),
     };
     let reader = BufReader::with_capacity(64 * 1024, file);
-    let (verdict, io) = verify_reader(reader, &key, Start::genesis(), expected_head);
+    let (verdict, io) = verify_reader(reader, &key, Start::genesis(), expected_head, progress);
     io.map_err(|e| Error::io("read", path, e))?;
     Ok(verdict)
 }
@@ -286,6 +300,7 @@ pub(crate) fn verify_reader<R: BufRead>(
     key: &VerifyingKey,
     start: Start,
     expected_head: Option<&AuditHead>,
+    progress: &mut dyn FnMut(u64),
 ) -> (AuditVerdict, std::io::Result<u64>) {
     let mut prev_hash = start.hash;
     let mut count = start.seq;
@@ -357,6 +372,9 @@ pub(crate) fn verify_reader<R: BufRead>(
         count += 1;
         offset += read as u64;
         prev_hash = entry.hash;
+        if count % PROGRESS_EVERY == 0 {
+            progress(offset);
+        }
     }
     (finish(count, prev_hash, line_no, expected_head), Ok(offset))
 }
@@ -529,7 +547,7 @@ impl AuditLog {
                 file.seek(SeekFrom::Start(start.offset))
                     .map_err(|e| Error::io("read", path, e))?;
                 let reader = BufReader::with_capacity(64 * 1024, file);
-                let (verdict, io) = verify_reader(reader, &key, start, None);
+                let (verdict, io) = verify_reader(reader, &key, start, None, &mut |_| {});
                 (verdict, io.map_err(|e| Error::io("read", path, e))?)
             }
         };

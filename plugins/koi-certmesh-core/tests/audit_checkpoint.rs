@@ -81,7 +81,7 @@ fn the_last_entries_come_from_the_end_in_order() {
 }
 
 #[test]
-fn a_checkpoint_is_written_every_thousand_appends_and_signed() {
+fn a_checkpoint_is_written_every_checkpoint_every_appends_and_signed() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("audit.jsonl");
     let ca = ca();
@@ -151,7 +151,7 @@ fn open_catches_tampering_after_the_checkpoint_and_verify_catches_it_before() {
         .write_checkpoint(&ca)
         .unwrap();
     let l = lines(&p);
-    write_lines(&p, &l[..500]);
+    write_lines(&p, &l[..CHECKPOINT_EVERY as usize / 2]);
     assert!(open_error(&p, &ca).contains("checkpoint"));
 }
 

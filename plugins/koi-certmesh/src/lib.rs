@@ -173,6 +173,9 @@ pub fn plugin() -> Plugin {
         "Show the CA's audit log; --verify checks its hash chain and signatures",
         move |ctx: Context, p: log::LogParams| log::run(a.clone(), ctx, p),
     )
+    // --verify reads every line of a log that can hold millions: no inactivity deadline (it
+    // reports progress as it goes, and runs off the protocol loop).
+    .long_running()
     .example("koi certmesh log --last 20")
     .example("koi certmesh log --verify");
 

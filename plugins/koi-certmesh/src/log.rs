@@ -78,11 +78,12 @@ pub async fn run(app: Arc<App>, ctx: Context, p: LogParams) -> Result<LogResult,
     }
     let last = p.last.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
     let verify = p.verify;
+    let reporter = ctx.clone();
     ctx.blocking("log", move || {
         // Refusals counted but not yet written go in first, so the log is up to date.
         authority.flush_refusals();
         let verified = if verify {
-            Some(verify_all(&layout)?)
+            Some(verify_all(&layout, &reporter)?)
         } else {
             None
         };
@@ -110,8 +111,10 @@ pub async fn run(app: Arc<App>, ctx: Context, p: LogParams) -> Result<LogResult,
 }
 
 /// Verifies every line of the log (streaming) against the CA key and the roster's anchor.
-fn verify_all(layout: &crate::layout::Layout) -> Result<String, MethodError> {
+/// Reports progress (bytes) as it goes, which also tells the host the method is alive.
+fn verify_all(layout: &crate::layout::Layout, ctx: &Context) -> Result<String, MethodError> {
     let path = layout.audit();
+    let total = std::fs::metadata(&path).map_or(0, |m| m.len());
     let ca_pem = std::fs::read_to_string(layout.ca_dir().join("ca.pem")).map_err(|e| {
         error::fail(
             format!("Failed to read the CA certificate: {e}."),
@@ -128,7 +131,12 @@ fn verify_all(layout: &crate::layout::Layout) -> Result<String, MethodError> {
         .map_err(error::core)?
         .mesh
         .audit_head;
-    match audit::verify(&path, &key, head.as_ref()).map_err(error::core)? {
+    let mut progress = |done: u64| {
+        ctx.progress("Verifying the audit log…", Some(done), Some(total));
+    };
+    match audit::verify_with_progress(&path, &key, head.as_ref(), &mut progress)
+        .map_err(error::core)?
+    {
         AuditVerdict::Intact { entries, .. } => Ok(format!(
             "intact: {entries} entries, every hash and signature checks"
         )),
