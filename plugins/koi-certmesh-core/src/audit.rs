@@ -372,7 +372,7 @@ pub(crate) fn verify_reader<R: BufRead>(
         count += 1;
         offset += read as u64;
         prev_hash = entry.hash;
-        if count % PROGRESS_EVERY == 0 {
+        if count.is_multiple_of(PROGRESS_EVERY) {
             progress(offset);
         }
     }
