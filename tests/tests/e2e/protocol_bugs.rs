@@ -181,9 +181,20 @@ fn a_plugin_that_sends_another_bad_params_is_blamed_not_the_user() {
 
     // The same under koi daemon, which answers `host/call` itself.
     let _daemon = env.start_daemon(&[]);
+    check(&env.run(&["protobugs", "relay"]), "login");
+    // With --json the same blame comes as the JSON error object on stderr.
     let json = env.run(&["protobugs", "relay", "--json"]);
-    check(&json, "login");
+    json.expect_code(3);
     assert_eq!(json.stdout, "", "no result on stdout");
+    let line = json.stderr.lines().last().unwrap_or("");
+    let error: serde_json::Value = serde_json::from_str(line).expect("a JSON error line");
+    assert_eq!(error["error"]["plugin"], "protobugs", "{line}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("koi-protobugs made an invalid call to koi-other `login`")),
+        "{line}"
+    );
 }
 
 #[test]
