@@ -46,6 +46,7 @@ pub mod join;
 pub mod layout;
 pub mod log;
 pub mod names;
+pub mod pending;
 pub mod refusals;
 pub mod secrets;
 pub mod status;
