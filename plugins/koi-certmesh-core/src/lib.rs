@@ -12,6 +12,7 @@
 //! - [`keystore`] — Argon2id → AES-256-GCM sealing; the CA store (`ca.pem` + `vault.sealed`).
 //! - [`totp`] — enrollment codes: ±1 step, constant-time, replay refusal, 3 failures → 5 min lock.
 //! - [`audit`] — append-only, hash-chained, CA-signed JSON-lines log; verification; torn-tail repair.
+//! - [`audit_log`] — the open log: verified open, signed appends, checkpoints.
 //! - [`checkpoint`] — signed checkpoints, so an unlock verifies only the entries after one.
 //! - [`audit_tail`] — the newest entries, read backwards from the end.
 //! - [`roster`] — versioned mesh/member data model.
@@ -37,6 +38,7 @@
 
 pub mod atomic;
 pub mod audit;
+pub mod audit_log;
 pub mod audit_tail;
 pub mod ca;
 pub mod checkpoint;

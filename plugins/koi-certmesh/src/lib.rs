@@ -25,7 +25,8 @@
 //! - [`create`], [`unlock`], [`join`], [`issue`], [`trust`], [`log`], [`enrollment`],
 //!   [`rotate`], [`leave`], [`status`]: one per verb.
 //! - [`authority`] — the CA at run time: sessions, enrollment, audit.
-//! - [`refusals`] — refused joins recorded in bounded, coalesced entries (signed or pending).
+//! - [`refusals`] — refused joins recorded in bounded, coalesced entries (signed or pending);
+//!   [`pending`] — the refusals kept unsigned while the CA is locked.
 //! - [`api`] (server) and [`client`], over [`tls`] with bodies from [`wire`].
 //! - [`background`] — daemon mode: serve the API, advertise over mDNS.
 //! - [`truststore`] — system, NSS and Java trust stores.
@@ -53,6 +54,7 @@ pub mod log;
 pub mod names;
 pub mod out_dir;
 pub mod ownership;
+pub mod pending;
 pub mod refusals;
 pub mod rotate;
 pub mod secrets;

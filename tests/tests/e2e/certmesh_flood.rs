@@ -163,6 +163,7 @@ fn a_refused_join_flood_costs_bounded_bytes_and_the_ca_keeps_working() {
     assert!(statuses.iter().all(|s| *s == 400), "{statuses:?}");
     let entries = audit_entries(&lab.a.env);
     let grown = audit_size(&lab.a.env) - before;
+    eprintln!("a flood of {FLOOD} refused joins grew the audit log by {grown} bytes");
     assert!(
         grown <= 1024 * 1024,
         "the flood grew the audit log by {grown} bytes"
@@ -216,6 +217,7 @@ fn a_refused_join_flood_costs_bounded_bytes_and_the_ca_keeps_working() {
     assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
     let pending = std::fs::metadata(lab.a.env.home.join("certmesh/audit-pending.jsonl"))
         .map_or(0, |m| m.len());
+    eprintln!("locked flood: audit-pending.jsonl is {pending} bytes");
     assert!(
         pending <= 300 * 1024,
         "audit-pending.jsonl is {pending} bytes"
