@@ -3,211 +3,16 @@
 //! (`openssl`, `curl`). Covers create → unlock → join → TLS, every refusal with its audit entry,
 //! secrets staying out of logs and traces, file modes, and tampering with the audit log.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use crate::support::netlab::{LabHost, NetLab};
-use crate::support::{KoiEnv, bin_dir, root_or_skip};
-
-pub(crate) const PASSPHRASE: &str = "lab passphrase 7f3a9c";
-
-pub(crate) fn certmesh_bin() -> std::path::PathBuf {
-    bin_dir().join("koi-certmesh")
-}
-
-pub(crate) fn mdns_bin() -> std::path::PathBuf {
-    bin_dir().join("koi-mdns")
-}
-
-/// The current (or `offset`-shifted) code for the otpauth URI.
-pub(crate) fn code(uri: &str, offset: i64) -> String {
-    let totp = totp_rs::Totp::from_url(uri).expect("otpauth URI parses");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    totp.generate(now.saturating_add_signed(offset)).to_string()
-}
-
-/// A code that is surely wrong right now (differs from every code in the ±1 window).
-pub(crate) fn wrong_code(uri: &str) -> String {
-    let window: Vec<String> = [-30, 0, 30].iter().map(|o| code(uri, *o)).collect();
-    (0..1000)
-        .map(|n| format!("{:06}", (n * 7919 + 123_457) % 1_000_000))
-        .find(|c| !window.contains(c))
-        .expect("a wrong code")
-}
-
-pub(crate) fn write_passphrase(env: &KoiEnv) -> String {
-    let path = env.dir.path().join("ca-pass");
-    std::fs::write(&path, format!("{PASSPHRASE}\n")).expect("passphrase file");
-    path.display().to_string()
-}
-
-/// `koi certmesh create --entropy system --passphrase-file PASS EXTRA...` (non-interactive).
-pub(crate) fn create(env: &KoiEnv, pass_file: &str, extra: &[&str]) -> crate::support::Run {
-    let mut args = vec![
-        "certmesh",
-        "create",
-        "--entropy",
-        "system",
-        "--passphrase-file",
-        pass_file,
-    ];
-    args.extend_from_slice(extra);
-    env.run(&args)
-}
-
-pub(crate) fn output_text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// POSTs `body` to A's join API from B with curl, trusting A's root. Returns (status, body).
-pub(crate) fn raw_join(
-    lab: &NetLab,
-    ca_pem: &Path,
-    body: &serde_json::Value,
-) -> (u16, serde_json::Value) {
-    let body_file = lab.b.env.dir.path().join("raw-join.json");
-    std::fs::write(&body_file, body.to_string()).expect("body file");
-    let out = lab
-        .b
-        .command(
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "20",
-                "--cacert",
-                &ca_pem.display().to_string(),
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-                &format!("@{}", body_file.display()),
-                "-w",
-                "\n%{http_code}",
-                &format!("https://{}:5641/v1/certmesh/join", lab.a.ip),
-            ],
-        )
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (json, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        status.trim().parse().unwrap_or(0),
-        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
-    )
-}
-
-/// A CSR (PEM) for a fresh P-256 key, optionally asking for CA:TRUE.
-pub(crate) fn openssl_csr(dir: &Path, cn: &str, ask_ca: bool) -> String {
-    let key = dir.join(format!("{cn}-raw.key"));
-    let mut args = vec![
-        "req".to_owned(),
-        "-new".into(),
-        "-newkey".into(),
-        "ec".into(),
-        "-pkeyopt".into(),
-        "ec_paramgen_curve:P-256".into(),
-        "-nodes".into(),
-        "-keyout".into(),
-        key.display().to_string(),
-        "-subj".into(),
-        format!("/CN={cn}"),
-    ];
-    if ask_ca {
-        args.push("-addext".into());
-        args.push("basicConstraints=critical,CA:TRUE".into());
-    }
-    let out = Command::new("openssl")
-        .args(&args)
-        .output()
-        .expect("openssl req");
-    assert!(out.status.success(), "openssl req: {}", output_text(&out));
-    String::from_utf8(out.stdout).expect("pem")
-}
-
-pub(crate) fn audit_entries(env: &KoiEnv) -> Vec<serde_json::Value> {
-    let run = env.run(&["certmesh", "log", "--json"]);
-    run.expect_code(0);
-    run.json()["entries"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-pub(crate) fn refusals(env: &KoiEnv) -> Vec<String> {
-    audit_entries(env)
-        .iter()
-        .filter(|e| e["event"] == "enrollment_refused")
-        .map(|e| e["details"]["reason"].as_str().unwrap_or("").to_owned())
-        .collect()
-}
-
-pub(crate) fn wait_for_api(host: &LabHost, ip: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let ok = host
-            .command(
-                "curl",
-                &[
-                    "-sk",
-                    "--max-time",
-                    "2",
-                    &format!("https://{ip}:5641/v1/certmesh/health"),
-                ],
-            )
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the certmesh API never answered on {ip}:5641"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Every file under `dir`, recursively.
-pub(crate) fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-pub(crate) fn mode(path: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
-}
-
-/// The public key (PEM) of a private key or certificate file, via openssl.
-pub(crate) fn public_key_of(path: &Path, is_cert: bool) -> String {
-    let args: Vec<&str> = if is_cert {
-        vec!["x509", "-pubkey", "-noout", "-in"]
-    } else {
-        vec!["pkey", "-pubout", "-in"]
-    };
-    let out = Command::new("openssl")
-        .args(args)
-        .arg(path)
-        .output()
-        .expect("openssl");
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
+use crate::support::certmesh::{
+    LabCa, PASSPHRASE, audit_entries, ca_under_daemon, certmesh_bin, code, create, files_under,
+    mdns_bin, mode, openssl_csr, output_text, public_key_of, raw_join, refusals, wait_for_api,
+    write_passphrase, wrong_code,
+};
+use crate::support::netlab::NetLab;
+use crate::support::{KoiEnv, root_or_skip};
 
 #[test]
 fn two_host_lab_create_unlock_join_then_tls_works_and_no_secret_leaks() {
@@ -553,26 +358,13 @@ fn refusals_are_4xx_with_an_audit_entry_and_a_ca_request_still_yields_a_leaf() {
         return;
     }
     let lab = NetLab::new("cr");
-    lab.a.env.install(&certmesh_bin(), "certmesh");
-    lab.b.env.install(&certmesh_bin(), "certmesh");
-    let pass_file = write_passphrase(&lab.a.env);
-    let _daemon = lab.a.env.start_daemon(&[]);
-    let created = create(
-        &lab.a.env,
-        &pass_file,
-        &["--domain", "lan", "--no-trust", "--json"],
-    );
-    created.expect_code(0);
-    let uri = created.json()["otpauth_uri"]
-        .as_str()
-        .expect("uri")
-        .to_owned();
-    let fp = created.json()["mesh"]["ca_fingerprint"]
-        .as_str()
-        .expect("fp")
-        .to_owned();
-    wait_for_api(&lab.a, &lab.a.ip);
-    let ca_pem = lab.a.env.home.join("certmesh/ca/ca.pem");
+    let (_daemon, ca) = ca_under_daemon(&lab, &["--domain", "lan", "--no-trust", "--json"]);
+    let LabCa {
+        uri,
+        fingerprint: fp,
+        ca_pem,
+        ..
+    } = ca;
     let join = |code: &str, extra: &[&str]| {
         let mut args = vec![
             "certmesh",

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::certmesh::{audit_entries, certmesh_bin, code, create, wait_for_api, write_passphrase};
+use crate::support::certmesh::{LabCa, audit_entries, ca_under_daemon, code, wait_for_api};
 use crate::support::netlab::NetLab;
 use crate::support::{KoiEnv, root_or_skip};
 
@@ -131,26 +131,14 @@ fn a_refused_join_flood_costs_bounded_bytes_and_the_ca_keeps_working() {
         return;
     }
     let lab = NetLab::new("fl");
-    lab.a.env.install(&certmesh_bin(), "certmesh");
-    lab.b.env.install(&certmesh_bin(), "certmesh");
-    let pass_file = write_passphrase(&lab.a.env);
-    let daemon = lab.a.env.start_daemon(&[]);
-    let created = create(
-        &lab.a.env,
-        &pass_file,
-        &["--domain", "lan", "--no-trust", "--json"],
-    );
-    created.expect_code(0);
-    let uri = created.json()["otpauth_uri"]
-        .as_str()
-        .expect("uri")
-        .to_owned();
-    let fp = created.json()["mesh"]["ca_fingerprint"]
-        .as_str()
-        .expect("fp")
-        .to_owned();
-    wait_for_api(&lab.a, &lab.a.ip);
-    let ca_pem = lab.a.env.home.join("certmesh/ca/ca.pem");
+    let (daemon, ca) = ca_under_daemon(&lab, &["--domain", "lan", "--no-trust", "--json"]);
+    let LabCa {
+        pass_file,
+        uri,
+        fingerprint: fp,
+        ca_pem,
+        ..
+    } = ca;
     let body = hostile_body();
 
     // Unlocked CA: 5,000 refused joins with maximal, hostile fields. The plugin's peak memory is

@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::certmesh::{certmesh_bin, code, create, wait_for_api, write_passphrase};
+use crate::support::certmesh::{
+    LabCa, ca_under_daemon, certmesh_bin, code, create, write_passphrase,
+};
 use crate::support::netlab::NetLab;
 use crate::support::{KoiEnv, Run, root_or_skip};
 
@@ -459,22 +461,14 @@ fn leave_on_a_joined_member_and_on_its_daemon_ca_removes_trust_state_and_certifi
         return;
     }
     let lab = NetLab::new("lv");
-    lab.a.env.install(&certmesh_bin(), "certmesh");
-    lab.b.env.install(&certmesh_bin(), "certmesh");
-    let pass_file = write_passphrase(&lab.a.env);
-    let _daemon = lab.a.env.start_daemon(&[]);
-    let created = create(&lab.a.env, &pass_file, &["--domain", "lan", "--json"]);
-    created.expect_code(0);
-    let uri = created.json()["otpauth_uri"]
-        .as_str()
-        .expect("uri")
-        .to_owned();
-    let fp = created.json()["mesh"]["ca_fingerprint"]
-        .as_str()
-        .expect("fp")
-        .to_owned();
-    let ca_pem = std::fs::read_to_string(lab.a.env.home.join("certmesh/ca/ca.pem")).expect("ca");
-    wait_for_api(&lab.a, &lab.a.ip);
+    let (_daemon, ca) = ca_under_daemon(&lab, &["--domain", "lan", "--json"]);
+    let LabCa {
+        uri,
+        fingerprint: fp,
+        ca_pem,
+        ..
+    } = ca;
+    let ca_pem = std::fs::read_to_string(ca_pem).expect("ca");
     let joined = lab.b.env.run(&[
         "certmesh",
         "join",

@@ -7,8 +7,8 @@
 
 use std::process::Command;
 
-use crate::certmesh::{
-    audit_entries, certmesh_bin, code, create, mode, openssl_csr, output_text, raw_join,
+use crate::support::certmesh::{
+    audit_entries, certmesh_bin, code, create, mesh_ids, mode, openssl_csr, output_text, raw_join,
     wait_for_api, write_passphrase,
 };
 use crate::support::netlab::NetLab;
@@ -84,14 +84,7 @@ fn rotate_secret_replaces_the_code_and_keeps_the_members() {
     // One-shot create, then `create` again names rotate-secret.
     let created = create(&lab.a.env, &pass_file, &["--no-trust", "--json"]);
     created.expect_code(0);
-    let uri0 = created.json()["otpauth_uri"]
-        .as_str()
-        .expect("uri")
-        .to_owned();
-    let fp = created.json()["mesh"]["ca_fingerprint"]
-        .as_str()
-        .expect("fp")
-        .to_owned();
+    let (uri0, fp) = mesh_ids(&created);
     let again = create(&lab.a.env, &pass_file, &["--no-trust"]);
     again.expect_code(1);
     assert!(

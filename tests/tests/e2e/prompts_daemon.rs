@@ -18,12 +18,13 @@
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use crate::certmesh::{
-    PASSPHRASE, audit_entries, certmesh_bin, code, create, wait_for_api, write_passphrase,
-};
 use crate::keystrokes::result_line;
+use crate::support::certmesh::{
+    LabCa, PASSPHRASE, audit_entries, ca_under_daemon, certmesh_bin, create, fresh_code,
+    write_passphrase,
+};
 use crate::support::netlab::NetLab;
 use crate::support::{KoiEnv, example, root_or_skip};
 
@@ -415,23 +416,6 @@ fn a_confirmed_secret_whose_entries_differ_is_asked_again() {
     );
 }
 
-/// A valid code for a step later than `last` (each step's code works once), waiting for the next
-/// step when the window's codes are used up.
-fn fresh_code(uri: &str, last: &mut i64) -> String {
-    loop {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs() as i64;
-        let step = now / 30;
-        if let Some(s) = (step - 1..=step + 1).find(|s| s > last) {
-            *last = s;
-            return code(uri, s * 30 - now + 1);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 /// `join --ca A` at B's terminal: confirm the fingerprint, type the code.
 fn join_at_a_terminal(lab: &NetLab, fingerprint: &str, uri: &str, last: &mut i64) {
     let mut term = Term::start(
@@ -461,22 +445,10 @@ fn join_confirms_the_fingerprint_at_a_terminal_with_and_without_the_daemon() {
         return;
     }
     let lab = NetLab::new("pj");
-    for host in [&lab.a, &lab.b] {
-        host.env.install(&certmesh_bin(), "certmesh");
-    }
-    let pass_file = write_passphrase(&lab.a.env);
-    let _ca = lab.a.env.start_daemon(&[]);
-    let created = create(&lab.a.env, &pass_file, &["--json"]);
-    created.expect_code(0);
-    let uri = created.json()["otpauth_uri"]
-        .as_str()
-        .expect("uri")
-        .to_owned();
-    let fingerprint = created.json()["mesh"]["ca_fingerprint"]
-        .as_str()
-        .expect("fingerprint")
-        .to_owned();
-    wait_for_api(&lab.a, &lab.a.ip);
+    let (_ca, ca) = ca_under_daemon(&lab, &["--json"]);
+    let LabCa {
+        uri, fingerprint, ..
+    } = ca;
     let mut last = 0;
     join_at_a_terminal(&lab, &fingerprint, &uri, &mut last);
     let _member = lab.b.env.start_daemon(&[]);

@@ -355,10 +355,10 @@ fn certmesh_create_and_log_read_well_at_80_columns() {
         ("NO_COLOR".into(), "1".into()),
     ]);
     let env = &lab.a.env;
-    env.install(&crate::certmesh::certmesh_bin(), "certmesh");
-    env.install(&crate::certmesh::mdns_bin(), "mdns");
-    let pass_file = crate::certmesh::write_passphrase(env);
-    let created = crate::certmesh::create(
+    env.install(&crate::support::certmesh::certmesh_bin(), "certmesh");
+    env.install(&crate::support::certmesh::mdns_bin(), "mdns");
+    let pass_file = crate::support::certmesh::write_passphrase(env);
+    let created = crate::support::certmesh::create(
         env,
         &pass_file,
         &[

@@ -2,6 +2,7 @@
 //! directory, its own hard-linked copy of `koi` so the build directory's plugins are not
 //! discovered), helpers to run `koi`, and checks that no plugin process outlives the host.
 
+pub mod certmesh;
 pub mod netlab;
 
 use std::path::{Path, PathBuf};
