@@ -709,7 +709,7 @@ fn bad_input_gets_clear_errors_and_nothing_stored_is_lost() {
 
 #[test]
 fn create_with_mash_entropy_collects_keystrokes_at_the_terminal() {
-    use crate::keystrokes::{Pty, result_line};
+    use crate::support::pty::{Pty, result_line};
     let env = KoiEnv::new();
     env.install(&certmesh_bin(), "certmesh");
     let pass_file = write_passphrase(&env);

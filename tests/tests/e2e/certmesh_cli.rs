@@ -9,12 +9,12 @@ mod commands;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::keystrokes::{Pty, result_line};
 use crate::support::certmesh::{
     certmesh_bin, code, create, mdns_bin, mesh_ids, output_text, wait_for_api, write_passphrase,
     wrong_code,
 };
 use crate::support::netlab::NetLab;
+use crate::support::pty::{Pty, result_line};
 use crate::support::{KoiEnv, root_or_skip};
 
 /// `create` refuses `.local` as a unicast domain, a subnet written with host bits (naming the

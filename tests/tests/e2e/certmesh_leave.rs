@@ -532,7 +532,7 @@ fn leave_on_a_joined_member_and_on_its_daemon_ca_removes_trust_state_and_certifi
 
 #[test]
 fn leave_at_a_terminal_makes_the_ca_type_its_host_name_and_a_wrong_name_changes_nothing() {
-    use crate::keystrokes::{Pty, result_line};
+    use crate::support::pty::{Pty, result_line};
     let h = host();
     let fp = h.create_mesh();
     let hostname = hostname_of(&h.env);

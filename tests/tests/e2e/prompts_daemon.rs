@@ -15,17 +15,15 @@
 //! and prints it as `LEFTOVER:[…]` after the test types `END`: anything the command left in the
 //! terminal's input shows up there. Deadlines only stop a hung test.
 
-use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use crate::keystrokes::result_line;
 use crate::support::certmesh::{
     LabCa, PASSPHRASE, audit_entries, ca_under_daemon, certmesh_bin, create, fresh_code,
     write_passphrase,
 };
 use crate::support::netlab::NetLab;
+use crate::support::pty::{Pty, result_line};
 use crate::support::{KoiEnv, example, root_or_skip};
 
 /// How long a hung test may wait before it fails.
@@ -39,87 +37,17 @@ const AGAIN: &str = "Passphrase again";
 /// The passphrase prompt of `unlock`, `issue` and `rotate-secret`.
 const CA_PASS: &str = "CA passphrase:";
 
-fn quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
+/// The shell's trailer after `koi`: `KOI-DONE`, then the next line typed at the terminal as
+/// `LEFTOVER:[…]`.
+const LEFTOVER_TRAILER: &str = "echo; echo KOI-DONE; IFS= read -r rest; echo \"LEFTOVER:[$rest]\"";
 
-/// `koi` at a pseudo-terminal; what we write to `stdin` is typed at it.
-struct Term {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    output: Arc<Mutex<Vec<u8>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
+/// `koi` at a pseudo-terminal whose shell reports what the command left in the terminal's input.
+struct Term(Pty);
 
 impl Term {
     /// Starts `koi <args>` (with `env`'s prefix and environment) under `script`.
     fn start(env: &KoiEnv, args: &[&str]) -> Term {
-        let koi = env.command(args);
-        let mut line = quote(koi.get_program().to_str().expect("utf-8 path"));
-        for arg in koi.get_args() {
-            line.push(' ');
-            line.push_str(&quote(arg.to_str().expect("utf-8 arg")));
-        }
-        line.push_str(
-            "; status=$?; echo; echo KOI-DONE; IFS= read -r rest; echo \"LEFTOVER:[$rest]\"; exit $status",
-        );
-        let mut cmd = Command::new("script");
-        cmd.args(["-qec", &line, "/dev/null"]).env_clear();
-        for (key, value) in koi.get_envs() {
-            if let Some(value) = value {
-                cmd.env(key, value);
-            }
-        }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn script (util-linux)");
-        let stdin = child.stdin.take();
-        let mut stdout = child.stdout.take().expect("stdout");
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let sink = output.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
-            }
-        });
-        Term {
-            child,
-            stdin,
-            output,
-            reader: Some(reader),
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().expect("lock")).into_owned()
-    }
-
-    /// Waits until the terminal has shown `text` `n` times.
-    fn wait_for_nth(&mut self, text: &str, n: usize) {
-        let deadline = Instant::now() + FAILSAFE;
-        while self.text().matches(text).count() < n {
-            if Instant::now() > deadline || matches!(self.child.try_wait(), Ok(Some(_))) {
-                let _ = self.child.kill();
-                panic!("the terminal never showed {text:?} ×{n}:\n{}", self.text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_for(&mut self, text: &str) {
-        self.wait_for_nth(text, 1);
-    }
-
-    /// Types `text` at the terminal.
-    fn type_text(&mut self, text: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(text.as_bytes()).expect("type");
-        stdin.flush().expect("flush");
+        Term(Pty::start_with(env, args, &[], LEFTOVER_TRAILER, FAILSAFE))
     }
 
     /// Waits for `koi` to end, types `END` for the shell's leftover check, and returns the exit
@@ -127,23 +55,20 @@ impl Term {
     fn finish(mut self) -> (Option<i32>, String) {
         self.wait_for("KOI-DONE");
         self.type_text("END\n");
-        let deadline = Instant::now() + FAILSAFE;
-        let status = loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("the session never ended:\n{}", self.text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        drop(self.stdin.take());
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-        (status.code(), self.text())
+        self.0.finish()
+    }
+}
+
+impl std::ops::Deref for Term {
+    type Target = Pty;
+    fn deref(&self) -> &Pty {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Term {
+    fn deref_mut(&mut self) -> &mut Pty {
+        &mut self.0
     }
 }
 

@@ -207,7 +207,7 @@ fn qr_code_only_at_a_terminal_else_the_uri_alone() {
     json.json();
     assert!(!json.stderr.contains("JBSWY3DPEHPK3PXP"), "{}", json.stderr);
     // At a terminal it is drawn.
-    let pty = crate::keystrokes::Pty::start(&env, &["--no-daemon", "hello", "show"], &[]);
+    let pty = crate::support::pty::Pty::start(&env, &["--no-daemon", "hello", "show"], &[]);
     let (code, output) = pty.finish();
     assert_eq!(code, Some(0), "{output}");
     assert!(

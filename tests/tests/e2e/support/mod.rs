@@ -4,6 +4,7 @@
 
 pub mod certmesh;
 pub mod netlab;
+pub mod pty;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
