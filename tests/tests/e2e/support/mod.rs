@@ -3,6 +3,7 @@
 //! discovered), helpers to run `koi`, and checks that no plugin process outlives the host.
 
 pub mod certmesh;
+pub mod kill;
 pub mod netlab;
 pub mod pty;
 
