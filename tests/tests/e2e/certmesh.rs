@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::certmesh::{
     LabCa, PASSPHRASE, audit_entries, ca_under_daemon, certmesh_bin, code, create, files_under,
-    mdns_bin, mode, openssl_csr, output_text, public_key_of, raw_join, refusals, wait_for_api,
-    write_passphrase, wrong_code,
+    join_from_b, mdns_bin, mode, openssl_csr, output_text, public_key_of, raw_join, refusals,
+    wait_for_api, write_passphrase, wrong_code,
 };
 use crate::support::netlab::NetLab;
 use crate::support::{KoiEnv, root_or_skip};
@@ -366,19 +366,9 @@ fn refusals_are_4xx_with_an_audit_entry_and_a_ca_request_still_yields_a_leaf() {
         ..
     } = ca;
     let join = |code: &str, extra: &[&str]| {
-        let mut args = vec![
-            "certmesh",
-            "join",
-            "--ca",
-            &lab.a.ip,
-            "--fingerprint",
-            &fp,
-            "--code",
-            code,
-            "--no-trust",
-        ];
+        let mut args = vec!["--no-trust"];
         args.extend_from_slice(extra);
-        lab.b.env.run(&args)
+        join_from_b(&lab, &fp, code, &args)
     };
 
     // A name outside the scope: 403, no code burned.

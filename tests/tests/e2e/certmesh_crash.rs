@@ -7,8 +7,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::certmesh::certmesh_pid;
 use crate::support::kill::{Jitter, children, kill9};
-use crate::support::{KoiEnv, bin_dir};
+use crate::support::{KoiEnv, bin_dir, free_port};
 
 const PASSPHRASE: &str = "crash passphrase 42";
 
@@ -106,11 +107,7 @@ fn kill_9_during_200_create_issue_and_join_cycles_never_breaks_roster_or_audit_l
     eprintln!("issues done after {:?}", started.elapsed());
     // 3. 60 join cycles under the daemon: refusals arrive (each one audited) while the certmesh
     //    process is SIGKILLed; the daemon restarts it locked, and it is unlocked again.
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        probe.local_addr().expect("addr").port()
-    };
-    let bind = format!("127.0.0.1:{port}");
+    let bind = format!("127.0.0.1:{}", free_port());
     let _daemon = env.start_daemon(&[
         ("KOI_CERTMESH_API_BIND", bind.as_str()),
         ("KOI_RESTART_INITIAL_MS", "20"),
@@ -155,13 +152,7 @@ fn kill_9_during_200_create_issue_and_join_cycles_never_breaks_roster_or_audit_l
             })
             .collect();
         std::thread::sleep(Duration::from_millis(jitter.below(60)));
-        let status = env.daemon_status();
-        let pid = status["plugins"]
-            .as_array()
-            .and_then(|p| p.iter().find(|p| p["name"] == "certmesh"))
-            .and_then(|p| p["supervision"]["pid"].as_u64())
-            .expect("certmesh pid");
-        kill9(pid as u32);
+        kill9(certmesh_pid(&env));
         for mut p in posts {
             let _ = p.wait();
         }

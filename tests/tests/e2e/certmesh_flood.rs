@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use crate::support::certmesh::{LabCa, audit_entries, ca_under_daemon, code, wait_for_api};
+use crate::support::certmesh::{
+    LabCa, audit_entries, ca_under_daemon, certmesh_pid, code, join_from_b, wait_for_api,
+};
 use crate::support::netlab::NetLab;
 use crate::support::{KoiEnv, root_or_skip};
 
@@ -86,16 +88,6 @@ fn refused_total(entries: &[serde_json::Value], reason: &str) -> u64 {
         .filter(|e| e["event"] == "enrollment_refused" && e["details"]["reason"] == reason)
         .map(|e| e["details"]["count"].as_u64().unwrap_or(1))
         .sum()
-}
-
-fn certmesh_pid(env: &KoiEnv) -> u32 {
-    let status = env.daemon_status();
-    let pid = status["plugins"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == "certmesh"))
-        .and_then(|p| p["supervision"]["pid"].as_u64())
-        .expect("certmesh pid");
-    u32::try_from(pid).expect("pid")
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -222,17 +214,7 @@ fn a_refused_join_flood_costs_bounded_bytes_and_the_ca_keeps_working() {
         .expect_code(0);
 
     // A legitimate join still works.
-    let joined = lab.b.env.run(&[
-        "certmesh",
-        "join",
-        "--ca",
-        &lab.a.ip,
-        "--fingerprint",
-        &fp,
-        "--code",
-        &code(&uri, 0),
-        "--no-trust",
-    ]);
+    let joined = join_from_b(&lab, &fp, &code(&uri, 0), &["--no-trust"]);
     assert_eq!(joined.code, Some(0), "{}{}", joined.stdout, joined.stderr);
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::certmesh::{
-    LabCa, ca_under_daemon, certmesh_bin, code, create, write_passphrase,
+    LabCa, ca_under_daemon, certmesh_bin, code, create, join_from_b, write_passphrase,
 };
 use crate::support::kill::{Jitter, children, kill9_with_group};
 use crate::support::netlab::NetLab;
@@ -446,16 +446,7 @@ fn leave_on_a_joined_member_and_on_its_daemon_ca_removes_trust_state_and_certifi
         ..
     } = ca;
     let ca_pem = std::fs::read_to_string(ca_pem).expect("ca");
-    let joined = lab.b.env.run(&[
-        "certmesh",
-        "join",
-        "--ca",
-        &lab.a.ip,
-        "--fingerprint",
-        &fp,
-        "--code",
-        &code(&uri, 0),
-    ]);
+    let joined = join_from_b(&lab, &fp, &code(&uri, 0), &[]);
     joined.expect_code(0);
     let b_bundle = lab.b.trust_root.join("etc/ssl/certs/ca-certificates.crt");
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();

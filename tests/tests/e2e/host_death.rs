@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::kill::{Jitter, kill9};
-use crate::support::{DaemonProc, KoiEnv, bin_dir, fixture};
+use crate::support::{DaemonProc, KoiEnv, bin_dir, fixture, free_port};
 
 const PASSPHRASE: &str = "host death passphrase 9";
 
@@ -31,11 +31,6 @@ fn have(program: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-    probe.local_addr().expect("addr").port()
 }
 
 fn start(env: &KoiEnv, bind: &str) -> DaemonProc {

@@ -8,7 +8,7 @@
 //! raw mode), so nothing depends on timing. The deadlines (in `support::pty`) only stop a hung test.
 
 use crate::support::pty::{Pty, result_line};
-use crate::support::{KoiEnv, assert_process_gone};
+use crate::support::{KoiEnv, assert_process_gone, free_port};
 use serde_json::json;
 use std::process::Command;
 
@@ -130,11 +130,7 @@ fn traces_never_show_the_keystrokes() {
 #[test]
 fn under_the_daemon_keystrokes_reach_the_cli_terminal_and_rest_gets_no_terminal() {
     let env = KoiEnv::new().with_hello();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let bind = format!("127.0.0.1:{port}");
+    let bind = format!("127.0.0.1:{}", free_port());
     let _daemon = env.start_daemon(&[("KOI_REST_ENABLED", "true"), ("KOI_REST_BIND", &bind)]);
     let mut pty = Pty::start(&env, &["hello", "mash", "--count", "3", "--json"], &[]);
     pty.wait_for(PROMPT);

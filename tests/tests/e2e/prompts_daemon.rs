@@ -24,7 +24,7 @@ use crate::support::certmesh::{
 };
 use crate::support::netlab::NetLab;
 use crate::support::pty::{Pty, result_line};
-use crate::support::{KoiEnv, example, root_or_skip};
+use crate::support::{KoiEnv, example, free_port, root_or_skip};
 
 /// How long a hung test may wait before it fails.
 const FAILSAFE: Duration = Duration::from_secs(40);
@@ -290,11 +290,7 @@ fn the_call_context_says_per_call_whether_a_person_can_be_asked() {
     let env = KoiEnv::new().with_fixture("asker").with_fixture("whoami");
     let expected = [json!(true), json!(false), json!(false), json!(false)];
     assert_eq!(interactive_seen(&env), expected, "one-shot");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let bind = format!("127.0.0.1:{port}");
+    let bind = format!("127.0.0.1:{}", free_port());
     let _daemon = env.start_daemon(&[("KOI_REST_ENABLED", "true"), ("KOI_REST_BIND", &bind)]);
     assert_eq!(interactive_seen(&env), expected, "under koi daemon");
     let rest = Command::new("curl")

@@ -208,6 +208,33 @@ pub(crate) fn public_key_of(path: &Path, is_cert: bool) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// The pid of the koi-certmesh process `env`'s daemon supervises.
+pub(crate) fn certmesh_pid(env: &KoiEnv) -> u32 {
+    let status = env.daemon_status();
+    let pid = status["plugins"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "certmesh"))
+        .and_then(|p| p["supervision"]["pid"].as_u64())
+        .expect("certmesh pid");
+    u32::try_from(pid).expect("pid")
+}
+
+/// `koi certmesh join --ca A --fingerprint FINGERPRINT --code CODE EXTRA...` run on lab host B.
+pub(crate) fn join_from_b(lab: &NetLab, fingerprint: &str, code: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "certmesh",
+        "join",
+        "--ca",
+        &lab.a.ip,
+        "--fingerprint",
+        fingerprint,
+        "--code",
+        code,
+    ];
+    args.extend_from_slice(extra);
+    lab.b.env.run(&args)
+}
+
 /// A valid code for a step later than `last` (each step's code works once), waiting for the next
 /// step when the three in the window are used up.
 pub(crate) fn fresh_code(uri: &str, last: &mut i64) -> String {

@@ -281,6 +281,14 @@ impl Run {
     }
 }
 
+/// A loopback TCP port that was free a moment ago (for a daemon's REST or CA API).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// Whether root-only tests may run; skipping is a failure when `KOI_REQUIRE_ROOT_TESTS=1`.
 pub fn root_or_skip(test: &str) -> bool {
     if rustix::process::geteuid().is_root() {
