@@ -3,20 +3,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 
+use common::{ca, lines, verify, write_lines};
 use koi_certmesh_core::audit::{self, AuditVerdict, Tamper};
 use koi_certmesh_core::*;
 use serde_json::json;
 use time::OffsetDateTime;
-
-fn ca() -> CertAuthority {
-    CertAuthority::create(
-        &CaOptions::new("Koi certmesh CA (test)", Scope::unrestricted()),
-        OffsetDateTime::now_utc(),
-    )
-    .unwrap()
-}
 
 fn write_log(path: &Path, ca: &CertAuthority, n: usize) -> AuditHead {
     let mut log = AuditLog::open(path, ca).unwrap();
@@ -36,22 +31,6 @@ fn write_log(path: &Path, ca: &CertAuthority, n: usize) -> AuditHead {
         .unwrap();
     }
     log.head().unwrap()
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn write_lines(path: &Path, l: &[String]) {
-    std::fs::write(path, l.iter().map(|s| format!("{s}\n")).collect::<String>()).unwrap();
-}
-
-fn verify(path: &Path, ca: &CertAuthority) -> AuditVerdict {
-    audit::verify(path, &ca.public_key_sec1(), None).unwrap()
 }
 
 #[test]

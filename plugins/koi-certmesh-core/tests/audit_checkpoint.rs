@@ -3,22 +3,17 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 
+use common::{ca, lines, verify, write_lines};
 use koi_certmesh_core::audit::{self, AuditVerdict, Tamper};
 use koi_certmesh_core::audit_tail::read_last;
 use koi_certmesh_core::checkpoint::{self, CHECKPOINT_EVERY, Checkpoint};
 use koi_certmesh_core::*;
 use serde_json::json;
 use time::OffsetDateTime;
-
-fn ca() -> CertAuthority {
-    CertAuthority::create(
-        &CaOptions::new("Koi certmesh CA (test)", Scope::unrestricted()),
-        OffsetDateTime::now_utc(),
-    )
-    .unwrap()
-}
 
 fn write_log(path: &Path, ca: &CertAuthority, n: usize, pad: usize) {
     let mut log = AuditLog::open(path, ca).unwrap();
@@ -32,18 +27,6 @@ fn write_log(path: &Path, ca: &CertAuthority, n: usize, pad: usize) {
         )
         .unwrap();
     }
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn write_lines(path: &Path, l: &[String]) {
-    std::fs::write(path, l.iter().map(|s| format!("{s}\n")).collect::<String>()).unwrap();
 }
 
 /// Changes entry `seq`'s details without re-signing (the edit an attacker without the key makes).
@@ -118,7 +101,7 @@ fn open_catches_tampering_after_the_checkpoint_and_verify_catches_it_before() {
     let err = open_error(&p, &ca);
     assert!(err.contains(&format!("line {}", n - 50)), "{err}");
     assert!(matches!(
-        audit::verify(&p, &ca.public_key_sec1(), None).unwrap(),
+        verify(&p, &ca),
         AuditVerdict::Tampered { line, problem: Tamper::HashMismatch } if line == n - 50
     ));
 
@@ -134,7 +117,7 @@ fn open_catches_tampering_after_the_checkpoint_and_verify_catches_it_before() {
     edit(&p, 10);
     assert!(AuditLog::open(&p, &ca).is_ok());
     assert!(matches!(
-        audit::verify(&p, &ca.public_key_sec1(), None).unwrap(),
+        verify(&p, &ca),
         AuditVerdict::Tampered {
             line: 10,
             problem: Tamper::HashMismatch
@@ -175,7 +158,7 @@ fn open_from_a_checkpoint_repairs_a_torn_tail_and_continues_the_chain() {
     assert_eq!(e.seq, CHECKPOINT_EVERY + 4);
     log.write_checkpoint(&ca).unwrap();
     assert!(matches!(
-        audit::verify(&p, &ca.public_key_sec1(), None).unwrap(),
+        verify(&p, &ca),
         AuditVerdict::Intact { entries, .. } if entries == CHECKPOINT_EVERY + 4
     ));
     let reopened = AuditLog::open(&p, &ca).unwrap();
@@ -193,7 +176,7 @@ fn verification_streams_and_bounds_a_line() {
     bytes.push(b'\n');
     std::fs::write(&p, &bytes).unwrap();
     assert!(matches!(
-        audit::verify(&p, &ca.public_key_sec1(), None).unwrap(),
+        verify(&p, &ca),
         AuditVerdict::Tampered {
             line: 4,
             problem: Tamper::Unparseable { .. }

@@ -9,11 +9,12 @@ mod commands;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::certmesh::{
-    certmesh_bin, code, create, mdns_bin, output_text, wait_for_api, write_passphrase, wrong_code,
+use crate::support::certmesh::{
+    certmesh_bin, code, create, mdns_bin, mesh_ids, output_text, wait_for_api, write_passphrase,
+    wrong_code,
 };
-use crate::keystrokes::{Pty, result_line};
 use crate::support::netlab::NetLab;
+use crate::support::pty::{Pty, result_line};
 use crate::support::{KoiEnv, root_or_skip};
 
 /// `create` refuses `.local` as a unicast domain, a subnet written with host bits (naming the
@@ -95,14 +96,7 @@ fn join_by_local_name_checks_codes_locally_and_tells_a_member_whom_to_ask() {
     let mut daemon_a = lab.a.env.start_daemon(&quick);
     let created = create(&lab.a.env, &pass, &["--json"]);
     created.expect_code(0);
-    let fingerprint = created.json()["mesh"]["ca_fingerprint"]
-        .as_str()
-        .expect("fingerprint")
-        .to_owned();
-    let uri = created.json()["otpauth_uri"]
-        .as_str()
-        .expect("uri")
-        .to_owned();
+    let (uri, fingerprint) = mesh_ids(&created);
 
     // A locked CA (the daemon restarted): the member is told whom to ask, not to unlock itself.
     daemon_a.terminate(Duration::from_secs(10));

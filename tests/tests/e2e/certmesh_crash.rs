@@ -5,46 +5,13 @@
 //! bound to 127.0.0.1 and koi-mdns is not installed.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use crate::support::{KoiEnv, bin_dir};
+use crate::support::certmesh::certmesh_pid;
+use crate::support::kill::{Jitter, children, kill9};
+use crate::support::{KoiEnv, bin_dir, free_port};
 
 const PASSPHRASE: &str = "crash passphrase 42";
-
-/// A small deterministic-per-run pseudo-random sequence (xorshift), seeded from the clock and
-/// printed so a failing run can be replayed.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new() -> Self {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            | 1;
-        eprintln!("crash-safety seed {seed}");
-        Jitter(seed)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-fn kill9(pid: u32) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-    }
-}
 
 /// Kills `child` (a one-shot koi) and its plugin with SIGKILL after `delay`.
 fn kill_after(mut child: Child, delay: Duration) {
@@ -86,7 +53,7 @@ fn setup() -> (KoiEnv, String) {
 
 #[test]
 fn kill_9_during_200_create_issue_and_join_cycles_never_breaks_roster_or_audit_log() {
-    let mut jitter = Jitter::new();
+    let mut jitter = Jitter::new("crash-safety");
     let started = Instant::now();
     let (env, pass) = setup();
     let create_args = [
@@ -140,11 +107,7 @@ fn kill_9_during_200_create_issue_and_join_cycles_never_breaks_roster_or_audit_l
     eprintln!("issues done after {:?}", started.elapsed());
     // 3. 60 join cycles under the daemon: refusals arrive (each one audited) while the certmesh
     //    process is SIGKILLed; the daemon restarts it locked, and it is unlocked again.
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        probe.local_addr().expect("addr").port()
-    };
-    let bind = format!("127.0.0.1:{port}");
+    let bind = format!("127.0.0.1:{}", free_port());
     let _daemon = env.start_daemon(&[
         ("KOI_CERTMESH_API_BIND", bind.as_str()),
         ("KOI_RESTART_INITIAL_MS", "20"),
@@ -189,13 +152,7 @@ fn kill_9_during_200_create_issue_and_join_cycles_never_breaks_roster_or_audit_l
             })
             .collect();
         std::thread::sleep(Duration::from_millis(jitter.below(60)));
-        let status = env.daemon_status();
-        let pid = status["plugins"]
-            .as_array()
-            .and_then(|p| p.iter().find(|p| p["name"] == "certmesh"))
-            .and_then(|p| p["supervision"]["pid"].as_u64())
-            .expect("certmesh pid");
-        kill9(pid as u32);
+        kill9(certmesh_pid(&env));
         for mut p in posts {
             let _ = p.wait();
         }

@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 
-use crate::certmesh::{certmesh_bin, create, wait_for_api, write_passphrase};
+use crate::support::certmesh::{certmesh_bin, create, wait_for_api, write_passphrase};
 use crate::support::netlab::{LabHost, NetLab};
 use crate::support::root_or_skip;
 

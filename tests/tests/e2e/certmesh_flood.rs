@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use crate::certmesh::{audit_entries, certmesh_bin, code, create, wait_for_api, write_passphrase};
+use crate::support::certmesh::{
+    LabCa, audit_entries, ca_under_daemon, certmesh_pid, code, join_from_b, wait_for_api,
+};
 use crate::support::netlab::NetLab;
 use crate::support::{KoiEnv, root_or_skip};
 
@@ -88,16 +90,6 @@ fn refused_total(entries: &[serde_json::Value], reason: &str) -> u64 {
         .sum()
 }
 
-fn certmesh_pid(env: &KoiEnv) -> u32 {
-    let status = env.daemon_status();
-    let pid = status["plugins"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == "certmesh"))
-        .and_then(|p| p["supervision"]["pid"].as_u64())
-        .expect("certmesh pid");
-    u32::try_from(pid).expect("pid")
-}
-
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -131,26 +123,14 @@ fn a_refused_join_flood_costs_bounded_bytes_and_the_ca_keeps_working() {
         return;
     }
     let lab = NetLab::new("fl");
-    lab.a.env.install(&certmesh_bin(), "certmesh");
-    lab.b.env.install(&certmesh_bin(), "certmesh");
-    let pass_file = write_passphrase(&lab.a.env);
-    let daemon = lab.a.env.start_daemon(&[]);
-    let created = create(
-        &lab.a.env,
-        &pass_file,
-        &["--domain", "lan", "--no-trust", "--json"],
-    );
-    created.expect_code(0);
-    let uri = created.json()["otpauth_uri"]
-        .as_str()
-        .expect("uri")
-        .to_owned();
-    let fp = created.json()["mesh"]["ca_fingerprint"]
-        .as_str()
-        .expect("fp")
-        .to_owned();
-    wait_for_api(&lab.a, &lab.a.ip);
-    let ca_pem = lab.a.env.home.join("certmesh/ca/ca.pem");
+    let (daemon, ca) = ca_under_daemon(&lab, &["--domain", "lan", "--no-trust", "--json"]);
+    let LabCa {
+        pass_file,
+        uri,
+        fingerprint: fp,
+        ca_pem,
+        ..
+    } = ca;
     let body = hostile_body();
 
     // Unlocked CA: 5,000 refused joins with maximal, hostile fields. The plugin's peak memory is
@@ -236,17 +216,7 @@ fn a_refused_join_flood_costs_bounded_bytes_and_the_ca_keeps_working() {
         .expect_code(0);
 
     // A legitimate join still works.
-    let joined = lab.b.env.run(&[
-        "certmesh",
-        "join",
-        "--ca",
-        &lab.a.ip,
-        "--fingerprint",
-        &fp,
-        "--code",
-        &code(&uri, 0),
-        "--no-trust",
-    ]);
+    let joined = join_from_b(&lab, &fp, &code(&uri, 0), &["--no-trust"]);
     assert_eq!(joined.code, Some(0), "{}{}", joined.stdout, joined.stderr);
 }
 

@@ -9,11 +9,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::certmesh::{certmesh_bin, code, create, wait_for_api, write_passphrase};
+use crate::support::certmesh::{
+    LabCa, ca_under_daemon, certmesh_bin, code, create, join_from_b, write_passphrase,
+};
+use crate::support::kill::{Jitter, children, kill9_with_group};
 use crate::support::netlab::NetLab;
 use crate::support::{KoiEnv, Run, root_or_skip};
 
@@ -335,23 +338,6 @@ fn leave_yes_on_the_ca_removes_trust_state_and_certificates_and_keeps_a_record()
     h.create_mesh();
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-/// SIGKILL to `pid` and, when it leads one, its process group (the host starts each plugin in
-/// its own group, so the group holds the plugin and the tools it runs).
-fn kill9(pid: u32) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-    }
-}
-
 /// Waits until nothing holds the certmesh writer lock: a plugin started just as its `koi` was
 /// killed is not among the children listed before the kill and may still be finishing. This is a
 /// synchronisation, not a timing assertion; the deadline only stops a hung test.
@@ -402,21 +388,14 @@ fn leave_killed_at_any_moment_is_finished_by_running_it_again() {
     let whole = started.elapsed();
     eprintln!("an uninterrupted leave took {whole:?}");
     let range = (whole.as_millis() as u64).saturating_mul(6) / 5 + 1;
-    let mut seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
-    eprintln!("leave kill seed {seed}");
+    let mut jitter = Jitter::new("leave kill");
     let mut phases: Vec<&str> = Vec::new();
     for cycle in 0..10 {
         let fp = h.create_mesh();
         let hostname = hostname_of(&h.env);
         let ca_pem =
             std::fs::read_to_string(h.env.home.join("certmesh/ca/ca.pem")).expect("ca.pem");
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let delay = Duration::from_millis(seed % range);
+        let delay = Duration::from_millis(jitter.below(range));
         let mut child = h
             .env
             .command(&["certmesh", "leave", "--yes"])
@@ -426,9 +405,9 @@ fn leave_killed_at_any_moment_is_finished_by_running_it_again() {
             .expect("spawn leave");
         std::thread::sleep(delay);
         for plugin in children(child.id()) {
-            kill9(plugin);
+            kill9_with_group(plugin);
         }
-        kill9(child.id());
+        kill9_with_group(child.id());
         let _ = child.wait();
         wait_for_writer_lock(&h.env);
         let stopped = phase(&h, &ca_pem);
@@ -459,32 +438,15 @@ fn leave_on_a_joined_member_and_on_its_daemon_ca_removes_trust_state_and_certifi
         return;
     }
     let lab = NetLab::new("lv");
-    lab.a.env.install(&certmesh_bin(), "certmesh");
-    lab.b.env.install(&certmesh_bin(), "certmesh");
-    let pass_file = write_passphrase(&lab.a.env);
-    let _daemon = lab.a.env.start_daemon(&[]);
-    let created = create(&lab.a.env, &pass_file, &["--domain", "lan", "--json"]);
-    created.expect_code(0);
-    let uri = created.json()["otpauth_uri"]
-        .as_str()
-        .expect("uri")
-        .to_owned();
-    let fp = created.json()["mesh"]["ca_fingerprint"]
-        .as_str()
-        .expect("fp")
-        .to_owned();
-    let ca_pem = std::fs::read_to_string(lab.a.env.home.join("certmesh/ca/ca.pem")).expect("ca");
-    wait_for_api(&lab.a, &lab.a.ip);
-    let joined = lab.b.env.run(&[
-        "certmesh",
-        "join",
-        "--ca",
-        &lab.a.ip,
-        "--fingerprint",
-        &fp,
-        "--code",
-        &code(&uri, 0),
-    ]);
+    let (_daemon, ca) = ca_under_daemon(&lab, &["--domain", "lan", "--json"]);
+    let LabCa {
+        uri,
+        fingerprint: fp,
+        ca_pem,
+        ..
+    } = ca;
+    let ca_pem = std::fs::read_to_string(ca_pem).expect("ca");
+    let joined = join_from_b(&lab, &fp, &code(&uri, 0), &[]);
     joined.expect_code(0);
     let b_bundle = lab.b.trust_root.join("etc/ssl/certs/ca-certificates.crt");
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
@@ -538,7 +500,7 @@ fn leave_on_a_joined_member_and_on_its_daemon_ca_removes_trust_state_and_certifi
 
 #[test]
 fn leave_at_a_terminal_makes_the_ca_type_its_host_name_and_a_wrong_name_changes_nothing() {
-    use crate::keystrokes::{Pty, result_line};
+    use crate::support::pty::{Pty, result_line};
     let h = host();
     let fp = h.create_mesh();
     let hostname = hostname_of(&h.env);

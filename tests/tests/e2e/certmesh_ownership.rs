@@ -6,31 +6,13 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::certmesh::{
-    audit_entries, certmesh_bin, code, create, openssl_csr, output_text, raw_join, refusals,
-    wait_for_api, write_passphrase,
+use crate::support::certmesh::{
+    LabCa, audit_entries, ca_under_daemon, certmesh_bin, create, fresh_code, openssl_csr,
+    output_text, raw_join, refusals, write_passphrase,
 };
 use crate::support::netlab::NetLab;
 use crate::support::{KoiEnv, root_or_skip};
-
-/// A valid code for a step later than `last` (each step's code works once), waiting for the next
-/// step when the three in the window are used up.
-fn fresh_code(uri: &str, last: &mut i64) -> String {
-    loop {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs() as i64;
-        let step = now / 30;
-        if let Some(s) = (step - 1..=step + 1).find(|s| s > last) {
-            *last = s;
-            return code(uri, s * 30 - now + 1);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
 
 fn x509_text(pem: &Path) -> String {
     let out = Command::new("openssl")
@@ -57,19 +39,14 @@ fn join_cannot_take_names_or_addresses_and_a_mesh_is_scoped_unless_unconstrained
         return;
     }
     let lab = NetLab::new("ow");
-    lab.a.env.install(&certmesh_bin(), "certmesh");
-    lab.b.env.install(&certmesh_bin(), "certmesh");
-    let pass_file = write_passphrase(&lab.a.env);
-    let _daemon = lab.a.env.start_daemon(&[]);
     // No --domain: the default scope.
-    let created = create(&lab.a.env, &pass_file, &["--no-trust", "--json"]);
-    created.expect_code(0);
-    let uri = created.json()["otpauth_uri"]
-        .as_str()
-        .expect("uri")
-        .to_owned();
-    wait_for_api(&lab.a, &lab.a.ip);
-    let ca_pem = lab.a.env.home.join("certmesh/ca/ca.pem");
+    let (_daemon, ca) = ca_under_daemon(&lab, &["--no-trust", "--json"]);
+    let LabCa {
+        uri,
+        ca_pem,
+        created,
+        ..
+    } = ca;
 
     // Another entry: a device on A.
     lab.a

@@ -7,9 +7,9 @@
 
 use std::process::Command;
 
-use crate::certmesh::{
-    audit_entries, certmesh_bin, code, create, mode, openssl_csr, output_text, raw_join,
-    wait_for_api, write_passphrase,
+use crate::support::certmesh::{
+    audit_entries, certmesh_bin, code, create, join_from_b, mesh_ids, mode, openssl_csr,
+    output_text, raw_join, wait_for_api, write_passphrase,
 };
 use crate::support::netlab::NetLab;
 use crate::support::{KoiEnv, Run, root_or_skip};
@@ -84,14 +84,7 @@ fn rotate_secret_replaces_the_code_and_keeps_the_members() {
     // One-shot create, then `create` again names rotate-secret.
     let created = create(&lab.a.env, &pass_file, &["--no-trust", "--json"]);
     created.expect_code(0);
-    let uri0 = created.json()["otpauth_uri"]
-        .as_str()
-        .expect("uri")
-        .to_owned();
-    let fp = created.json()["mesh"]["ca_fingerprint"]
-        .as_str()
-        .expect("fp")
-        .to_owned();
+    let (uri0, fp) = mesh_ids(&created);
     let again = create(&lab.a.env, &pass_file, &["--no-trust"]);
     again.expect_code(1);
     assert!(
@@ -111,19 +104,7 @@ fn rotate_secret_replaces_the_code_and_keeps_the_members() {
         .run(&["certmesh", "unlock", "--passphrase-file", &pass_file])
         .expect_code(0);
     wait_for_api(&lab.a, &lab.a.ip);
-    let join = |uri: &str| {
-        lab.b.env.run(&[
-            "certmesh",
-            "join",
-            "--ca",
-            &lab.a.ip,
-            "--fingerprint",
-            &fp,
-            "--code",
-            &code(uri, 0),
-            "--no-trust",
-        ])
-    };
+    let join = |uri: &str| join_from_b(&lab, &fp, &code(uri, 0), &["--no-trust"]);
     refused_as_wrong(&join(&uri0));
     join(&uri1).expect_code(0);
     assert!(member_names(&lab.a.env).contains(&lab.b.hostname));

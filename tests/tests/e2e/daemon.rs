@@ -4,7 +4,7 @@
 //! schemathesis. Only the SDK example and Python fixtures run here (never koi-mdns), so nothing
 //! leaves loopback.
 
-use crate::support::{KoiEnv, assert_process_gone, root_or_skip, rss_kib};
+use crate::support::{KoiEnv, assert_process_gone, free_port, root_or_skip, rss_kib};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -26,13 +26,6 @@ fn kill9(pid: i32) {
         rustix::process::Pid::from_raw(pid).expect("pid"),
         rustix::process::Signal::KILL,
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 #[test]

@@ -192,7 +192,9 @@ fn an_mdns_instance_name_with_escape_sequences_is_shown_escaped_by_mdns_discover
         return;
     }
     let lab = crate::support::netlab::NetLab::new("esc");
-    lab.a.env.install(&crate::certmesh::mdns_bin(), "mdns");
+    lab.a
+        .env
+        .install(&crate::support::certmesh::mdns_bin(), "mdns");
     let mut sender = lab
         .b
         .command("python3", &["-c", RAW_MDNS_SENDER, &lab.b.ip, "12"])

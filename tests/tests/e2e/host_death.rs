@@ -6,37 +6,12 @@
 //! host dies. Loopback only: the CA's API is bound to 127.0.0.1 and nothing multicasts.
 
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use crate::support::{DaemonProc, KoiEnv, bin_dir, fixture};
+use crate::support::kill::{Jitter, kill9};
+use crate::support::{DaemonProc, KoiEnv, bin_dir, fixture, free_port};
 
 const PASSPHRASE: &str = "host death passphrase 9";
-
-/// A seeded xorshift sequence; the seed is printed so a failing run can be replayed
-/// (`KOI_TEST_SEED`).
-struct Jitter(u64);
-
-impl Jitter {
-    fn new() -> Self {
-        let seed = std::env::var("KOI_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            })
-            | 1;
-        eprintln!("host-death seed {seed} (KOI_TEST_SEED={seed} replays it)");
-        Jitter(seed)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
 
 /// A loopback-only environment with koi-certmesh and the never-answering koi-mdns stand-in.
 fn env_with_stalling_mdns() -> (KoiEnv, String) {
@@ -56,11 +31,6 @@ fn have(program: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-    probe.local_addr().expect("addr").port()
 }
 
 fn start(env: &KoiEnv, bind: &str) -> DaemonProc {
@@ -112,9 +82,7 @@ struct Sweep<'a>(&'a KoiEnv);
 impl Drop for Sweep<'_> {
     fn drop(&mut self) {
         for (pid, _) in processes_of(self.0) {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
+            kill9(pid as u32);
         }
     }
 }
@@ -185,10 +153,8 @@ fn kill_one_shot_while_asking(env: &KoiEnv, delay: u64, what: &str) {
     std::thread::sleep(Duration::from_millis(delay));
     let koi = env.koi.display().to_string();
     for (pid, cmdline) in processes_of(env) {
-        if cmdline.starts_with(&koi)
-            && let Some(pid) = rustix::process::Pid::from_raw(pid)
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        if cmdline.starts_with(&koi) {
+            kill9(pid as u32);
         }
     }
     drop(session.stdin.take());
@@ -234,7 +200,7 @@ fn eventually_ok(env: &KoiEnv, args: &[&str]) -> String {
 
 #[test]
 fn killing_the_daemon_during_create_unlock_and_join_leaves_no_plugin_and_the_next_daemon_works() {
-    let mut jitter = Jitter::new();
+    let mut jitter = Jitter::new("host-death");
     let (ca, pass) = env_with_stalling_mdns();
     let _sweep_ca = Sweep(&ca);
     let bind = format!("127.0.0.1:{}", free_port());

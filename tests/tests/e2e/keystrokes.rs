@@ -5,132 +5,15 @@
 //! and under `koi daemon` the request reaches the CLI's terminal, while a REST call gets -32010.
 //!
 //! Keys are typed only once the prompt is on the terminal (which the host prints after switching to
-//! raw mode), so nothing depends on timing. The deadlines below only stop a hung test.
+//! raw mode), so nothing depends on timing. The deadlines (in `support::pty`) only stop a hung test.
 
-use crate::support::{KoiEnv, assert_process_gone};
-use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use crate::support::pty::{Pty, result_line};
+use crate::support::{KoiEnv, assert_process_gone, free_port};
+use serde_json::json;
+use std::process::Command;
 
 /// What `koi-hello mash` shows when it asks for keystrokes.
 const PROMPT: &str = "Type random keys until the bar is full";
-/// How long a hung test may wait before it fails.
-const FAILSAFE: Duration = Duration::from_secs(30);
-
-fn quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
-
-/// `koi` run by `script` under a pseudo-terminal; what we write to `stdin` is typed at it.
-pub(crate) struct Pty {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    output: Arc<Mutex<Vec<u8>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Pty {
-    /// Starts `koi <args>` in a pseudo-terminal with `env`'s environment plus `extra`; afterwards
-    /// the same shell prints `stty -a`, so tests can check the terminal was restored.
-    pub(crate) fn start(env: &KoiEnv, args: &[&str], extra: &[(&str, &str)]) -> Pty {
-        let koi = env.command(args);
-        let mut line = quote(koi.get_program().to_str().expect("utf-8 path"));
-        for arg in koi.get_args() {
-            line.push(' ');
-            line.push_str(&quote(arg.to_str().expect("utf-8 arg")));
-        }
-        line.push_str("; status=$?; echo; echo STTY: $(stty -a); exit $status");
-        let mut cmd = Command::new("script");
-        cmd.args(["-qec", &line, "/dev/null"]).env_clear();
-        for (key, value) in koi.get_envs() {
-            if let Some(value) = value {
-                cmd.env(key, value);
-            }
-        }
-        cmd.envs(extra.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn script (util-linux)");
-        let stdin = child.stdin.take();
-        let mut stdout = child.stdout.take().expect("stdout");
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let sink = output.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .expect("output lock")
-                    .extend_from_slice(&buf[..n]);
-            }
-        });
-        Pty {
-            child,
-            stdin,
-            output,
-            reader: Some(reader),
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().expect("output lock")).into_owned()
-    }
-
-    /// Waits until the terminal shows `text`.
-    pub(crate) fn wait_for(&mut self, text: &str) {
-        let deadline = Instant::now() + FAILSAFE;
-        while !self.text().contains(text) {
-            if Instant::now() > deadline || matches!(self.child.try_wait(), Ok(Some(_))) {
-                let _ = self.child.kill();
-                panic!("the terminal never showed {text:?}:\n{}", self.text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Types `bytes` at the terminal.
-    pub(crate) fn type_bytes(&mut self, bytes: &[u8]) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(bytes).expect("type");
-        stdin.flush().expect("flush");
-    }
-
-    /// Waits for the command to end; returns its exit status and everything the terminal showed.
-    pub(crate) fn finish(mut self) -> (Option<i32>, String) {
-        let deadline = Instant::now() + FAILSAFE;
-        let status = loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("the command never ended:\n{}", self.text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        drop(self.stdin.take());
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-        (status.code(), self.text())
-    }
-}
-
-/// The JSON result line the terminal showed.
-pub(crate) fn result_line(output: &str) -> Value {
-    output
-        .lines()
-        .map(|l| l.trim_matches(['\r', '\n']))
-        .find(|l| l.starts_with('{'))
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON result on the terminal:\n{output}"))
-}
 
 /// Asserts the `stty -a` printed after the command shows a cooked terminal with echo.
 fn assert_terminal_restored(output: &str) {
@@ -247,11 +130,7 @@ fn traces_never_show_the_keystrokes() {
 #[test]
 fn under_the_daemon_keystrokes_reach_the_cli_terminal_and_rest_gets_no_terminal() {
     let env = KoiEnv::new().with_hello();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let bind = format!("127.0.0.1:{port}");
+    let bind = format!("127.0.0.1:{}", free_port());
     let _daemon = env.start_daemon(&[("KOI_REST_ENABLED", "true"), ("KOI_REST_BIND", &bind)]);
     let mut pty = Pty::start(&env, &["hello", "mash", "--count", "3", "--json"], &[]);
     pty.wait_for(PROMPT);

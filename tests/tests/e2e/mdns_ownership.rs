@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::certmesh::{certmesh_bin, create, mdns_bin, write_passphrase};
+use crate::support::certmesh::{certmesh_bin, create, mdns_bin, write_passphrase};
 use crate::support::netlab::{LabHost, NetLab};
 use crate::support::{KoiEnv, Run, example, fixture, root_or_skip};
 

@@ -15,17 +15,16 @@
 //! and prints it as `LEFTOVER:[…]` after the test types `END`: anything the command left in the
 //! terminal's input shows up there. Deadlines only stop a hung test.
 
-use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::Duration;
 
-use crate::certmesh::{
-    PASSPHRASE, audit_entries, certmesh_bin, code, create, wait_for_api, write_passphrase,
+use crate::support::certmesh::{
+    LabCa, PASSPHRASE, audit_entries, ca_under_daemon, certmesh_bin, create, fresh_code,
+    write_passphrase,
 };
-use crate::keystrokes::result_line;
 use crate::support::netlab::NetLab;
-use crate::support::{KoiEnv, example, root_or_skip};
+use crate::support::pty::{Pty, result_line};
+use crate::support::{KoiEnv, example, free_port, root_or_skip};
 
 /// How long a hung test may wait before it fails.
 const FAILSAFE: Duration = Duration::from_secs(40);
@@ -38,87 +37,17 @@ const AGAIN: &str = "Passphrase again";
 /// The passphrase prompt of `unlock`, `issue` and `rotate-secret`.
 const CA_PASS: &str = "CA passphrase:";
 
-fn quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
+/// The shell's trailer after `koi`: `KOI-DONE`, then the next line typed at the terminal as
+/// `LEFTOVER:[…]`.
+const LEFTOVER_TRAILER: &str = "echo; echo KOI-DONE; IFS= read -r rest; echo \"LEFTOVER:[$rest]\"";
 
-/// `koi` at a pseudo-terminal; what we write to `stdin` is typed at it.
-struct Term {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    output: Arc<Mutex<Vec<u8>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
+/// `koi` at a pseudo-terminal whose shell reports what the command left in the terminal's input.
+struct Term(Pty);
 
 impl Term {
     /// Starts `koi <args>` (with `env`'s prefix and environment) under `script`.
     fn start(env: &KoiEnv, args: &[&str]) -> Term {
-        let koi = env.command(args);
-        let mut line = quote(koi.get_program().to_str().expect("utf-8 path"));
-        for arg in koi.get_args() {
-            line.push(' ');
-            line.push_str(&quote(arg.to_str().expect("utf-8 arg")));
-        }
-        line.push_str(
-            "; status=$?; echo; echo KOI-DONE; IFS= read -r rest; echo \"LEFTOVER:[$rest]\"; exit $status",
-        );
-        let mut cmd = Command::new("script");
-        cmd.args(["-qec", &line, "/dev/null"]).env_clear();
-        for (key, value) in koi.get_envs() {
-            if let Some(value) = value {
-                cmd.env(key, value);
-            }
-        }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn script (util-linux)");
-        let stdin = child.stdin.take();
-        let mut stdout = child.stdout.take().expect("stdout");
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let sink = output.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
-            }
-        });
-        Term {
-            child,
-            stdin,
-            output,
-            reader: Some(reader),
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().expect("lock")).into_owned()
-    }
-
-    /// Waits until the terminal has shown `text` `n` times.
-    fn wait_for_nth(&mut self, text: &str, n: usize) {
-        let deadline = Instant::now() + FAILSAFE;
-        while self.text().matches(text).count() < n {
-            if Instant::now() > deadline || matches!(self.child.try_wait(), Ok(Some(_))) {
-                let _ = self.child.kill();
-                panic!("the terminal never showed {text:?} ×{n}:\n{}", self.text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_for(&mut self, text: &str) {
-        self.wait_for_nth(text, 1);
-    }
-
-    /// Types `text` at the terminal.
-    fn type_text(&mut self, text: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(text.as_bytes()).expect("type");
-        stdin.flush().expect("flush");
+        Term(Pty::start_with(env, args, &[], LEFTOVER_TRAILER, FAILSAFE))
     }
 
     /// Waits for `koi` to end, types `END` for the shell's leftover check, and returns the exit
@@ -126,23 +55,20 @@ impl Term {
     fn finish(mut self) -> (Option<i32>, String) {
         self.wait_for("KOI-DONE");
         self.type_text("END\n");
-        let deadline = Instant::now() + FAILSAFE;
-        let status = loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("the session never ended:\n{}", self.text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        drop(self.stdin.take());
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-        (status.code(), self.text())
+        self.0.finish()
+    }
+}
+
+impl std::ops::Deref for Term {
+    type Target = Pty;
+    fn deref(&self) -> &Pty {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Term {
+    fn deref_mut(&mut self) -> &mut Pty {
+        &mut self.0
     }
 }
 
@@ -364,11 +290,7 @@ fn the_call_context_says_per_call_whether_a_person_can_be_asked() {
     let env = KoiEnv::new().with_fixture("asker").with_fixture("whoami");
     let expected = [json!(true), json!(false), json!(false), json!(false)];
     assert_eq!(interactive_seen(&env), expected, "one-shot");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let bind = format!("127.0.0.1:{port}");
+    let bind = format!("127.0.0.1:{}", free_port());
     let _daemon = env.start_daemon(&[("KOI_REST_ENABLED", "true"), ("KOI_REST_BIND", &bind)]);
     assert_eq!(interactive_seen(&env), expected, "under koi daemon");
     let rest = Command::new("curl")
@@ -415,23 +337,6 @@ fn a_confirmed_secret_whose_entries_differ_is_asked_again() {
     );
 }
 
-/// A valid code for a step later than `last` (each step's code works once), waiting for the next
-/// step when the window's codes are used up.
-fn fresh_code(uri: &str, last: &mut i64) -> String {
-    loop {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs() as i64;
-        let step = now / 30;
-        if let Some(s) = (step - 1..=step + 1).find(|s| s > last) {
-            *last = s;
-            return code(uri, s * 30 - now + 1);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 /// `join --ca A` at B's terminal: confirm the fingerprint, type the code.
 fn join_at_a_terminal(lab: &NetLab, fingerprint: &str, uri: &str, last: &mut i64) {
     let mut term = Term::start(
@@ -461,22 +366,10 @@ fn join_confirms_the_fingerprint_at_a_terminal_with_and_without_the_daemon() {
         return;
     }
     let lab = NetLab::new("pj");
-    for host in [&lab.a, &lab.b] {
-        host.env.install(&certmesh_bin(), "certmesh");
-    }
-    let pass_file = write_passphrase(&lab.a.env);
-    let _ca = lab.a.env.start_daemon(&[]);
-    let created = create(&lab.a.env, &pass_file, &["--json"]);
-    created.expect_code(0);
-    let uri = created.json()["otpauth_uri"]
-        .as_str()
-        .expect("uri")
-        .to_owned();
-    let fingerprint = created.json()["mesh"]["ca_fingerprint"]
-        .as_str()
-        .expect("fingerprint")
-        .to_owned();
-    wait_for_api(&lab.a, &lab.a.ip);
+    let (_ca, ca) = ca_under_daemon(&lab, &["--json"]);
+    let LabCa {
+        uri, fingerprint, ..
+    } = ca;
     let mut last = 0;
     join_at_a_terminal(&lab, &fingerprint, &uri, &mut last);
     let _member = lab.b.env.start_daemon(&[]);

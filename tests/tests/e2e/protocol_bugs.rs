@@ -4,7 +4,7 @@
 //! not the manifest's schemas; one plugin's bad `host/call` is blamed on it (exit 3), not on the
 //! user; `plugins list` does not trust a cached manifest; and the wording of two messages.
 
-use crate::support::KoiEnv;
+use crate::support::{KoiEnv, free_port};
 use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
@@ -20,13 +20,6 @@ fn wait_for(path: &Path, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     true
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn plugin_row(list: &Value, name: &str) -> Value {

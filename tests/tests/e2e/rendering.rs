@@ -207,7 +207,7 @@ fn qr_code_only_at_a_terminal_else_the_uri_alone() {
     json.json();
     assert!(!json.stderr.contains("JBSWY3DPEHPK3PXP"), "{}", json.stderr);
     // At a terminal it is drawn.
-    let pty = crate::keystrokes::Pty::start(&env, &["--no-daemon", "hello", "show"], &[]);
+    let pty = crate::support::pty::Pty::start(&env, &["--no-daemon", "hello", "show"], &[]);
     let (code, output) = pty.finish();
     assert_eq!(code, Some(0), "{output}");
     assert!(
@@ -355,10 +355,10 @@ fn certmesh_create_and_log_read_well_at_80_columns() {
         ("NO_COLOR".into(), "1".into()),
     ]);
     let env = &lab.a.env;
-    env.install(&crate::certmesh::certmesh_bin(), "certmesh");
-    env.install(&crate::certmesh::mdns_bin(), "mdns");
-    let pass_file = crate::certmesh::write_passphrase(env);
-    let created = crate::certmesh::create(
+    env.install(&crate::support::certmesh::certmesh_bin(), "certmesh");
+    env.install(&crate::support::certmesh::mdns_bin(), "mdns");
+    let pass_file = crate::support::certmesh::write_passphrase(env);
+    let created = crate::support::certmesh::create(
         env,
         &pass_file,
         &[

@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::certmesh::{certmesh_bin, mdns_bin};
+use crate::support::certmesh::{certmesh_bin, mdns_bin};
 use crate::support::netlab::NetLab;
 use crate::support::{example, root_or_skip};
 

@@ -2,7 +2,10 @@
 //! directory, its own hard-linked copy of `koi` so the build directory's plugins are not
 //! discovered), helpers to run `koi`, and checks that no plugin process outlives the host.
 
+pub mod certmesh;
+pub mod kill;
 pub mod netlab;
+pub mod pty;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -276,6 +279,14 @@ impl Run {
         );
         self
     }
+}
+
+/// A loopback TCP port that was free a moment ago (for a daemon's REST or CA API).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Whether root-only tests may run; skipping is a failure when `KOI_REQUIRE_ROOT_TESTS=1`.

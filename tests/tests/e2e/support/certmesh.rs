@@ -1,0 +1,302 @@
+//! koi-certmesh helpers shared by the end-to-end modules: the plugin binaries, TOTP codes from the
+//! otpauth URI, `create` without questions, a CA created in a lab host under its daemon (its URI,
+//! fingerprint and root), raw join requests, CSRs, the audit log, and file checks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::support::netlab::{LabHost, NetLab};
+use crate::support::{DaemonProc, KoiEnv, Run, bin_dir};
+
+pub(crate) const PASSPHRASE: &str = "lab passphrase 7f3a9c";
+
+pub(crate) fn certmesh_bin() -> PathBuf {
+    bin_dir().join("koi-certmesh")
+}
+
+pub(crate) fn mdns_bin() -> PathBuf {
+    bin_dir().join("koi-mdns")
+}
+
+/// The current (or `offset`-shifted) code for the otpauth URI.
+pub(crate) fn code(uri: &str, offset: i64) -> String {
+    let totp = totp_rs::Totp::from_url(uri).expect("otpauth URI parses");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    totp.generate(now.saturating_add_signed(offset)).to_string()
+}
+
+/// A code that is surely wrong right now (differs from every code in the ±1 window).
+pub(crate) fn wrong_code(uri: &str) -> String {
+    let window: Vec<String> = [-30, 0, 30].iter().map(|o| code(uri, *o)).collect();
+    (0..1000)
+        .map(|n| format!("{:06}", (n * 7919 + 123_457) % 1_000_000))
+        .find(|c| !window.contains(c))
+        .expect("a wrong code")
+}
+
+pub(crate) fn write_passphrase(env: &KoiEnv) -> String {
+    let path = env.dir.path().join("ca-pass");
+    std::fs::write(&path, format!("{PASSPHRASE}\n")).expect("passphrase file");
+    path.display().to_string()
+}
+
+/// `koi certmesh create --entropy system --passphrase-file PASS EXTRA...` (non-interactive).
+pub(crate) fn create(env: &KoiEnv, pass_file: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "certmesh",
+        "create",
+        "--entropy",
+        "system",
+        "--passphrase-file",
+        pass_file,
+    ];
+    args.extend_from_slice(extra);
+    env.run(&args)
+}
+
+pub(crate) fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// POSTs `body` to A's join API from B with curl, trusting A's root. Returns (status, body).
+pub(crate) fn raw_join(
+    lab: &NetLab,
+    ca_pem: &Path,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let body_file = lab.b.env.dir.path().join("raw-join.json");
+    std::fs::write(&body_file, body.to_string()).expect("body file");
+    let out = lab
+        .b
+        .command(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "20",
+                "--cacert",
+                &ca_pem.display().to_string(),
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &format!("@{}", body_file.display()),
+                "-w",
+                "\n%{http_code}",
+                &format!("https://{}:5641/v1/certmesh/join", lab.a.ip),
+            ],
+        )
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (json, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        status.trim().parse().unwrap_or(0),
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A CSR (PEM) for a fresh P-256 key, optionally asking for CA:TRUE.
+pub(crate) fn openssl_csr(dir: &Path, cn: &str, ask_ca: bool) -> String {
+    let key = dir.join(format!("{cn}-raw.key"));
+    let mut args = vec![
+        "req".to_owned(),
+        "-new".into(),
+        "-newkey".into(),
+        "ec".into(),
+        "-pkeyopt".into(),
+        "ec_paramgen_curve:P-256".into(),
+        "-nodes".into(),
+        "-keyout".into(),
+        key.display().to_string(),
+        "-subj".into(),
+        format!("/CN={cn}"),
+    ];
+    if ask_ca {
+        args.push("-addext".into());
+        args.push("basicConstraints=critical,CA:TRUE".into());
+    }
+    let out = Command::new("openssl")
+        .args(&args)
+        .output()
+        .expect("openssl req");
+    assert!(out.status.success(), "openssl req: {}", output_text(&out));
+    String::from_utf8(out.stdout).expect("pem")
+}
+
+pub(crate) fn audit_entries(env: &KoiEnv) -> Vec<serde_json::Value> {
+    let run = env.run(&["certmesh", "log", "--json"]);
+    run.expect_code(0);
+    run.json()["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+pub(crate) fn refusals(env: &KoiEnv) -> Vec<String> {
+    audit_entries(env)
+        .iter()
+        .filter(|e| e["event"] == "enrollment_refused")
+        .map(|e| e["details"]["reason"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+pub(crate) fn wait_for_api(host: &LabHost, ip: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ok = host
+            .command(
+                "curl",
+                &[
+                    "-sk",
+                    "--max-time",
+                    "2",
+                    &format!("https://{ip}:5641/v1/certmesh/health"),
+                ],
+            )
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the certmesh API never answered on {ip}:5641"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub(crate) fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+pub(crate) fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
+
+/// The public key (PEM) of a private key or certificate file, via openssl.
+pub(crate) fn public_key_of(path: &Path, is_cert: bool) -> String {
+    let args: Vec<&str> = if is_cert {
+        vec!["x509", "-pubkey", "-noout", "-in"]
+    } else {
+        vec!["pkey", "-pubout", "-in"]
+    };
+    let out = Command::new("openssl")
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The pid of the koi-certmesh process `env`'s daemon supervises.
+pub(crate) fn certmesh_pid(env: &KoiEnv) -> u32 {
+    let status = env.daemon_status();
+    let pid = status["plugins"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "certmesh"))
+        .and_then(|p| p["supervision"]["pid"].as_u64())
+        .expect("certmesh pid");
+    u32::try_from(pid).expect("pid")
+}
+
+/// `koi certmesh join --ca A --fingerprint FINGERPRINT --code CODE EXTRA...` run on lab host B.
+pub(crate) fn join_from_b(lab: &NetLab, fingerprint: &str, code: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "certmesh",
+        "join",
+        "--ca",
+        &lab.a.ip,
+        "--fingerprint",
+        fingerprint,
+        "--code",
+        code,
+    ];
+    args.extend_from_slice(extra);
+    lab.b.env.run(&args)
+}
+
+/// A valid code for a step later than `last` (each step's code works once), waiting for the next
+/// step when the three in the window are used up.
+pub(crate) fn fresh_code(uri: &str, last: &mut i64) -> String {
+    loop {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let step = now / 30;
+        if let Some(s) = (step - 1..=step + 1).find(|s| s > last) {
+            *last = s;
+            return code(uri, s * 30 - now + 1);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The otpauth URI and the CA fingerprint from a successful `create --json`.
+pub(crate) fn mesh_ids(created: &Run) -> (String, String) {
+    let json = created.json();
+    let uri = json["otpauth_uri"]
+        .as_str()
+        .expect("otpauth_uri")
+        .to_owned();
+    let fingerprint = json["mesh"]["ca_fingerprint"]
+        .as_str()
+        .expect("ca_fingerprint")
+        .to_owned();
+    (uri, fingerprint)
+}
+
+/// A mesh created on lab host A under its daemon, with its API answering.
+pub(crate) struct LabCa {
+    /// The CA passphrase file on A.
+    pub pass_file: String,
+    pub uri: String,
+    pub fingerprint: String,
+    /// A's root certificate (`certmesh/ca/ca.pem` in its `KOI_HOME`).
+    pub ca_pem: PathBuf,
+    /// What `create` printed.
+    pub created: Run,
+}
+
+/// Installs koi-certmesh on both lab hosts, starts A's daemon, creates a mesh on A with
+/// `create_args` (which must include `--json`), and waits for A's join API. Keep the returned
+/// daemon alive for as long as A must answer.
+pub(crate) fn ca_under_daemon(lab: &NetLab, create_args: &[&str]) -> (DaemonProc, LabCa) {
+    lab.a.env.install(&certmesh_bin(), "certmesh");
+    lab.b.env.install(&certmesh_bin(), "certmesh");
+    let pass_file = write_passphrase(&lab.a.env);
+    let daemon = lab.a.env.start_daemon(&[]);
+    let created = create(&lab.a.env, &pass_file, create_args);
+    created.expect_code(0);
+    let (uri, fingerprint) = mesh_ids(&created);
+    wait_for_api(&lab.a, &lab.a.ip);
+    let ca_pem = lab.a.env.home.join("certmesh/ca/ca.pem");
+    let ca = LabCa {
+        pass_file,
+        uri,
+        fingerprint,
+        ca_pem,
+        created,
+    };
+    (daemon, ca)
+}
