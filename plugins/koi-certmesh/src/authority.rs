@@ -4,26 +4,25 @@
 //!
 //! Locking. Under `koi daemon` the CA starts locked; [`Authority::unlock`] opens the vault.
 //! While locked, every signing path refuses with [`LOCKED_MESSAGE`](crate::error::LOCKED_MESSAGE),
-//! and refusals (which cannot be signed without the key) are kept in `audit-pending.jsonl` and
-//! signed into the log at the next unlock. One-shot commands that sign (`issue`) open a session
-//! for that one command.
+//! and refusals (which cannot be signed without the key) are kept in `audit-pending.jsonl`
+//! ([`crate::pending`]) and signed into the log at the next unlock. One-shot commands that sign
+//! (`issue`) open a session for that one command ([`crate::signing`]).
 //!
 //! Ordering. An audit entry is appended (and fsynced) before the roster that records it is saved;
 //! the roster then records the new head. A crash in between leaves a roster whose head is still
 //! in the log, which verifies.
 
 use std::fs::File;
-use std::io::Write;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use koi_certmesh_core::audit;
 use koi_certmesh_core::{
-    AuditLog, CaStore, LeafRequest, Member, Passphrase, RejectReason, Role, Roster, Scope,
-    TotpGuard, TotpOutcome, TotpState, UnlockedCa,
+    AuditLog, CaStore, Member, Passphrase, RejectReason, Role, Roster, TotpGuard, TotpOutcome,
+    TotpState, UnlockedCa,
 };
 use koi_sdk::MethodError;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -57,15 +56,6 @@ pub struct UnlockReport {
     pub pending_entries_signed: usize,
     /// Bytes of a torn last audit line removed (a crash mid-append), 0 normally.
     pub torn_bytes_repaired: u64,
-}
-
-/// A refusal recorded while locked (`audit-pending.jsonl`).
-#[derive(Debug, Serialize, Deserialize)]
-struct PendingEntry {
-    ts: String,
-    event: String,
-    actor: String,
-    details: Value,
 }
 
 impl CaSession {
@@ -107,7 +97,7 @@ impl CaSession {
                 )
                 .map_err(error::core)?;
         }
-        let (pending, over) = take_pending(layout)?;
+        let (pending, over) = crate::pending::take_pending(layout)?;
         for p in &pending {
             // Entries written before refusals were bounded can hold raw client text.
             let mut details = crate::refusals::bounded_value(&p.details);
@@ -219,60 +209,6 @@ impl CaSession {
         let mut roster = Roster::load(&layout.roster()).map_err(error::core)?;
         self.save_roster(layout, &mut roster)
     }
-}
-
-/// Collects the pending refusals into `audit-pending.signing` (appending, so entries left there by
-/// an unlock that crashed mid-signing are kept) and reads them. The caller removes the file once
-/// they are signed in: a crash in between signs some twice rather than losing any. Reads line by
-/// line and keeps at most [`crate::refusals::MAX_PENDING_LINES`] entries (a file written before
-/// pending refusals were bounded can be huge); the rest are returned as a count.
-fn take_pending(layout: &Layout) -> Result<(Vec<PendingEntry>, u64), MethodError> {
-    use std::io::BufRead;
-    let path = layout.audit_pending();
-    let signing = layout.audit_pending_signing();
-    let fail = |what: &str, p: &std::path::Path, e: std::io::Error| {
-        error::fail(
-            format!("Failed to {what} {}: {e}.", p.display()),
-            "Check the permissions of KOI_HOME/certmesh.",
-        )
-    };
-    match std::fs::File::open(&path) {
-        Ok(mut src) => {
-            if std::fs::metadata(&signing).is_err() {
-                // The usual case: move it in one rename.
-                std::fs::rename(&path, &signing).map_err(|e| fail("rename", &path, e))?;
-            } else {
-                let mut dst = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&signing)
-                    .map_err(|e| fail("append to", &signing, e))?;
-                std::io::copy(&mut src, &mut dst).map_err(|e| fail("append to", &signing, e))?;
-                dst.sync_data().map_err(|e| fail("flush", &signing, e))?;
-                std::fs::remove_file(&path).map_err(|e| fail("remove", &path, e))?;
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(fail("read", &path, e)),
-    }
-    let file = match std::fs::File::open(&signing) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(fail("read", &signing, e)),
-    };
-    let mut kept = Vec::new();
-    let mut over = 0u64;
-    // A torn last line (crash mid-write) or any unparseable line is dropped.
-    for line in std::io::BufReader::new(file).split(b'\n') {
-        let line = line.map_err(|e| fail("read", &signing, e))?;
-        if kept.len() >= crate::refusals::MAX_PENDING_LINES {
-            over += 1;
-            continue;
-        }
-        if let Ok(p) = serde_json::from_slice::<PendingEntry>(&line) {
-            kept.push(p);
-        }
-    }
-    Ok((kept, over))
 }
 
 /// When an enrollment lockout (too many wrong codes) ends, as Unix time, if one is in force.
@@ -421,7 +357,7 @@ impl Authority {
                 }),
             None => records.into_iter().try_for_each(|r| {
                 let reason = r.details["reason"].as_str().unwrap_or("").to_owned();
-                match append_pending(&self.layout, &r.actor, r.details) {
+                match crate::pending::append_pending(&self.layout, &r.actor, r.details) {
                     Ok(true) => Ok(()),
                     Ok(false) => {
                         let reason = crate::refusals::static_reason(&reason);
@@ -494,7 +430,7 @@ impl Authority {
                 crate::wire::serde_name(&existing.role)
             )));
         }
-        let (mut leaf, mut dropped) = leaf_request(
+        let (mut leaf, mut dropped) = crate::leaf::leaf_request(
             session.unlocked.ca().scope(),
             &crate::names::zone_of(&roster),
             &req.hostname,
@@ -597,146 +533,4 @@ fn describe(reason: RejectReason) -> &'static str {
         RejectReason::WrongCode => "it does not match the current code",
         RejectReason::Replayed => "it was already used (each code works once)",
     }
-}
-
-/// Appends one refusal to `audit-pending.jsonl`; `Ok(false)` when the file has reached
-/// [`crate::refusals::PENDING_MAX_BYTES`] and the refusal was not stored.
-fn append_pending(layout: &Layout, actor: &str, details: Value) -> Result<bool, MethodError> {
-    let path = layout.audit_pending();
-    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
-    if size >= crate::refusals::PENDING_MAX_BYTES {
-        return Ok(false);
-    }
-    let entry = PendingEntry {
-        ts: crate::names::rfc3339(OffsetDateTime::now_utc()),
-        event: ENROLLMENT_REFUSED.into(),
-        actor: actor.into(),
-        details,
-    };
-    let mut line = serde_json::to_vec(&entry)
-        .map_err(|e| MethodError::new(format!("Failed to encode an audit entry: {e}")))?;
-    line.push(b'\n');
-    append_durably(&path, &line).map_err(|e| {
-        error::fail(
-            format!("Failed to append to {}: {e}.", path.display()),
-            "Check the disk and the permissions of KOI_HOME/certmesh.",
-        )
-    })?;
-    Ok(true)
-}
-
-/// Appends `bytes` to `path` (created 0600) in one write, then flushes it to disk.
-fn append_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_data()
-}
-
-/// Refusals recorded while locked and not yet signed into the audit log.
-pub fn pending_count(layout: &Layout) -> usize {
-    use std::io::BufRead;
-    [layout.audit_pending(), layout.audit_pending_signing()]
-        .iter()
-        .filter_map(|p| std::fs::File::open(p).ok())
-        .map(|f| {
-            std::io::BufReader::new(f)
-                .split(b'\n')
-                .take_while(Result::is_ok)
-                .count()
-        })
-        .sum()
-}
-
-/// The names and addresses a member's certificate gets: `host`, `host.local` and `host.<zone>`
-/// where the scope allows them (silently left out otherwise), the names the member asked for
-/// (canonical form; refused if out of scope), and its private LAN addresses inside the scope
-/// (others dropped and reported). Ownership (no other entry may hold any of them) is checked by
-/// the caller against the roster ([`crate::ownership`]).
-pub fn leaf_request(
-    scope: &Scope,
-    zone: &str,
-    hostname: &str,
-    extra_names: &[String],
-    addresses: &[IpAddr],
-) -> Result<(LeafRequest, Vec<String>), Refusal> {
-    let mut names: Vec<String> = Vec::new();
-    for auto in [
-        hostname.to_owned(),
-        format!("{hostname}.local"),
-        format!("{hostname}.{zone}"),
-    ] {
-        if let Ok(n) = scope.check_dns(&auto)
-            && !names.contains(&n)
-        {
-            names.push(n);
-        }
-    }
-    for extra in extra_names {
-        let n = scope
-            .check_dns(extra)
-            .map_err(|e| Refusal::NotPermitted(e.to_string()))?;
-        if !names.contains(&n) {
-            names.push(n);
-        }
-    }
-    if names.is_empty() {
-        return Err(Refusal::NotPermitted(format!(
-            "None of {hostname}, {hostname}.local, {hostname}.{zone} is inside the mesh's scope. \
-             Ask for an in-scope name with `--name`."
-        )));
-    }
-    let mut kept = Vec::new();
-    let mut dropped = Vec::new();
-    for ip in addresses {
-        match scope.check_ip(*ip) {
-            Ok(()) if !kept.contains(ip) => kept.push(*ip),
-            Ok(()) => {}
-            Err(_) => dropped.push(format!("{ip} (outside the mesh's scope)")),
-        }
-    }
-    let mut req = LeafRequest::new(names.remove(0));
-    req.dns_names = names;
-    req.ip_addresses = kept;
-    Ok((req, dropped))
-}
-
-/// Runs `f` with a signing session: under the daemon the unlocked one (or the locked refusal);
-/// in one-shot mode a session opened for this command with the passphrase (file or prompt).
-/// Holds the writer lock throughout and runs `f` off the async threads.
-pub async fn with_signing_session<T: Send + 'static>(
-    authority: Arc<Authority>,
-    ctx: &koi_sdk::Context,
-    passphrase_file: Option<&str>,
-    actor: String,
-    purpose: &'static str,
-    f: impl FnOnce(&mut CaSession) -> Result<T, MethodError> + Send + 'static,
-) -> Result<T, MethodError> {
-    if !authority.layout().is_ca() {
-        return Err(error::fail(
-            "This machine is not a certmesh CA.",
-            "Run this on the CA (the machine that ran `koi certmesh create`).",
-        ));
-    }
-    let writer = authority.writer_for_command()?;
-    if ctx.mode() == koi_sdk::protocol::handshake::RunMode::Daemon {
-        return ctx
-            .blocking(purpose, move || {
-                let _writer = writer;
-                authority.with_session(f)
-            })
-            .await;
-    }
-    let pass = crate::secrets::passphrase(ctx, passphrase_file, false).await?;
-    let layout = authority.layout().clone();
-    ctx.blocking(purpose, move || {
-        let _writer = writer;
-        let (mut session, _) = CaSession::open(&layout, &pass, &actor, purpose)?;
-        f(&mut session)
-    })
-    .await
 }

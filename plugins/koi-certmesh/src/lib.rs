@@ -24,12 +24,15 @@
 //! # Modules
 //! - [`create`], [`unlock`], [`join`], [`issue`], [`trust`], [`log`], [`enrollment`],
 //!   [`rotate`], [`leave`], [`status`]: one per verb.
-//! - [`authority`] — the CA at run time: sessions, enrollment, audit.
-//! - [`refusals`] — refused joins recorded in bounded, coalesced entries (signed or pending).
+//! - [`authority`] — the CA at run time: sessions, enrollment, audit; [`signing`] — the signing
+//!   session of one command.
+//! - [`refusals`] — refused joins recorded in bounded, coalesced entries (signed or pending);
+//!   [`pending`] — those recorded while locked, until the next unlock signs them in.
 //! - [`api`] (server) and [`client`], over [`tls`] with bodies from [`wire`].
 //! - [`background`] — daemon mode: serve the API, advertise over mDNS.
 //! - [`truststore`] — system, NSS and Java trust stores.
-//! - [`ownership`] — no name or address in two entries; [`out_dir`] — where `issue` may write.
+//! - [`leaf`] — the names and addresses a member's certificate gets; [`ownership`] — no name or
+//!   address in two entries; [`out_dir`] — where `issue` may write.
 //! - [`layout`], [`files`], [`names`], [`x509`], [`secrets`], [`entropy`], [`app`], [`error`].
 
 #![forbid(unsafe_code)]
@@ -48,14 +51,17 @@ pub mod files;
 pub mod issue;
 pub mod join;
 pub mod layout;
+pub mod leaf;
 pub mod leave;
 pub mod log;
 pub mod names;
 pub mod out_dir;
 pub mod ownership;
+pub mod pending;
 pub mod refusals;
 pub mod rotate;
 pub mod secrets;
+pub mod signing;
 pub mod status;
 pub mod tls;
 pub mod trust;

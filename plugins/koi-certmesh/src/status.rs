@@ -135,7 +135,7 @@ pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
                 serde_json::to_value(app.api()).unwrap_or_default(),
             );
         }
-        let pending = crate::authority::pending_count(layout);
+        let pending = crate::pending::pending_count(layout);
         details.insert("audit_pending_unsigned".into(), Value::from(pending));
         let lock_text = if !daemon {
             "no daemon: start `koi daemon` and unlock to accept joins".to_owned()
