@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::audit::{AuditEntry, MAX_LINE_BYTES, Start, Tamper, canonical_json};
+use crate::audit::{AuditEntry, MAX_LINE_BYTES, Tamper, canonical_json};
+use crate::audit_verify::Start;
 use crate::ca::CertAuthority;
 use crate::error::{Error, Result};
 

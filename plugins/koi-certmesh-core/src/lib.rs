@@ -11,7 +11,8 @@
 //!   30 days) and for devices (library-generated key).
 //! - [`keystore`] — Argon2id → AES-256-GCM sealing; the CA store (`ca.pem` + `vault.sealed`).
 //! - [`totp`] — enrollment codes: ±1 step, constant-time, replay refusal, 3 failures → 5 min lock.
-//! - [`audit`] — append-only, hash-chained, CA-signed JSON-lines log; verification; torn-tail repair.
+//! - [`audit`] — append-only, hash-chained, CA-signed JSON-lines log; torn-tail repair.
+//! - [`audit_verify`] — streaming verification of that log (tampering vs. a torn tail).
 //! - [`checkpoint`] — signed checkpoints, so an unlock verifies only the entries after one.
 //! - [`audit_tail`] — the newest entries, read backwards from the end.
 //! - [`roster`] — versioned mesh/member data model.
@@ -38,6 +39,7 @@
 pub mod atomic;
 pub mod audit;
 pub mod audit_tail;
+pub mod audit_verify;
 pub mod ca;
 pub mod checkpoint;
 pub mod error;
