@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use koi_certmesh_core::audit;
 use koi_certmesh_core::{
     AuditLog, CaStore, Member, Passphrase, RejectReason, Role, Roster, TotpGuard, TotpOutcome,
-    TotpState, UnlockedCa,
+    UnlockedCa,
 };
 use koi_sdk::MethodError;
 use serde::Serialize;
@@ -143,7 +143,10 @@ impl CaSession {
                 "could not write the audit checkpoint (the next unlock verifies more): {e}"
             );
         }
-        let guard = TotpGuard::with_state(unlocked.totp_secret().clone(), load_totp_state(layout));
+        let guard = TotpGuard::with_state(
+            unlocked.totp_secret().clone(),
+            crate::totp_state::load(layout),
+        );
         let report = UnlockReport {
             ca_fingerprint: ca.fingerprint(),
             pending_entries_signed: pending.len() + usize::try_from(over).unwrap_or(usize::MAX),
@@ -172,7 +175,7 @@ impl CaSession {
     ) -> Result<&koi_certmesh_core::TotpSecret, MethodError> {
         let secret = self.unlocked.rotate_totp_secret().map_err(error::core)?;
         self.guard = TotpGuard::new(secret.clone());
-        save_totp_state(layout, self.guard.state()).map_err(MethodError::from)?;
+        crate::totp_state::save(layout, self.guard.state()).map_err(MethodError::from)?;
         Ok(self.unlocked.totp_secret())
     }
 
@@ -209,26 +212,6 @@ impl CaSession {
         let mut roster = Roster::load(&layout.roster()).map_err(error::core)?;
         self.save_roster(layout, &mut roster)
     }
-}
-
-/// When an enrollment lockout (too many wrong codes) ends, as Unix time, if one is in force.
-pub fn lockout_until(layout: &Layout, now_unix: u64) -> Option<u64> {
-    load_totp_state(layout)
-        .locked_until
-        .filter(|u| *u > now_unix)
-}
-
-fn load_totp_state(layout: &Layout) -> TotpState {
-    std::fs::read(layout.totp_state())
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-fn save_totp_state(layout: &Layout, state: &TotpState) -> Result<(), Refusal> {
-    let json = serde_json::to_vec(state).map_err(|e| Refusal::Internal(e.to_string()))?;
-    koi_certmesh_core::atomic::write_atomic(&layout.totp_state(), &json)
-        .map_err(|e| Refusal::Internal(e.to_string()))
 }
 
 /// The CA of this process: locked or unlocked.
@@ -441,7 +424,7 @@ impl Authority {
             .map_err(|e| Refusal::BadRequest(e.to_string()))?;
 
         let outcome = session.guard.verify(&req.code, unix);
-        save_totp_state(&self.layout, session.guard.state())?;
+        crate::totp_state::save(&self.layout, session.guard.state())?;
         match outcome {
             TotpOutcome::Accepted { .. } => {}
             TotpOutcome::Rejected {

@@ -25,7 +25,7 @@
 //! - [`create`], [`unlock`], [`join`], [`issue`], [`trust`], [`log`], [`enrollment`],
 //!   [`rotate`], [`leave`], [`status`]: one per verb.
 //! - [`authority`] — the CA at run time: sessions, enrollment, audit; [`signing`] — the signing
-//!   session of one command.
+//!   session of one command; [`totp_state`] — the enrollment-code guard's saved state.
 //! - [`refusals`] — refused joins recorded in bounded, coalesced entries (signed or pending);
 //!   [`pending`] — those recorded while locked, until the next unlock signs them in.
 //! - [`api`] (server) and [`client`], over [`tls`] with bodies from [`wire`].
@@ -64,6 +64,7 @@ pub mod secrets;
 pub mod signing;
 pub mod status;
 pub mod tls;
+pub mod totp_state;
 pub mod trust;
 pub mod truststore;
 pub mod unlock;

@@ -92,7 +92,7 @@ pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
                 details.insert("unconstrained".into(), Value::from(unconstrained));
                 let now = OffsetDateTime::now_utc();
                 let now_unix = u64::try_from(now.unix_timestamp()).unwrap_or(0);
-                let lockout = crate::authority::lockout_until(layout, now_unix);
+                let lockout = crate::totp_state::lockout_until(layout, now_unix);
                 // Locked out, the window may be open but no code is looked at.
                 details.insert(
                     "enrollment_open".into(),
