@@ -1,6 +1,6 @@
-//! One verb's call, once `app` has parsed it: where it runs ([`Target`]: a plugin this command
+//! One verb's call, once `app` has parsed it: where it runs (`Target`: a plugin this command
 //! started, or `koi daemon`), the manifest used to parse the command line for it, and the call
-//! itself with Ctrl-C relayed as `$/cancel` ([`call_with_interrupt`]).
+//! itself with Ctrl-C relayed as `$/cancel` (`call_with_interrupt`).
 
 use crate::paths::KoiHome;
 use crate::session::Session;
