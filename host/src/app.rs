@@ -1,7 +1,9 @@
 //! The `koi` command line: global flags, the command tree (built-ins plus one subcommand per
-//! plugin, built from manifests), dispatch of `koi <moniker> <verb>` to the plugin's method with
-//! Ctrl-C relayed as `$/cancel`, deprecated root aliases, and the documented exit codes.
+//! plugin, built from manifests), dispatch of `koi <moniker> <verb>` to the plugin's method (run
+//! by [`crate::call`], which relays Ctrl-C as `$/cancel`), deprecated root aliases, and the
+//! documented exit codes.
 
+use crate::call::{Target, call_with_interrupt};
 use crate::catalog::{self, PluginInfo};
 use crate::clispec;
 use crate::connection::LaunchOptions;
@@ -33,9 +35,6 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 
 const EXIT_CODES_HELP: &str = "Exit codes: 0 success · 1 the command failed · 2 usage error · \
 3 a plugin could not be used (missing, crashed, timed out, broke the protocol) · 130 interrupted";
-
-/// How long a cancelled call may take to answer before the host stops waiting.
-const CANCEL_GRACE: Duration = Duration::from_millis(2500);
 
 /// Flags that apply to every command.
 #[derive(Debug, Clone)]
@@ -526,149 +525,6 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
             let verbose = inv.globals.verbosity > 0;
             let e = crate::errors::for_call(e, daemon_gone, moniker, verb, spec, verbose);
             report(&inv.session.terminal, &label, &e)
-        }
-    }
-}
-
-/// Runs one call; the first Ctrl-C sends `$/cancel` and waits briefly for the plugin to finish,
-/// the second stops waiting (`interrupted` says whether Ctrl-C was pressed). Ctrl-C typed into a
-/// question that reads the terminal in raw mode (`host/keystrokes`) arrives through `terminal`
-/// instead of SIGINT and counts the same.
-async fn call_with_interrupt(
-    target: &Target,
-    terminal: &Terminal,
-    moniker: &str,
-    method: &str,
-    params: Value,
-    interrupted: &mut bool,
-) -> Result<Value, ErrorObject> {
-    let (id_tx, id_rx) = std::sync::mpsc::channel();
-    let call = target.call(moniker, method, params, terminal.interactive(), move |id| {
-        let _ = id_tx.send(id);
-    });
-    tokio::pin!(call);
-    let mut deadline: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            outcome = &mut call => return outcome,
-            _ = async {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminal.interrupted() => {}
-                }
-            } => {
-                *interrupted = true;
-                if deadline.is_some() {
-                    break;
-                }
-                if let Ok(id) = id_rx.try_recv() {
-                    target.cancel(id).await;
-                }
-                let _ = writeln!(std::io::stderr(), "Cancelling… (press Ctrl-C again to stop waiting)");
-                deadline = Some(tokio::time::Instant::now() + CANCEL_GRACE);
-            }
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
-        }
-    }
-    Err(ErrorObject::new(
-        codes::REQUEST_CANCELLED,
-        format!("cancelled; koi-{moniker} did not confirm in time and was stopped"),
-    ))
-}
-
-/// Where a verb runs: a plugin this command started, or `koi daemon`.
-enum Target {
-    Direct(crate::connection::Connection),
-    Daemon(Arc<crate::peer::Peer>),
-}
-
-impl Target {
-    /// The manifest used to parse the command line. For a forwarded call the local manifest cache
-    /// is used when valid for the plugin file this CLI finds (the daemon checks the params against
-    /// its own manifest anyway); otherwise the daemon is asked and its answer cached, which saves
-    /// the largest round trip of a forwarded call (docs/benchmarks.md).
-    async fn manifest_for_parsing(
-        &self,
-        session: &Session,
-        home: &KoiHome,
-        moniker: &str,
-    ) -> Result<Manifest, ErrorObject> {
-        if let Target::Direct(c) = self {
-            return Ok(c.manifest().clone());
-        }
-        let candidate = session.discovery.find(moniker);
-        let mut cache = crate::cache::ManifestCache::load(home);
-        if let Some((manifest, _)) = candidate.as_ref().and_then(|c| cache.get(c)) {
-            return Ok(manifest.clone());
-        }
-        let manifest = self.manifest(moniker).await?;
-        if let Some(candidate) = candidate {
-            cache.put(&candidate, &manifest, koi_protocol::PROTOCOL_VERSION);
-            cache.save();
-        }
-        Ok(manifest)
-    }
-
-    async fn manifest(&self, moniker: &str) -> Result<Manifest, ErrorObject> {
-        match self {
-            Target::Direct(c) => Ok(c.manifest().clone()),
-            Target::Daemon(peer) => {
-                let value = peer
-                    .request(
-                        crate::daemon::control::methods::MANIFEST,
-                        serde_json::json!({ "plugin": moniker }),
-                    )
-                    .await?;
-                serde_json::from_value(value).map_err(|e| {
-                    ErrorObject::new(
-                        codes::PLUGIN_UNAVAILABLE,
-                        format!("koi daemon sent an unreadable manifest: {e}"),
-                    )
-                })
-            }
-        }
-    }
-
-    /// Calls `method`; `interactive` says whether this terminal can answer the plugin's
-    /// questions for this call (the per-call context's `interactive`).
-    async fn call(
-        &self,
-        moniker: &str,
-        method: &str,
-        params: Value,
-        interactive: bool,
-        on_id: impl FnOnce(u64),
-    ) -> Result<Value, ErrorObject> {
-        match self {
-            // A one-shot run: the caller is this CLI process and its user. Under the daemon the
-            // daemon reads the uid from the control socket itself (nothing sent here counts);
-            // only this CLI can tell whether it has a terminal, so it says so with the call.
-            Target::Direct(c) => {
-                let me = koi_protocol::CallContext::cli(
-                    Some(rustix::process::getuid().as_raw()),
-                    interactive,
-                );
-                c.call_with_id_as(&me, method, params, on_id).await
-            }
-            Target::Daemon(peer) => {
-                let request = serde_json::json!({ "plugin": moniker, "method": method,
-                                                  "params": params, "interactive": interactive });
-                peer.request_with_id(crate::daemon::control::methods::CALL, request, on_id)
-                    .await
-            }
-        }
-    }
-
-    async fn cancel(&self, id: u64) {
-        match self {
-            Target::Direct(c) => c.cancel(id),
-            Target::Daemon(peer) => {
-                peer.notify(
-                    koi_protocol::calls::CANCEL,
-                    serde_json::json!({ "request": id }),
-                )
-                .await
-            }
         }
     }
 }

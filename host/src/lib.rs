@@ -4,7 +4,8 @@
 //!
 //! Modules:
 //! - [`app`]: command-line entry, dispatch, exit codes ([`errors`]: JSON errors, missing plugins,
-//!   argument violations in the user's words, a daemon gone mid-command); [`builtins`]: status, version, plugins, completions.
+//!   argument violations in the user's words, a daemon gone mid-command); [`call`]: where a verb
+//!   runs (a plugin or `koi daemon`) and the call with Ctrl-C as `$/cancel`; [`builtins`]: status, version, plugins, completions.
 //! - [`discovery`]: finding plugins; [`cache`]: the manifest cache; [`catalog`]: manifests for all plugins.
 //! - [`connection`]: one plugin process and its JSON-RPC connection (handshake, timeouts, shutdown).
 //! - [`session`] + [`services`]: the plugins running for one command and what the host does for them.
@@ -22,6 +23,7 @@
 pub mod app;
 pub mod builtins;
 pub mod cache;
+pub mod call;
 pub mod catalog;
 pub mod clispec;
 pub mod connection;

@@ -364,7 +364,7 @@ async fn route(
                     let now = time::OffsetDateTime::now_utc();
                     let unix = u64::try_from(now.unix_timestamp()).unwrap_or(0);
                     roster.mesh.enrollment.is_open(now)
-                        && crate::authority::lockout_until(authority.layout(), unix).is_none()
+                        && crate::totp_state::lockout_until(authority.layout(), unix).is_none()
                 },
                 mesh: MeshInfo::of(&roster),
             },

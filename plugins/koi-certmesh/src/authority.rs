@@ -4,9 +4,9 @@
 //!
 //! Locking. Under `koi daemon` the CA starts locked; [`Authority::unlock`] opens the vault.
 //! While locked, every signing path refuses with [`LOCKED_MESSAGE`](crate::error::LOCKED_MESSAGE),
-//! and refusals (which cannot be signed without the key) are kept in `audit-pending.jsonl` and
-//! signed into the log at the next unlock. One-shot commands that sign (`issue`) open a session
-//! for that one command.
+//! and refusals (which cannot be signed without the key) are kept in `audit-pending.jsonl`
+//! ([`crate::pending`]) and signed into the log at the next unlock. One-shot commands that sign
+//! (`issue`) open a session for that one command ([`crate::signing`]).
 //!
 //! Ordering. An audit entry is appended (and fsynced) before the roster that records it is saved;
 //! the roster then records the new head. A crash in between leaves a roster whose head is still
@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use koi_certmesh_core::audit;
 use koi_certmesh_core::{
-    AuditLog, CaStore, LeafRequest, Member, Passphrase, RejectReason, Role, Roster, Scope,
-    TotpGuard, TotpOutcome, TotpState, UnlockedCa,
+    AuditLog, CaStore, Member, Passphrase, RejectReason, Role, Roster, TotpGuard, TotpOutcome,
+    UnlockedCa,
 };
 use koi_sdk::MethodError;
 use serde::Serialize;
@@ -28,10 +28,7 @@ use time::OffsetDateTime;
 
 use crate::error::{self, Refusal};
 use crate::layout::Layout;
-use crate::pending::{append_pending, take_pending};
 use crate::refusals::{Coalescer, Record, Refused};
-
-pub use crate::pending::pending_count;
 use crate::wire::{JoinRequest, JoinResponse, MeshInfo};
 
 /// Audit event: a join or issuance the CA refused (reason in `details.reason`).
@@ -100,7 +97,7 @@ impl CaSession {
                 )
                 .map_err(error::core)?;
         }
-        let (pending, over) = take_pending(layout)?;
+        let (pending, over) = crate::pending::take_pending(layout)?;
         for p in &pending {
             // Entries written before refusals were bounded can hold raw client text.
             let mut details = crate::refusals::bounded_value(&p.details);
@@ -146,7 +143,10 @@ impl CaSession {
                 "could not write the audit checkpoint (the next unlock verifies more): {e}"
             );
         }
-        let guard = TotpGuard::with_state(unlocked.totp_secret().clone(), load_totp_state(layout));
+        let guard = TotpGuard::with_state(
+            unlocked.totp_secret().clone(),
+            crate::totp_state::load(layout),
+        );
         let report = UnlockReport {
             ca_fingerprint: ca.fingerprint(),
             pending_entries_signed: pending.len() + usize::try_from(over).unwrap_or(usize::MAX),
@@ -175,7 +175,7 @@ impl CaSession {
     ) -> Result<&koi_certmesh_core::TotpSecret, MethodError> {
         let secret = self.unlocked.rotate_totp_secret().map_err(error::core)?;
         self.guard = TotpGuard::new(secret.clone());
-        save_totp_state(layout, self.guard.state()).map_err(MethodError::from)?;
+        crate::totp_state::save(layout, self.guard.state()).map_err(MethodError::from)?;
         Ok(self.unlocked.totp_secret())
     }
 
@@ -212,26 +212,6 @@ impl CaSession {
         let mut roster = Roster::load(&layout.roster()).map_err(error::core)?;
         self.save_roster(layout, &mut roster)
     }
-}
-
-/// When an enrollment lockout (too many wrong codes) ends, as Unix time, if one is in force.
-pub fn lockout_until(layout: &Layout, now_unix: u64) -> Option<u64> {
-    load_totp_state(layout)
-        .locked_until
-        .filter(|u| *u > now_unix)
-}
-
-fn load_totp_state(layout: &Layout) -> TotpState {
-    std::fs::read(layout.totp_state())
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-fn save_totp_state(layout: &Layout, state: &TotpState) -> Result<(), Refusal> {
-    let json = serde_json::to_vec(state).map_err(|e| Refusal::Internal(e.to_string()))?;
-    koi_certmesh_core::atomic::write_atomic(&layout.totp_state(), &json)
-        .map_err(|e| Refusal::Internal(e.to_string()))
 }
 
 /// The CA of this process: locked or unlocked.
@@ -360,7 +340,7 @@ impl Authority {
                 }),
             None => records.into_iter().try_for_each(|r| {
                 let reason = r.details["reason"].as_str().unwrap_or("").to_owned();
-                match append_pending(&self.layout, &r.actor, r.details) {
+                match crate::pending::append_pending(&self.layout, &r.actor, r.details) {
                     Ok(true) => Ok(()),
                     Ok(false) => {
                         let reason = crate::refusals::static_reason(&reason);
@@ -433,7 +413,7 @@ impl Authority {
                 crate::wire::serde_name(&existing.role)
             )));
         }
-        let (mut leaf, mut dropped) = leaf_request(
+        let (mut leaf, mut dropped) = crate::leaf::leaf_request(
             session.unlocked.ca().scope(),
             &crate::names::zone_of(&roster),
             &req.hostname,
@@ -444,7 +424,7 @@ impl Authority {
             .map_err(|e| Refusal::BadRequest(e.to_string()))?;
 
         let outcome = session.guard.verify(&req.code, unix);
-        save_totp_state(&self.layout, session.guard.state())?;
+        crate::totp_state::save(&self.layout, session.guard.state())?;
         match outcome {
             TotpOutcome::Accepted { .. } => {}
             TotpOutcome::Rejected {
@@ -536,93 +516,4 @@ fn describe(reason: RejectReason) -> &'static str {
         RejectReason::WrongCode => "it does not match the current code",
         RejectReason::Replayed => "it was already used (each code works once)",
     }
-}
-
-/// The names and addresses a member's certificate gets: `host`, `host.local` and `host.<zone>`
-/// where the scope allows them (silently left out otherwise), the names the member asked for
-/// (canonical form; refused if out of scope), and its private LAN addresses inside the scope
-/// (others dropped and reported). Ownership (no other entry may hold any of them) is checked by
-/// the caller against the roster ([`crate::ownership`]).
-pub fn leaf_request(
-    scope: &Scope,
-    zone: &str,
-    hostname: &str,
-    extra_names: &[String],
-    addresses: &[IpAddr],
-) -> Result<(LeafRequest, Vec<String>), Refusal> {
-    let mut names: Vec<String> = Vec::new();
-    for auto in [
-        hostname.to_owned(),
-        format!("{hostname}.local"),
-        format!("{hostname}.{zone}"),
-    ] {
-        if let Ok(n) = scope.check_dns(&auto)
-            && !names.contains(&n)
-        {
-            names.push(n);
-        }
-    }
-    for extra in extra_names {
-        let n = scope
-            .check_dns(extra)
-            .map_err(|e| Refusal::NotPermitted(e.to_string()))?;
-        if !names.contains(&n) {
-            names.push(n);
-        }
-    }
-    if names.is_empty() {
-        return Err(Refusal::NotPermitted(format!(
-            "None of {hostname}, {hostname}.local, {hostname}.{zone} is inside the mesh's scope. \
-             Ask for an in-scope name with `--name`."
-        )));
-    }
-    let mut kept = Vec::new();
-    let mut dropped = Vec::new();
-    for ip in addresses {
-        match scope.check_ip(*ip) {
-            Ok(()) if !kept.contains(ip) => kept.push(*ip),
-            Ok(()) => {}
-            Err(_) => dropped.push(format!("{ip} (outside the mesh's scope)")),
-        }
-    }
-    let mut req = LeafRequest::new(names.remove(0));
-    req.dns_names = names;
-    req.ip_addresses = kept;
-    Ok((req, dropped))
-}
-
-/// Runs `f` with a signing session: under the daemon the unlocked one (or the locked refusal);
-/// in one-shot mode a session opened for this command with the passphrase (file or prompt).
-/// Holds the writer lock throughout and runs `f` off the async threads.
-pub async fn with_signing_session<T: Send + 'static>(
-    authority: Arc<Authority>,
-    ctx: &koi_sdk::Context,
-    passphrase_file: Option<&str>,
-    actor: String,
-    purpose: &'static str,
-    f: impl FnOnce(&mut CaSession) -> Result<T, MethodError> + Send + 'static,
-) -> Result<T, MethodError> {
-    if !authority.layout().is_ca() {
-        return Err(error::fail(
-            "This machine is not a certmesh CA.",
-            "Run this on the CA (the machine that ran `koi certmesh create`).",
-        ));
-    }
-    let writer = authority.writer_for_command()?;
-    if ctx.mode() == koi_sdk::protocol::handshake::RunMode::Daemon {
-        return ctx
-            .blocking(purpose, move || {
-                let _writer = writer;
-                authority.with_session(f)
-            })
-            .await;
-    }
-    let pass = crate::secrets::passphrase(ctx, passphrase_file, false).await?;
-    let layout = authority.layout().clone();
-    ctx.blocking(purpose, move || {
-        let _writer = writer;
-        let (mut session, _) = CaSession::open(&layout, &pass, &actor, purpose)?;
-        f(&mut session)
-    })
-    .await
 }

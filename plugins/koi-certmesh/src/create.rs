@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::app::{App, actor};
-use crate::authority::{self, CaSession};
+use crate::authority::CaSession;
 use crate::entropy::{self, EntropySource};
 use crate::error;
 use crate::files::{CertFiles, MEMBERSHIP_VERSION, Membership};
@@ -313,7 +313,7 @@ fn build(layout: &Layout, plan: Plan) -> Result<Built, MethodError> {
 
     let zone = names::zone_of(&roster);
     let (leaf, _) =
-        authority::leaf_request(ca.scope(), &zone, hostname, &[], &names::lan_addresses())
+        crate::leaf::leaf_request(ca.scope(), &zone, hostname, &[], &names::lan_addresses())
             .map_err(|r| MethodError::new(r.to_string()))?;
     let own = ca.issue_for_device(&leaf, now).map_err(error::core)?;
     let files = CertFiles::at(layout, hostname);

@@ -13,8 +13,8 @@ use serde_json::json;
 use time::{Duration, OffsetDateTime};
 
 use crate::app::{App, actor};
-use crate::authority::with_signing_session;
 use crate::error;
+use crate::signing::with_signing_session;
 
 /// Audit event: enrollment opened.
 pub const ENROLLMENT_OPENED: &str = "enrollment_opened";

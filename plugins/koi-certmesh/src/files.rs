@@ -16,6 +16,32 @@ use crate::layout::Layout;
 /// The format version of `membership.json`.
 pub const MEMBERSHIP_VERSION: u32 = 1;
 
+/// The four certificate files, in the order they are written: the key first and the certificate
+/// last, so a certificate on disk always has its key beside it.
+pub const FILE_NAMES: [&str; 4] = ["key.pem", "ca.pem", "fullchain.pem", "cert.pem"];
+
+/// Writes a leaf's four files with `write_one(name, contents)`, in [`FILE_NAMES`] order; the full
+/// chain is the leaf followed by the root. Shared by [`CertFiles::write`] and
+/// [`crate::out_dir::OutDir::write`], which differ only in how one file is written.
+pub fn write_in_order(
+    cert_pem: &str,
+    key_pem: &Zeroizing<String>,
+    ca_pem: &str,
+    mut write_one: impl FnMut(&str, &[u8]) -> Result<(), MethodError>,
+) -> Result<(), MethodError> {
+    let fullchain = format!("{cert_pem}{ca_pem}");
+    let contents: [&[u8]; 4] = [
+        key_pem.as_bytes(),
+        ca_pem.as_bytes(),
+        fullchain.as_bytes(),
+        cert_pem.as_bytes(),
+    ];
+    for (name, bytes) in FILE_NAMES.iter().zip(contents) {
+        write_one(name, bytes)?;
+    }
+    Ok(())
+}
+
 /// Where one machine's certificate files are.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct CertFiles {
@@ -51,23 +77,18 @@ impl CertFiles {
         }
     }
 
-    /// Writes all four files atomically: the key first, so a certificate on disk always has its
-    /// key beside it.
+    /// Writes all four files atomically, in [`FILE_NAMES`] order.
     pub fn write(
         &self,
         cert_pem: &str,
         key_pem: &Zeroizing<String>,
         ca_pem: &str,
     ) -> Result<(), MethodError> {
-        ensure_private_dir(Path::new(&self.dir)).map_err(error::core)?;
-        write_atomic(Path::new(&self.key), key_pem.as_bytes()).map_err(error::core)?;
-        write_atomic(Path::new(&self.ca), ca_pem.as_bytes()).map_err(error::core)?;
-        write_atomic(
-            Path::new(&self.fullchain),
-            format!("{cert_pem}{ca_pem}").as_bytes(),
-        )
-        .map_err(error::core)?;
-        write_atomic(Path::new(&self.cert), cert_pem.as_bytes()).map_err(error::core)
+        let dir = Path::new(&self.dir);
+        ensure_private_dir(dir).map_err(error::core)?;
+        write_in_order(cert_pem, key_pem, ca_pem, |name, bytes| {
+            write_atomic(&dir.join(name), bytes).map_err(error::core)
+        })
     }
 
     /// The leaf certificate's expiry, read from `cert.pem` (None if absent or unreadable).

@@ -24,10 +24,11 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::app::{App, actor};
-use crate::authority::{CaSession, ENROLLMENT_REFUSED, with_signing_session};
+use crate::authority::{CaSession, ENROLLMENT_REFUSED};
 use crate::error;
 use crate::files::CertFiles;
 use crate::names;
+use crate::signing::with_signing_session;
 use crate::{out_dir, ownership};
 
 /// Params of `issue`.

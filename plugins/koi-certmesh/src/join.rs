@@ -92,6 +92,20 @@ struct Found {
     label: String,
 }
 
+/// The addresses of an mDNS answer this machine can dial: link-local ones (with a `%` zone) left
+/// out, IPv4 before IPv6.
+fn reachable_addresses(addresses: &Value) -> Vec<&str> {
+    let mut addresses: Vec<&str> = addresses
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|a| !a.contains('%'))
+        .collect();
+    addresses.sort_by_key(|a| a.contains(':'));
+    addresses
+}
+
 async fn discover(ctx: &Context) -> Result<Found, MethodError> {
     let answer: Value = ctx
         .call(
@@ -109,14 +123,7 @@ async fn discover(ctx: &Context) -> Result<Found, MethodError> {
     let mut found = Vec::new();
     for service in answer["services"].as_array().into_iter().flatten() {
         let port = service["port"].as_u64().and_then(|p| u16::try_from(p).ok());
-        let mut addresses: Vec<&str> = service["addresses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .filter(|a| !a.contains('%'))
-            .collect();
-        addresses.sort_by_key(|a| a.contains(':'));
+        let addresses = reachable_addresses(&service["addresses"]);
         if let (Some(port), Some(address)) = (port, addresses.first()) {
             found.push(Found {
                 endpoint: CaEndpoint {
@@ -378,14 +385,7 @@ async fn resolve_ca(ctx: &Context, given: CaEndpoint) -> Result<CaEndpoint, Meth
                 )
             }
         })?;
-    let mut addresses: Vec<&str> = answer["addresses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .filter(|a| !a.contains('%'))
-        .collect();
-    addresses.sort_by_key(|a| a.contains(':'));
+    let addresses = reachable_addresses(&answer["addresses"]);
     let address = addresses.first().ok_or_else(|| {
         error::fail(
             format!(

@@ -24,13 +24,15 @@
 //! # Modules
 //! - [`create`], [`unlock`], [`join`], [`issue`], [`trust`], [`log`], [`enrollment`],
 //!   [`rotate`], [`leave`], [`status`]: one per verb.
-//! - [`authority`] — the CA at run time: sessions, enrollment, audit.
+//! - [`authority`] — the CA at run time: sessions, enrollment, audit; [`signing`] — the signing
+//!   session of one command; [`totp_state`] — the enrollment-code guard's saved state.
 //! - [`refusals`] — refused joins recorded in bounded, coalesced entries (signed or pending);
-//!   [`pending`] — the refusals kept unsigned while the CA is locked.
+//!   [`pending`] — those recorded while locked, until the next unlock signs them in.
 //! - [`api`] (server) and [`client`], over [`tls`] with bodies from [`wire`].
 //! - [`background`] — daemon mode: serve the API, advertise over mDNS.
 //! - [`truststore`] — system, NSS and Java trust stores.
-//! - [`ownership`] — no name or address in two entries; [`out_dir`] — where `issue` may write.
+//! - [`leaf`] — the names and addresses a member's certificate gets; [`ownership`] — no name or
+//!   address in two entries; [`out_dir`] — where `issue` may write.
 //! - [`layout`], [`files`], [`names`], [`x509`], [`secrets`], [`entropy`], [`app`], [`error`].
 
 #![forbid(unsafe_code)]
@@ -49,6 +51,7 @@ pub mod files;
 pub mod issue;
 pub mod join;
 pub mod layout;
+pub mod leaf;
 pub mod leave;
 pub mod log;
 pub mod names;
@@ -58,8 +61,10 @@ pub mod pending;
 pub mod refusals;
 pub mod rotate;
 pub mod secrets;
+pub mod signing;
 pub mod status;
 pub mod tls;
+pub mod totp_state;
 pub mod trust;
 pub mod truststore;
 pub mod unlock;

@@ -104,7 +104,7 @@ pub async fn run(app: Arc<App>, ctx: Context, p: LogParams) -> Result<LogResult,
         Ok(LogResult {
             entries,
             verified,
-            pending_unsigned: crate::authority::pending_count(&layout),
+            pending_unsigned: crate::pending::pending_count(&layout),
         })
     })
     .await

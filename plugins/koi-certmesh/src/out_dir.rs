@@ -25,10 +25,8 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use zeroize::Zeroizing;
 
 use crate::error;
-use crate::files::CertFiles;
+use crate::files::{CertFiles, FILE_NAMES, write_in_order};
 use crate::layout::Layout;
-
-const FILES: [&str; 4] = ["key.pem", "ca.pem", "fullchain.pem", "cert.pem"];
 
 /// An opened, checked output directory.
 #[derive(Debug)]
@@ -177,7 +175,7 @@ impl OutDir {
         force: bool,
     ) -> Result<(), MethodError> {
         let mut existing = Vec::new();
-        for name in FILES {
+        for name in FILE_NAMES {
             let path = Path::new(&self.files.dir).join(name);
             match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) => {
@@ -259,16 +257,9 @@ impl OutDir {
         key_pem: &Zeroizing<String>,
         ca_pem: &str,
     ) -> Result<(), MethodError> {
-        let fullchain = format!("{cert_pem}{ca_pem}");
-        let contents: [&[u8]; 4] = [
-            key_pem.as_bytes(),
-            ca_pem.as_bytes(),
-            fullchain.as_bytes(),
-            cert_pem.as_bytes(),
-        ];
-        for (name, bytes) in FILES.iter().zip(contents) {
-            self.write_one(name, bytes)?;
-        }
+        write_in_order(cert_pem, key_pem, ca_pem, |name, bytes| {
+            self.write_one(name, bytes)
+        })?;
         rustix::fs::fsync(&self.fd).map_err(|e| {
             error::fail(
                 format!("Failed to flush {}: {e}.", self.files.dir),

@@ -1,6 +1,8 @@
-//! Refusals recorded while the CA is locked: `audit-pending.jsonl` (bounded at
-//! [`crate::refusals::PENDING_MAX_BYTES`]), and how an unlock collects them to sign them in
-//! (see docs/certmesh.md, "Pending refusals while locked").
+//! Refusals recorded while the CA is locked. They cannot be signed without the key, so
+//! `append_pending` keeps each in `audit-pending.jsonl` (bounded by
+//! [`crate::refusals::PENDING_MAX_BYTES`], fsynced); at the next unlock `take_pending` moves them
+//! to `audit-pending.signing` and [`crate::authority::CaSession::open`] signs them into the log.
+//! [`pending_count`] is what `status` and `log` report as not yet signed.
 
 use std::io::Write;
 

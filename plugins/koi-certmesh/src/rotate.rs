@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::app::{App, actor};
-use crate::authority::{CaSession, with_signing_session};
+use crate::authority::CaSession;
 use crate::create::{enrollment_uri, show_enrollment_code};
 use crate::error;
+use crate::signing::with_signing_session;
 use crate::wire::MeshInfo;
 
 /// Params of `rotate-secret`.

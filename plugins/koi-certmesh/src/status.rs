@@ -92,7 +92,7 @@ pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
                 details.insert("unconstrained".into(), Value::from(unconstrained));
                 let now = OffsetDateTime::now_utc();
                 let now_unix = u64::try_from(now.unix_timestamp()).unwrap_or(0);
-                let lockout = crate::authority::lockout_until(layout, now_unix);
+                let lockout = crate::totp_state::lockout_until(layout, now_unix);
                 // Locked out, the window may be open but no code is looked at.
                 details.insert(
                     "enrollment_open".into(),
@@ -135,7 +135,7 @@ pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
                 serde_json::to_value(app.api()).unwrap_or_default(),
             );
         }
-        let pending = crate::authority::pending_count(layout);
+        let pending = crate::pending::pending_count(layout);
         details.insert("audit_pending_unsigned".into(), Value::from(pending));
         let lock_text = if !daemon {
             "no daemon: start `koi daemon` and unlock to accept joins".to_owned()

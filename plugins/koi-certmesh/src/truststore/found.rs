@@ -8,7 +8,7 @@
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::{StoreReport, TrustConfig};
+use super::{StoreReport, StoreState, TrustConfig};
 
 /// One certificate found under a name with the prefix asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
@@ -32,6 +32,13 @@ pub struct Found {
 }
 
 impl Found {
+    /// Records a store that could not be prepared for reading: its failed rows are unreadable
+    /// stores; the other rows (a store that is simply absent) are not.
+    pub(crate) fn unprepared(&mut self, rows: Vec<StoreReport>) {
+        self.unreadable
+            .extend(rows.into_iter().filter(|r| r.state == StoreState::Failed));
+    }
+
     pub(crate) fn add(&mut self, store: &str, location: &str, name: &str, fps: Vec<String>) {
         if fps.is_empty() {
             self.roots.push(FoundRoot {

@@ -229,12 +229,7 @@ pub(crate) fn status(cfg: &TrustConfig, target: &Target) -> Vec<StoreReport> {
 pub(crate) fn find(cfg: &TrustConfig, prefix: &str, found: &mut Found) {
     let r = match prepare(cfg) {
         Ok(r) => r,
-        Err(rows) => {
-            found
-                .unreadable
-                .extend(rows.into_iter().filter(|r| r.state == StoreState::Failed));
-            return;
-        }
+        Err(rows) => return found.unprepared(rows),
     };
     let list = Cmd::new(&r.keytool)
         .arg("-list")

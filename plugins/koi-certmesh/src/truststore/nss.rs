@@ -334,12 +334,7 @@ pub(crate) fn status(cfg: &TrustConfig, target: &Target) -> Vec<StoreReport> {
 pub(crate) fn find(cfg: &TrustConfig, prefix: &str, found: &mut Found) {
     let (dbs, certutil) = match prepare(cfg, false) {
         Ok(p) => p,
-        Err(rows) => {
-            found
-                .unreadable
-                .extend(rows.into_iter().filter(|r| r.state == StoreState::Failed));
-            return;
-        }
+        Err(rows) => return found.unprepared(rows),
     };
     for db in &dbs {
         let list = Cmd::new(&certutil).args(["-L", "-d", &db.spec()]);
