@@ -326,14 +326,7 @@ pub(crate) fn verify_reader<R: BufRead>(
         if buf.last() != Some(&b'\n') {
             if buf.len() > MAX_LINE_BYTES {
                 let reason = format!("a line longer than {MAX_LINE_BYTES} bytes");
-                let problem = Tamper::Unparseable { reason };
-                return (
-                    AuditVerdict::Tampered {
-                        line: line_no,
-                        problem,
-                    },
-                    Ok(offset),
-                );
+                return tampered(line_no, Tamper::Unparseable { reason }, offset);
             }
             let verdict = AuditVerdict::TornTail {
                 line: line_no,
@@ -348,25 +341,10 @@ pub(crate) fn verify_reader<R: BufRead>(
             .and_then(|s| serde_json::from_str(s).map_err(|e| e.to_string()))
         {
             Ok(e) => e,
-            Err(reason) => {
-                let problem = Tamper::Unparseable { reason };
-                return (
-                    AuditVerdict::Tampered {
-                        line: line_no,
-                        problem,
-                    },
-                    Ok(offset),
-                );
-            }
+            Err(reason) => return tampered(line_no, Tamper::Unparseable { reason }, offset),
         };
         if let Err(problem) = check_entry(&entry, count + 1, &prev_hash, key) {
-            return (
-                AuditVerdict::Tampered {
-                    line: line_no,
-                    problem,
-                },
-                Ok(offset),
-            );
+            return tampered(line_no, problem, offset);
         }
         count += 1;
         offset += read as u64;
@@ -376,6 +354,12 @@ pub(crate) fn verify_reader<R: BufRead>(
         }
     }
     (finish(count, prev_hash, line_no, expected_head), Ok(offset))
+}
+
+/// [`verify_reader`]'s answer for a bad line: the verdict names it, and reading stopped at
+/// `offset` (the start of that line).
+fn tampered(line: usize, problem: Tamper, offset: u64) -> (AuditVerdict, std::io::Result<u64>) {
+    (AuditVerdict::Tampered { line, problem }, Ok(offset))
 }
 
 fn finish(
