@@ -2,26 +2,18 @@
 //! mDNS instance name, a joining machine's host name in an audit log), so before the host prints
 //! it, control characters become visible escapes: C0 controls (ESC, BEL, CR, …), DEL, C1 controls
 //! (U+0080–U+009F, e.g. the 8-bit CSI U+009B), bidirectional overrides and isolates (U+202A–U+202E,
-//! U+2066–U+2069, LRM/RLM/ALM) and line/paragraph separators. [`line`] is for one-line places
+//! U+2066–U+2069, LRM/RLM/ALM) and line/paragraph separators (the rule and the escapes are
+//! `koi_protocol::terminal`, shared with plugins). [`line`] is for one-line places
 //! (table cells, keys, streamed items, prompts, progress, error messages, relayed log lines) and
 //! also escapes `\n` and `\t`; [`text`] is for multi-line blocks (shown text, captions, hints,
 //! multi-line result values) and keeps `\n` and `\t`. [`json`] prints JSON for `--json`: serde
 //! already escapes C0; DEL, C1 and bidi characters are written as `\uXXXX` escapes too, which
 //! denote the very same JSON value.
 
+use koi_protocol::terminal::{is_unsafe as dangerous, push_escaped};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt::Write as _;
-
-/// Whether `c` must not reach a terminal raw (whatever the context).
-fn dangerous(c: char) -> bool {
-    c.is_control() // C0, DEL and C1
-        || matches!(
-            c,
-            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
-                | '\u{2028}' | '\u{2029}'
-        )
-}
 
 fn escape(s: &str, keep_layout: bool) -> Cow<'_, str> {
     let keep = |c: char| keep_layout && (c == '\n' || c == '\t');
@@ -32,19 +24,8 @@ fn escape(s: &str, keep_layout: bool) -> Cow<'_, str> {
     for c in s.chars() {
         if !dangerous(c) || keep(c) {
             out.push(c);
-            continue;
-        }
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{1b}' => out.push_str("\\e"),
-            c if u32::from(c) < 0x80 => {
-                let _ = write!(out, "\\x{:02x}", u32::from(c));
-            }
-            c => {
-                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-            }
+        } else {
+            push_escaped(&mut out, c);
         }
     }
     Cow::Owned(out)

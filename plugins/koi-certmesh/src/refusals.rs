@@ -3,7 +3,7 @@
 //! Every refusal is audited, but not every one gets its own entry:
 //! - **Bounded fields.** Client-supplied text (host name, operator) and the refusal's detail are
 //!   stored once each, control characters (C0, DEL, C1, and bidirectional overrides) replaced by
-//!   visible escapes (`\x1b`, `\u{202e}`), and cut to [`MAX_NAME_CHARS`] / [`MAX_DETAIL_CHARS`].
+//!   visible escapes (`\e`, `\x07`, `\u{202e}`), and cut to [`MAX_NAME_CHARS`] / [`MAX_DETAIL_CHARS`].
 //!   An entry is at most about 1.5 KB whatever the request held.
 //! - **Coalescing.** Within a [`WINDOW`], the first [`INDIVIDUAL_PER_PEER`] refusals from one peer
 //!   (an IPv4 address, or an IPv6 /64, since a host can pick any address in its /64) are written
@@ -42,22 +42,21 @@ pub const MAX_PENDING_LINES: usize = 2048;
 /// The `peer` of the counter shared by peers beyond [`MAX_PEERS`].
 pub const MANY_PEERS: &str = "many peers";
 
-/// `text` with control characters escaped and cut to `max` characters (a cut is marked with
-/// `…[+N bytes]`). Safe to print on any terminal.
+/// `text` with control characters escaped (the host's rule, `koi_protocol::terminal`; a
+/// backslash is doubled so an escape in the input cannot pass for one of ours) and cut to `max`
+/// characters (a cut is marked with `…[+N bytes]`). Safe to print on any terminal.
 pub fn bounded(text: &str, max: usize) -> String {
+    use koi_sdk::protocol::terminal;
     let mut out = String::new();
+    let mut piece = String::new();
     let mut chars = 0usize;
     for (i, c) in text.char_indices() {
-        let piece = match c {
-            '\\' => "\\\\".to_owned(),
-            c if (c as u32) < 0x20 || c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c) => {
-                format!("\\x{:02x}", c as u32)
-            }
-            '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
-                format!("\\u{{{:x}}}", c as u32)
-            }
-            c => c.to_string(),
-        };
+        piece.clear();
+        match c {
+            '\\' => piece.push_str("\\\\"),
+            c if terminal::is_unsafe(c) => terminal::push_escaped(&mut piece, c),
+            c => piece.push(c),
+        }
         let width = piece.chars().count();
         if chars + width > max {
             out.push_str(&format!("…[+{} bytes]", text.len() - i));

@@ -27,6 +27,7 @@ pub mod manifest;
 pub mod message;
 pub mod redact;
 pub mod schema_read;
+pub mod terminal;
 
 pub use context::{CallContext, Caller};
 pub use error::{ErrorObject, codes};
