@@ -10,7 +10,7 @@
 //! already escapes C0; DEL, C1 and bidi characters are written as `\uXXXX` escapes too, which
 //! denote the very same JSON value.
 
-use koi_protocol::terminal::{is_unsafe as dangerous, push_escaped};
+use koi_protocol::terminal::{must_escape as dangerous, push_escaped};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt::Write as _;

@@ -54,7 +54,7 @@ pub fn bounded(text: &str, max: usize) -> String {
         piece.clear();
         match c {
             '\\' => piece.push_str("\\\\"),
-            c if terminal::is_unsafe(c) => terminal::push_escaped(&mut piece, c),
+            c if terminal::must_escape(c) => terminal::push_escaped(&mut piece, c),
             c => piece.push(c),
         }
         let width = piece.chars().count();

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 /// Whether `c` must not reach a terminal raw.
-pub fn is_unsafe(c: char) -> bool {
+pub fn must_escape(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
@@ -42,10 +42,10 @@ mod tests {
     fn every_unsafe_character_gets_a_visible_form() {
         let mut out = String::new();
         for c in "\u{1b}\u{7}\r\n\t\u{7f}\u{9b}\u{202e}\u{2028}".chars() {
-            assert!(is_unsafe(c), "{c:?}");
+            assert!(must_escape(c), "{c:?}");
             push_escaped(&mut out, c);
         }
         assert_eq!(out, "\\e\\x07\\r\\n\\t\\x7f\\u{9b}\\u{202e}\\u{2028}");
-        assert!(!"plain café ✓ \\".chars().any(is_unsafe));
+        assert!(!"plain café ✓ \\".chars().any(must_escape));
     }
 }
