@@ -371,6 +371,7 @@ impl Connection {
             subscribes: Vec::new(),
             aliases: Vec::new(),
             legacy_routes: Vec::new(),
+            shutdown_grace_ms: None,
         })
     }
 

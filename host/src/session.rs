@@ -135,11 +135,7 @@ impl Session {
                 format!("invalid host/publish params: {e}"),
             )
         })?;
-        let delivery = EventDelivery {
-            topic: publish.topic,
-            source: from.moniker().to_owned(),
-            payload: publish.payload,
-        };
+        let delivery = EventDelivery::new(publish.topic, from.moniker(), publish.payload);
         let body = serde_json::to_value(&delivery).unwrap_or(Value::Null);
         let mut delivered = 0;
         for connection in lock(&self.live).values() {

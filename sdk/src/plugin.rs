@@ -51,6 +51,7 @@ impl Plugin {
                 subscribes: Vec::new(),
                 aliases: Vec::new(),
                 legacy_routes: Vec::new(),
+                shutdown_grace_ms: None,
             },
             methods: Vec::new(),
             status: None,

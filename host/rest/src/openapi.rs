@@ -537,6 +537,7 @@ mod tests {
                 path: "/things".into(),
                 method: "list_things".into(),
             }],
+            shutdown_grace_ms: None,
         }
     }
 

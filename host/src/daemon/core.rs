@@ -317,11 +317,11 @@ impl HostServices for Daemon {
                         )
                     })
                     .map(|p| {
-                        let delivered = self.bus.publish(&EventDelivery {
-                            topic: p.topic,
-                            source: from.moniker().to_owned(),
-                            payload: p.payload,
-                        });
+                        let delivered = self.bus.publish(&EventDelivery::new(
+                            p.topic,
+                            from.moniker(),
+                            p.payload,
+                        ));
                         json!(PublishResult { delivered })
                     });
                 Box::pin(async move { outcome })

@@ -246,11 +246,11 @@ fn publish_started(
     } else {
         host_events::PLUGIN_RESTARTED
     };
-    let delivered = daemon.bus.publish(&koi_protocol::calls::EventDelivery {
-        topic: topic.to_owned(),
-        source: host_events::SOURCE.to_owned(),
-        payload: serde_json::to_value(payload).unwrap_or_default(),
-    });
+    let delivered = daemon.bus.publish(&koi_protocol::calls::EventDelivery::new(
+        topic,
+        host_events::SOURCE,
+        serde_json::to_value(payload).unwrap_or_default(),
+    ));
     tracing::debug!(plugin = %plugin.moniker, topic, delivered, "host event published");
 }
 

@@ -83,8 +83,34 @@ pub struct EventDelivery {
     pub topic: String,
     /// The moniker of the publishing plugin.
     pub source: String,
-    /// The payload, already checked against the publisher's schema.
+    /// The payload, already checked against the publisher's schema (`null` in a gap marker).
     pub payload: Value,
+    /// How many events of `topic` the host dropped for this subscriber, because its queue was
+    /// full, since its previous delivery of `topic` (feature `event_gaps`). The subscriber's view
+    /// of that topic may be stale: it should resync (docs/plugins.md, "Ordered events").
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub missed: u64,
+    /// This delivery carries no event, only the report that `missed` events of `topic` were
+    /// dropped (sent when the queue drains with drops not yet reported).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gap: bool,
+}
+
+impl EventDelivery {
+    /// An event with nothing missed before it.
+    pub fn new(topic: impl Into<String>, source: impl Into<String>, payload: Value) -> Self {
+        Self {
+            topic: topic.into(),
+            source: source.into(),
+            payload,
+            missed: 0,
+            gap: false,
+        }
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Params of `$/progress`.

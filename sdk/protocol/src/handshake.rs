@@ -60,6 +60,10 @@ pub mod features {
     /// The per-call context (who called) as the request member `context` (protocol 1.1). Unlike
     /// the others, this one is enforced: the host sends `context` only to plugins that answer it.
     pub const CALL_CONTEXT: &str = "call_context";
+    /// Ordered events with gap reports: the host delivers one publisher's events in the order it
+    /// sent them, and tells the subscriber when its queue overflowed ([`crate::calls::EventDelivery`]'s
+    /// `missed` and `gap`). Enforced: only plugins that answer it get `missed` or gap markers.
+    pub const EVENT_GAPS: &str = "event_gaps";
 
     /// Every feature this version of the protocol defines.
     pub const ALL: &[&str] = &[
@@ -71,6 +75,7 @@ pub mod features {
         STREAMS,
         KEYSTROKES,
         CALL_CONTEXT,
+        EVENT_GAPS,
     ];
 }
 

@@ -35,5 +35,7 @@ pub use handshake::{
     COOKIE_ENV, COOKIE_VALUE, DEFAULT_MAX_FRAME_BYTES, InitializeParams, InitializeResult,
     PROTOCOL_VERSION, ProtocolVersion,
 };
-pub use manifest::{CliSpec, EventSpec, LegacyRoute, Manifest, MethodSpec, RootAlias};
+pub use manifest::{
+    CliSpec, EventSpec, LegacyRoute, MAX_SHUTDOWN_GRACE_MS, Manifest, MethodSpec, RootAlias,
+};
 pub use message::{Id, Message, MessageError};

@@ -33,7 +33,17 @@ pub struct Manifest {
     /// `/v1/<moniker>/<method>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub legacy_routes: Vec<LegacyRoute>,
+    /// How long the plugin needs between `shutdown` and exiting, in milliseconds, to let its
+    /// services drain (connections, sockets, checks in flight). The host waits this long (capped
+    /// at [`MAX_SHUTDOWN_GRACE_MS`]) plus its usual step before it sends SIGTERM. Absent: the
+    /// host's default step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace_ms: Option<u64>,
 }
+
+/// The longest shutdown grace a plugin may ask for (`Manifest::shutdown_grace_ms`): 30 s, which
+/// keeps `koi daemon` inside systemd's default 90 s stop timeout with every plugin draining.
+pub const MAX_SHUTDOWN_GRACE_MS: u64 = 30_000;
 
 impl Manifest {
     /// The method spec named `name`.
@@ -274,6 +284,7 @@ mod tests {
             subscribes: vec!["mdns.service.*".into(), "cert.renewed".into()],
             aliases: vec![],
             legacy_routes: vec![],
+            shutdown_grace_ms: None,
         };
         assert!(m.subscribes_to("mdns.service.appeared"));
         assert!(m.subscribes_to("cert.renewed"));

@@ -142,6 +142,7 @@ pub fn manifests() -> Vec<Manifest> {
                 method: "status".into(),
             },
         ],
+        shutdown_grace_ms: None,
     };
     let other = Manifest {
         name: "other-plug".into(),
@@ -179,6 +180,7 @@ pub fn manifests() -> Vec<Manifest> {
             path: "/echo".into(),
             method: "echo".into(),
         }],
+        shutdown_grace_ms: None,
     };
     vec![fake, other]
 }
