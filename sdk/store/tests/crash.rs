@@ -90,7 +90,11 @@ impl Rng {
 #[derive(Debug)]
 enum Outcome {
     /// `saves` saves finished over `kills` kills, and every check held.
-    Held { saves: u64, kills: u32 },
+    Held {
+        saves: u64,
+        kills: u32,
+        mid_write: u32,
+    },
     /// A check failed after `kills` kills: the message says which.
     Broke { kills: u32, why: String },
 }
@@ -102,6 +106,7 @@ fn run_harness(naive: bool, target_saves: u64, seed: u64) -> Outcome {
     let mut rng = Rng(seed);
     let mut kills = 0u32;
     let mut last_loaded = 0u64;
+    let mut mid_write = 0u32;
     let deadline = Instant::now() + Duration::from_secs(240);
     while last_loaded < target_saves {
         assert!(
@@ -143,6 +148,16 @@ fn run_harness(naive: bool, target_saves: u64, seed: u64) -> Outcome {
                 why: "the child never reported ready (it failed to load)".into(),
             };
         }
+        let temps = |dir: &Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| is_temp_name(n))
+                .collect()
+        };
+        if !temps(dir.path()).is_empty() {
+            mid_write += 1;
+        }
         match f.load() {
             Ok(Some(doc)) if !doc.intact() => {
                 return Outcome::Broke {
@@ -174,11 +189,7 @@ fn run_harness(naive: bool, target_saves: u64, seed: u64) -> Outcome {
                 };
             }
         }
-        let strays: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| is_temp_name(n))
-            .collect();
+        let strays = temps(dir.path());
         if !strays.is_empty() {
             return Outcome::Broke {
                 kills,
@@ -189,6 +200,7 @@ fn run_harness(naive: bool, target_saves: u64, seed: u64) -> Outcome {
     Outcome::Held {
         saves: last_loaded,
         kills,
+        mid_write,
     }
 }
 
@@ -206,9 +218,18 @@ fn kill_9_during_500_saves_never_leaves_an_unreadable_file_or_a_temp_file() {
     }
     let seed = seed();
     match run_harness(false, 500, seed) {
-        Outcome::Held { saves, kills } => {
-            eprintln!("seed {seed}: {saves} saves survived {kills} kills");
-            assert!(kills >= 10, "too few kills ({kills}) to mean anything");
+        Outcome::Held {
+            saves,
+            kills,
+            mid_write,
+        } => {
+            eprintln!(
+                "seed {seed}: {saves} saves survived {kills} kills, {mid_write} of them mid-write"
+            );
+            assert!(
+                mid_write >= 10,
+                "only {mid_write} of {kills} kills landed mid-write: too few to mean anything"
+            );
         }
         Outcome::Broke { kills, why } => panic!("seed {seed}, kill {kills}: {why}"),
     }
@@ -225,7 +246,7 @@ fn the_harness_catches_a_naive_fs_write() {
     }
     match run_harness(true, 500, seed()) {
         Outcome::Broke { kills, why } => eprintln!("naive fs::write broke at kill {kills}: {why}"),
-        Outcome::Held { saves, kills } => {
+        Outcome::Held { saves, kills, .. } => {
             panic!("naive fs::write survived {kills} kills over {saves} saves")
         }
     }
