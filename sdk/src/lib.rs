@@ -87,5 +87,8 @@ mod runtime;
 pub use context::Context;
 pub use error::MethodError;
 pub use koi_protocol as protocol;
+/// Durable files: atomic writes, durable appends, private directories, versioned JSON files
+/// (the `koi-store` crate; see docs/plugins.md, "Durable store").
+pub use koi_store as store;
 pub use method::{Method, NoParams};
 pub use plugin::Plugin;
