@@ -238,14 +238,15 @@ impl Context {
     /// never starves the writer or the plugin's answers to other requests (such as pings).
     pub async fn emit<T: Serialize>(&self, item: &T) {
         if let (Some(request), Ok(item)) = (&self.request, serde_json::to_value(item)) {
-            self.shared.notify_budgeted(
-                calls::ITEM,
-                &ItemParams {
-                    request: request.clone(),
-                    item,
-                },
-            )
-            .await;
+            self.shared
+                .notify_budgeted(
+                    calls::ITEM,
+                    &ItemParams {
+                        request: request.clone(),
+                        item,
+                    },
+                )
+                .await;
         }
         tokio::task::yield_now().await;
     }

@@ -133,7 +133,8 @@ impl Plugin {
         F: Fn(Context) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.background.push(Arc::new(move |ctx| Box::pin(task(ctx))));
+        self.background
+            .push(Arc::new(move |ctx| Box::pin(task(ctx))));
         self
     }
 
@@ -342,7 +343,10 @@ impl Plugin {
             .into_iter()
             .map(|m| {
                 let name = Arc::from(m.spec.name.as_str());
-                (m.spec.name.clone(), (m.handler, m.handles_cancellation, name))
+                (
+                    m.spec.name.clone(),
+                    (m.handler, m.handles_cancellation, name),
+                )
             })
             .collect();
         let def = Arc::new(Definition {

@@ -252,7 +252,11 @@ mod tests {
         assert_eq!(watch["state"], "restarting");
         assert_eq!(watch["restarts"], 3);
         assert_eq!(watch["last_error"], "socket closed");
-        assert!(watch["next_attempt_in_ms"].as_u64().is_some_and(|ms| ms <= 4000));
+        assert!(
+            watch["next_attempt_in_ms"]
+                .as_u64()
+                .is_some_and(|ms| ms <= 4000)
+        );
 
         let mut own = StatusReport {
             state: HealthState::Failed,

@@ -44,15 +44,18 @@ impl StateInit {
     }
 }
 
+/// A built state value, type-erased.
+pub(crate) type AnyState = Arc<dyn Any + Send + Sync>;
+
 /// A registered builder: the type's id and name, and the function that builds it once.
 pub(crate) struct StateBuilder {
     pub type_id: TypeId,
     pub type_name: &'static str,
-    pub build: Box<dyn FnOnce(&StateInit) -> Arc<dyn Any + Send + Sync> + Send>,
+    pub build: Box<dyn FnOnce(&StateInit) -> AnyState + Send>,
 }
 
 /// The built values, by type.
-pub(crate) type States = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
+pub(crate) type States = HashMap<TypeId, AnyState>;
 
 /// Builds every registered value. A builder that panics fails the handshake with its type named.
 pub(crate) fn build_all(builders: Vec<StateBuilder>, init: &StateInit) -> Result<States, String> {
@@ -196,7 +199,12 @@ mod tests {
         let hint = err.clone().into_error_object().hint().map(str::to_owned);
         assert!(hint.is_some_and(|h| h.contains("rm ")));
         // The link was left in place for the user to look at.
-        assert!(std::fs::symlink_metadata(&link).expect("still there").file_type().is_symlink());
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .expect("still there")
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[test]
