@@ -89,6 +89,7 @@ pub mod plugin;
 mod runtime;
 mod services;
 pub mod state;
+mod tasks;
 mod watchdog;
 
 pub use context::Context;

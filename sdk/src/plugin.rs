@@ -4,12 +4,10 @@
 
 use crate::lifecycle;
 use crate::method::{Method, schema_of};
-use crate::runtime::{
-    BackgroundTask, DEFAULT_SHUTDOWN_GRACE, Definition, EventHandler, Lifecycle, StatusHandler,
-    serve,
-};
+use crate::runtime::{BackgroundTask, Definition, EventHandler, StatusHandler, serve};
 use crate::services::{Backoff, ServiceDef};
 use crate::state::{StateBuilder, StateInit};
+use crate::tasks::{DEFAULT_SHUTDOWN_GRACE, Lifecycle};
 use crate::{Context, MethodError};
 use koi_protocol::calls::{EventDelivery, StatusReport};
 use koi_protocol::manifest::is_valid_moniker;

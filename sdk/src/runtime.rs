@@ -9,8 +9,9 @@
 use crate::Context;
 use crate::method::{BoxFuture, Handler};
 use crate::outbound::{self, Outbound};
-use crate::services::{Backoff, Board, ServiceDef};
-use crate::state::{StateBuilder, StateInit, States};
+use crate::services::Board;
+use crate::state::{StateInit, States};
+use crate::tasks::{FLUSH_LIMIT, finish, start_lifecycle};
 use crate::watchdog::watched;
 use koi_protocol::calls::{self, CancelParams, EventDelivery, StatusReport};
 use koi_protocol::frame::{FrameError, read_frame};
@@ -23,18 +24,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 use tokio::io::BufReader;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// How long in-flight handlers, services and spawned tasks get to finish after `shutdown`, EOF or
-/// SIGTERM, unless the plugin declares another grace (`Plugin::shutdown_grace`).
-pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-
-/// How long, after the grace, aborted tasks get to unwind and the writer to flush what is queued.
-const FLUSH_LIMIT: Duration = Duration::from_millis(500);
 
 pub(crate) type StatusHandler = Arc<dyn Fn(Context) -> BoxFuture<StatusReport> + Send + Sync>;
 pub(crate) type EventHandler = Arc<dyn Fn(Context, EventDelivery) -> BoxFuture<()> + Send + Sync>;
@@ -47,16 +40,7 @@ pub(crate) struct Definition {
     pub on_event: Option<EventHandler>,
     pub background: Vec<BackgroundTask>,
     /// Services, shutdown grace and state builders (`Plugin::service`, `shutdown_grace`, `state`).
-    pub lifecycle: Lifecycle,
-}
-
-/// The declarations that shape the plugin's life rather than its calls.
-pub(crate) struct Lifecycle {
-    pub services: Vec<Arc<ServiceDef>>,
-    pub backoff: Backoff,
-    pub grace: Duration,
-    /// Taken (and run) once, at the first successful `initialize`.
-    pub states: Mutex<Vec<StateBuilder>>,
+    pub lifecycle: crate::tasks::Lifecycle,
 }
 
 /// A task started once after the handshake (for daemon-mode work such as browsing).
@@ -93,9 +77,9 @@ pub(crate) struct Shared {
     /// The plugin's moniker (for messages).
     pub(crate) moniker: Arc<str>,
     /// Handlers, services and `Context::spawn` tasks: shutdown waits for them.
-    tasks: TaskTracker,
+    pub(crate) tasks: TaskTracker,
     /// Cancelled when the shutdown grace has run out: every tracked task is dropped.
-    kill: CancellationToken,
+    pub(crate) kill: CancellationToken,
     /// Services' states, for `status`.
     pub(crate) board: Arc<Board>,
     /// `Plugin::state` values, built at the first successful `initialize`.
@@ -484,51 +468,6 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
         tracing::warn!("the host did not read the last frames; exiting without them");
     }
     exit
-}
-
-/// Starts what runs for the whole session, right after the first successful `initialize`:
-/// `Plugin::background` tasks in every mode, services under `koi daemon`.
-fn start_lifecycle(def: &Definition, shared: &Arc<Shared>, root: &CancellationToken) {
-    let context = || Context {
-        shared: shared.clone(),
-        request: None,
-        cancel: root.child_token(),
-        call: None,
-    };
-    let background: Arc<str> = Arc::from("background");
-    for task in &def.background {
-        let fut = task(context());
-        shared.spawn_tracked(&background, fut);
-    }
-    if shared.session().mode == RunMode::Daemon {
-        for service in &def.lifecycle.services {
-            let fut = crate::services::supervise(
-                service.clone(),
-                def.lifecycle.backoff,
-                shared.board.clone(),
-                context(),
-            );
-            shared.spawn_tracked(&service.name, fut);
-        }
-    }
-}
-
-/// Cancels every context and gives handlers, services and spawned tasks `grace` to finish; then
-/// drops (aborts) what remains and gives that a moment to unwind. Idempotent.
-async fn finish(root: &CancellationToken, shared: &Shared, grace: Duration) {
-    root.cancel();
-    shared.tasks.close();
-    if tokio::time::timeout(grace, shared.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "tasks still running {} ms after shutdown began; stopping them",
-            grace.as_millis()
-        );
-        shared.kill.cancel();
-        let _ = tokio::time::timeout(FLUSH_LIMIT, shared.tasks.wait()).await;
-    }
 }
 
 fn initialize(def: &Definition, shared: &Shared, params: Value) -> Result<Value, ErrorObject> {
