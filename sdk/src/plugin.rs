@@ -404,4 +404,32 @@ mod tests {
         });
         assert!(other_task_ran);
     }
+
+    #[test]
+    fn a_duplicate_service_or_state_type_is_refused_by_check() {
+        let ok = |_ctx: Context| async { Ok(()) };
+        let twice = Plugin::new("t", "0", "t").service("a", ok).service("a", ok);
+        assert!(twice.check().is_err_and(|e| e.contains("service `a`")));
+        let states = Plugin::new("t", "0", "t").state(|_| 1_u32).state(|_| 2_u32);
+        assert!(states.check().is_err_and(|e| e.contains("u32")));
+        let distinct = Plugin::new("t", "0", "t")
+            .service("a", ok)
+            .service("b", ok)
+            .state(|_| 1_u32)
+            .state(|_| String::new());
+        assert_eq!(distinct.check(), Ok(()));
+    }
+
+    #[test]
+    fn only_a_grace_other_than_the_default_is_declared_and_it_is_capped() {
+        let default = Plugin::new("t", "0", "t").shutdown_grace(DEFAULT_SHUTDOWN_GRACE);
+        assert_eq!(default.manifest().shutdown_grace_ms, None);
+        let longer = Plugin::new("t", "0", "t").shutdown_grace(Duration::from_secs(3));
+        assert_eq!(longer.manifest().shutdown_grace_ms, Some(3000));
+        let huge = Plugin::new("t", "0", "t").shutdown_grace(Duration::from_secs(3600));
+        assert_eq!(
+            huge.manifest().shutdown_grace_ms,
+            Some(koi_protocol::MAX_SHUTDOWN_GRACE_MS)
+        );
+    }
 }

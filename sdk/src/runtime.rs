@@ -96,7 +96,7 @@ pub(crate) enum Lane {
 }
 
 impl Shared {
-    fn new(out: Outbound, moniker: &str) -> Self {
+    pub(crate) fn new(out: Outbound, moniker: &str) -> Self {
         Self {
             out,
             session: OnceLock::new(),
@@ -116,16 +116,20 @@ impl Shared {
 
     /// Spawns `fut` as a task shutdown waits for (up to the grace) and then aborts. `name` labels
     /// its stalls in the debug-build watchdog.
-    pub(crate) fn spawn_tracked<F>(&self, name: &Arc<str>, fut: F) -> tokio::task::JoinHandle<()>
+    pub(crate) fn spawn_tracked<F>(
+        self: &Arc<Self>,
+        name: &Arc<str>,
+        fut: F,
+    ) -> tokio::task::JoinHandle<()>
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let kill = self.kill.clone();
+        let shared = self.clone();
         let fut = watched(name, fut);
         self.tasks.spawn(async move {
             tokio::select! {
                 biased;
-                _ = kill.cancelled() => {}
+                _ = shared.kill.cancelled() => {}
                 _ = fut => {}
             }
         })
@@ -381,9 +385,8 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                         call: call.map(Arc::new),
                     };
                     let status = def.status.clone();
-                    let shared = shared.clone();
-                    let spawner = shared.clone();
-                    spawner.spawn_tracked(&status_name, async move {
+                    let responder = shared.clone();
+                    shared.spawn_tracked(&status_name, async move {
                         let mut report = match status {
                             Some(handler) => handler(ctx).await,
                             None => StatusReport {
@@ -392,8 +395,8 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                                 details: Default::default(),
                             },
                         };
-                        shared.board.merge_into(&mut report);
-                        shared.respond(
+                        responder.board.merge_into(&mut report);
+                        responder.respond(
                             id,
                             serde_json::to_value(report).map_err(|e| {
                                 ErrorObject::new(
@@ -435,10 +438,9 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                         };
                         let fut = handler(ctx, params);
                         let handles_cancellation = *handles_cancellation;
-                        let shared = shared.clone();
-                        let spawner = shared.clone();
+                        let responder = shared.clone();
                         let running = running.clone();
-                        spawner.spawn_tracked(name, async move {
+                        shared.spawn_tracked(name, async move {
                             let outcome = if handles_cancellation {
                                 fut.await
                             } else {
@@ -448,7 +450,7 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                                 }
                             };
                             lock(&running).remove(&id);
-                            shared.respond(id, outcome);
+                            responder.respond(id, outcome);
                         });
                     }
                 },

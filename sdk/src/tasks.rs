@@ -58,6 +58,10 @@ pub(crate) fn start_lifecycle(def: &Definition, shared: &Arc<Shared>, root: &Can
 /// Cancels every context and gives handlers, services and spawned tasks `grace` to finish; then
 /// drops (aborts) what remains and gives that a moment to unwind. Idempotent.
 pub(crate) async fn finish(root: &CancellationToken, shared: &Shared, grace: Duration) {
+    if shared.kill.is_cancelled() {
+        // Already finished (a `shutdown` request, then end of input): the grace is spent.
+        return;
+    }
     root.cancel();
     shared.tasks.close();
     if tokio::time::timeout(grace, shared.tasks.wait())
@@ -70,5 +74,71 @@ pub(crate) async fn finish(root: &CancellationToken, shared: &Shared, grace: Dur
         );
         shared.kill.cancel();
         let _ = tokio::time::timeout(FLUSH_LIMIT, shared.tasks.wait()).await;
+    }
+    shared.kill.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn context(shared: &Arc<Shared>, root: &CancellationToken) -> Context {
+        Context {
+            shared: shared.clone(),
+            request: None,
+            cancel: root.child_token(),
+            call: None,
+        }
+    }
+
+    /// Sets its flag when dropped: a task stopped after the grace drops its future.
+    struct SetOnDrop(Arc<AtomicBool>);
+
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_a_spawned_task_within_the_grace_and_drops_one_that_overruns() {
+        let (out, _inbox) = outbound::channel(outbound::BUDGET);
+        let shared = Arc::new(Shared::new(out, "t"));
+        let root = CancellationToken::new();
+        let finished = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicBool::new(false));
+        let ctx = context(&shared, &root);
+        let drains = {
+            let (ctx, finished) = (ctx.clone(), finished.clone());
+            async move {
+                ctx.cancelled().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                finished.store(true, Ordering::SeqCst);
+            }
+        };
+        let overruns = {
+            let (ctx, dropped) = (ctx.clone(), dropped.clone());
+            async move {
+                let _guard = SetOnDrop(dropped);
+                ctx.cancelled().await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        };
+        ctx.spawn(drains);
+        ctx.spawn(overruns);
+        // The grace covers the 300 ms drain, not the hour.
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            finish(&root, &shared, Duration::from_secs(2)),
+        )
+        .await
+        .expect("finish returns after the grace");
+        assert!(finished.load(Ordering::SeqCst), "the drain was cut short");
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the overrunning task kept running"
+        );
     }
 }
