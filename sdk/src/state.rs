@@ -1,9 +1,9 @@
 //! Plugin state and the plugin's data directory.
 //!
-//! [`crate::Plugin::state`] registers a builder per type; the runtime builds every value once, right
-//! after the first successful `initialize` and before the plugin answers anything else, and
-//! handlers reach them with [`crate::Context::state`]. [`data_dir`] is `$KOI_HOME/<moniker>/`,
-//! created with mode 0700 (never a symbolic link).
+//! [`crate::Plugin::state`] registers a builder per type; the runtime builds every value once,
+//! right after the first successful `initialize` and before the plugin answers anything else, and
+//! handlers reach them with [`crate::Context::state`]. [`crate::Context::data_dir`] is
+//! `$KOI_HOME/<moniker>/`, created with mode 0700 (never a symbolic link).
 
 use crate::MethodError;
 use koi_protocol::codes;
