@@ -72,7 +72,10 @@
 //! - [`method`]: `Method`, typed handlers and their manifest entries.
 //! - [`context`]: `Context`, the handler's view of the host.
 //! - [`error`] holds `MethodError`.
-//! - `runtime`, `lifecycle`, `logging` (private): serving, process hygiene, stderr logs.
+//! - [`state`]: `StateInit`, what `Plugin::state` builders see.
+//! - `runtime`, `lifecycle`, `logging` (private): serving, process hygiene, stderr logs;
+//!   `services` (supervision and status), `outbound` (the bounded outbound queue), `watchdog`
+//!   (debug-build stall reports).
 
 #![forbid(unsafe_code)]
 
@@ -81,8 +84,13 @@ pub mod error;
 mod lifecycle;
 mod logging;
 pub mod method;
+mod outbound;
 pub mod plugin;
 mod runtime;
+mod services;
+pub mod state;
+mod tasks;
+mod watchdog;
 
 pub use context::Context;
 pub use error::MethodError;
@@ -92,3 +100,4 @@ pub use koi_protocol as protocol;
 pub use koi_store as store;
 pub use method::{Method, NoParams};
 pub use plugin::Plugin;
+pub use state::StateInit;

@@ -27,3 +27,4 @@ mod protocol_bugs;
 mod protocol_features;
 mod pyhello;
 mod rendering;
+mod sdk_runtime;
