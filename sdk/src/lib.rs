@@ -72,12 +72,14 @@
 //! - [`method`]: `Method`, typed handlers and their manifest entries.
 //! - [`context`]: `Context`, the handler's view of the host.
 //! - [`error`] holds `MethodError`.
+//! - [`events`]: typed, ordered subscriptions (`Plugin::on`), `Delivery`, `Event`, `Gap`.
 //! - `runtime`, `lifecycle`, `logging` (private): serving, process hygiene, stderr logs.
 
 #![forbid(unsafe_code)]
 
 pub mod context;
 pub mod error;
+pub mod events;
 mod lifecycle;
 mod logging;
 pub mod method;
@@ -86,6 +88,7 @@ mod runtime;
 
 pub use context::Context;
 pub use error::MethodError;
+pub use events::{Delivery, Event, Gap};
 pub use koi_protocol as protocol;
 pub use method::{Method, NoParams};
 pub use plugin::Plugin;

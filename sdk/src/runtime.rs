@@ -7,7 +7,7 @@
 
 use crate::Context;
 use crate::method::{BoxFuture, Handler};
-use koi_protocol::calls::{self, CancelParams, EventDelivery, StatusReport};
+use koi_protocol::calls::{self, CancelParams, StatusReport};
 use koi_protocol::frame::{FrameError, read_frame};
 use koi_protocol::handshake::{InitializeParams, InitializeResult, RunMode};
 use koi_protocol::{ErrorObject, Id, Manifest, Message, PROTOCOL_VERSION, codes};
@@ -28,14 +28,14 @@ use tokio_util::task::TaskTracker;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 pub(crate) type StatusHandler = Arc<dyn Fn(Context) -> BoxFuture<StatusReport> + Send + Sync>;
-pub(crate) type EventHandler = Arc<dyn Fn(Context, EventDelivery) -> BoxFuture<()> + Send + Sync>;
 
 /// Everything `Plugin` declared, frozen for serving.
 pub(crate) struct Definition {
     pub manifest: Manifest,
     pub methods: HashMap<String, (Handler, bool)>,
     pub status: Option<StatusHandler>,
-    pub on_event: Option<EventHandler>,
+    /// `Plugin::on` subscriptions, each served in order by its own task (crate::events).
+    pub subscriptions: Vec<crate::events::Subscription>,
     pub background: Option<BackgroundTask>,
 }
 
@@ -201,6 +201,16 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut exit = ExitCode::SUCCESS;
+    let events = crate::events::Router::start(
+        &def.subscriptions,
+        &Context {
+            shared: shared.clone(),
+            request: None,
+            cancel: root.child_token(),
+            call: None,
+        },
+        &tracker,
+    );
 
     loop {
         let limit = shared.max_frame.load(Ordering::Relaxed);
@@ -247,20 +257,8 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                         }
                     }
                 }
-                calls::EVENT => {
-                    if let (Some(handler), Ok(event)) = (
-                        def.on_event.clone(),
-                        serde_json::from_value::<EventDelivery>(params),
-                    ) {
-                        let ctx = Context {
-                            shared: shared.clone(),
-                            request: None,
-                            cancel: root.child_token(),
-                            call: None,
-                        };
-                        tracker.spawn(async move { handler(ctx, event).await });
-                    }
-                }
+                // Never waits: each subscription has its own bounded queue and task.
+                calls::EVENT => events.route_params(params),
                 other => tracing::debug!(method = other, "ignored an unknown notification"),
             },
             Message::Request { id, method, params } => match method.as_str() {
@@ -372,6 +370,7 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
     }
 
     // The host is gone or done with us: no reply to a host call can arrive any more.
+    drop(events);
     shared.close();
     finish(&root, &tracker).await;
     drop(shared);
@@ -434,6 +433,25 @@ fn initialize(def: &Definition, shared: &Shared, params: Value) -> Result<Value,
             format!("manifest not serialisable: {e}"),
         )
     })
+}
+
+/// A context not tied to any host (no session, nothing sent anywhere), for the SDK's unit tests.
+#[cfg(test)]
+pub(crate) fn detached_context(cancel: CancellationToken) -> Context {
+    let (out, _) = mpsc::unbounded_channel();
+    Context {
+        shared: Arc::new(Shared {
+            out,
+            session: OnceLock::new(),
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            max_frame: AtomicUsize::new(1 << 20),
+            closed: AtomicBool::new(false),
+        }),
+        request: None,
+        cancel,
+        call: None,
+    }
 }
 
 #[cfg(test)]
