@@ -292,3 +292,53 @@ async fn host_reported_losses_and_payloads_of_the_wrong_shape_become_gaps() {
     );
     stop(router, tracker, cancel).await;
 }
+
+/// A handler's context is cancelled at shutdown, and shutdown (the tracker) waits for the handler
+/// to return; deliveries still queued then are not started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_a_running_handler_and_waits_for_it() {
+    let finished: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let sub = Subscription::new("svc.*", 16, {
+        let finished = finished.clone();
+        move |ctx: Context, d: Delivery<Svc>| {
+            let finished = finished.clone();
+            async move {
+                ctx.cancelled().await;
+                if let Delivery::Event(e) = d {
+                    lock(&finished).push(e.payload.seq);
+                }
+            }
+        }
+    });
+    let (router, tracker, cancel) = start(sub);
+    router.route_params(wire("svc.appeared", 1, 1));
+    router.route_params(wire("svc.appeared", 1, 2));
+    tokio::task::yield_now().await;
+    cancel.cancel();
+    tracker.close();
+    let waited = tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await;
+    assert!(
+        waited.is_ok(),
+        "shutdown did not end the subscription's task"
+    );
+    let finished = lock(&finished).clone();
+    assert!(
+        finished.len() <= 1,
+        "a queued delivery started after shutdown: {finished:?}"
+    );
+    drop(router);
+}
+
+/// `on` adds its pattern to the manifest's `subscribes` once, however many handlers share it.
+#[test]
+fn each_pattern_is_declared_once_in_the_manifest() {
+    async fn ignore(_ctx: Context, _d: Delivery<serde_json::Value>) {}
+    let plugin = crate::Plugin::new("t", "0", "t")
+        .on("mdns.service.*", ignore)
+        .on("mdns.service.*", ignore)
+        .on("host.plugin.restarted", ignore);
+    assert_eq!(
+        plugin.manifest().subscribes,
+        ["mdns.service.*", "host.plugin.restarted"]
+    );
+}
