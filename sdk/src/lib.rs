@@ -72,6 +72,7 @@
 //! - [`method`]: `Method`, typed handlers and their manifest entries.
 //! - [`context`]: `Context`, the handler's view of the host.
 //! - [`error`] holds `MethodError`.
+//! - [`events`]: typed, ordered subscriptions (`Plugin::on`), `Delivery`, `Event`, `Gap`.
 //! - [`state`]: `StateInit`, what `Plugin::state` builders see.
 //! - `runtime`, `lifecycle`, `logging` (private): serving, process hygiene, stderr logs;
 //!   `services` (supervision and status), `outbound` (the bounded outbound queue), `watchdog`
@@ -81,6 +82,7 @@
 
 pub mod context;
 pub mod error;
+pub mod events;
 mod lifecycle;
 mod logging;
 pub mod method;
@@ -94,6 +96,7 @@ mod watchdog;
 
 pub use context::Context;
 pub use error::MethodError;
+pub use events::{Delivery, Event, Gap};
 pub use koi_protocol as protocol;
 /// Durable files: atomic writes, durable appends, private directories, versioned JSON files
 /// (the `koi-store` crate; see docs/plugins.md, "Durable store").

@@ -2,17 +2,19 @@
 //! services, state and shutdown grace, and `run`, which checks the declaration, sets up logging and
 //! process hygiene, and serves.
 
+use crate::events::{DEFAULT_QUEUE_CAPACITY, Delivery, Subscription};
 use crate::lifecycle;
 use crate::method::{Method, schema_of};
-use crate::runtime::{BackgroundTask, Definition, EventHandler, StatusHandler, serve};
+use crate::runtime::{BackgroundTask, Definition, StatusHandler, serve};
 use crate::services::{Backoff, ServiceDef};
 use crate::state::{StateBuilder, StateInit};
 use crate::tasks::{DEFAULT_SHUTDOWN_GRACE, Lifecycle};
 use crate::{Context, MethodError};
-use koi_protocol::calls::{EventDelivery, StatusReport};
+use koi_protocol::calls::StatusReport;
 use koi_protocol::manifest::is_valid_moniker;
 use koi_protocol::{EventSpec, Manifest, RootAlias};
 use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::future::Future;
 use std::process::ExitCode;
@@ -29,7 +31,7 @@ pub struct Plugin {
     manifest: Manifest,
     methods: Vec<Method>,
     status: Option<StatusHandler>,
-    on_event: Option<EventHandler>,
+    subscriptions: Vec<Subscription>,
     background: Vec<BackgroundTask>,
     services: Vec<Arc<ServiceDef>>,
     backoff: Backoff,
@@ -64,7 +66,7 @@ impl Plugin {
             },
             methods: Vec::new(),
             status: None,
-            on_event: None,
+            subscriptions: Vec::new(),
             background: Vec::new(),
             services: Vec::new(),
             backoff: Backoff::default(),
@@ -106,19 +108,38 @@ impl Plugin {
         self
     }
 
-    /// Subscribes to a topic (exact, or a prefix ending in `*`); deliveries go to [`Self::on_event`].
-    pub fn subscribes(mut self, topic: &str) -> Self {
-        self.manifest.subscribes.push(topic.to_owned());
-        self
-    }
-
-    /// The handler for delivered events.
-    pub fn on_event<F, Fut>(mut self, handler: F) -> Self
+    /// Subscribes `handler` to `pattern` — an exact topic (`mdns.service.appeared`) or a prefix
+    /// ending in `*` (`mdns.service.*`) — with payloads deserialised into `T` (usually the
+    /// publisher's own type from its API crate, such as `koi_mdns_api::ServiceEventPayload`).
+    ///
+    /// The handler runs for one [`Delivery`] at a time, in the order the host delivered them; a
+    /// plugin may have any number of subscriptions, each with its own queue of
+    /// [`DEFAULT_QUEUE_CAPACITY`] and its own task. When events are lost — the host dropped them,
+    /// this subscription's queue was full, or a payload did not fit `T` — the handler receives
+    /// [`Delivery::Gap`] at that point and should resync from the publisher (docs/plugins.md,
+    /// "Ordered events"). Handlers' contexts are cancelled at shutdown, which waits for them.
+    /// The pattern is added to the manifest's `subscribes`.
+    pub fn on<T, F, Fut>(self, pattern: &str, handler: F) -> Self
     where
-        F: Fn(Context, EventDelivery) -> Fut + Send + Sync + 'static,
+        T: DeserializeOwned + JsonSchema + Send + 'static,
+        F: Fn(Context, Delivery<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.on_event = Some(Arc::new(move |ctx, event| Box::pin(handler(ctx, event))));
+        self.on_with_capacity(pattern, DEFAULT_QUEUE_CAPACITY, handler)
+    }
+
+    /// [`Self::on`] with a queue of `capacity` deliveries (at least 1) instead of the default.
+    pub fn on_with_capacity<T, F, Fut>(mut self, pattern: &str, capacity: usize, handler: F) -> Self
+    where
+        T: DeserializeOwned + JsonSchema + Send + 'static,
+        F: Fn(Context, Delivery<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        if !self.manifest.subscribes.iter().any(|p| p == pattern) {
+            self.manifest.subscribes.push(pattern.to_owned());
+        }
+        self.subscriptions
+            .push(Subscription::new(pattern, capacity, handler));
         self
     }
 
@@ -351,7 +372,7 @@ impl Plugin {
             manifest,
             methods,
             status: self.status,
-            on_event: self.on_event,
+            subscriptions: self.subscriptions,
             background: self.background,
             lifecycle: Lifecycle {
                 services: self.services,

@@ -13,7 +13,7 @@ use crate::services::Board;
 use crate::state::{StateInit, States};
 use crate::tasks::{FLUSH_LIMIT, finish, start_lifecycle};
 use crate::watchdog::watched;
-use koi_protocol::calls::{self, CancelParams, EventDelivery, StatusReport};
+use koi_protocol::calls::{self, CancelParams, StatusReport};
 use koi_protocol::frame::{FrameError, read_frame};
 use koi_protocol::handshake::{InitializeParams, InitializeResult, RunMode};
 use koi_protocol::{ErrorObject, Id, Manifest, Message, PROTOCOL_VERSION, codes};
@@ -30,14 +30,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) type StatusHandler = Arc<dyn Fn(Context) -> BoxFuture<StatusReport> + Send + Sync>;
-pub(crate) type EventHandler = Arc<dyn Fn(Context, EventDelivery) -> BoxFuture<()> + Send + Sync>;
 
 /// Everything `Plugin` declared, frozen for serving.
 pub(crate) struct Definition {
     pub manifest: Manifest,
     pub methods: HashMap<String, (Handler, bool, Arc<str>)>,
     pub status: Option<StatusHandler>,
-    pub on_event: Option<EventHandler>,
+    /// `Plugin::on` subscriptions, each served in order by its own task (crate::events).
+    pub subscriptions: Vec<crate::events::Subscription>,
     pub background: Vec<BackgroundTask>,
     /// Services, shutdown grace and state builders (`Plugin::service`, `shutdown_grace`, `state`).
     pub lifecycle: crate::tasks::Lifecycle,
@@ -293,6 +293,16 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut exit = ExitCode::SUCCESS;
+    let events = crate::events::Router::start(
+        &def.subscriptions,
+        &Context {
+            shared: shared.clone(),
+            request: None,
+            cancel: root.child_token(),
+            call: None,
+        },
+        &tracker,
+    );
 
     loop {
         let limit = shared.max_frame.load(Ordering::Relaxed);
@@ -339,20 +349,8 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                         }
                     }
                 }
-                calls::EVENT => {
-                    if let (Some(handler), Ok(event)) = (
-                        def.on_event.clone(),
-                        serde_json::from_value::<EventDelivery>(params),
-                    ) {
-                        let ctx = Context {
-                            shared: shared.clone(),
-                            request: None,
-                            cancel: root.child_token(),
-                            call: None,
-                        };
-                        tracker.spawn(async move { handler(ctx, event).await });
-                    }
-                }
+                // Never waits: each subscription has its own bounded queue and task.
+                calls::EVENT => events.route_params(params),
                 other => tracing::debug!(method = other, "ignored an unknown notification"),
             },
             Message::Request { id, method, params } => match method.as_str() {
@@ -460,6 +458,7 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
 
     // The host is gone or done with us. Tasks get their grace (already spent after a `shutdown`
     // request), then no reply to a host call can arrive any more.
+    drop(events);
     finish(&root, &shared, def.lifecycle.grace).await;
     shared.close();
     // The writer writes what is queued and stops. A task stuck in blocking code must not keep the
@@ -530,6 +529,18 @@ fn initialize(def: &Definition, shared: &Shared, params: Value) -> Result<Value,
             format!("manifest not serialisable: {e}"),
         )
     })
+}
+
+/// A context not tied to any host (no session, nothing sent anywhere), for the SDK's unit tests.
+#[cfg(test)]
+pub(crate) fn detached_context(cancel: CancellationToken) -> Context {
+    let (out, _) = outbound::channel(outbound::BUDGET);
+    Context {
+        shared: Arc::new(Shared::new(out, "t")),
+        request: None,
+        cancel,
+        call: None,
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ mod host_death;
 mod keystrokes;
 mod mdns_ownership;
 mod misbehaviour;
+mod ordered_events;
 mod prompts_daemon;
 mod protocol_bugs;
 mod protocol_features;
