@@ -72,6 +72,11 @@ pub struct MeshMetadata {
     /// Last audit entry, to detect truncation of the log's end.
     #[serde(default)]
     pub audit_head: Option<AuditHead>,
+    /// Whether a member may renew a certificate that has already expired (chosen at create time
+    /// with `--allow-expired-renewal`; default off: an expired member joins again). Absent in
+    /// rosters written before renewal existed, which therefore keep the default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_expired_renewal: bool,
 }
 
 /// Enrollment state.
@@ -275,6 +280,7 @@ impl Roster {
                 primary,
                 standbys: Vec::new(),
                 audit_head: None,
+                allow_expired_renewal: false,
             },
             members: Vec::new(),
         }

@@ -89,6 +89,10 @@ pub struct CreateParams {
     /// Make a root without name constraints (dangerous: a leaked key could sign for any website).
     #[serde(default)]
     pub unconstrained: bool,
+    /// Let members renew a certificate that already expired (at most 30 days ago, still their
+    /// roster's current one). Default off: an expired member joins again with a code.
+    #[serde(default)]
+    pub allow_expired_renewal: bool,
 }
 
 /// What `create --unconstrained` prints: what a leaked CA key could then do.
@@ -246,6 +250,7 @@ struct Plan {
     pass: Passphrase,
     source: EntropySource,
     entropy: Option<Zeroizing<Vec<u8>>>,
+    allow_expired_renewal: bool,
 }
 
 /// Everything inside the staging directory, then the rename.
@@ -258,6 +263,7 @@ fn build(layout: &Layout, plan: Plan) -> Result<Built, MethodError> {
         pass,
         source,
         entropy,
+        allow_expired_renewal,
     } = plan;
     let (hostname, operator, pass) = (hostname.as_str(), operator.as_deref(), &pass);
     let staging = layout.staging_dir();
@@ -291,6 +297,7 @@ fn build(layout: &Layout, plan: Plan) -> Result<Built, MethodError> {
         operator.map(str::to_owned),
         now,
     );
+    roster.mesh.allow_expired_renewal = allow_expired_renewal;
     let mut audit = AuditLog::open(&staging.join("audit.log"), ca).map_err(error::core)?;
     audit
         .append(
@@ -306,6 +313,7 @@ fn build(layout: &Layout, plan: Plan) -> Result<Built, MethodError> {
                 "unconstrained": roster.mesh.scope.dns_unconstrained(),
                 "enrollment": roster.mesh.enrollment,
                 "entropy": source.as_str(),
+                "allow_expired_renewal": allow_expired_renewal,
             }),
             now,
         )
@@ -452,6 +460,7 @@ pub async fn run(
         pass: pass.clone(),
         source,
         entropy: extra,
+        allow_expired_renewal: p.allow_expired_renewal,
     };
     let serve = ctx.mode() == RunMode::Daemon;
     let (built, session) = {

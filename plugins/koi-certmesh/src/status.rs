@@ -169,8 +169,11 @@ pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
             "ca_endpoint".into(),
             Value::from(membership.ca_endpoint.clone()),
         );
+        let renewal = crate::schedule::status_details(layout, &membership);
+        let renewal_text = crate::schedule::status_text(&renewal);
+        details.insert("renewal".into(), renewal);
         format!(
-            "member of mesh {short_fp}… ({}) via {}; {cert_text}",
+            "member of mesh {short_fp}… ({}) via {}; {cert_text}{renewal_text}",
             membership.profile,
             membership.ca_endpoint.as_deref().unwrap_or("?")
         )
