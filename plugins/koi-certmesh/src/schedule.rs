@@ -175,6 +175,21 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
         return Ok(());
     }
     let layout = Layout::new(ctx.koi_home());
+    if let Some(m) = Membership::load(&layout).ok().flatten() {
+        let (l, host) = (layout.clone(), m.hostname.clone());
+        // Under the writer lock, as a renewal would (a one-shot command may be running).
+        match ctx
+            .blocking("finish an interrupted renewal", move || {
+                let _writer = l.lock_writer()?;
+                crate::renew_files::finish(&l, &host)
+            })
+            .await
+        {
+            Ok(true) => tracing::info!("finished a renewal that was interrupted"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("{}", e.message()),
+        }
+    }
     let mut retry_at: Option<SystemTime> = None;
     let mut retry_delay = RETRY_INITIAL;
     loop {
@@ -182,12 +197,8 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
             Some(m) if m.role == "member" => {
                 let now = crate::clock::now();
                 let due = due_at(&CertFiles::at(&layout, &m.hostname));
-                let staged = layout
-                    .certs(&m.hostname)
-                    .join(crate::renew_files::STAGING)
-                    .exists();
                 let blocked = retry_at.is_some_and(|r| now < r);
-                if (staged || due.is_some_and(|d| now >= d)) && !blocked {
+                if due.is_some_and(|d| now >= d) && !blocked {
                     match crate::renew::renew_once(&ctx, false, "schedule").await {
                         Ok(result) => {
                             retry_at = None;
