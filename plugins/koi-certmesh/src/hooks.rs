@@ -324,3 +324,75 @@ pub async fn set_hook(ctx: Context, p: SetHookParams) -> Result<SetHookResult, M
 pub fn path(layout: &Layout) -> PathBuf {
     store(layout).path().to_path_buf()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &std::path::Path) -> CertFiles {
+        CertFiles::in_dir(dir)
+    }
+
+    #[tokio::test]
+    async fn a_hook_gets_its_environment_and_its_exit_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run(
+            "echo \"$KOI_CERT_HOST in $KOI_CERT_DIR\"; echo oops >&2; exit 3",
+            "test",
+            &files(dir.path()),
+            "m1",
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(run.exit_code, Some(3));
+        assert!(!run.ok && !run.timed_out);
+        assert_eq!(run.outcome, "exit 3");
+        assert!(
+            run.output_tail
+                .contains(&format!("m1 in {}", dir.path().display())),
+            "{}",
+            run.output_tail
+        );
+        assert!(run.output_tail.contains("oops"));
+    }
+
+    #[tokio::test]
+    async fn at_the_timeout_the_whole_process_group_is_killed_and_output_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let command = format!(
+            "head -c 100000 /dev/zero | tr '\\0' x; sleep 30 & echo $! > {}; wait",
+            pidfile.display()
+        );
+        let run = run(
+            &command,
+            "test",
+            &files(dir.path()),
+            "m1",
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(run.timed_out && !run.ok, "{run:?}");
+        assert!(run.output_tail.len() <= OUTPUT_TAIL_BYTES);
+        assert!(run.output_tail.len() >= OUTPUT_TAIL_BYTES / 2);
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The background child went with the group (a zombie at most until reaped by init).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let gone = state.is_empty() || state.split(' ').nth(2) == Some("Z");
+            if gone {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the hook's child {pid} survived: {state}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

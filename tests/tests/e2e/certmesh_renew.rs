@@ -21,11 +21,18 @@ use crate::support::{DaemonProc, KoiEnv, free_port, root_or_skip};
 
 /// Like `ca_under_daemon`, with extra environment for A's daemon.
 fn ca_with_env(lab: &NetLab, env: &[(&str, &str)]) -> (DaemonProc, LabCa) {
+    ca_with(lab, env, &[])
+}
+
+/// [`ca_with_env`] with extra `create` flags.
+fn ca_with(lab: &NetLab, env: &[(&str, &str)], create_args: &[&str]) -> (DaemonProc, LabCa) {
     lab.a.env.install(&certmesh_bin(), "certmesh");
     lab.b.env.install(&certmesh_bin(), "certmesh");
     let pass_file = write_passphrase(&lab.a.env);
     let daemon = lab.a.env.start_daemon(env);
-    let created = create(&lab.a.env, &pass_file, &["--no-trust", "--json"]);
+    let mut args = vec!["--no-trust", "--json"];
+    args.extend_from_slice(create_args);
+    let created = create(&lab.a.env, &pass_file, &args);
     created.expect_code(0);
     let (uri, fingerprint) = mesh_ids(&created);
     wait_for_api(&lab.a, &lab.a.ip);
@@ -543,4 +550,59 @@ fn the_ca_refuses_foreign_expired_and_out_of_scope_renewals_and_rest_cannot_set_
         .run(&["certmesh", "set-hook", "--reload", "true"])
         .expect_code(0);
     assert!(lab.b.env.home.join("certmesh/hook.json").exists());
+}
+
+/// Restarts A's daemon with its clock `days` later and unlocks it.
+fn restart_ca_later(lab: &NetLab, ca: &LabCa, days: i64) -> DaemonProc {
+    let offset = (days * 86_400).to_string();
+    let daemon = lab
+        .a
+        .env
+        .start_daemon(&[("KOI_TEST_CLOCK_OFFSET_SECS", &offset)]);
+    lab.a
+        .env
+        .run(&["certmesh", "unlock", "--passphrase-file", &ca.pass_file])
+        .expect_code(0);
+    wait_for_api(&lab.a, &lab.a.ip);
+    daemon
+}
+
+#[test]
+fn a_mesh_created_with_allow_expired_renewal_renews_a_recently_expired_certificate_only() {
+    if !root_or_skip(
+        "a_mesh_created_with_allow_expired_renewal_renews_a_recently_expired_certificate_only",
+    ) {
+        return;
+    }
+    let lab = NetLab::new("rx");
+    let (mut a, ca) = ca_with(&lab, &[], &["--allow-expired-renewal"]);
+    join_b(&lab, &ca);
+    let cert = cert_dir(&lab.b).join("cert.pem");
+    let first = serial_of(&cert);
+
+    // Expired a day ago (30-day leaf, CA clock 31 days on): renewed, and audited as such.
+    a.terminate(Duration::from_secs(10));
+    let mut a = restart_ca_later(&lab, &ca, 31);
+    let renewed = lab.b.env.run(&["certmesh", "renew", "--now", "--json"]);
+    renewed.expect_code(0);
+    assert_ne!(serial_of(&cert), first);
+    let entries = renewals_of(&lab.a.env, &lab.b.hostname);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["details"]["expired_renewal"], true);
+
+    // Expired 35 days ago: past the 30-day bound even on this mesh.
+    a.terminate(Duration::from_secs(10));
+    let _a = restart_ca_later(&lab, &ca, 65);
+    let second = serial_of(&cert);
+    let refused = lab.b.env.run(&["certmesh", "renew", "--now"]);
+    assert_ne!(refused.code, Some(0));
+    let text = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(text.contains("more than 30 days ago"), "{text}");
+    assert!(text.contains("koi certmesh join"), "{text}");
+    assert_eq!(serial_of(&cert), second);
+    assert!(
+        refusals(&lab.a.env)
+            .iter()
+            .any(|r| r == "certificate_expired")
+    );
 }
