@@ -315,7 +315,9 @@ pub async fn set_hook(ctx: Context, p: SetHookParams) -> Result<SetHookResult, M
         roster: if membership.role == "member" {
             "mirrored into the CA's roster at the next renewal".into()
         } else {
-            "this machine is the CA; its own entry keeps no hook yet".into()
+            "this machine is the CA: its own certificate does not renew by itself yet, so the \
+             hook runs only with --test"
+                .into()
         },
     })
 }

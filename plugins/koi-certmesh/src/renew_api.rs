@@ -96,7 +96,11 @@ impl Authority {
         client_cert: Option<&[u8]>,
     ) -> Result<JoinResponse, Refusal> {
         let mut guard = self.session();
-        let mut who = String::from("(no certificate)");
+        let mut who = String::from(if client_cert.is_some() {
+            "(unverified certificate)"
+        } else {
+            "(no certificate)"
+        });
         let result = renew_locked(self, guard.as_mut(), req, peer, client_cert, &mut who);
         if let Err(refusal) = &result {
             let detail = format!("renewal: {refusal}");
