@@ -32,6 +32,7 @@ for r in $(seq "$ROUNDS"); do
 done
 # Hook latency, against the last CA (still up).
 HOOK_TIMES="$WORK/hook.times"
+: > "$HOOK_TIMES"
 on member "$KOI" certmesh set-hook --reload "date +%s%N >> $HOOK_TIMES" --json > /dev/null
 rm -f "$MEMBER_HOME/run/koi.sock"
 on member "$KOI" daemon > "$WORK/member-daemon.log" 2>&1 &
@@ -40,7 +41,7 @@ for _ in $(seq 200); do [ -S "$MEMBER_HOME/run/koi.sock" ] && break; sleep 0.05;
 sleep 1
 : > "$WORK/hook.pairs"
 for i in $(seq "${HOOKS:-20}"); do
-  before=$(wc -l < "$HOOK_TIMES" 2>/dev/null || echo 0)
+  before=$(wc -l < "$HOOK_TIMES")
   on member "$KOI" certmesh renew --now --json > /dev/null
   for _ in $(seq 200); do
     [ "$(wc -l < "$HOOK_TIMES")" -gt "$before" ] && break
