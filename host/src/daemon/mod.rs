@@ -158,6 +158,7 @@ pub async fn run(home: KoiHome, launch_template: LaunchOptions) -> u8 {
                     d.bus.subscribe(
                         plugin,
                         connection.manifest().subscribes.clone(),
+                        connection.event_gaps(),
                         queue,
                         &d.stop,
                     );
