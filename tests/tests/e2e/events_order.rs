@@ -2,7 +2,7 @@
 //! pipelining 10,000 appeared/removed pairs for the same keys reaches an ordered subscriber in
 //! publication order; a slow subscriber whose events were dropped is told (`missed`, gap
 //! markers), resyncs and ends with the publisher's state; and what a plugin spawned is killed
-//! once the plugin is gone, however it went.
+//! once the plugin is gone, however it went; and shutdown waits the grace a plugin asks for.
 
 use crate::support::{KoiEnv, kill};
 use serde_json::Value;
@@ -171,4 +171,15 @@ fn a_child_of_a_plugin_killed_under_the_daemon_is_killed_too() {
         "the `sleep 1000` koi-spawner started before it was killed",
     );
     drop(daemon);
+}
+
+#[test]
+fn shutdown_waits_the_grace_a_plugin_asks_for_before_sigterm() {
+    let env = KoiEnv::new().with_fixture("drainer");
+    env.run(&["drainer", "noop", "--json"]).expect_code(0);
+    assert!(
+        env.pids.join("drained.ok").exists(),
+        "koi-drainer was stopped before the 4 s grace its manifest asks for"
+    );
+    env.assert_no_plugin_left();
 }
