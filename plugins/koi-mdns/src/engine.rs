@@ -13,6 +13,7 @@ use crate::interfaces::{self, Selection};
 use crate::names::{self, ServiceType};
 use crate::port;
 use crate::txt::TxtEntry;
+use koi_sdk::Context;
 use koi_sdk::protocol::Caller;
 use mdns_sd::{DaemonEvent, ServiceDaemon, ServiceInfo, UnregisterStatus};
 use schemars::JsonSchema;
@@ -151,9 +152,20 @@ impl Engine {
         Arc::new(Self::default())
     }
 
-    /// A new short-lived daemon for browsing or resolving.
-    pub fn browser(&self, selection: &Selection) -> Result<Daemon, MdnsError> {
-        Daemon::start(selection)
+    /// A new short-lived daemon for browsing or resolving, started off the protocol loop (on the
+    /// blocking pool: starting one reads interface facts from `/sys`, probes port 5353 and starts
+    /// mdns-sd's thread).
+    pub async fn browser(&self, ctx: &Context, selection: &Selection) -> Result<Daemon, MdnsError> {
+        let selection = selection.clone();
+        match ctx
+            .blocking("mDNS engine start", move || Ok(Daemon::start(&selection)))
+            .await
+        {
+            Ok(started) => started,
+            Err(e) => Err(MdnsError::Engine {
+                cause: e.message().to_owned(),
+            }),
+        }
     }
 
     fn responder(&self, selection: &Selection) -> Result<Arc<Daemon>, MdnsError> {
