@@ -27,7 +27,7 @@
 //! - [`interfaces`] — the interface selection rule.
 //! - [`names`], [`txt`]: validation of service types, instance/host names, TXT entries.
 //! - [`port`] — the port-5353 check.
-//! - [`background`] — daemon-mode browsing and goodbyes at shutdown.
+//! - [`background`] — the `browse` service (daemon mode) and goodbyes at shutdown (every mode).
 //! - [`error`] — `MdnsError`.
 
 #![forbid(unsafe_code)]
