@@ -165,7 +165,7 @@ pub async fn announce(ctx: Context, p: AnnounceParams) -> Result<AnnounceResult,
         &p.ip,
         &p.interface,
     )?;
-    let registration = engine.register(spec, owner(&ctx)).await?;
+    let registration = engine.register(&ctx, spec, owner(&ctx)).await?;
     conflict_warning(&ctx, &registration);
     if ctx.mode() == RunMode::Daemon {
         return Ok(AnnounceResult {
@@ -230,7 +230,7 @@ pub async fn advertise(ctx: Context, p: AdvertiseParams) -> Result<AnnounceResul
         &p.ip,
         &p.interface,
     )?;
-    let registration = engine.register(spec, owner(&ctx)).await?;
+    let registration = engine.register(&ctx, spec, owner(&ctx)).await?;
     conflict_warning(&ctx, &registration);
     Ok(AnnounceResult {
         registration,
