@@ -29,4 +29,5 @@ mod protocol_bugs;
 mod protocol_features;
 mod pyhello;
 mod rendering;
+mod sdk_example;
 mod sdk_runtime;
