@@ -40,7 +40,7 @@ fn tally_counts_events_saves_them_at_shutdown_and_restores_them_on_start() {
     status.expect_code(0);
     let status = status.json();
     assert_eq!(
-        status["details"]["services"]["checkpoint"]["state"], "running",
+        status["details"]["daemon_services"]["checkpoint"]["state"], "running",
         "{status}"
     );
 
