@@ -239,3 +239,21 @@ pub fn plugin() -> Plugin {
     .service(background::SERVICE, background::service)
     .shutdown_grace(background::SHUTDOWN_GRACE)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_declaration_is_valid_and_announces_the_apis_drain_grace() {
+        let plugin = super::plugin();
+        assert_eq!(plugin.check(), Ok(()));
+        // The host waits this long after `shutdown` before it signals (docs/plugins.md).
+        assert_eq!(plugin.manifest().shutdown_grace_ms, Some(2000));
+        assert!(
+            plugin
+                .manifest()
+                .subscribes
+                .iter()
+                .any(|p| p == koi_sdk::protocol::context::host_events::PLUGIN_RESTARTED)
+        );
+    }
+}
