@@ -15,6 +15,7 @@ mod certmesh_flood;
 mod certmesh_leave;
 mod certmesh_ownership;
 mod certmesh_rotate;
+mod certmesh_service;
 mod cli;
 mod daemon;
 mod escapes;
