@@ -1,6 +1,6 @@
 //! The daemon-mode `api` service ([`service`], declared with `Plugin::service`, so it runs only
 //! under `koi daemon`, is restarted with backoff if it fails and shows in `status` under
-//! `details.services`). Once this machine is a CA (at start, or right after `create`), it takes
+//! `details.daemon_services`). Once this machine is a CA (at start, or right after `create`), it takes
 //! the writer lock for the process's life, serves the inter-node API ([`crate::api`]) on
 //! `KOI_CERTMESH_API_BIND` (default `0.0.0.0:5641`, LAN peers only) and advertises
 //! `_certmesh._tcp` through koi-mdns with the CA fingerprint and port in TXT. The CA starts
@@ -41,7 +41,7 @@ fn bind_address() -> Result<SocketAddr, String> {
     }
 }
 
-/// The service's name in `status` (`details.services.api`).
+/// The service's name in `status` (`details.daemon_services.api`).
 pub const SERVICE: &str = "api";
 
 /// How long the API gets to finish the requests in flight at shutdown (a join signs and writes

@@ -56,13 +56,13 @@ fn the_api_service_is_retried_with_backoff_while_its_port_is_taken_and_serves_on
         &env,
         "the api service restarting after a failed start",
         |d| {
-            d["services"]["api"]["state"] == "restarting"
-                && d["services"]["api"]["restarts"]
+            d["daemon_services"]["api"]["state"] == "restarting"
+                && d["daemon_services"]["api"]["restarts"]
                     .as_u64()
                     .is_some_and(|n| n >= 1)
         },
     );
-    let why = failing["services"]["api"]["last_error"]
+    let why = failing["daemon_services"]["api"]["last_error"]
         .as_str()
         .unwrap_or("");
     assert!(
@@ -79,7 +79,7 @@ fn the_api_service_is_retried_with_backoff_while_its_port_is_taken_and_serves_on
     // The port comes free: a later attempt serves, without restarting the daemon or the plugin.
     drop(squatter);
     let serving = wait_for(&env, "the api service serving once the port is free", |d| {
-        d["services"]["api"]["state"] == "running" && d["api"]["listening"] == bind.as_str()
+        d["daemon_services"]["api"]["state"] == "running" && d["api"]["listening"] == bind.as_str()
     });
     assert!(serving["api"]["error"].is_null(), "{serving:#}");
     TcpStream::connect(&bind).expect("the CA's API accepts connections on its port");
