@@ -260,7 +260,7 @@ pub struct SetHookResult {
 
 /// The `set-hook` method.
 pub async fn set_hook(ctx: Context, p: SetHookParams) -> Result<SetHookResult, MethodError> {
-    let layout = Layout::new(ctx.koi_home());
+    let layout = crate::app::App::of(&ctx)?.authority().layout().clone();
     let membership = Membership::load(&layout)?.ok_or_else(|| {
         error::fail(
             "This machine is not in a mesh, so it has no certificate to reload.",

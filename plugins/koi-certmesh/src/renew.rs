@@ -19,6 +19,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use std::sync::Arc;
+
+use crate::app::App;
+use crate::authority::Authority;
 use crate::client::{self, Answer, CaEndpoint};
 use crate::error;
 use crate::files::{CertFiles, Membership};
@@ -105,7 +109,7 @@ fn member_of(layout: &Layout) -> Result<Membership, MethodError> {
 
 /// The `renew` method.
 pub async fn run(ctx: Context, p: RenewParams) -> Result<RenewResult, MethodError> {
-    let layout = Layout::new(ctx.koi_home());
+    let layout = App::of(&ctx)?.authority().layout().clone();
     let membership = member_of(&layout)?;
     let files = CertFiles::at(&layout, &membership.hostname);
     let due = crate::schedule::due_at(&files);
@@ -172,23 +176,27 @@ pub async fn renew_once(
     trigger: &str,
 ) -> Result<RenewResult, MethodError> {
     let _one = RENEWING.lock().await;
-    let layout = Layout::new(ctx.koi_home());
-    let outcome = renew_locked(ctx, &layout, keep_key).await;
+    let authority = App::of(ctx)?.authority();
+    let layout = authority.layout().clone();
+    let outcome = renew_locked(ctx, &authority, keep_key).await;
     crate::schedule::record(&layout, trigger, &outcome);
     outcome
 }
 
 async fn renew_locked(
     ctx: &Context,
-    layout: &Layout,
+    authority: &Arc<Authority>,
     keep_key: bool,
 ) -> Result<RenewResult, MethodError> {
-    let writer = {
-        let layout = layout.clone();
-        ctx.blocking("certmesh writer lock", move || layout.lock_writer())
-            .await?
-    };
+    let layout = authority.layout();
     let membership = member_of(layout)?;
+    let writer = {
+        let authority = authority.clone();
+        ctx.blocking("certmesh writer lock", move || {
+            authority.writer_for_command()
+        })
+        .await?
+    };
     {
         let (layout, host) = (layout.clone(), membership.hostname.clone());
         ctx.blocking("finish an interrupted renewal", move || {

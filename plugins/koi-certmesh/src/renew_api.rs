@@ -60,6 +60,7 @@ pub async fn handle(
     peer: IpAddr,
     client_cert: Option<Arc<CertificateDer<'static>>>,
     authority: Arc<Authority>,
+    ctx: &koi_sdk::Context,
 ) -> (u16, Value) {
     let refusal_body = |r: &Refusal| {
         let body = ErrorBody {
@@ -76,14 +77,16 @@ pub async fn handle(
             )));
         }
     };
-    let outcome = tokio::task::spawn_blocking(move || {
-        authority.renew(&request, peer, client_cert.as_deref().map(|c| c.as_ref()))
-    })
-    .await;
+    // Checking, signing and writing the roster and audit log: off the async workers.
+    let outcome = ctx
+        .blocking("renewal", move || {
+            Ok(authority.renew(&request, peer, client_cert.as_deref().map(|c| c.as_ref())))
+        })
+        .await;
     match outcome {
         Ok(Ok(answer)) => (200, serde_json::to_value(answer).unwrap_or_default()),
         Ok(Err(refusal)) => refusal_body(&refusal),
-        Err(e) => refusal_body(&Refusal::Internal(e.to_string())),
+        Err(e) => refusal_body(&Refusal::Internal(e.message().to_owned())),
     }
 }
 

@@ -27,6 +27,8 @@ use crate::files::{CertFiles, Membership};
 use crate::layout::Layout;
 use crate::renew::RenewResult;
 
+/// The service's name (in `status` under `details.services`).
+pub const SERVICE: &str = "renewal";
 /// Longest wait between two looks at the clock.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// Largest jitter either way.
@@ -174,14 +176,15 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
     if ctx.mode() != RunMode::Daemon {
         return Ok(());
     }
-    let layout = Layout::new(ctx.koi_home());
+    let authority = crate::app::App::of(&ctx)?.authority();
+    let layout = authority.layout().clone();
     if let Some(m) = Membership::load(&layout).ok().flatten() {
-        let (l, host) = (layout.clone(), m.hostname.clone());
+        let host = m.hostname.clone();
         // Under the writer lock, as a renewal would (a one-shot command may be running).
         match ctx
             .blocking("finish an interrupted renewal", move || {
-                let _writer = l.lock_writer()?;
-                crate::renew_files::finish(&l, &host)
+                let _writer = authority.writer_for_command()?;
+                crate::renew_files::finish(authority.layout(), &host)
             })
             .await
         {
