@@ -180,6 +180,11 @@ pub struct Member {
     /// When it was revoked (Phase 5; reserved).
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// SHA-256 of the certificate the member renewed from, which it holds until the renewed one is
+    /// installed: a renewal whose answer was lost (a crash, a dropped connection) is retried with
+    /// it. Set only by renewal; absent in rosters written before renewal existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_fingerprint: Option<String>,
 }
 
 impl Member {
@@ -204,6 +209,7 @@ impl Member {
             reload_hook: None,
             proxy_entries: Vec::new(),
             revoked_at: None,
+            previous_fingerprint: None,
         }
     }
 }
@@ -406,6 +412,7 @@ mod tests {
             reload_hook: None,
             proxy_entries: Vec::new(),
             revoked_at: None,
+            previous_fingerprint: None,
         }
     }
 

@@ -1,8 +1,13 @@
 //! `POST /v1/certmesh/renew` on the CA: a member renews its certificate. The identity comes from
 //! the TLS client certificate alone — it must be signed by this mesh's root and be the current
-//! certificate of a roster entry (found by its SHA-256) — so the body carries no host name and
+//! certificate of a roster entry, or the one that entry's last renewal replaced (found by its
+//! SHA-256) — so the body carries no host name and
 //! cannot claim another identity. The body holds a CSR (a fresh key by default, the old one with
 //! `--keep-key`), the names the member asks for now, and its reload hook (mirrored in the roster).
+//!
+//! A renewal whose answer was lost (the member killed between the CA's signature and its own
+//! install, or a dropped connection) is retried with the same certificate: the entry remembers
+//! the certificate it was renewed from (`previous_fingerprint`), which also renews.
 //!
 //! The new certificate goes through the same scope and ownership checks as enrollment
 //! ([`crate::certify`]). An expired certificate is refused with the way back (`koi certmesh
@@ -150,16 +155,22 @@ fn renew_locked(
     })?;
     let mut roster =
         Roster::load(&layout.roster()).map_err(|e| Refusal::Internal(e.to_string()))?;
+    // The current certificate, or the one it was renewed from while the member may not have
+    // installed the renewal yet (its answer lost to a crash or a dropped connection).
     let entry = roster
         .members
         .iter()
-        .find(|m| m.fingerprint == presented.fingerprint)
+        .find(|m| {
+            m.fingerprint == presented.fingerprint
+                || m.previous_fingerprint.as_deref() == Some(presented.fingerprint.as_str())
+        })
         .cloned()
         .ok_or_else(|| {
             Refusal::NotMember(format!(
-                "Refused renewal: the certificate with serial {} is not the current certificate \
-                 of any entry of this mesh (a later renewal or join replaced it, or the entry \
-                 was removed). Join again on that machine: `koi certmesh join` with a fresh code.",
+                "Refused renewal: the certificate with serial {} is neither the current \
+                 certificate of an entry of this mesh nor the one its last renewal replaced (a \
+                 join or two renewals replaced it, or the entry was removed). Join again on that \
+                 machine: `koi certmesh join` with a fresh code.",
                 presented.serial
             ))
         })?;
@@ -252,6 +263,8 @@ fn renew_locked(
     );
     member.reload_hook = hook;
     member.proxy_entries = entry.proxy_entries.clone();
+    // The member holds the certificate it authenticated with until it installs this one.
+    member.previous_fingerprint = Some(presented.fingerprint.clone());
     roster.upsert(member);
     session
         .save_roster(layout, &mut roster)
