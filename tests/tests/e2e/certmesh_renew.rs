@@ -2,7 +2,8 @@
 //! daemons: a member renews by itself at 2/3 of a short lifetime (the CA signs with the debug-only
 //! `KOI_TEST_CERT_LIFETIME_SECS`), both certificates verify with `openssl verify`, the serial and
 //! key change (the key stays with `--keep-key`), the reload hook fires exactly once per renewal and
-//! restarts an `openssl s_server` that then serves the new certificate to `curl`; a member whose
+//! restarts an `openssl s_server` that then serves the new certificate to `curl`, and a subscriber
+//! receives `certmesh.cert.renewed` with the new serial; a member whose
 //! clock moved past its renewal time while its daemon was stopped (the debug-only
 //! `KOI_TEST_CLOCK_OFFSET_SECS`) renews as soon as the daemon starts; and the CA refuses, clearly
 //! and with an audit entry each, a certificate of another mesh, an expired certificate, and names
@@ -17,7 +18,7 @@ use crate::support::certmesh::{
     output_text, public_key_of, refusals, wait_for_api, write_passphrase,
 };
 use crate::support::netlab::{LabHost, NetLab};
-use crate::support::{DaemonProc, KoiEnv, free_port, root_or_skip};
+use crate::support::{DaemonProc, KoiEnv, fixture, free_port, root_or_skip};
 
 /// Like `ca_under_daemon`, with extra environment for A's daemon.
 fn ca_with_env(lab: &NetLab, env: &[(&str, &str)]) -> (DaemonProc, LabCa) {
@@ -196,7 +197,9 @@ fn a_member_renews_at_two_thirds_and_its_hook_restarts_a_server_with_the_new_cer
         || served_serial(&lab) == old_serial,
     );
 
-    // The daemon renews by itself when 2/3 of the lifetime has passed.
+    // The daemon renews by itself when 2/3 of the lifetime has passed; a subscriber on B records
+    // the certmesh.cert.renewed events.
+    lab.b.env.install(&fixture("koi-certwatch"), "certwatch");
     let mut b = lab.b.env.start_daemon(&[]);
     let status = lab.b.env.run(&["certmesh", "status", "--json"]);
     assert!(
@@ -259,6 +262,33 @@ fn a_member_renews_at_two_thirds_and_its_hook_restarts_a_server_with_the_new_cer
         .output()
         .expect("curl");
     assert!(curl.status.success(), "curl: {}", output_text(&curl));
+    let events = lab.b.env.pids.join("certwatch.events");
+    wait_until(
+        "the certmesh.cert.renewed event",
+        Duration::from_secs(15),
+        || lines(&events) >= 1,
+    );
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&events)
+            .expect("events")
+            .lines()
+            .next()
+            .expect("a line"),
+    )
+    .expect("event JSON");
+    assert_eq!(first["topic"], "certmesh.cert.renewed", "{first}");
+    let payload = &first["payload"];
+    assert_eq!(payload["host"], lab.b.hostname.as_str(), "{first}");
+    assert_eq!(payload["serial"], new_serial.as_str(), "{first}");
+    assert_eq!(
+        payload["paths"]["cert"],
+        cert.display().to_string().as_str()
+    );
+    assert!(
+        payload["not_after"].is_string()
+            && payload["names"].as_array().is_some_and(|n| !n.is_empty()),
+        "{first}"
+    );
     let status = lab.b.env.run(&["certmesh", "status", "--json"]);
     let renewal = &status.json()["details"]["renewal"];
     assert_eq!(renewal["last"]["last_ok"], true, "{}", status.stdout);
