@@ -39,6 +39,9 @@ pub struct LeafRequest {
     pub dns_names: Vec<String>,
     /// IP SANs (LAN addresses).
     pub ip_addresses: Vec<IpAddr>,
+    /// Lifetime of the leaf; `None` is [`LEAF_VALIDITY_DAYS`]. Only koi-certmesh's debug-build
+    /// test clock sets it (`KOI_TEST_CERT_LIFETIME_SECS`, docs/certmesh.md "Testing time").
+    pub validity: Option<Duration>,
 }
 
 impl LeafRequest {
@@ -135,7 +138,10 @@ impl CertAuthority {
         let (dns_names, ip_addresses) = self.checked_names(req)?;
         let now = now.replace_nanosecond(0).unwrap_or(now);
         let not_before = now - Duration::seconds(LEAF_BACKDATE_SECONDS);
-        let not_after = now + Duration::days(LEAF_VALIDITY_DAYS);
+        let not_after = now
+            + req
+                .validity
+                .unwrap_or_else(|| Duration::days(LEAF_VALIDITY_DAYS));
         if not_after > self.not_after() {
             return Err(Error::Issuance {
                 reason: format!(

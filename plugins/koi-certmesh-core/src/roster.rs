@@ -72,6 +72,11 @@ pub struct MeshMetadata {
     /// Last audit entry, to detect truncation of the log's end.
     #[serde(default)]
     pub audit_head: Option<AuditHead>,
+    /// Whether a member may renew a certificate that has already expired (chosen at create time
+    /// with `--allow-expired-renewal`; default off: an expired member joins again). Absent in
+    /// rosters written before renewal existed, which therefore keep the default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_expired_renewal: bool,
 }
 
 /// Enrollment state.
@@ -175,6 +180,11 @@ pub struct Member {
     /// When it was revoked (Phase 5; reserved).
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// SHA-256 of the certificate the member renewed from, which it holds until the renewed one is
+    /// installed: a renewal whose answer was lost (a crash, a dropped connection) is retried with
+    /// it. Set only by renewal; absent in rosters written before renewal existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_fingerprint: Option<String>,
 }
 
 impl Member {
@@ -199,6 +209,7 @@ impl Member {
             reload_hook: None,
             proxy_entries: Vec::new(),
             revoked_at: None,
+            previous_fingerprint: None,
         }
     }
 }
@@ -275,6 +286,7 @@ impl Roster {
                 primary,
                 standbys: Vec::new(),
                 audit_head: None,
+                allow_expired_renewal: false,
             },
             members: Vec::new(),
         }
@@ -400,6 +412,7 @@ mod tests {
             reload_hook: None,
             proxy_entries: Vec::new(),
             revoked_at: None,
+            previous_fingerprint: None,
         }
     }
 

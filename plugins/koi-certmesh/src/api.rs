@@ -5,6 +5,7 @@
 //! | `POST /v1/certmesh/join` | anyone on the LAN with a code | enroll: code + CSR → certificate |
 //! | `GET /v1/certmesh/health` | anyone on the LAN | locked?, enrollment open?, mesh facts |
 //! | `GET /v1/certmesh/roster` | members (client certificate from this mesh) | the members |
+//! | `POST /v1/certmesh/renew` | members (their current certificate) | CSR → renewed certificate ([`crate::renew_api`]) |
 //!
 //! Hardening: only loopback, private (RFC 1918, ULA) and link-local peers are served; at most
 //! [`MAX_CONNECTIONS`] at once and at most [`MAX_CONNECTIONS_PER_PEER`] from one source address
@@ -26,6 +27,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use koi_certmesh_core::Roster;
 use koi_sdk::Context;
+use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -290,16 +292,18 @@ async fn connection(
             }
         },
     };
-    let member = tls
+    let client_cert: Option<Arc<CertificateDer<'static>>> = tls
         .get_ref()
         .1
         .peer_certificates()
-        .is_some_and(|c| !c.is_empty());
+        .and_then(|c| c.first())
+        .map(|c| Arc::new(c.clone().into_owned()));
     let stop = ctx.clone();
     let service = hyper::service::service_fn(move |req| {
         let authority = authority.clone();
+        let client_cert = client_cert.clone();
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(route(req, peer.ip(), member, authority, ctx).await) }
+        async move { Ok::<_, Infallible>(route(req, peer.ip(), client_cert, authority, ctx).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -354,20 +358,20 @@ fn refusal_response(r: &Refusal) -> Response<Full<Bytes>> {
 async fn route(
     req: Request<Incoming>,
     peer: IpAddr,
-    member: bool,
+    client_cert: Option<Arc<CertificateDer<'static>>>,
     authority: Arc<Authority>,
     ctx: Context,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let allowed = match path.as_str() {
-        "/v1/certmesh/join" => Method::POST,
+        "/v1/certmesh/join" | "/v1/certmesh/renew" => Method::POST,
         "/v1/certmesh/health" | "/v1/certmesh/roster" => Method::GET,
         _ => {
             return error_response(
                 404,
                 "not_found",
                 format!(
-                    "No route {path}. The certmesh API serves /v1/certmesh/join, /health and /roster."
+                    "No route {path}. The certmesh API serves /v1/certmesh/join, /renew, /health and /roster."
                 ),
             );
         }
@@ -387,6 +391,14 @@ async fn route(
         Ok(r) => r,
         Err(_) => return refusal_response(&Refusal::NotCa),
     };
+    let member = || {
+        client_cert.as_deref().is_some_and(|c| {
+            std::fs::read_to_string(authority.layout().ca_dir().join("ca.pem"))
+                .ok()
+                .and_then(|pem| crate::x509::der(&pem))
+                .is_some_and(|ca| crate::client_auth::is_current_member_cert(c.as_ref(), &ca))
+        })
+    };
     match path.as_str() {
         "/v1/certmesh/health" => json_response(
             StatusCode::OK,
@@ -403,7 +415,7 @@ async fn route(
                 mesh: MeshInfo::of(&roster),
             },
         ),
-        "/v1/certmesh/roster" if !member => error_response(
+        "/v1/certmesh/roster" if !member() => error_response(
             401,
             "member_certificate_required",
             "The roster is for members: present this mesh's certificate (key.pem/cert.pem from `koi certmesh join`).",
@@ -415,7 +427,57 @@ async fn route(
                 members: RosterMember::all(&roster),
             },
         ),
+        "/v1/certmesh/renew" => {
+            let bytes = match read_json_body(req, "renewal").await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let (status, body) =
+                crate::renew_api::handle(bytes, peer, client_cert, authority, &ctx).await;
+            json_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            )
+        }
         _ => join(req, peer, authority, &ctx).await,
+    }
+}
+
+/// The body of a JSON POST (content type, size and time limits), or the 4xx answer.
+async fn read_json_body(
+    req: Request<Incoming>,
+    what: &str,
+) -> Result<Bytes, Response<Full<Bytes>>> {
+    let is_json = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if !is_json {
+        return Err(error_response(
+            415,
+            "unsupported_media_type",
+            format!("Send the {what} request as JSON (Content-Type: application/json)."),
+        ));
+    }
+    let body = Limited::new(req.into_body(), MAX_BODY_BYTES);
+    match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+        Err(_) => Err(error_response(
+            408,
+            "timeout",
+            "The request body did not arrive in time.",
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(error_response(
+            413,
+            "too_large",
+            format!("The request body is larger than {MAX_BODY_BYTES} bytes."),
+        )),
+        Ok(Err(e)) => Err(error_response(
+            400,
+            "bad_body",
+            format!("Could not read the body: {e}"),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }
 

@@ -244,7 +244,7 @@ impl Authority {
         &self.layout
     }
 
-    fn session(&self) -> MutexGuard<'_, Option<CaSession>> {
+    pub(crate) fn session(&self) -> MutexGuard<'_, Option<CaSession>> {
         self.session
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -317,7 +317,7 @@ impl Authority {
 
     /// Records a refusal through the coalescer ([`crate::refusals`]): what it lets through is
     /// signed into the log when unlocked, pending when locked.
-    fn record_refusal(&self, session: Option<&mut CaSession>, refused: &Refused<'_>) {
+    pub(crate) fn record_refusal(&self, session: Option<&mut CaSession>, refused: &Refused<'_>) {
         let now = OffsetDateTime::now_utc();
         let records = self.coalescer().admit(refused, now);
         self.write_refusals(session, records);
@@ -421,15 +421,14 @@ impl Authority {
                 crate::wire::serde_name(&existing.role)
             )));
         }
-        let (mut leaf, mut dropped) = crate::leaf::leaf_request(
-            session.unlocked.ca().scope(),
-            &crate::names::zone_of(&roster),
+        let (leaf, mut dropped) = crate::certify::leaf(
+            &session.unlocked,
+            &roster,
             &req.hostname,
             &req.extra_names,
             &req.ip_addresses,
+            &req.csr_pem,
         )?;
-        koi_certmesh_core::issue::verified_csr_public_key(&req.csr_pem)
-            .map_err(|e| Refusal::BadRequest(e.to_string()))?;
 
         let outcome = session.guard.verify(&req.code, unix);
         crate::totp_state::save(&self.layout, session.guard.state())?;
@@ -457,25 +456,15 @@ impl Authority {
         }
         // Ownership is checked only for a caller holding a valid code, so the refusal (which
         // names the holder) tells nothing about the roster to a client without one.
-        dropped.extend(crate::ownership::drop_held_addresses(
+        let issued = crate::certify::sign(
+            &session.unlocked,
             &roster,
-            &mut leaf,
+            leaf,
+            &mut dropped,
             &req.hostname,
-        ));
-        crate::ownership::check(&roster, &leaf, &req.hostname).map_err(Refusal::NotPermitted)?;
-
-        let issued = session
-            .unlocked
-            .ca()
-            .issue_from_csr(&req.csr_pem, &leaf, now)
-            .map_err(|e| match e {
-                koi_certmesh_core::Error::InvalidCsr { .. } => Refusal::BadRequest(e.to_string()),
-                koi_certmesh_core::Error::OutOfScope { .. }
-                | koi_certmesh_core::Error::InvalidName { .. } => {
-                    Refusal::NotPermitted(e.to_string())
-                }
-                other => Refusal::Internal(other.to_string()),
-            })?;
+            &req.csr_pem,
+            now,
+        )?;
         let replaced = roster.member(&req.hostname).map(|m| m.serial.clone());
         let member =
             Member::from_issued(&req.hostname, &issued, Role::Member, req.operator.clone());

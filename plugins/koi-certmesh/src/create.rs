@@ -87,6 +87,10 @@ pub struct CreateParams {
     /// Make a root without name constraints (dangerous: a leaked key could sign for any website).
     #[serde(default)]
     pub unconstrained: bool,
+    /// Let members renew a certificate that already expired (at most 30 days ago, still their
+    /// roster's current one). Default off: an expired member joins again with a code.
+    #[serde(default)]
+    pub allow_expired_renewal: bool,
 }
 
 /// What `create --unconstrained` prints: what a leaked CA key could then do.
@@ -244,6 +248,7 @@ struct Plan {
     pass: Passphrase,
     source: EntropySource,
     entropy: Option<Zeroizing<Vec<u8>>>,
+    allow_expired_renewal: bool,
 }
 
 /// Everything inside the staging directory, then the rename.
@@ -256,6 +261,7 @@ fn build(layout: &Layout, plan: Plan) -> Result<Built, MethodError> {
         pass,
         source,
         entropy,
+        allow_expired_renewal,
     } = plan;
     let (hostname, operator, pass) = (hostname.as_str(), operator.as_deref(), &pass);
     let staging = layout.staging_dir();
@@ -289,6 +295,7 @@ fn build(layout: &Layout, plan: Plan) -> Result<Built, MethodError> {
         operator.map(str::to_owned),
         now,
     );
+    roster.mesh.allow_expired_renewal = allow_expired_renewal;
     let mut audit = AuditLog::open(&staging.join("audit.log"), ca).map_err(error::core)?;
     audit
         .append(
@@ -304,6 +311,7 @@ fn build(layout: &Layout, plan: Plan) -> Result<Built, MethodError> {
                 "unconstrained": roster.mesh.scope.dns_unconstrained(),
                 "enrollment": roster.mesh.enrollment,
                 "entropy": source.as_str(),
+                "allow_expired_renewal": allow_expired_renewal,
             }),
             now,
         )
@@ -450,6 +458,7 @@ pub async fn run(ctx: Context, p: CreateParams) -> Result<CreateResult, MethodEr
         pass: pass.clone(),
         source,
         entropy: extra,
+        allow_expired_renewal: p.allow_expired_renewal,
     };
     let serve = ctx.mode() == RunMode::Daemon;
     // Argon2id (64 MiB) twice and the first signatures: seconds of CPU, off the protocol workers.

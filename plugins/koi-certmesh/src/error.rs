@@ -64,6 +64,13 @@ pub enum Refusal {
     /// A name or address outside the mesh's scope, or a certificate request the CA will not sign (403).
     #[error("{0}")]
     NotPermitted(String),
+    /// A renewal whose client certificate is not a current member certificate of this mesh:
+    /// none, another mesh's, or one the roster no longer records (401).
+    #[error("{0}")]
+    NotMember(String),
+    /// A renewal with an expired certificate on a mesh that does not renew those (403).
+    #[error("{0}")]
+    Expired(String),
     /// Something failed on the CA itself (500).
     #[error(
         "The CA failed to process the request: {0}. Check `koi certmesh status` and the daemon's log on the CA."
@@ -76,8 +83,8 @@ impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
             Refusal::BadRequest(_) => 400,
-            Refusal::BadCode(_) => 401,
-            Refusal::EnrollmentClosed | Refusal::NotPermitted(_) => 403,
+            Refusal::BadCode(_) | Refusal::NotMember(_) => 401,
+            Refusal::EnrollmentClosed | Refusal::NotPermitted(_) | Refusal::Expired(_) => 403,
             Refusal::NotCa => 404,
             Refusal::LockedOut { .. } => 429,
             Refusal::Internal(_) => 500,
@@ -94,6 +101,8 @@ impl Refusal {
             Refusal::BadCode(_) => "bad_code",
             Refusal::LockedOut { .. } => "locked_out",
             Refusal::NotPermitted(_) => "not_permitted",
+            Refusal::NotMember(_) => "not_a_member",
+            Refusal::Expired(_) => "certificate_expired",
             Refusal::Internal(_) => "internal",
         }
     }

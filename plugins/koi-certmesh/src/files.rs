@@ -43,7 +43,7 @@ pub fn write_in_order(
 }
 
 /// Where one machine's certificate files are.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct CertFiles {
     /// The directory.
     #[schemars(title = "Directory")]

@@ -19,7 +19,9 @@
 //! | `log` | `koi certmesh log [--verify] [--last N]` | the audit log |
 //! | `rotate-secret` | `koi certmesh rotate-secret [--passphrase-file F]` | new enrollment secret and QR code; old codes refused |
 //! | `open-enrollment`, `close-enrollment` | `koi certmesh open-enrollment [--minutes N]` | the enrollment window |
-//! | `status` | `koi certmesh status` | mesh, role, lock, expiry, members |
+//! | `renew` | `koi certmesh renew [--now] [--keep-key]` | on a member: renew its certificate (a fresh key unless --keep-key) |
+//! | `set-hook` | `koi certmesh set-hook --reload CMD \| --clear \| --test [--timeout-secs N]` | the command run after each renewal |
+//! | `status` | `koi certmesh status` | mesh, role, lock, expiry, members, next renewal, hook |
 //!
 //! # Modules
 //! - [`create`], [`unlock`], [`join`], [`issue`], [`trust`], [`log`], [`enrollment`],
@@ -34,6 +36,11 @@
 //! - [`leaf`] — the names and addresses a member's certificate gets; [`ownership`] — no name or
 //!   address in two entries; [`out_dir`] — where `issue` may write.
 //! - [`layout`], [`files`], [`names`], [`x509`], [`secrets`], [`entropy`], [`app`], [`error`].
+//! - Renewal: [`renew`] (the verb and one renewal), [`schedule`] (the daemon's renewal service and
+//!   the record `status` shows), [`renew_files`] (journalled install), [`hooks`] (reload hooks),
+//!   [`renew_api`] (the CA's `POST /v1/certmesh/renew`), [`certify`] (checks shared with join),
+//!   [`client_auth`] (client certificates on the API), [`clock`] (wall clock and the debug-only
+//!   test clock).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -42,12 +49,16 @@ pub mod api;
 pub mod app;
 pub mod authority;
 pub mod background;
+pub mod certify;
 pub mod client;
+pub mod client_auth;
+pub mod clock;
 pub mod create;
 pub mod enrollment;
 pub mod entropy;
 pub mod error;
 pub mod files;
+pub mod hooks;
 pub mod issue;
 pub mod join;
 pub mod layout;
@@ -59,7 +70,11 @@ pub mod out_dir;
 pub mod ownership;
 pub mod pending;
 pub mod refusals;
+pub mod renew;
+pub mod renew_api;
+pub mod renew_files;
 pub mod rotate;
+pub mod schedule;
 pub mod secrets;
 pub mod signing;
 pub mod status;
@@ -213,6 +228,41 @@ pub fn plugin() -> Plugin {
     .local_only()
     .example("koi certmesh close-enrollment");
 
+    let renew = Method::new(
+        "renew",
+        "On a member: renew this machine's certificate now (a fresh key unless --keep-key)",
+        renew::run,
+    )
+    .description(
+        "Under `koi daemon` certificates renew by themselves at 2/3 of their lifetime; this \
+         renews when due, or at once with --now. It authenticates to the CA with the current \
+         certificate (mutual TLS), writes the new files atomically, publishes \
+         certmesh.cert.renewed and runs the reload hook. Reports the old and new serial, the \
+         expiry and whether the key changed.",
+    )
+    .long_running()
+    .mutating()
+    .local_only()
+    .example("koi certmesh renew --now")
+    .example("koi certmesh renew --now --keep-key --json");
+
+    let set_hook = Method::new(
+        "set-hook",
+        "Set, clear or test the command run after each renewal (e.g. reload a web server)",
+        hooks::set_hook,
+    )
+    .description(
+        "The command runs through `sh -c` as the daemon's user after each renewal, with \
+         KOI_CERT_DIR and KOI_CERT_HOST set, killed with its process group after the timeout \
+         (default 60 s). Its exit status and output tail show in `koi certmesh status`. Local \
+         only: the REST API cannot set it.",
+    )
+    .mutating()
+    .local_only()
+    .example("koi certmesh set-hook --reload \"systemctl reload nginx\"")
+    .example("koi certmesh set-hook --test")
+    .example("koi certmesh set-hook --clear");
+
     Plugin::new(
         "certmesh",
         env!("CARGO_PKG_VERSION"),
@@ -228,6 +278,12 @@ pub fn plugin() -> Plugin {
     .method(rotate_secret)
     .method(open_enrollment)
     .method(close_enrollment)
+    .method(renew)
+    .method(set_hook)
+    .publishes::<renew::CertRenewed>(
+        renew::CERT_RENEWED,
+        "A member's certificate was renewed and its new files are in place",
+    )
     // One `App` per process, built right after the handshake (it needs KOI_HOME).
     .state(app::App::build)
     .status(status::report)
@@ -237,6 +293,8 @@ pub fn plugin() -> Plugin {
     )
     // The CA's API and mDNS advertisement, under `koi daemon` only.
     .service(background::SERVICE, background::service)
+    // A member's certificate renewal (crate::schedule), under `koi daemon` only.
+    .service(schedule::SERVICE, schedule::service)
     .shutdown_grace(background::SHUTDOWN_GRACE)
 }
 

@@ -87,7 +87,7 @@ pub fn bounded_value(v: &Value) -> Value {
 
 /// The `'static` form of a reason read back from a record (unknown ones become "other").
 pub fn static_reason(reason: &str) -> &'static str {
-    const KNOWN: [&str; 8] = [
+    const KNOWN: [&str; 10] = [
         "bad_request",
         "not_a_ca",
         "ca_locked",
@@ -96,6 +96,8 @@ pub fn static_reason(reason: &str) -> &'static str {
         "locked_out",
         "not_permitted",
         "internal",
+        "not_a_member",
+        "certificate_expired",
     ];
     KNOWN
         .iter()

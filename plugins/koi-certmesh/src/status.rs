@@ -190,8 +190,11 @@ fn build(app: &App, daemon: bool) -> StatusReport {
             "ca_endpoint".into(),
             Value::from(membership.ca_endpoint.clone()),
         );
+        let renewal = crate::schedule::status_details(layout, &membership);
+        let renewal_text = crate::schedule::status_text(&renewal);
+        details.insert("renewal".into(), renewal);
         format!(
-            "member of mesh {short_fp}… ({}) via {}; {cert_text}",
+            "member of mesh {short_fp}… ({}) via {}; {cert_text}{renewal_text}",
             membership.profile,
             membership.ca_endpoint.as_deref().unwrap_or("?")
         )

@@ -1,8 +1,9 @@
 //! TLS for the inter-node API (rustls with the ring provider).
 //!
 //! Server: the CA machine presents its own leaf with the root (`fullchain.pem`); client
-//! certificates are optional and, when presented, must chain to the mesh root (members use theirs
-//! for `GET /v1/certmesh/roster`).
+//! certificates are optional; the TLS layer checks only that the client holds the key, and the
+//! routes check the chain to the mesh root ([`crate::client_auth`]: members use theirs for
+//! `GET /v1/certmesh/roster` and `POST /v1/certmesh/renew`).
 //!
 //! Client: trust comes from the pinned CA fingerprint, not from host names — a member usually
 //! reaches the CA by address, and the CA's identity *is* its root. [`CaPin`] requires the server
@@ -17,7 +18,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::server::ParsedCertificate;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 /// The crypto provider every certmesh TLS config uses.
@@ -33,18 +34,13 @@ pub fn server_config(fullchain: &Path, key: &Path, ca_pem: &str) -> Result<Serve
         .map_err(|e| format!("cannot parse {}: {e}", fullchain.display()))?;
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("cannot read the key {}: {e}", key.display()))?;
-    let mut roots = RootCertStore::empty();
+    // Client certificates are judged by the routes that need them (crate::client_auth), so a
+    // foreign or expired one gets a clear, audited refusal instead of a TLS alert.
     for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let ca = ca.map_err(|e| format!("cannot parse the root certificate: {e}"))?;
-        roots
-            .add(ca)
-            .map_err(|e| format!("the root certificate is not usable as a trust anchor: {e}"))?;
+        ca.map_err(|e| format!("cannot parse the root certificate: {e}"))?;
     }
     let provider = provider();
-    let clients = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| format!("cannot build the client verifier: {e}"))?;
+    let clients = crate::client_auth::PresentedCert::new();
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

@@ -14,6 +14,7 @@ mod certmesh_dos;
 mod certmesh_flood;
 mod certmesh_leave;
 mod certmesh_ownership;
+mod certmesh_renew;
 mod certmesh_rotate;
 mod certmesh_service;
 mod cli;

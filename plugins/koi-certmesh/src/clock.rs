@@ -1,0 +1,91 @@
+//! Time for renewal, and the test clock. Renewal decisions read wall-clock time
+//! ([`now`], `SystemTime`), never a monotonic timer, so a machine that slept or whose clock jumped
+//! acts on the real date at its next check.
+//!
+//! Two variables let tests move time without waiting for it (docs/certmesh.md, "Testing time"):
+//! - [`LIFETIME_ENV`] (`KOI_TEST_CERT_LIFETIME_SECS`): on the CA, the lifetime of the member
+//!   certificates it signs (at least [`MIN_TEST_LIFETIME_SECS`]);
+//! - [`OFFSET_ENV`] (`KOI_TEST_CLOCK_OFFSET_SECS`): seconds added to "now" for renewal decisions
+//!   (the member's schedule and the CA's expiry check).
+//!
+//! Both are honoured only in debug builds (`cfg(debug_assertions)`). A release build ignores them
+//! and logs a warning once, so a production mesh cannot be given short certificates or a moved
+//! clock through the environment.
+
+use std::sync::Once;
+use std::time::{Duration, SystemTime};
+
+/// The debug-only leaf lifetime override (seconds).
+pub const LIFETIME_ENV: &str = "KOI_TEST_CERT_LIFETIME_SECS";
+/// The debug-only clock offset (seconds, may be negative).
+pub const OFFSET_ENV: &str = "KOI_TEST_CLOCK_OFFSET_SECS";
+/// The shortest lifetime [`LIFETIME_ENV`] may set.
+pub const MIN_TEST_LIFETIME_SECS: u64 = 10;
+
+fn read_env(name: &str) -> Option<i64> {
+    let text = std::env::var(name).ok()?;
+    if !cfg!(debug_assertions) {
+        static WARN: Once = Once::new();
+        WARN.call_once(|| {
+            tracing::warn!(
+                "{name} is set but ignored: the certmesh test clock works only in debug builds"
+            );
+        });
+        return None;
+    }
+    match text.trim().parse::<i64>() {
+        Ok(v) => Some(v),
+        Err(_) => {
+            tracing::warn!("{name}={text:?} is not a whole number of seconds; ignored");
+            None
+        }
+    }
+}
+
+/// The clock offset in effect (zero in release builds).
+pub fn offset_secs() -> i64 {
+    read_env(OFFSET_ENV).unwrap_or(0)
+}
+
+/// Wall-clock "now" for renewal decisions: the system time plus the debug-only offset.
+pub fn now() -> SystemTime {
+    shift(SystemTime::now(), offset_secs())
+}
+
+/// [`now`] as an `OffsetDateTime`.
+pub fn now_utc() -> time::OffsetDateTime {
+    time::OffsetDateTime::from(now())
+}
+
+fn shift(t: SystemTime, secs: i64) -> SystemTime {
+    let d = Duration::from_secs(secs.unsigned_abs());
+    if secs >= 0 {
+        t.checked_add(d).unwrap_or(t)
+    } else {
+        t.checked_sub(d).unwrap_or(t)
+    }
+}
+
+/// The lifetime the CA gives member certificates: `None` (the default, 30 days) unless a debug
+/// build sets [`LIFETIME_ENV`].
+pub fn leaf_lifetime() -> Option<time::Duration> {
+    let secs = read_env(LIFETIME_ENV)?;
+    let secs = u64::try_from(secs).unwrap_or(0).max(MIN_TEST_LIFETIME_SECS);
+    Some(time::Duration::seconds(
+        i64::try_from(secs).unwrap_or(i64::MAX),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifting_moves_both_ways_and_never_panics() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        assert_eq!(shift(t, 10), t + Duration::from_secs(10));
+        assert_eq!(shift(t, -10), t - Duration::from_secs(10));
+        let _ = shift(SystemTime::UNIX_EPOCH, i64::MIN);
+        let _ = shift(SystemTime::UNIX_EPOCH, i64::MAX);
+    }
+}
