@@ -1,13 +1,13 @@
 //! The manifest cache (`$KOI_HOME/state/plugin-manifests.json`): manifests keyed by plugin path,
 //! valid while the file's size and mtime and the protocol version are unchanged. It lets `koi help`
-//! and shell completion answer without starting any plugin. Written atomically (temp file + rename).
+//! and shell completion answer without starting any plugin. Written with `koi_store::write_atomic`
+//! (0600, unique temp name, file and directory fsync); a killed writer's temp file is swept at load.
 
 use crate::discovery::Candidate;
 use crate::paths::KoiHome;
 use koi_protocol::{Manifest, PROTOCOL_VERSION, ProtocolVersion};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 
 const FILE_NAME: &str = "plugin-manifests.json";
@@ -42,6 +42,8 @@ impl ManifestCache {
     /// Loads the cache; a missing or unreadable file is an empty cache.
     pub fn load(home: &KoiHome) -> Self {
         let path = home.state_dir().join(FILE_NAME);
+        // Best effort: a leftover only costs a little disk until the next load.
+        let _ = koi_store::remove_stale_temp_files_of(&path);
         let file = std::fs::read(&path)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<CacheFile>(&bytes).ok())
@@ -114,25 +116,17 @@ impl ManifestCache {
         self.dirty = false;
     }
 
-    fn write_atomically(&self) -> std::io::Result<()> {
-        let dir = self.path.parent().map(PathBuf::from).unwrap_or_default();
-        crate::paths::create_private_dir_all(&dir)?;
-        let mut tmp = tempfile_in(&dir)?;
-        tmp.1
-            .write_all(&serde_json::to_vec(&self.file).unwrap_or_default())?;
-        tmp.1.sync_all()?;
-        std::fs::rename(&tmp.0, &self.path)
+    fn write_atomically(&self) -> Result<(), koi_store::StoreError> {
+        let bytes = serde_json::to_vec(&self.file).map_err(|e| koi_store::StoreError::Encode {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        if let Some(dir) = self.path.parent() {
+            crate::paths::create_private_dir_all(dir)
+                .map_err(|e| koi_store::StoreError::io("create the directory", dir, e))?;
+        }
+        koi_store::write_atomic(&self.path, &bytes, koi_store::PRIVATE_FILE_MODE)
     }
-}
-
-fn tempfile_in(dir: &std::path::Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    let path = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)?;
-    Ok((path, file))
 }
 
 fn key(candidate: &Candidate) -> String {

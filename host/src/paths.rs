@@ -7,14 +7,8 @@
 use std::path::{Path, PathBuf};
 
 /// Creates `dir` and any missing parents, each 0700 (owner only). Existing directories are left
-/// as they are.
-pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
+/// as they are. The store's helper, so the host and plugins create private directories alike.
+pub use koi_store::create_private_dir_all;
 
 /// The Koi state directory and its layout.
 #[derive(Debug, Clone)]

@@ -2,13 +2,14 @@
 //! streamed items, calls to other plugins, events — and whether it has been cancelled.
 
 use crate::MethodError;
-use crate::runtime::Shared;
+use crate::runtime::{Lane, Shared};
 use koi_protocol::calls::{self, *};
 use koi_protocol::handshake::RunMode;
 use koi_protocol::{CallContext, Caller, Id, codes};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
@@ -187,7 +188,9 @@ impl Context {
         Ok(Zeroizing::new(r.keystrokes))
     }
 
-    /// Reports progress; `total` makes it a bar, otherwise a spinner with the message.
+    /// Reports progress; `total` makes it a bar, otherwise a spinner with the message. Progress
+    /// never waits: while the host reads slowly and the outbound budget is spent, updates are
+    /// dropped (the next one shows the current state anyway).
     pub fn progress(&self, message: &str, current: Option<u64>, total: Option<u64>) {
         if let Some(request) = &self.request {
             let params = ProgressParams {
@@ -196,7 +199,7 @@ impl Context {
                 current,
                 total,
             };
-            self.shared.notify(calls::PROGRESS, &params);
+            self.shared.notify_or_drop(calls::PROGRESS, &params);
         }
     }
 
@@ -229,18 +232,21 @@ impl Context {
         self.shared.notify(calls::SHOW, &params);
     }
 
-    /// Streams one result item (for methods declared with [`crate::Method::streams`]). It yields
-    /// to the runtime, so a handler streaming many items never starves the writer or the plugin's
-    /// answers to other requests (such as the daemon's pings).
+    /// Streams one result item (for methods declared with [`crate::Method::streams`]). It waits
+    /// while the plugin's outbound budget is spent (the host reads slowly), so a fast stream cannot
+    /// grow memory without bound, and it yields to the runtime, so a handler streaming many items
+    /// never starves the writer or the plugin's answers to other requests (such as pings).
     pub async fn emit<T: Serialize>(&self, item: &T) {
         if let (Some(request), Ok(item)) = (&self.request, serde_json::to_value(item)) {
-            self.shared.notify(
-                calls::ITEM,
-                &ItemParams {
-                    request: request.clone(),
-                    item,
-                },
-            );
+            self.shared
+                .notify_budgeted(
+                    calls::ITEM,
+                    &ItemParams {
+                        request: request.clone(),
+                        item,
+                    },
+                )
+                .await;
         }
         tokio::task::yield_now().await;
     }
@@ -249,21 +255,40 @@ impl Context {
     /// more than a millisecond or two — key derivation, signing many things, reading or verifying a
     /// large file — so the plugin keeps answering the host's pings and `status` calls while it runs
     /// (docs/protocol.md, "Never block the protocol loop"). A panic in `work` becomes an internal
-    /// method error naming `what`.
+    /// method error naming `what`. Cancelling the call does not stop `work` (a thread cannot be
+    /// interrupted); check a flag inside long loops if that matters.
     pub async fn blocking<T, F>(&self, what: &str, work: F) -> Result<T, MethodError>
     where
         T: Send + 'static,
         F: FnOnce() -> Result<T, MethodError> + Send + 'static,
     {
-        match tokio::task::spawn_blocking(work).await {
-            Ok(outcome) => outcome,
-            Err(e) => Err(MethodError::with_code(
-                codes::INTERNAL_ERROR,
-                format!(
-                    "The plugin's {what} task failed ({e}). Run the command again; if it fails again, the daemon's log has the cause."
-                ),
-            )),
-        }
+        run_blocking(what, work).await
+    }
+
+    /// Runs `task` as a task the plugin's shutdown waits for: like a handler, it gets the shutdown
+    /// grace (`Plugin::shutdown_grace`) to finish after the plugin's contexts are cancelled, and is
+    /// dropped after it. Watch a context's [`Self::cancelled`] inside `task` to finish in time.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        static NAME: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        let name = NAME.get_or_init(|| Arc::from("ctx.spawn task"));
+        self.shared.spawn_tracked(name, task)
+    }
+
+    /// The value of type `T` registered with [`crate::Plugin::state`], built once when the host
+    /// opened the session. Fails with an internal error naming `T` if the plugin never registered
+    /// one.
+    pub fn state<T: Send + Sync + 'static>(&self) -> Result<Arc<T>, MethodError> {
+        crate::state::get::<T>(self.shared.states.get(), &self.shared.moniker)
+    }
+
+    /// The plugin's own directory, `$KOI_HOME/<moniker>/`: created with mode 0700 when missing
+    /// (an existing one with group or other permissions is tightened to 0700, with a warning in the
+    /// log); a symbolic link there is refused with an error naming the path.
+    pub fn data_dir(&self) -> Result<PathBuf, MethodError> {
+        crate::state::data_dir(self.koi_home(), &self.shared.moniker)
     }
 
     /// Calls `method` of plugin `plugin` through the host, which checks both payloads.
@@ -295,14 +320,12 @@ impl Context {
     ) -> Result<usize, MethodError> {
         let payload = serde_json::to_value(payload)
             .map_err(|e| MethodError::new(format!("payload for {topic} not serialisable: {e}")))?;
+        let params = PublishParams {
+            topic: topic.to_owned(),
+            payload,
+        };
         let r: PublishResult = self
-            .host_request(
-                calls::PUBLISH,
-                &PublishParams {
-                    topic: topic.to_owned(),
-                    payload,
-                },
-            )
+            .host_request_on(calls::PUBLISH, &params, Lane::Budgeted)
             .await?;
         Ok(r.delivered)
     }
@@ -312,10 +335,19 @@ impl Context {
         method: &str,
         params: &P,
     ) -> Result<R, MethodError> {
+        self.host_request_on(method, params, Lane::Priority).await
+    }
+
+    async fn host_request_on<P: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: &P,
+        lane: Lane,
+    ) -> Result<R, MethodError> {
         let params = serde_json::to_value(params).unwrap_or(Value::Null);
         let value = self
             .shared
-            .request(method, params)
+            .request(method, params, lane)
             .await
             .map_err(MethodError::from)?;
         serde_json::from_value(value).map_err(|e| {
@@ -324,5 +356,23 @@ impl Context {
                 format!("unexpected answer to {method}: {e}"),
             )
         })
+    }
+}
+
+/// Runs `work` on tokio's blocking pool; a panic (or an aborted runtime) becomes an internal method
+/// error naming `what`. Shared by [`Context::blocking`] and [`crate::Method::blocking`].
+pub(crate) async fn run_blocking<T, F>(what: &str, work: F) -> Result<T, MethodError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, MethodError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(outcome) => outcome,
+        Err(e) => Err(MethodError::with_code(
+            codes::INTERNAL_ERROR,
+            format!(
+                "The plugin's {what} task failed ({e}). Run the command again; if it fails again, the daemon's log has the cause."
+            ),
+        )),
     }
 }

@@ -72,20 +72,35 @@
 //! - [`method`]: `Method`, typed handlers and their manifest entries.
 //! - [`context`]: `Context`, the handler's view of the host.
 //! - [`error`] holds `MethodError`.
-//! - `runtime`, `lifecycle`, `logging` (private): serving, process hygiene, stderr logs.
+//! - [`events`]: typed, ordered subscriptions (`Plugin::on`), `Delivery`, `Event`, `Gap`.
+//! - [`state`]: `StateInit`, what `Plugin::state` builders see.
+//! - `runtime`, `lifecycle`, `logging` (private): serving, process hygiene, stderr logs;
+//!   `services` (supervision and status), `outbound` (the bounded outbound queue), `watchdog`
+//!   (debug-build stall reports).
 
 #![forbid(unsafe_code)]
 
 pub mod context;
 pub mod error;
+pub mod events;
 mod lifecycle;
 mod logging;
 pub mod method;
+mod outbound;
 pub mod plugin;
 mod runtime;
+mod services;
+pub mod state;
+mod tasks;
+mod watchdog;
 
 pub use context::Context;
 pub use error::MethodError;
+pub use events::{Delivery, Event, Gap};
 pub use koi_protocol as protocol;
+/// Durable files: atomic writes, durable appends, private directories, versioned JSON files
+/// (the `koi-store` crate; see docs/plugins.md, "Durable store").
+pub use koi_store as store;
 pub use method::{Method, NoParams};
 pub use plugin::Plugin;
+pub use state::StateInit;

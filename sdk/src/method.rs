@@ -128,6 +128,27 @@ impl Method {
         }
     }
 
+    /// A method whose handler is synchronous by nature (CPU-heavy, or blocking on files or locks):
+    /// `handler` runs on tokio's blocking thread pool, never on a protocol worker, so the plugin
+    /// keeps answering `status` and pings while it runs (docs/plugins.md, "Never block the
+    /// protocol loop"). A panic in `handler` becomes an internal method error naming the method,
+    /// as with [`Context::blocking`]. Cancelling the call answers the host at once, but the
+    /// thread runs `handler` to its end; check [`Context::is_cancelled`] in long loops.
+    pub fn blocking<P, R, F>(name: &str, summary: &str, handler: F) -> Self
+    where
+        P: DeserializeOwned + JsonSchema + Send + 'static,
+        R: Serialize + JsonSchema + Send + 'static,
+        F: Fn(Context, P) -> Result<R, MethodError> + Send + Sync + 'static,
+    {
+        let handler = Arc::new(handler);
+        let what: Arc<str> = Arc::from(format!("`{name}`"));
+        Self::new(name, summary, move |ctx: Context, params: P| {
+            let handler = handler.clone();
+            let what = what.clone();
+            async move { crate::context::run_blocking(&what, move || handler(ctx, params)).await }
+        })
+    }
+
     /// Longer help text.
     pub fn description(mut self, text: &str) -> Self {
         self.spec.description = Some(text.to_owned());

@@ -1,18 +1,25 @@
-//! `Plugin`: the builder a plugin's `main` uses to declare its methods, status, events and aliases,
-//! and `run`, which checks the declaration, sets up logging and process hygiene, and serves.
+//! `Plugin`: the builder a plugin's `main` uses to declare its methods, status, events, aliases,
+//! services, state and shutdown grace, and `run`, which checks the declaration, sets up logging and
+//! process hygiene, and serves.
 
-use crate::Context;
+use crate::events::{DEFAULT_QUEUE_CAPACITY, Delivery, Subscription};
 use crate::lifecycle;
 use crate::method::{Method, schema_of};
-use crate::runtime::{BackgroundTask, Definition, EventHandler, StatusHandler, serve};
-use koi_protocol::calls::{EventDelivery, StatusReport};
+use crate::runtime::{BackgroundTask, Definition, StatusHandler, serve};
+use crate::services::{Backoff, ServiceDef};
+use crate::state::{StateBuilder, StateInit};
+use crate::tasks::{DEFAULT_SHUTDOWN_GRACE, Lifecycle};
+use crate::{Context, MethodError};
+use koi_protocol::calls::StatusReport;
 use koi_protocol::manifest::is_valid_moniker;
 use koi_protocol::{EventSpec, Manifest, RootAlias};
 use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::future::Future;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Async worker threads a plugin runs on unless it asks for another number: two, so one handler
@@ -24,8 +31,12 @@ pub struct Plugin {
     manifest: Manifest,
     methods: Vec<Method>,
     status: Option<StatusHandler>,
-    on_event: Option<EventHandler>,
-    background: Option<BackgroundTask>,
+    subscriptions: Vec<Subscription>,
+    background: Vec<BackgroundTask>,
+    services: Vec<Arc<ServiceDef>>,
+    backoff: Backoff,
+    grace: Duration,
+    states: Vec<StateBuilder>,
     worker_threads: usize,
 }
 
@@ -55,8 +66,12 @@ impl Plugin {
             },
             methods: Vec::new(),
             status: None,
-            on_event: None,
-            background: None,
+            subscriptions: Vec::new(),
+            background: Vec::new(),
+            services: Vec::new(),
+            backoff: Backoff::default(),
+            grace: DEFAULT_SHUTDOWN_GRACE,
+            states: Vec::new(),
             worker_threads: DEFAULT_WORKER_THREADS,
         }
     }
@@ -93,31 +108,116 @@ impl Plugin {
         self
     }
 
-    /// Subscribes to a topic (exact, or a prefix ending in `*`); deliveries go to [`Self::on_event`].
-    pub fn subscribes(mut self, topic: &str) -> Self {
-        self.manifest.subscribes.push(topic.to_owned());
-        self
-    }
-
-    /// The handler for delivered events.
-    pub fn on_event<F, Fut>(mut self, handler: F) -> Self
+    /// Subscribes `handler` to `pattern` — an exact topic (`mdns.service.appeared`) or a prefix
+    /// ending in `*` (`mdns.service.*`) — with payloads deserialised into `T` (usually the
+    /// publisher's own type from its API crate, such as `koi_mdns_api::ServiceEventPayload`).
+    ///
+    /// The handler runs for one [`Delivery`] at a time, in the order the host delivered them; a
+    /// plugin may have any number of subscriptions, each with its own queue of
+    /// [`DEFAULT_QUEUE_CAPACITY`] and its own task. When events are lost — the host dropped them,
+    /// this subscription's queue was full, or a payload did not fit `T` — the handler receives
+    /// [`Delivery::Gap`] at that point and should resync from the publisher (docs/plugins.md,
+    /// "Ordered events"). Handlers' contexts are cancelled at shutdown, which waits for them.
+    /// The pattern is added to the manifest's `subscribes`.
+    pub fn on<T, F, Fut>(self, pattern: &str, handler: F) -> Self
     where
-        F: Fn(Context, EventDelivery) -> Fut + Send + Sync + 'static,
+        T: DeserializeOwned + JsonSchema + Send + 'static,
+        F: Fn(Context, Delivery<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.on_event = Some(Arc::new(move |ctx, event| Box::pin(handler(ctx, event))));
+        self.on_with_capacity(pattern, DEFAULT_QUEUE_CAPACITY, handler)
+    }
+
+    /// [`Self::on`] with a queue of `capacity` deliveries (at least 1) instead of the default.
+    pub fn on_with_capacity<T, F, Fut>(mut self, pattern: &str, capacity: usize, handler: F) -> Self
+    where
+        T: DeserializeOwned + JsonSchema + Send + 'static,
+        F: Fn(Context, Delivery<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        if !self.manifest.subscribes.iter().any(|p| p == pattern) {
+            self.manifest.subscribes.push(pattern.to_owned());
+        }
+        self.subscriptions
+            .push(Subscription::new(pattern, capacity, handler));
         self
     }
 
-    /// A task started once, right after the handshake, with a context not tied to any request.
-    /// Its context is cancelled at shutdown. Use it for work that outlives calls, such as
-    /// watching the network and publishing events in daemon mode (check [`Context::mode`]).
+    /// A task started once, right after the handshake, in every mode, with a context not tied
+    /// to any request; it is cancelled at shutdown and gets the shutdown grace. It is not
+    /// supervised: prefer [`Self::service`] for daemon-mode work (restarted on failure, shown in
+    /// `status`). Each call adds a task.
     pub fn background<F, Fut>(mut self, task: F) -> Self
     where
         F: Fn(Context) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.background = Some(Arc::new(move |ctx| Box::pin(task(ctx))));
+        self.background
+            .push(Arc::new(move |ctx| Box::pin(task(ctx))));
+        self
+    }
+
+    /// A service: long-lived work that runs only under `koi daemon` (`RunMode::Daemon`), started
+    /// right after the first successful `initialize`, with a context that is cancelled at
+    /// shutdown. Declare as many as needed (names must be unique).
+    ///
+    /// Returning `Ok(())` means the service is finished; returning `Err` or panicking restarts it
+    /// after a backoff (1 s, doubling to 60 s; see [`Self::service_backoff`]). Each service's state
+    /// (`running`, `restarting` with `next_attempt_in_ms`, `failed`, `finished`), last error and
+    /// restart count appear in `status` under `details.services`, and a failing service makes
+    /// the plugin at least `degraded`, without any code in the status handler. At shutdown a
+    /// service gets the grace ([`Self::shutdown_grace`]) to finish after its context is
+    /// cancelled, and is dropped after it.
+    pub fn service<F, Fut>(mut self, name: &str, service: F) -> Self
+    where
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), MethodError>> + Send + 'static,
+    {
+        self.services.push(Arc::new(ServiceDef {
+            name: Arc::from(name),
+            run: Arc::new(move |ctx| Box::pin(service(ctx))),
+        }));
+        self
+    }
+
+    /// The delay before a failed service's first restart (`initial`, default 1 s) and the cap the
+    /// doubling delay stops at (`max`, default 60 s). A run that lasts `max` without failing resets
+    /// the delay to `initial`.
+    pub fn service_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff = Backoff {
+            initial,
+            max: max.max(initial),
+        };
+        self
+    }
+
+    /// How long services, handlers and [`Context::spawn`] tasks get to finish after `shutdown`,
+    /// end of input or SIGTERM, before they are dropped and the plugin exits (default 1 s, capped
+    /// at [`koi_protocol::MAX_SHUTDOWN_GRACE_MS`]). A grace other than the default is declared in
+    /// the manifest (`shutdown_grace_ms`) so the host waits that long before it signals.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        let cap = Duration::from_millis(koi_protocol::MAX_SHUTDOWN_GRACE_MS);
+        self.grace = grace.min(cap);
+        self.manifest.shutdown_grace_ms = (self.grace != DEFAULT_SHUTDOWN_GRACE)
+            .then(|| u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Plugin state of type `T`, built once by `build` right after the first successful
+    /// `initialize` (before any method, status or service runs) and shared by every handler
+    /// through [`Context::state`]. `build` gets the session ([`StateInit`]: mode, `$KOI_HOME`,
+    /// data directory, moniker); keep it quick, since the handshake waits for it. Register any
+    /// number of distinct types; registering one type twice is refused by [`Self::check`].
+    pub fn state<T, F>(mut self, build: F) -> Self
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce(&StateInit) -> T + Send + 'static,
+    {
+        self.states.push(StateBuilder {
+            type_id: std::any::TypeId::of::<T>(),
+            type_name: std::any::type_name::<T>(),
+            build: Box::new(move |init| Arc::new(build(init))),
+        });
         self
     }
 
@@ -193,6 +293,24 @@ impl Plugin {
                 }
             }
         }
+        let mut services = std::collections::HashSet::new();
+        for service in &self.services {
+            if service.name.trim().is_empty() {
+                return Err("a service has an empty name".into());
+            }
+            if !services.insert(&*service.name) {
+                return Err(format!("service `{}` is declared twice", service.name));
+            }
+        }
+        let mut types = std::collections::HashSet::new();
+        for state in &self.states {
+            if !types.insert(state.type_id) {
+                return Err(format!(
+                    "state of type `{}` is declared twice",
+                    state.type_name
+                ));
+            }
+        }
         for route in &manifest.legacy_routes {
             if !route.path.starts_with('/')
                 || (route.method != "status" && manifest.method(&route.method).is_none())
@@ -242,14 +360,26 @@ impl Plugin {
         let methods: HashMap<_, _> = self
             .methods
             .into_iter()
-            .map(|m| (m.spec.name.clone(), (m.handler, m.handles_cancellation)))
+            .map(|m| {
+                let name = Arc::from(m.spec.name.as_str());
+                (
+                    m.spec.name.clone(),
+                    (m.handler, m.handles_cancellation, name),
+                )
+            })
             .collect();
         let def = Arc::new(Definition {
             manifest,
             methods,
             status: self.status,
-            on_event: self.on_event,
+            subscriptions: self.subscriptions,
             background: self.background,
+            lifecycle: Lifecycle {
+                services: self.services,
+                backoff: self.backoff,
+                grace: self.grace,
+                states: Mutex::new(self.states),
+            },
         });
         let code = runtime.block_on(async move {
             lifecycle::watch_parent(stop.clone());
@@ -294,5 +424,33 @@ mod tests {
             blocked.await.unwrap_or(false)
         });
         assert!(other_task_ran);
+    }
+
+    #[test]
+    fn a_duplicate_service_or_state_type_is_refused_by_check() {
+        let ok = |_ctx: Context| async { Ok(()) };
+        let twice = Plugin::new("t", "0", "t").service("a", ok).service("a", ok);
+        assert!(twice.check().is_err_and(|e| e.contains("service `a`")));
+        let states = Plugin::new("t", "0", "t").state(|_| 1_u32).state(|_| 2_u32);
+        assert!(states.check().is_err_and(|e| e.contains("u32")));
+        let distinct = Plugin::new("t", "0", "t")
+            .service("a", ok)
+            .service("b", ok)
+            .state(|_| 1_u32)
+            .state(|_| String::new());
+        assert_eq!(distinct.check(), Ok(()));
+    }
+
+    #[test]
+    fn only_a_grace_other_than_the_default_is_declared_and_it_is_capped() {
+        let default = Plugin::new("t", "0", "t").shutdown_grace(DEFAULT_SHUTDOWN_GRACE);
+        assert_eq!(default.manifest().shutdown_grace_ms, None);
+        let longer = Plugin::new("t", "0", "t").shutdown_grace(Duration::from_secs(3));
+        assert_eq!(longer.manifest().shutdown_grace_ms, Some(3000));
+        let huge = Plugin::new("t", "0", "t").shutdown_grace(Duration::from_secs(3600));
+        assert_eq!(
+            huge.manifest().shutdown_grace_ms,
+            Some(koi_protocol::MAX_SHUTDOWN_GRACE_MS)
+        );
     }
 }

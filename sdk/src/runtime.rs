@@ -1,13 +1,19 @@
 //! The plugin's side of the connection: reads frames from stdin, dispatches requests to handlers
 //! (each in its own task, so calls run concurrently), answers the host's requests, sends the
 //! plugin's own requests to the host and matches their responses, and shuts down on `shutdown`,
-//! stdin EOF, SIGTERM or the host's death. At shutdown every host call still awaiting a reply
-//! fails at once, and the process exits after a short grace even if a task ignores cancellation,
-//! so a plugin never outlives its host.
+//! stdin EOF, SIGTERM or the host's death. At shutdown every context is cancelled; services,
+//! spawned tasks and handlers get the declared grace to finish, then what remains is aborted,
+//! every host call still awaiting a reply fails, the writer is flushed (bounded) and the process
+//! exits, so a plugin never outlives its host.
 
 use crate::Context;
 use crate::method::{BoxFuture, Handler};
-use koi_protocol::calls::{self, CancelParams, EventDelivery, StatusReport};
+use crate::outbound::{self, Outbound};
+use crate::services::Board;
+use crate::state::{StateInit, States};
+use crate::tasks::{FLUSH_LIMIT, finish, start_lifecycle};
+use crate::watchdog::watched;
+use koi_protocol::calls::{self, CancelParams, StatusReport};
 use koi_protocol::frame::{FrameError, read_frame};
 use koi_protocol::handshake::{InitializeParams, InitializeResult, RunMode};
 use koi_protocol::{ErrorObject, Id, Manifest, Message, PROTOCOL_VERSION, codes};
@@ -18,25 +24,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 use tokio::io::BufReader;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long in-flight handlers get to finish after `shutdown`, EOF or SIGTERM.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-
 pub(crate) type StatusHandler = Arc<dyn Fn(Context) -> BoxFuture<StatusReport> + Send + Sync>;
-pub(crate) type EventHandler = Arc<dyn Fn(Context, EventDelivery) -> BoxFuture<()> + Send + Sync>;
 
 /// Everything `Plugin` declared, frozen for serving.
 pub(crate) struct Definition {
     pub manifest: Manifest,
-    pub methods: HashMap<String, (Handler, bool)>,
+    pub methods: HashMap<String, (Handler, bool, Arc<str>)>,
     pub status: Option<StatusHandler>,
-    pub on_event: Option<EventHandler>,
-    pub background: Option<BackgroundTask>,
+    /// `Plugin::on` subscriptions, each served in order by its own task (crate::events).
+    pub subscriptions: Vec<crate::events::Subscription>,
+    pub background: Vec<BackgroundTask>,
+    /// Services, shutdown grace and state builders (`Plugin::service`, `shutdown_grace`, `state`).
+    pub lifecycle: crate::tasks::Lifecycle,
 }
 
 /// A task started once after the handshake (for daemon-mode work such as browsing).
@@ -62,7 +66,7 @@ type Pending = Mutex<HashMap<Id, oneshot::Sender<Result<Value, ErrorObject>>>>;
 
 /// State shared by the reader loop and every handler's `Context`.
 pub(crate) struct Shared {
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    out: Outbound,
     session: OnceLock<Session>,
     next_id: AtomicU64,
     pending: Pending,
@@ -70,14 +74,94 @@ pub(crate) struct Shared {
     /// Set once the connection is over (shutdown, stdin EOF, SIGTERM, host death): no host reply
     /// can come any more.
     closed: AtomicBool,
+    /// The plugin's moniker (for messages).
+    pub(crate) moniker: Arc<str>,
+    /// Handlers, services and `Context::spawn` tasks: shutdown waits for them.
+    pub(crate) tasks: TaskTracker,
+    /// Cancelled when the shutdown grace has run out: every tracked task is dropped.
+    pub(crate) kill: CancellationToken,
+    /// Services' states, for `status`.
+    pub(crate) board: Arc<Board>,
+    /// `Plugin::state` values, built at the first successful `initialize`.
+    pub(crate) states: OnceLock<States>,
+}
+
+/// Whether a frame may wait for room in the outbound budget (see [`crate::outbound`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Never waits: responses, cancellations, the handshake, host calls.
+    Priority,
+    /// Waits for the budget: streamed items, `host/publish`.
+    Budgeted,
 }
 
 impl Shared {
+    pub(crate) fn new(out: Outbound, moniker: &str) -> Self {
+        Self {
+            out,
+            session: OnceLock::new(),
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            max_frame: AtomicUsize::new(
+                usize::try_from(koi_protocol::DEFAULT_MAX_FRAME_BYTES).unwrap_or(usize::MAX),
+            ),
+            closed: AtomicBool::new(false),
+            moniker: Arc::from(moniker),
+            tasks: TaskTracker::new(),
+            kill: CancellationToken::new(),
+            board: Arc::default(),
+            states: OnceLock::new(),
+        }
+    }
+
+    /// Spawns `fut` as a task shutdown waits for (up to the grace) and then aborts. `name` labels
+    /// its stalls in the debug-build watchdog.
+    pub(crate) fn spawn_tracked<F>(
+        self: &Arc<Self>,
+        name: &Arc<str>,
+        fut: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let shared = self.clone();
+        let fut = watched(name, fut);
+        self.tasks.spawn(async move {
+            tokio::select! {
+                biased;
+                _ = shared.kill.cancelled() => {}
+                _ = fut => {}
+            }
+        })
+    }
+
     pub(crate) fn session(&self) -> &Session {
         self.session.get().unwrap_or_else(|| default_session())
     }
 
     fn send(&self, message: &Message) {
+        if let Some(body) = self.encode(message) {
+            self.out.send(body);
+        }
+    }
+
+    /// Queues a notification on the budgeted lane, waiting for room (streamed items).
+    pub(crate) async fn notify_budgeted<P: Serialize>(&self, method: &str, params: &P) {
+        if let Some(body) = self.encode(&notification(method, params)) {
+            self.out.send_budgeted(body).await;
+        }
+    }
+
+    /// Queues a notification on the budgeted lane if there is room; drops it otherwise (progress).
+    pub(crate) fn notify_or_drop<P: Serialize>(&self, method: &str, params: &P) {
+        if let Some(body) = self.encode(&notification(method, params)) {
+            self.out.try_send_budgeted(body);
+        }
+    }
+
+    /// The frame for `message`, or `None` when it is over the frame limit (a response is then
+    /// replaced by a frame-too-large error, queued here; anything else is dropped and logged).
+    fn encode(&self, message: &Message) -> Option<Vec<u8>> {
         let body = message.to_bytes();
         let limit = self.max_frame.load(Ordering::Relaxed);
         if body.len() > limit {
@@ -95,7 +179,7 @@ impl Shared {
                         id: id.clone(),
                         outcome: Err(error),
                     };
-                    let _ = self.out.send(reply.to_bytes());
+                    self.out.send(reply.to_bytes());
                 }
                 _ => tracing::error!(
                     bytes = body.len(),
@@ -103,21 +187,21 @@ impl Shared {
                     "dropped an outgoing frame over the limit"
                 ),
             }
-            return;
+            return None;
         }
-        // A closed channel means the host is gone; there is nobody left to tell.
-        let _ = self.out.send(body);
+        Some(body)
     }
 
     pub(crate) fn notify<P: Serialize>(&self, method: &str, params: &P) {
-        let params = serde_json::to_value(params).unwrap_or(Value::Null);
-        self.send(&Message::Notification {
-            method: method.to_owned(),
-            params,
-        });
+        self.send(&notification(method, params));
     }
 
-    pub(crate) async fn request(&self, method: &str, params: Value) -> Result<Value, ErrorObject> {
+    pub(crate) async fn request(
+        &self,
+        method: &str,
+        params: Value,
+        lane: Lane,
+    ) -> Result<Value, ErrorObject> {
         let id = Id::Number(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id.clone(), tx);
@@ -130,11 +214,19 @@ impl Shared {
         if self.closed.load(Ordering::SeqCst) {
             return Err(host_gone());
         }
-        self.send(&Message::Request {
+        let message = Message::Request {
             id,
             method: method.to_owned(),
             params,
-        });
+        };
+        match lane {
+            Lane::Priority => self.send(&message),
+            Lane::Budgeted => {
+                if let Some(body) = self.encode(&message) {
+                    self.out.send_budgeted(body).await;
+                }
+            }
+        }
         let outcome = rx.await.unwrap_or_else(|_| Err(host_gone()));
         drop(guard);
         outcome
@@ -153,6 +245,13 @@ impl Shared {
 
     fn respond(&self, id: Id, outcome: Result<Value, ErrorObject>) {
         self.send(&Message::Response { id, outcome });
+    }
+}
+
+fn notification<P: Serialize>(method: &str, params: &P) -> Message {
+    Message::Notification {
+        method: method.to_owned(),
+        params: serde_json::to_value(params).unwrap_or(Value::Null),
     }
 }
 
@@ -178,29 +277,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Serves the protocol on stdin/stdout until shutdown. Returns the process exit code.
 pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> ExitCode {
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (out, inbox) = outbound::channel(outbound::BUDGET);
     let writer = tokio::spawn(koi_protocol::frame::write_frames(
         tokio::io::stdout(),
-        out_rx,
+        inbox,
     ));
-    let shared = Arc::new(Shared {
-        out: out_tx,
-        session: OnceLock::new(),
-        next_id: AtomicU64::new(1),
-        pending: Mutex::new(HashMap::new()),
-        max_frame: AtomicUsize::new(
-            usize::try_from(koi_protocol::DEFAULT_MAX_FRAME_BYTES).unwrap_or(usize::MAX),
-        ),
-        closed: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(out, &def.manifest.name));
+    crate::watchdog::start(&def.manifest.name);
+    let status_name: Arc<str> = Arc::from("status");
     let root = CancellationToken::new();
     let running: Arc<Mutex<HashMap<Id, CancellationToken>>> = Arc::default();
-    let tracker = TaskTracker::new();
+    let tracker = shared.tasks.clone();
     let mut reader = BufReader::with_capacity(64 * 1024, tokio::io::stdin());
     let mut buf = Vec::with_capacity(4096);
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut exit = ExitCode::SUCCESS;
+    let events = crate::events::Router::start(
+        &def.subscriptions,
+        &Context {
+            shared: shared.clone(),
+            request: None,
+            cancel: root.child_token(),
+            call: None,
+        },
+        &tracker,
+    );
 
     loop {
         let limit = shared.max_frame.load(Ordering::Relaxed);
@@ -247,20 +349,8 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                         }
                     }
                 }
-                calls::EVENT => {
-                    if let (Some(handler), Ok(event)) = (
-                        def.on_event.clone(),
-                        serde_json::from_value::<EventDelivery>(params),
-                    ) {
-                        let ctx = Context {
-                            shared: shared.clone(),
-                            request: None,
-                            cancel: root.child_token(),
-                            call: None,
-                        };
-                        tracker.spawn(async move { handler(ctx, event).await });
-                    }
-                }
+                // Never waits: each subscription has its own bounded queue and task.
+                calls::EVENT => events.route_params(params),
                 other => tracing::debug!(method = other, "ignored an unknown notification"),
             },
             Message::Request { id, method, params } => match method.as_str() {
@@ -269,14 +359,8 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                     let outcome = initialize(&def, &shared, params);
                     let started = outcome.is_ok();
                     shared.respond(id, outcome);
-                    if let (true, true, Some(task)) = (first, started, def.background.clone()) {
-                        let ctx = Context {
-                            shared: shared.clone(),
-                            request: None,
-                            cancel: root.child_token(),
-                            call: None,
-                        };
-                        tracker.spawn(async move { task(ctx).await });
+                    if first && started {
+                        start_lifecycle(&def, &shared, &root);
                     }
                 }
                 _ if shared.session.get().is_none() => shared.respond(
@@ -287,7 +371,7 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                     )),
                 ),
                 calls::SHUTDOWN => {
-                    finish(&root, &tracker).await;
+                    finish(&root, &shared, def.lifecycle.grace).await;
                     shared.respond(id, Ok(Value::Null));
                     break;
                 }
@@ -299,9 +383,9 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                         call: call.map(Arc::new),
                     };
                     let status = def.status.clone();
-                    let shared = shared.clone();
-                    tracker.spawn(async move {
-                        let report = match status {
+                    let responder = shared.clone();
+                    shared.spawn_tracked(&status_name, async move {
+                        let mut report = match status {
                             Some(handler) => handler(ctx).await,
                             None => StatusReport {
                                 state: calls::HealthState::Ok,
@@ -309,7 +393,8 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                                 details: Default::default(),
                             },
                         };
-                        shared.respond(
+                        responder.board.merge_into(&mut report);
+                        responder.respond(
                             id,
                             serde_json::to_value(report).map_err(|e| {
                                 ErrorObject::new(
@@ -340,7 +425,7 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                             )),
                         );
                     }
-                    Some((handler, handles_cancellation)) => {
+                    Some((handler, handles_cancellation, name)) => {
                         let token = root.child_token();
                         lock(&running).insert(id.clone(), token.clone());
                         let ctx = Context {
@@ -351,9 +436,9 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                         };
                         let fut = handler(ctx, params);
                         let handles_cancellation = *handles_cancellation;
-                        let shared = shared.clone();
+                        let responder = shared.clone();
                         let running = running.clone();
-                        tracker.spawn(async move {
+                        shared.spawn_tracked(name, async move {
                             let outcome = if handles_cancellation {
                                 fut.await
                             } else {
@@ -363,7 +448,7 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
                                 }
                             };
                             lock(&running).remove(&id);
-                            shared.respond(id, outcome);
+                            responder.respond(id, outcome);
                         });
                     }
                 },
@@ -371,24 +456,19 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
         }
     }
 
-    // The host is gone or done with us: no reply to a host call can arrive any more.
+    // The host is gone or done with us. Tasks get their grace (already spent after a `shutdown`
+    // request), then no reply to a host call can arrive any more.
+    drop(events);
+    finish(&root, &shared, def.lifecycle.grace).await;
     shared.close();
-    finish(&root, &tracker).await;
+    // The writer writes what is queued and stops. A task stuck in blocking code must not keep the
+    // process alive (holding locks and an unlocked CA): `Plugin::run` calls `process::exit`.
+    shared.out.close();
     drop(shared);
-    // The writer ends when the last `Shared` is dropped, that is when every task is over. A task
-    // that ignores cancellation must not keep the process alive (holding locks and an unlocked
-    // CA): after the grace the process exits anyway (`Plugin::run` calls `process::exit`).
-    if tokio::time::timeout(SHUTDOWN_GRACE, writer).await.is_err() {
-        tracing::warn!("a task ignored shutdown; exiting without it");
+    if tokio::time::timeout(FLUSH_LIMIT, writer).await.is_err() {
+        tracing::warn!("the host did not read the last frames; exiting without them");
     }
     exit
-}
-
-/// Cancels every handler and gives them [`SHUTDOWN_GRACE`] to answer.
-async fn finish(root: &CancellationToken, tracker: &TaskTracker) {
-    root.cancel();
-    tracker.close();
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await;
 }
 
 fn initialize(def: &Definition, shared: &Shared, params: Value) -> Result<Value, ErrorObject> {
@@ -423,6 +503,21 @@ fn initialize(def: &Definition, shared: &Shared, params: Value) -> Result<Value,
         koi_home: PathBuf::from(params.koi_home),
         interactive: params.interactive,
     });
+    if shared.states.get().is_none() {
+        // Built before the answer, so every later method, status and service finds them.
+        let builders = std::mem::take(&mut *lock(&def.lifecycle.states));
+        let session = shared.session();
+        let init = StateInit {
+            mode: session.mode,
+            koi_home: session.koi_home.clone(),
+            moniker: def.manifest.name.clone(),
+        };
+        let states = crate::state::build_all(builders, &init).map_err(|problem| {
+            ErrorObject::new(codes::INTERNAL_ERROR, problem)
+                .with_hint("This is a bug in the plugin; report it with the plugin's log.")
+        })?;
+        let _ = shared.states.set(states);
+    }
     let result = InitializeResult {
         protocol: PROTOCOL_VERSION,
         features,
@@ -436,21 +531,27 @@ fn initialize(def: &Definition, shared: &Shared, params: Value) -> Result<Value,
     })
 }
 
+/// A context not tied to any host (no session, nothing sent anywhere), for the SDK's unit tests.
+#[cfg(test)]
+pub(crate) fn detached_context(cancel: CancellationToken) -> Context {
+    let (out, _) = outbound::channel(outbound::BUDGET);
+    Context {
+        shared: Arc::new(Shared::new(out, "t")),
+        request: None,
+        cancel,
+        call: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn shared() -> (Arc<Shared>, mpsc::UnboundedReceiver<Vec<u8>>) {
-        let (out, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            out,
-            session: OnceLock::new(),
-            next_id: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::new()),
-            max_frame: AtomicUsize::new(1 << 20),
-            closed: AtomicBool::new(false),
-        });
-        (shared, rx)
+    use koi_protocol::frame::FrameQueue;
+
+    fn shared() -> (Arc<Shared>, outbound::Inbox) {
+        let (out, rx) = outbound::channel(outbound::BUDGET);
+        (Arc::new(Shared::new(out, "t")), rx)
     }
 
     #[tokio::test]
@@ -458,17 +559,23 @@ mod tests {
         let (shared, mut sent) = shared();
         let waiting = tokio::spawn({
             let shared = shared.clone();
-            async move { shared.request("host/prompt", Value::Null).await }
+            async move {
+                shared
+                    .request("host/prompt", Value::Null, Lane::Priority)
+                    .await
+            }
         });
         // The request went out; no reply will come (the host died).
-        assert!(sent.recv().await.is_some());
+        assert!(sent.next().await.is_some());
         shared.close();
         let outcome = waiting.await.expect("task");
         assert_eq!(
             outcome.expect_err("no reply").code,
             codes::PLUGIN_UNAVAILABLE
         );
-        let later = shared.request("host/prompt", Value::Null).await;
+        let later = shared
+            .request("host/prompt", Value::Null, Lane::Priority)
+            .await;
         assert_eq!(later.expect_err("closed").code, codes::PLUGIN_UNAVAILABLE);
     }
 }

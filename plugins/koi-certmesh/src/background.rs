@@ -5,18 +5,18 @@
 //! starts locked; `koi certmesh unlock` opens it. In one-shot mode it does nothing.
 //!
 //! The advertisement lives in koi-mdns's memory, so it is lost when koi-mdns crashes. The daemon
-//! publishes `host.plugin.restarted` when it starts koi-mdns again; [`on_event`] then advertises
-//! again (koi-mdns accepts a repeated, identical advertisement from the same owner as a no-op).
+//! publishes `host.plugin.restarted` when it starts koi-mdns again; [`on_plugin_restarted`] then
+//! advertises again (koi-mdns accepts a repeated, identical advertisement from the same owner as a
+//! no-op, so advertising once too often is harmless).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use koi_sdk::Context;
-use koi_sdk::protocol::calls::EventDelivery;
-use koi_sdk::protocol::context::host_events;
+use koi_sdk::protocol::context::host_events::{self, PluginStarted};
 use koi_sdk::protocol::handshake::RunMode;
+use koi_sdk::{Context, Delivery};
 use serde_json::{Value, json};
 
 use crate::app::App;
@@ -128,14 +128,17 @@ async fn advertise(app: &Arc<App>, ctx: &Context, membership: &Membership, port:
     send_advertisement(app, ctx, &params, port).await;
 }
 
-/// Handles a delivered event: when the daemon restarts koi-mdns, the CA's advertisement went with
-/// the old process, so it is made again. Only the host can publish `host.*` topics.
-pub async fn on_event(app: Arc<App>, ctx: Context, event: EventDelivery) {
-    if event.topic != host_events::PLUGIN_RESTARTED
-        || event.source != host_events::SOURCE
-        || event.payload["plugin"] != "mdns"
-    {
-        return;
+/// Handles `host.plugin.restarted`: when the daemon restarts koi-mdns, the CA's advertisement went
+/// with the old process, so it is made again. Only the host can publish `host.*` topics. A gap
+/// (restart notices lost) may hide a koi-mdns restart, so it advertises again too.
+pub async fn on_plugin_restarted(app: Arc<App>, ctx: Context, delivery: Delivery<PluginStarted>) {
+    match delivery {
+        Delivery::Event(event)
+            if event.source == host_events::SOURCE && event.payload.plugin == "mdns" => {}
+        Delivery::Event(_) => return,
+        Delivery::Gap(gap) => {
+            tracing::info!(missed = gap.missed, "plugin restart notices were lost");
+        }
     }
     let params = app
         .advertisement

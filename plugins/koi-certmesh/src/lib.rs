@@ -242,7 +242,9 @@ pub fn plugin() -> Plugin {
     .method(open_enrollment)
     .method(close_enrollment)
     .status(move |ctx: Context| status::report(status_app.clone(), ctx))
-    .subscribes(koi_sdk::protocol::context::host_events::PLUGIN_RESTARTED)
-    .on_event(move |ctx, event| background::on_event(event_app.clone(), ctx, event))
+    .on(
+        koi_sdk::protocol::context::host_events::PLUGIN_RESTARTED,
+        move |ctx, delivery| background::on_plugin_restarted(event_app.clone(), ctx, delivery),
+    )
     .background(move |ctx: Context| background::run(app.clone(), ctx))
 }

@@ -3,8 +3,6 @@
 //! the fields that changed) or `Refreshed`; a removal yields `Removed` with the last known record.
 //! The diffing is pure (time is passed in), so it is unit-tested without a network.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
@@ -27,29 +25,7 @@ pub struct ServiceData {
     pub txt: BTreeMap<String, String>,
 }
 
-/// A discovered service, as results, streamed items and events carry it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct ServiceRecord {
-    /// Instance name (`web`).
-    pub instance: String,
-    /// Service type (`_http._tcp`).
-    pub service_type: String,
-    /// Full DNS name (`web._http._tcp.local.`).
-    #[schemars(title = "Full name")]
-    pub fullname: String,
-    /// Target host name (`host-a.local.`).
-    pub host: String,
-    /// IP addresses; IPv6 link-local ones carry their scope (`fe80::1%eth0`).
-    pub addresses: Vec<String>,
-    /// TCP or UDP port.
-    pub port: u16,
-    /// TXT properties (a boolean attribute has the value `""`).
-    pub txt: BTreeMap<String, String>,
-    /// When it was first seen (RFC 3339, UTC).
-    pub first_seen: String,
-    /// When it was last seen: the last announcement, answer or refresh (RFC 3339, UTC).
-    pub last_seen: String,
-}
+pub use koi_mdns_api::ServiceRecord;
 
 /// What an observation changed.
 #[derive(Debug, Clone, PartialEq, Eq)]

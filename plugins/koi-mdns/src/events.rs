@@ -1,34 +1,14 @@
 //! The events koi-mdns publishes through the host — `mdns.service.appeared`, `.changed` and
-//! `.removed` — their payload types (whose JSON Schemas go into the manifest, so the host checks
-//! every payload), and the helper that publishes a cache [`Change`].
+//! `.removed` — and the helper that publishes a cache [`Change`]. The topics and payload types
+//! live in the `koi-mdns-api` crate (re-exported here), so subscribers use them without linking
+//! koi-mdns; their JSON Schemas go into the manifest, and the host checks every payload.
 
-use crate::cache::{Change, ServiceRecord};
+use crate::cache::Change;
 use koi_sdk::Context;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
-/// Topic: a service was seen for the first time.
-pub const APPEARED: &str = "mdns.service.appeared";
-/// Topic: a known service's host, addresses, port or TXT changed.
-pub const CHANGED: &str = "mdns.service.changed";
-/// Topic: a service left (goodbye packet or TTL expiry).
-pub const REMOVED: &str = "mdns.service.removed";
-
-/// Payload of `mdns.service.appeared` and `mdns.service.removed`.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct ServiceEventPayload {
-    /// The service (for `removed`, its last known state).
-    pub service: ServiceRecord,
-}
-
-/// Payload of `mdns.service.changed`.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct ServiceChangedPayload {
-    /// The service as it is now.
-    pub service: ServiceRecord,
-    /// Which fields changed: `host`, `addresses`, `port`, `txt`.
-    pub changed: Vec<String>,
-}
+pub use koi_mdns_api::{
+    ALL_SERVICE_EVENTS, APPEARED, CHANGED, REMOVED, ServiceChangedPayload, ServiceEventPayload,
+};
 
 /// Publishes the event for `change` (nothing for a plain refresh). Failures are logged: an event
 /// nobody could receive must not fail discovery.

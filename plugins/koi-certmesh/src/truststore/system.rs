@@ -6,8 +6,7 @@
 //! with `chroot`.
 
 use std::fs;
-use std::io::{self, Write as _};
-use std::os::unix::fs::PermissionsExt as _;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::exec::{self, Cmd, Output};
@@ -192,24 +191,14 @@ fn run_tool(
     }
 }
 
-/// Writes `content` to `path` atomically (temporary file + rename), mode 0644. Returns whether the
-/// file changed.
+/// Writes `content` to `path` atomically and durably (`koi_sdk::store::write_atomic`: unique temporary
+/// name, file and directory fsync), mode 0644. Returns whether the file changed.
 fn write_atomically(path: &Path, content: &str) -> io::Result<bool> {
     if fs::read_to_string(path).ok().as_deref() == Some(content) {
         return Ok(false);
     }
-    let tmp = path.with_extension("koi-tmp");
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(content.as_bytes())?;
-        f.sync_all()?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map(|()| true)
+    koi_sdk::store::write_atomic(path, content.as_bytes(), 0o644)?;
+    Ok(true)
 }
 
 /// Directories that must exist before the file is written and the tool runs. Under the real root
@@ -591,6 +580,7 @@ pub(crate) fn status(cfg: &TrustConfig, target: &Target) -> StoreReport {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     fn cfg(root: &str) -> TrustConfig {
         TrustConfig {

@@ -1,0 +1,358 @@
+//! The SDK runtime over the real protocol: a Rust fixture plugin (`koi-sdkrt`, built from
+//! tests/fixtures/rust) driven through its stdin/stdout by a minimal host written here. It proves
+//! that a plugin keeps answering `status` while CPU-heavy `Method::blocking` calls run (and that a
+//! plain async method doing the same work starves it), that a failing service is restarted with
+//! backoff and shown in `status`, and that shutdown gives services their declared grace, stops
+//! one that overruns it, and leaves no process behind.
+
+use crate::support::{assert_process_gone, example};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The daemon supervisor's ping deadline: a ping not answered within it restarts the plugin.
+const PING_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A running `koi-sdkrt` and the host end of its pipes.
+struct Fixture {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    frames: mpsc::Receiver<Value>,
+    next_id: u64,
+    home: tempfile::TempDir,
+    stderr: PathBuf,
+    /// The manifest from the handshake.
+    manifest: Value,
+}
+
+impl Fixture {
+    /// Starts the fixture with `env` and performs the handshake in `mode` (`daemon`/`one_shot`).
+    fn start(mode: &str, env: &[(&str, &str)]) -> Self {
+        let home = tempfile::tempdir().expect("KOI_HOME");
+        let stderr = home.path().join("stderr.log");
+        let mut child = Command::new(example("koi-sdkrt"))
+            .envs(env.iter().copied())
+            .env("KOI_PLUGIN_COOKIE", "koi-stdio-jsonrpc")
+            .env("KOI_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("start koi-sdkrt");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, frames) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(frame) => {
+                        if tx.send(frame).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => panic!("koi-sdkrt wrote a frame that is not JSON ({e}): {line}"),
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut fixture = Self {
+            child,
+            stdin,
+            frames,
+            next_id: 1,
+            stderr,
+            manifest: Value::Null,
+            home,
+        };
+        let koi_home = fixture.home.path().display().to_string();
+        let result = fixture.call(
+            "initialize",
+            json!({
+                "protocol": {"major": 1, "minor": 1},
+                "host": {"name": "koi", "version": "test"},
+                "mode": mode,
+                "features": [],
+                "max_frame_bytes": 16_777_216,
+                "koi_home": koi_home,
+                "interactive": false,
+            }),
+            Duration::from_secs(30),
+        );
+        fixture.manifest = result["manifest"].clone();
+        fixture
+    }
+
+    /// Sends a request; returns its id.
+    fn send(&mut self, method: &str, params: Value) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{frame}").expect("write to the plugin");
+        stdin.flush().expect("flush");
+        id
+    }
+
+    /// The next frame, or `None` after `limit`.
+    fn next_frame(&self, limit: Duration) -> Option<Value> {
+        self.frames.recv_timeout(limit).ok()
+    }
+
+    /// Calls `method` and returns its result, failing the test on an error or after `limit`.
+    fn call(&mut self, method: &str, params: Value, limit: Duration) -> Value {
+        let id = self.send(method, params);
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = self
+                .next_frame(left)
+                .unwrap_or_else(|| panic!("no answer to `{method}` within {limit:?}"));
+            if frame["id"] == json!(id) {
+                assert!(frame.get("error").is_none(), "`{method}` failed: {frame}");
+                return frame["result"].clone();
+            }
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.home.path().join("sdkrt")
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits up to `limit` for the process to exit on its own (reaping it); kills it otherwise.
+    fn exited_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.child.try_wait().expect("try_wait").is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What happened to the pings sent every 200 ms while three 3-second spins ran.
+struct Pings {
+    sent: usize,
+    /// Pings answered while none of the three spins had answered yet.
+    answered_while_all_spins_ran: usize,
+    /// Pings that got no answer within the supervisor's deadline.
+    missed: usize,
+}
+
+/// Starts three concurrent 3-second CPU-bound calls of `method` (more than the plugin's two
+/// workers) and pings `status` every 200 ms until all three have answered.
+fn ping_during_spins(fixture: &mut Fixture, method: &str, ping_limit: Duration) -> Pings {
+    let spins: Vec<u64> = (0..3)
+        .map(|_| fixture.send(method, json!({"ms": 3000})))
+        .collect();
+    let mut spins_done = 0;
+    let mut pings = Pings {
+        sent: 0,
+        answered_while_all_spins_ran: 0,
+        missed: 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while spins_done < spins.len() {
+        assert!(Instant::now() < deadline, "the spins never finished");
+        let ping = fixture.send("status", json!({}));
+        pings.sent += 1;
+        let ping_deadline = Instant::now() + ping_limit;
+        let mut answered = false;
+        while !answered {
+            let left = ping_deadline.saturating_duration_since(Instant::now());
+            let Some(frame) = fixture.next_frame(left) else {
+                pings.missed += 1;
+                break;
+            };
+            let id = frame["id"].as_u64();
+            if id == Some(ping) {
+                answered = true;
+                if spins_done == 0 {
+                    pings.answered_while_all_spins_ran += 1;
+                }
+            } else if id.is_some_and(|id| spins.contains(&id)) {
+                assert!(frame.get("error").is_none(), "a spin failed: {frame}");
+                spins_done += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pings
+}
+
+#[test]
+fn status_is_answered_every_200_ms_while_three_blocking_cpu_bound_calls_run() {
+    let mut fixture = Fixture::start("daemon", &[]);
+    let pings = ping_during_spins(&mut fixture, "spin", PING_DEADLINE);
+    assert_eq!(
+        pings.missed, 0,
+        "of {} pings, some went unanswered",
+        pings.sent
+    );
+    // Three seconds of spinning leave room for about fifteen pings; most must be answered while
+    // the spins still hold their threads.
+    assert!(
+        pings.answered_while_all_spins_ran >= 3,
+        "only {} of {} pings were answered while the spins ran",
+        pings.answered_while_all_spins_ran,
+        pings.sent
+    );
+    assert!(
+        !fixture.stderr_text().contains("held a protocol worker"),
+        "the watchdog reported a stall: {}",
+        fixture.stderr_text()
+    );
+}
+
+/// The same CPU work in a plain async method holds both protocol workers: no ping is answered
+/// until a spin ends, and the debug-build watchdog names the method.
+#[test]
+fn a_plain_async_cpu_bound_method_starves_status_and_the_watchdog_names_it() {
+    let mut fixture = Fixture::start("daemon", &[]);
+    let pings = ping_during_spins(&mut fixture, "spin_async", Duration::from_secs(30));
+    assert!(
+        pings.answered_while_all_spins_ran < 3,
+        "{} pings were answered while async spins held the workers",
+        pings.answered_while_all_spins_ran
+    );
+    let stderr = fixture.stderr_text();
+    assert!(
+        stderr.contains("`spin_async` held a protocol worker for")
+            && stderr.contains("ctx.blocking / Method::blocking"),
+        "no watchdog report in: {stderr}"
+    );
+}
+
+/// Polls `status` until `ready` accepts the report (within 30 s).
+fn status_until(fixture: &mut Fixture, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = fixture.call("status", json!({}), PING_DEADLINE);
+        if ready(&report) {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed it: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_failing_service_is_restarted_with_backoff_and_shown_in_status() {
+    let env = [("SDKRT_FLAKY", "1"), ("SDKRT_BACKOFF_MS", "100")];
+    let mut fixture = Fixture::start("daemon", &env);
+    let report = status_until(&mut fixture, |r| {
+        let flaky = &r["details"]["services"]["flaky"];
+        flaky["state"] == "restarting" && flaky["restarts"].as_u64().is_some_and(|n| n >= 3)
+    });
+    let flaky = &report["details"]["services"]["flaky"];
+    assert!(
+        flaky["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("flaky broke on attempt ")),
+        "{report}"
+    );
+    // Backoff 100 ms doubling, capped at 4 × 100 ms.
+    assert!(
+        flaky["next_attempt_in_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms <= 400),
+        "{report}"
+    );
+    assert_eq!(report["state"], "degraded", "{report}");
+    assert!(
+        report["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("`flaky`")),
+        "{report}"
+    );
+
+    // Services run only under the daemon.
+    let mut one_shot = Fixture::start("one_shot", &env);
+    let report = one_shot.call("status", json!({}), PING_DEADLINE);
+    assert_eq!(report["state"], "ok", "{report}");
+    assert!(report["details"].get("services").is_none(), "{report}");
+}
+
+/// Starts a fixture whose `drain` service needs `drain_ms` after cancellation, with a grace of
+/// `grace_ms`, and waits until the service runs.
+fn draining(drain_ms: &str, grace_ms: &str) -> Fixture {
+    let env = [("SDKRT_DRAIN_MS", drain_ms), ("SDKRT_GRACE_MS", grace_ms)];
+    let fixture = Fixture::start("daemon", &env);
+    let started = fixture.data_dir().join("started");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the drain service never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fixture
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
+
+#[test]
+fn shutdown_gives_a_service_its_declared_grace_to_drain() {
+    let mut fixture = draining("1500", "3000");
+    assert_eq!(fixture.manifest["shutdown_grace_ms"], 3000);
+    assert_eq!(mode_of(&fixture.data_dir()), 0o700);
+    fixture.call("shutdown", json!({}), Duration::from_secs(30));
+    let pid = fixture.child.id();
+    assert!(
+        fixture.exited_within(Duration::from_secs(30)),
+        "koi-sdkrt did not exit"
+    );
+    assert_process_gone(i32::try_from(pid).expect("pid"));
+    assert!(
+        fixture.data_dir().join("drained").exists(),
+        "the service was stopped before it drained"
+    );
+}
+
+#[test]
+fn a_service_still_running_after_the_grace_is_stopped_and_no_process_is_left() {
+    let mut fixture = draining("20000", "1000");
+    // 1 s is the default grace, so the manifest leaves the field out.
+    assert!(
+        fixture
+            .manifest
+            .get("shutdown_grace_ms")
+            .is_none_or(Value::is_null)
+    );
+    let pid = fixture.child.id();
+    // SIGTERM, as the host sends after the grace it waited.
+    let target = rustix::process::Pid::from_raw(i32::try_from(pid).expect("pid")).expect("pid");
+    rustix::process::kill_process(target, rustix::process::Signal::TERM).expect("SIGTERM");
+    assert!(
+        fixture.exited_within(Duration::from_secs(15)),
+        "koi-sdkrt kept running after its grace"
+    );
+    assert_process_gone(i32::try_from(pid).expect("pid"));
+    assert!(!fixture.data_dir().join("drained").exists());
+    assert!(
+        fixture.stderr_text().contains("stopping them"),
+        "no log line about stopping the overrunning service: {}",
+        fixture.stderr_text()
+    );
+}
