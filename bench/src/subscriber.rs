@@ -9,15 +9,14 @@
 //! `koi-benchsub`. Every SDK subscription call lives in [`subscribe`], so porting it to a new
 //! subscription API touches one function.
 
-use koi_sdk::protocol::calls::EventDelivery;
-use koi_sdk::{Context, Method, MethodError, NoParams, Plugin};
+use koi_sdk::{Context, Delivery, Method, MethodError, NoParams, Plugin};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Payload of `hello.tick`, as `koi-hello` publishes it.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct Tick {
     /// Sequence number, from 1.
     n: u64,
@@ -101,20 +100,19 @@ impl Tally {
     }
 }
 
-/// The only code that uses the SDK's subscription API: subscribe to `hello.tick` and feed every
-/// delivery to the tally.
+/// The only code that uses the SDK's subscription API: subscribe to `hello.tick` (one ordered
+/// queue, `Plugin::on`) and feed every delivery to the tally. A payload that does not fit [`Tick`]
+/// reaches the handler as a gap of one, so it is counted with the gaps.
 fn subscribe(plugin: Plugin, tally: Arc<Tally>) -> Plugin {
-    plugin
-        .subscribes("hello.tick")
-        .on_event(move |_ctx: Context, event: EventDelivery| {
-            let tally = tally.clone();
-            async move {
-                let n = serde_json::from_value::<Tick>(event.payload)
-                    .ok()
-                    .map(|t| t.n);
-                tally.record(n, event.missed, event.gap);
+    plugin.on::<Tick, _, _>("hello.tick", move |_ctx: Context, delivery: Delivery<Tick>| {
+        let tally = tally.clone();
+        async move {
+            match delivery {
+                Delivery::Event(event) => tally.record(Some(event.payload.n), 0, false),
+                Delivery::Gap(gap) => tally.record(None, gap.missed, true),
             }
-        })
+        }
+    })
 }
 
 fn main() -> std::process::ExitCode {
