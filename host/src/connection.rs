@@ -98,6 +98,9 @@ struct Inner {
     handshake_done: AtomicBool,
     /// Whether the plugin answered the `call_context` feature (then requests carry `context`).
     call_context: AtomicBool,
+    /// Whether the plugin answered the `event_gaps` feature (then events carry `missed` and the
+    /// host sends gap markers).
+    event_gaps: AtomicBool,
     /// Set when the connection broke (protocol violation); later errors quote it.
     fatal: Mutex<Option<String>>,
     stderr_tail: Mutex<VecDeque<String>>,
@@ -173,6 +176,7 @@ impl Connection {
             validators: Validators::default(),
             handshake_done: AtomicBool::new(false),
             call_context: AtomicBool::new(false),
+            event_gaps: AtomicBool::new(false),
             fatal: Mutex::new(None),
             stderr_tail: Mutex::new(VecDeque::new()),
             stray_lines: AtomicU64::new(0),
@@ -188,6 +192,7 @@ impl Connection {
             stdout_done.clone(),
         ));
         let reaper_inner = Arc::downgrade(&inner);
+        let reaper_moniker = moniker.to_owned();
         tokio::spawn(async move {
             let status = child.wait().await;
             // Let the reader drain what the plugin wrote before it died (bounded wait).
@@ -196,6 +201,7 @@ impl Connection {
                 Ok(s) => describe_status(s),
                 Err(e) => format!("could not be waited for ({e})"),
             };
+            kill_leftovers(&reaper_moniker, pid);
             let _ = exit_tx.send(Some(ExitReport { description }));
             if let Some(inner) = reaper_inner.upgrade() {
                 inner.fail_all_pending();
@@ -295,6 +301,10 @@ impl Connection {
             result.features.iter().any(|f| f == features::CALL_CONTEXT),
             Ordering::Release,
         );
+        self.inner.event_gaps.store(
+            result.features.iter().any(|f| f == features::EVENT_GAPS),
+            Ordering::Release,
+        );
         let _ = self.inner.protocol.set(result.protocol);
         let _ = self.inner.manifest.set(result.manifest);
         self.inner.handshake_done.store(true, Ordering::Release);
@@ -373,6 +383,19 @@ impl Connection {
             legacy_routes: Vec::new(),
             shutdown_grace_ms: None,
         })
+    }
+
+    /// Whether the plugin negotiated `event_gaps`: its events may carry `missed`, and it gets gap
+    /// markers (docs/protocol.md, "Events").
+    pub fn event_gaps(&self) -> bool {
+        self.inner.event_gaps.load(Ordering::Acquire)
+    }
+
+    /// How long [`Self::shutdown`] lets the plugin exit on its own after `shutdown` before
+    /// SIGTERM: [`SHUTDOWN_STEP`], or the manifest's `shutdown_grace_ms` (capped at
+    /// [`koi_protocol::MAX_SHUTDOWN_GRACE_MS`]) plus one second when that is longer.
+    pub fn shutdown_grace(&self) -> Duration {
+        shutdown_grace(self.manifest())
     }
 
     /// Whether the process has exited.
@@ -618,8 +641,9 @@ impl Connection {
         self.inner.enqueue(message.to_bytes(), false);
     }
 
-    /// Stops the plugin: `shutdown` request, then close stdin, then SIGTERM, then SIGKILL, each
-    /// step after [`SHUTDOWN_STEP`]; returns once the process has been reaped.
+    /// Stops the plugin: `shutdown` request and close stdin, then (after [`Self::shutdown_grace`])
+    /// SIGTERM, then (after [`SHUTDOWN_STEP`]) SIGKILL; returns once the process has been reaped
+    /// (and whatever else was left in its process group killed).
     pub async fn shutdown(&self) {
         if self.has_exited() {
             return;
@@ -635,10 +659,11 @@ impl Connection {
         }
         // Close stdin right behind the `shutdown` frame (the writer sends queued frames first).
         lock(&self.inner.out).take();
-        if self.wait_exit(SHUTDOWN_STEP).await {
+        let grace = self.shutdown_grace();
+        if self.wait_exit(grace).await {
             return;
         }
-        tracing::warn!(plugin = %self.inner.moniker, "did not exit after shutdown; sending SIGTERM");
+        tracing::warn!(plugin = %self.inner.moniker, grace_ms = grace.as_millis() as u64, "did not exit after shutdown; sending SIGTERM");
         self.signal_group(rustix::process::Signal::TERM);
         if self.wait_exit(SHUTDOWN_STEP).await {
             return;
@@ -806,6 +831,35 @@ fn initialize_schema_problem(value: &Value) -> Option<String> {
         "at {}: {error}",
         if path.is_empty() { "/" } else { &path }
     ))
+}
+
+/// See [`Connection::shutdown_grace`].
+pub fn shutdown_grace(manifest: &Manifest) -> Duration {
+    let asked = manifest
+        .shutdown_grace_ms
+        .map(|ms| {
+            Duration::from_millis(ms.min(koi_protocol::MAX_SHUTDOWN_GRACE_MS))
+                + Duration::from_secs(1)
+        })
+        .unwrap_or_default();
+    asked.max(SHUTDOWN_STEP)
+}
+
+/// After the plugin process `pid` ended (however it ended), kills whatever is left in the process
+/// group it led: children its services spawned and did not stop. Only that group: the host spawns
+/// every plugin with `process_group(0)`, so the group id is the plugin's pid. Safe against pid
+/// reuse: a process group id stays allocated (the kernel does not hand it out as a new pid) while
+/// any member of the group lives, so while there is anything to kill the id names this group;
+/// once the group is empty the call fails with ESRCH, which is ignored. (The one theoretical
+/// case, the pid wrapping round and a new process making itself a group leader with that id in
+/// the instant between the reap and this call, needs the whole pid space to cycle meanwhile.)
+fn kill_leftovers(moniker: &str, pid: u32) {
+    let Some(group) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    if rustix::process::kill_process_group(group, rustix::process::Signal::KILL).is_ok() {
+        tracing::info!(plugin = %moniker, pgid = pid, "killed what the plugin left running in its process group");
+    }
 }
 
 fn unavailable(message: impl Into<String>) -> ErrorObject {

@@ -14,7 +14,10 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Handles what plugins ask of the host.
 pub trait HostServices: Send + Sync + 'static {
-    /// A plugin → host request; the answer goes back to the plugin.
+    /// A plugin → host request; the answer goes back to the plugin. Called on the connection's
+    /// reader, in the order the plugin sent its requests, so it must not block: work that must
+    /// keep that order (`host/publish`: queuing the event for subscribers) is done before the
+    /// future is returned; work that waits belongs in the future, which runs in its own task.
     fn request(
         &self,
         from: Connection,

@@ -158,6 +158,12 @@ impl HostServices for Session {
         method: String,
         params: Value,
     ) -> BoxFuture<Result<Value, ErrorObject>> {
+        if method == calls::PUBLISH {
+            // Done now, not in the future: the connection calls this in frame order, and a
+            // publisher's events must reach subscribers in the order it sent them.
+            let outcome = self.publish(&from, params);
+            return Box::pin(async move { outcome });
+        }
         let Some(me) = self.me.upgrade() else {
             return Box::pin(async {
                 Err(ErrorObject::new(
@@ -174,7 +180,6 @@ impl HostServices for Session {
                 | calls::CHOOSE
                 | calls::KEYSTROKES => me.terminal.answer(from.moniker(), method, params).await,
                 calls::CALL => me.call_other(from, params).await,
-                calls::PUBLISH => me.publish(&from, params),
                 other => Err(ErrorObject::new(
                     codes::METHOD_NOT_FOUND,
                     format!("the host has no method `{other}`"),

@@ -112,8 +112,12 @@ fn handle_message(inner: &Arc<Inner>, message: Message) {
             let connection = Connection {
                 inner: inner.clone(),
             };
+            // Called here, on the reader, so that what `request` does before it returns its
+            // future (queuing a `host/publish` for subscribers) happens in frame order: one
+            // publisher's events reach every subscriber's queue in the order it sent them, even
+            // when it sends the next before the answer to the last.
+            let answer = services.request(connection.clone(), method, params);
             tokio::spawn(async move {
-                let answer = services.request(connection.clone(), method, params);
                 let outcome = match &request {
                     // The plugin is waiting for the host (often for a person), not idle.
                     Some(request) => connection.inner.keep_alive(request, answer).await,

@@ -309,6 +309,8 @@ impl HostServices for Daemon {
                 })
             }
             calls::PUBLISH => {
+                // Queued now, before the future is returned: the connection calls `request` in
+                // frame order, so a publisher's events keep their order in every queue.
                 let outcome = serde_json::from_value::<PublishParams>(params)
                     .map_err(|e| {
                         ErrorObject::new(

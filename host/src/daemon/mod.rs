@@ -158,6 +158,7 @@ pub async fn run(home: KoiHome, launch_template: LaunchOptions) -> u8 {
                     d.bus.subscribe(
                         plugin,
                         connection.manifest().subscribes.clone(),
+                        connection.event_gaps(),
                         queue,
                         &d.stop,
                     );
@@ -217,8 +218,18 @@ pub async fn run(home: KoiHome, launch_template: LaunchOptions) -> u8 {
     }
     tracing::info!("koi daemon stopping");
     systemd::stopping();
+    // Supervisors stop their plugins concurrently, so the wait is the slowest plugin's: its grace,
+    // then SIGTERM's step, then SIGKILL's reap (5 s), plus a margin.
+    let slowest = daemon
+        .plugins
+        .iter()
+        .filter_map(|p| p.manifest())
+        .map(|m| crate::connection::shutdown_grace(&m))
+        .max()
+        .unwrap_or(crate::connection::SHUTDOWN_STEP);
+    let limit = slowest + crate::connection::SHUTDOWN_STEP + Duration::from_secs(6);
     stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(8), async {
+    let _ = tokio::time::timeout(limit, async {
         while supervisors.join_next().await.is_some() {}
     })
     .await;

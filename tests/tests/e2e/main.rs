@@ -18,6 +18,7 @@ mod certmesh_rotate;
 mod cli;
 mod daemon;
 mod escapes;
+mod events_order;
 mod host_death;
 mod keystrokes;
 mod mdns_ownership;
