@@ -104,15 +104,18 @@ impl Tally {
 /// queue, `Plugin::on`) and feed every delivery to the tally. A payload that does not fit [`Tick`]
 /// reaches the handler as a gap of one, so it is counted with the gaps.
 fn subscribe(plugin: Plugin, tally: Arc<Tally>) -> Plugin {
-    plugin.on::<Tick, _, _>("hello.tick", move |_ctx: Context, delivery: Delivery<Tick>| {
-        let tally = tally.clone();
-        async move {
-            match delivery {
-                Delivery::Event(event) => tally.record(Some(event.payload.n), 0, false),
-                Delivery::Gap(gap) => tally.record(None, gap.missed, true),
+    plugin.on::<Tick, _, _>(
+        "hello.tick",
+        move |_ctx: Context, delivery: Delivery<Tick>| {
+            let tally = tally.clone();
+            async move {
+                match delivery {
+                    Delivery::Event(event) => tally.record(Some(event.payload.n), 0, false),
+                    Delivery::Gap(gap) => tally.record(None, gap.missed, true),
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 fn main() -> std::process::ExitCode {
