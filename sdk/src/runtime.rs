@@ -216,7 +216,9 @@ impl Shared {
         if body.len() > limit {
             return Err(crate::post::too_large(topic, body.len(), limit));
         }
+        let place = self.posts.reserve().await.ok_or_else(host_gone)?;
         if self.out.send_budgeted(body).await {
+            place.sent();
             Ok(())
         } else {
             Err(host_gone())
@@ -293,6 +295,7 @@ impl Shared {
     /// process would never exit.
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.posts.close();
         let waiting: Vec<_> = lock(&self.pending).drain().collect();
         // Dropping the senders fails each receiver with "the host closed the connection".
         drop(waiting);

@@ -76,48 +76,94 @@ fn posted(inbox: &mut outbound::Inbox) -> Vec<(String, String, u64)> {
     frames
 }
 
-/// 1000 events posted while the host answers none of them: every `post` returns (it does not
-/// wait for an answer), the frames leave in the order posted with distinct ids, and an
-/// answer's arrival later does not disturb awaited calls.
-#[tokio::test]
-async fn posted_events_leave_in_order_without_waiting_for_answers() {
-    let (shared, mut inbox) = shared();
-    let ctx = Context {
+fn detached(shared: &Arc<Shared>) -> Context {
+    Context {
         shared: shared.clone(),
         request: None,
         cancel: CancellationToken::new(),
         call: None,
-    };
-    let mut sent = Vec::new();
-    for n in 1..=1000_u64 {
-        let topic = if n % 2 == 0 {
-            "t.removed"
-        } else {
-            "t.appeared"
-        };
-        tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            ctx.post(topic, &serde_json::json!({ "n": n })),
-        )
-        .await
-        .expect("post must not wait for the host's answer")
-        .expect("posted");
-        // Drain as a writer would, so the budget is never the limit here.
-        sent.extend(posted(&mut inbox));
     }
-    sent.extend(posted(&mut inbox));
-    let order: Vec<u64> = sent.iter().map(|(_, _, n)| *n).collect();
-    assert_eq!(order, (1..=1000).collect::<Vec<_>>(), "posted order kept");
-    assert!(sent.iter().all(|(_, topic, n)| topic
-        == if n % 2 == 0 {
+}
+
+/// 2000 alternating appeared/removed events posted by one task while the test plays the host,
+/// reading frames and answering them only in batches: the frames leave in the order posted, each
+/// with its own id, and `post` runs ahead of the answers — up to the window, which holds exactly
+/// [`crate::post::WINDOW`] unanswered events (full once the host stops answering) and is whole
+/// again once every answer is in. An awaited call made meanwhile still gets its own answer.
+#[tokio::test]
+async fn posted_events_leave_in_order_ahead_of_their_answers_within_the_window() {
+    const EVENTS: u64 = 2000;
+    let (shared, mut inbox) = shared();
+    let ctx = detached(&shared);
+    let topic_of = |n: u64| {
+        if n % 2 == 0 {
             "t.removed"
         } else {
             "t.appeared"
-        }));
+        }
+    };
+    let producer = tokio::spawn(async move {
+        for n in 1..=EVENTS {
+            ctx.post(topic_of(n), &serde_json::json!({ "n": n }))
+                .await
+                .expect("posted");
+        }
+    });
+    let mut sent: Vec<(String, String, u64)> = Vec::new();
+    let mut answered = 0;
+    while sent.len() < EVENTS as usize {
+        let Some(first) = inbox.next().await else {
+            panic!("the queue closed after {} events", sent.len());
+        };
+        let message = Message::parse(&first).expect("frame");
+        let Message::Request {
+            id: Id::String(id),
+            params,
+            ..
+        } = message
+        else {
+            panic!("not a posted request: {message:?}");
+        };
+        let n = params["payload"]["n"].as_u64().expect("n");
+        sent.push((id, params["topic"].as_str().expect("topic").into(), n));
+        sent.extend(posted(&mut inbox));
+        // The host answers only when the producer has filled the window: post did not wait.
+        if shared.posts.free() == 0 {
+            for (id, ..) in &sent[answered..] {
+                shared.answer(
+                    Id::String(id.clone()),
+                    Ok(serde_json::json!({"delivered": 1})),
+                );
+            }
+            answered = sent.len();
+        }
+    }
+    assert!(answered > 0, "the window filled at least once");
+    tokio::time::timeout(std::time::Duration::from_secs(30), producer)
+        .await
+        .expect("the producer finished")
+        .expect("task");
+    for (id, ..) in &sent[answered..] {
+        shared.answer(
+            Id::String(id.clone()),
+            Ok(serde_json::json!({"delivered": 1})),
+        );
+    }
+    let order: Vec<u64> = sent.iter().map(|(_, _, n)| *n).collect();
+    assert_eq!(order, (1..=EVENTS).collect::<Vec<_>>(), "posted order kept");
+    assert!(sent.iter().all(|(_, topic, n)| topic == topic_of(*n)));
     let ids: std::collections::HashSet<&str> = sent.iter().map(|(id, ..)| id.as_str()).collect();
-    assert_eq!(ids.len(), 1000, "every posted request has its own id");
-    // Their answers arrive later; they need no pending entry, and an awaited call still gets its
-    // own answer.
+    assert_eq!(
+        ids.len(),
+        EVENTS as usize,
+        "every posted request has its own id"
+    );
+    assert_eq!(
+        shared.posts.free(),
+        crate::post::WINDOW,
+        "every place came back"
+    );
+    assert_eq!(shared.posts.refused(), 0);
     let awaited = tokio::spawn({
         let shared = shared.clone();
         async move {
@@ -126,24 +172,36 @@ async fn posted_events_leave_in_order_without_waiting_for_answers() {
                 .await
         }
     });
-    let request = loop {
-        if let Some(body) = inbox.next().await {
-            break Message::parse(&body).expect("frame");
-        }
-    };
-    let Message::Request { id, .. } = request else {
+    let body = inbox.next().await.expect("the awaited request");
+    let Message::Request { id, .. } = Message::parse(&body).expect("frame") else {
         panic!("expected the awaited request");
     };
-    for (post_id, ..) in &sent {
-        shared.answer(
-            Id::String(post_id.clone()),
-            Ok(serde_json::json!({"delivered": 1})),
-        );
-    }
     shared.answer(id, Ok(serde_json::json!({"value": "ok"})));
     let answer = awaited.await.expect("task").expect("answered");
     assert_eq!(answer["value"], "ok");
-    assert_eq!(shared.posts.refused(), 0);
+}
+
+/// With the window full and the host gone, a waiting `post` fails instead of waiting forever.
+#[tokio::test]
+async fn a_post_waiting_for_the_window_fails_when_the_connection_ends() {
+    let (shared, _inbox) = shared();
+    let ctx = detached(&shared);
+    for n in 0..crate::post::WINDOW {
+        ctx.post("t.tick", &n).await.expect("posted");
+    }
+    let waiting = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { ctx.post("t.tick", &0).await }
+    });
+    shared.close();
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+        .await
+        .expect("post gave up")
+        .expect("task");
+    assert_eq!(
+        outcome.expect_err("host gone").code(),
+        codes::PLUGIN_UNAVAILABLE
+    );
 }
 
 /// A log sink for one test: everything logged at warn or above while it is the default.
