@@ -256,13 +256,17 @@ struct PublishParams {
     #[serde(default)]
     #[schemars(range(max = 65536))]
     size: u32,
+    /// Await the host's answer to each event before the next (`ctx.publish`, one round trip per
+    /// event) instead of pipelining them (`ctx.post`); paces the stream to the host.
+    #[serde(default)]
+    await_each: bool,
 }
 
 /// Result of `publish`.
 #[derive(Serialize, JsonSchema)]
 struct Published {
-    /// Events sent to the host, in order (pipelined: the host's answers are not awaited, and a
-    /// refused event is logged by the plugin).
+    /// Events sent to the host, in order (pipelined unless `--await-each`: then the host's answers
+    /// are not awaited, and a refused event is logged by the plugin).
     published: u32,
 }
 
@@ -282,9 +286,13 @@ async fn publish(ctx: Context, p: PublishParams) -> Result<Published, MethodErro
     };
     for n in 1..=p.count {
         tick.n = n;
-        // Pipelined: sent in order without waiting for each answer (one round trip per event would
-        // cap the rate at about 1 / the round trip).
-        ctx.post("hello.tick", &tick).await?;
+        if p.await_each {
+            ctx.publish("hello.tick", &tick).await?;
+        } else {
+            // Pipelined: sent in order without waiting for each answer (one round trip per event
+            // caps the rate at about 1 / the round trip).
+            ctx.post("hello.tick", &tick).await?;
+        }
         if n % 500 == 0 {
             ctx.progress("publishing", Some(u64::from(n)), Some(u64::from(p.count)));
         }
