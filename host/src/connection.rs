@@ -31,7 +31,12 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod handshake;
 mod inbound;
+mod process;
+
+pub use process::shutdown_grace;
+use process::{describe_status, kill_leftovers};
 
 /// Frames that may wait for a plugin to read its stdin. A plugin that lets more pile up has
 /// stopped reading; the connection is then closed rather than letting the host's memory grow.
@@ -232,116 +237,6 @@ impl Connection {
                 Err(e)
             }
         }
-    }
-
-    fn check_handshake(&self, outcome: Result<Value, ErrorObject>) -> Result<(), ErrorObject> {
-        let moniker = &self.inner.moniker;
-        let value = match outcome {
-            Ok(v) => v,
-            Err(e) if e.code == codes::PROTOCOL_MISMATCH => {
-                let plugin_version = e
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("plugin_protocol"))
-                    .and_then(|v| serde_json::from_value(v.clone()).ok());
-                return Err(match plugin_version {
-                    Some(v) => self.incompatible(v),
-                    None => e,
-                });
-            }
-            Err(e) if e.code == codes::TIMEOUT => {
-                return Err(ErrorObject::new(
-                    codes::PLUGIN_UNAVAILABLE,
-                    format!(
-                        "koi-{moniker} ({}) did not complete the handshake: {}",
-                        self.inner.path.display(),
-                        e.message
-                    ),
-                )
-                .with_hint("The plugin may be waiting for something else, or is not a Koi plugin. Run it with KOI_TRACE_PROTOCOL=1 to see the exchange."));
-            }
-            Err(e) => return Err(e),
-        };
-        let result: InitializeResult = match serde_json::from_value(value.clone()) {
-            Ok(result) => result,
-            Err(e) => {
-                let cause = initialize_schema_problem(&value).unwrap_or_else(|| e.to_string());
-                return Err(unavailable(format!("koi-{moniker} answered `initialize` with an invalid manifest: {cause}"))
-                    .with_hint("This is a bug in the plugin: report it to its author. docs/protocol.md §6 describes the manifest."));
-            }
-        };
-        if !PROTOCOL_VERSION.is_compatible_with(result.protocol) {
-            return Err(self.incompatible(result.protocol));
-        }
-        if result.manifest.name != *moniker {
-            return Err(unavailable(format!(
-                "koi-{moniker} ({}) calls itself `{}` in its manifest",
-                self.inner.path.display(),
-                result.manifest.name
-            ))
-            .with_hint(format!(
-                "Rename the file to koi-{} or fix the plugin's manifest.",
-                result.manifest.name
-            )));
-        }
-        if let Some((path, problem)) = result.manifest.first_problem() {
-            return Err(unavailable(format!(
-                "koi-{moniker} ({}) answered `initialize` with an invalid manifest: at /manifest{path}: {problem}",
-                self.inner.path.display()
-            ))
-            .with_hint("This is a bug in the plugin: report it to its author. docs/protocol.md §6 describes the manifest."));
-        }
-        let mut secret = BTreeSet::new();
-        for m in &result.manifest.methods {
-            secret.extend(secret_property_names(&m.params));
-            secret.extend(secret_property_names(&m.result));
-        }
-        let _ = self.inner.secret_names.set(secret);
-        self.inner.call_context.store(
-            result.features.iter().any(|f| f == features::CALL_CONTEXT),
-            Ordering::Release,
-        );
-        self.inner.event_gaps.store(
-            result.features.iter().any(|f| f == features::EVENT_GAPS),
-            Ordering::Release,
-        );
-        let _ = self.inner.protocol.set(result.protocol);
-        let _ = self.inner.manifest.set(result.manifest);
-        self.inner.handshake_done.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    fn incompatible(&self, plugin: koi_protocol::ProtocolVersion) -> ErrorObject {
-        let moniker = &self.inner.moniker;
-        let (what, upgrade) = if plugin.major > PROTOCOL_VERSION.major {
-            (
-                "koi",
-                format!(
-                    "Upgrade koi to a release that speaks protocol {}, or install a koi-{moniker} built for protocol {}.",
-                    plugin.major, PROTOCOL_VERSION.major
-                ),
-            )
-        } else {
-            (
-                "the plugin",
-                format!(
-                    "Upgrade koi-{moniker} to a release built for protocol {}.",
-                    PROTOCOL_VERSION.major
-                ),
-            )
-        };
-        let mut e = ErrorObject::new(
-            codes::PROTOCOL_MISMATCH,
-            format!(
-                "koi-{moniker} ({}) speaks Koi plugin protocol {plugin}, but this koi {} speaks protocol {PROTOCOL_VERSION}; {what} is out of date",
-                self.inner.path.display(),
-                env!("CARGO_PKG_VERSION"),
-            ),
-        )
-        .with_hint(upgrade);
-        e.set_data_field("plugin_protocol", serde_json::json!(plugin));
-        e.set_data_field("host_protocol", serde_json::json!(PROTOCOL_VERSION));
-        e
     }
 
     /// The plugin's moniker.
@@ -650,60 +545,6 @@ impl Connection {
     fn send(&self, message: &Message) {
         self.inner.enqueue(message.to_bytes(), false);
     }
-
-    /// Stops the plugin: `shutdown` request and close stdin, then (after [`Self::shutdown_grace`])
-    /// SIGTERM, then (after [`SHUTDOWN_STEP`]) SIGKILL; returns once the process has been reaped
-    /// (and whatever else was left in its process group killed).
-    pub async fn shutdown(&self) {
-        if self.has_exited() {
-            return;
-        }
-        if lock(&self.inner.fatal).is_none() {
-            // The answer is not awaited: the plugin answers and exits, and the reaper sees it.
-            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-            self.send(&Message::Request {
-                id: Id::Number(id),
-                method: calls::SHUTDOWN.to_owned(),
-                params: Value::Null,
-            });
-        }
-        // Close stdin right behind the `shutdown` frame (the writer sends queued frames first).
-        lock(&self.inner.out).take();
-        let grace = self.shutdown_grace();
-        if self.wait_exit(grace).await {
-            return;
-        }
-        tracing::warn!(plugin = %self.inner.moniker, grace_ms = grace.as_millis() as u64, "did not exit after shutdown; sending SIGTERM");
-        self.signal_group(rustix::process::Signal::TERM);
-        if self.wait_exit(SHUTDOWN_STEP).await {
-            return;
-        }
-        tracing::warn!(plugin = %self.inner.moniker, "ignored SIGTERM; sending SIGKILL");
-        self.kill().await;
-    }
-
-    /// Kills the plugin's process group at once and waits for the process to be reaped.
-    pub async fn kill(&self) {
-        lock(&self.inner.out).take();
-        self.signal_group(rustix::process::Signal::KILL);
-        self.wait_exit(Duration::from_secs(5)).await;
-    }
-
-    fn signal_group(&self, signal: rustix::process::Signal) {
-        if self.has_exited() {
-            return;
-        }
-        if let Some(pid) = rustix::process::Pid::from_raw(self.inner.pid as i32) {
-            let _ = rustix::process::kill_process_group(pid, signal);
-        }
-    }
-
-    async fn wait_exit(&self, limit: Duration) -> bool {
-        let mut exit = self.inner.exit.clone();
-        tokio::time::timeout(limit, exit.wait_for(Option::is_some))
-            .await
-            .is_ok()
-    }
 }
 
 impl Inner {
@@ -827,51 +668,6 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
-/// The first violation of the protocol's `initialize` result schema, with its path. Only computed
-/// when decoding already failed, so the happy path pays nothing for it.
-fn initialize_schema_problem(value: &Value) -> Option<String> {
-    let schema: Value = serde_json::from_str(include_str!(
-        "../../schemas/protocol/initialize.result.schema.json"
-    ))
-    .ok()?;
-    let validator = jsonschema::validator_for(&schema).ok()?;
-    let error = validator.iter_errors(value).next()?;
-    let path = error.instance_path().to_string();
-    Some(format!(
-        "at {}: {error}",
-        if path.is_empty() { "/" } else { &path }
-    ))
-}
-
-/// See [`Connection::shutdown_grace`].
-pub fn shutdown_grace(manifest: &Manifest) -> Duration {
-    let asked = manifest
-        .shutdown_grace_ms
-        .map(|ms| {
-            Duration::from_millis(ms.min(koi_protocol::MAX_SHUTDOWN_GRACE_MS))
-                + Duration::from_secs(1)
-        })
-        .unwrap_or_default();
-    asked.max(SHUTDOWN_STEP)
-}
-
-/// After the plugin process `pid` ended (however it ended), kills whatever is left in the process
-/// group it led: children its services spawned and did not stop. Only that group: the host spawns
-/// every plugin with `process_group(0)`, so the group id is the plugin's pid. Safe against pid
-/// reuse: a process group id stays allocated (the kernel does not hand it out as a new pid) while
-/// any member of the group lives, so while there is anything to kill the id names this group;
-/// once the group is empty the call fails with ESRCH, which is ignored. (The one theoretical
-/// case, the pid wrapping round and a new process making itself a group leader with that id in
-/// the instant between the reap and this call, needs the whole pid space to cycle meanwhile.)
-fn kill_leftovers(moniker: &str, pid: u32) {
-    let Some(group) = rustix::process::Pid::from_raw(pid as i32) else {
-        return;
-    };
-    if rustix::process::kill_process_group(group, rustix::process::Signal::KILL).is_ok() {
-        tracing::info!(plugin = %moniker, pgid = pid, "killed what the plugin left running in its process group");
-    }
-}
-
 fn unavailable(message: impl Into<String>) -> ErrorObject {
     ErrorObject::new(codes::PLUGIN_UNAVAILABLE, message)
 }
@@ -879,26 +675,6 @@ fn unavailable(message: impl Into<String>) -> ErrorObject {
 fn schema_error(message: String) -> ErrorObject {
     ErrorObject::new(codes::SCHEMA_VIOLATION, message)
         .with_hint("This is a bug in the plugin: report it to its author.")
-}
-
-fn describe_status(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(code) = status.code() {
-        return format!("exited with status {code}");
-    }
-    match status.signal() {
-        Some(sig) => format!(
-            "was killed by signal {sig}{}",
-            match sig {
-                6 => " (SIGABRT)",
-                9 => " (SIGKILL)",
-                11 => " (SIGSEGV)",
-                15 => " (SIGTERM)",
-                _ => "",
-            }
-        ),
-        None => "ended".to_owned(),
-    }
 }
 
 impl Drop for Inner {

@@ -164,7 +164,7 @@ impl Plugin {
     /// Returning `Ok(())` means the service is finished; returning `Err` or panicking restarts it
     /// after a backoff (1 s, doubling to 60 s; see [`Self::service_backoff`]). Each service's state
     /// (`running`, `restarting` with `next_attempt_in_ms`, `failed`, `finished`), last error and
-    /// restart count appear in `status` under `details.services`, and a failing service makes
+    /// restart count appear in `status` under `details.daemon_services`, and a failing service makes
     /// the plugin at least `degraded`, without any code in the status handler. At shutdown a
     /// service gets the grace ([`Self::shutdown_grace`]) to finish after its context is
     /// cancelled, and is dropped after it.

@@ -5,7 +5,7 @@
 //! backoff that doubles from the initial delay up to the maximum, and resets once a run has lasted
 //! the maximum without failing; one that returns `Ok(())` is finished. The board below records
 //! each service's state, which the runtime adds to every `status` report under
-//! `details.services`, degrading the overall state while any service is failing.
+//! `details.daemon_services`, degrading the overall state while any service is failing.
 
 use crate::method::BoxFuture;
 use crate::{Context, MethodError};
@@ -14,6 +14,10 @@ use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The key of `status` details that lists the services. Not `services`: plugins use that word for
+/// what they serve or find (koi-mdns's discovered services).
+pub(crate) const STATUS_KEY: &str = "daemon_services";
 
 /// A service's body: called again for every restart.
 pub(crate) type ServiceFn =
@@ -90,7 +94,7 @@ impl Board {
         change(entry);
     }
 
-    /// Adds `details.services` (unless the report already has that key) and, while a service is
+    /// Adds `details.daemon_services` (unless the report already has that key) and, while a service is
     /// failing, lowers an `ok` state to `degraded` and names the service in the summary.
     pub(crate) fn merge_into(&self, report: &mut StatusReport) {
         let entries = lock(&self.entries);
@@ -129,7 +133,7 @@ impl Board {
         }
         report
             .details
-            .entry("services")
+            .entry(STATUS_KEY)
             .or_insert(Value::Object(services));
         if !failing.is_empty() {
             if report.state == HealthState::Ok {
@@ -248,7 +252,7 @@ mod tests {
         board.merge_into(&mut report);
         assert_eq!(report.state, HealthState::Degraded);
         assert!(report.summary.contains("`watch`"));
-        let watch = &report.details["services"]["watch"];
+        let watch = &report.details[STATUS_KEY]["watch"];
         assert_eq!(watch["state"], "restarting");
         assert_eq!(watch["restarts"], 3);
         assert_eq!(watch["last_error"], "socket closed");
@@ -261,10 +265,10 @@ mod tests {
         let mut own = StatusReport {
             state: HealthState::Failed,
             summary: "broken".into(),
-            details: Map::from_iter([("services".to_owned(), json!("mine"))]),
+            details: Map::from_iter([(STATUS_KEY.to_owned(), json!("mine"))]),
         };
         board.merge_into(&mut own);
-        assert_eq!(own.details["services"], "mine");
+        assert_eq!(own.details[STATUS_KEY], "mine");
         assert_eq!(own.state, HealthState::Failed);
     }
 }

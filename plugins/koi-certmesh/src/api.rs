@@ -25,9 +25,11 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use koi_certmesh_core::Roster;
+use koi_sdk::Context;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::authority::Authority;
@@ -204,20 +206,26 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     })
 }
 
-/// Serves until `stop` completes.
+/// Serves until `ctx` is cancelled (the plugin is shutting down), then drains: it stops
+/// accepting, lets every open connection finish the request it is serving (idle keep-alive
+/// connections are closed at once) and returns when the last one has ended. The plugin's shutdown
+/// grace (`Plugin::shutdown_grace`) bounds the drain. Enrollment (signing, file writes) runs
+/// through `ctx.blocking`, off the protocol workers.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     authority: Arc<Authority>,
-    stop: impl std::future::Future<Output = ()>,
+    ctx: Context,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let admission = Admission::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER);
     let mut drops = DropLog::default();
-    tokio::pin!(stop);
+    let mut open = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut stop => return,
+            _ = ctx.cancelled() => break,
+            // Finished connections are reaped as they end, so the set holds only open ones.
+            Some(_) = open.join_next(), if !open.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -239,15 +247,24 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let authority = authority.clone();
-        tokio::spawn(async move {
+        let ctx = ctx.clone();
+        open.spawn(async move {
             let _permit = permit;
             let _ = tokio::time::timeout(
                 CONNECTION_TIMEOUT,
-                connection(stream, peer, acceptor, authority),
+                connection(stream, peer, acceptor, authority, ctx),
             )
             .await;
         });
     }
+    drop(listener);
+    if !open.is_empty() {
+        tracing::info!(
+            connections = open.len(),
+            "certmesh API stopping: letting open connections finish"
+        );
+    }
+    while open.join_next().await.is_some() {}
 }
 
 async fn connection(
@@ -255,33 +272,49 @@ async fn connection(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     authority: Arc<Authority>,
+    ctx: Context,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, "certmesh API TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "certmesh API TLS handshake timed out; closed the connection");
-            return;
-        }
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let tls = tokio::select! {
+        // Shutting down: a connection that has sent no request yet is simply closed.
+        _ = ctx.cancelled() => return,
+        done = handshake => match done {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "certmesh API TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "certmesh API TLS handshake timed out; closed the connection");
+                return;
+            }
+        },
     };
     let member = tls
         .get_ref()
         .1
         .peer_certificates()
         .is_some_and(|c| !c.is_empty());
+    let stop = ctx.clone();
     let service = hyper::service::service_fn(move |req| {
         let authority = authority.clone();
-        async move { Ok::<_, Infallible>(route(req, peer.ip(), member, authority).await) }
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(route(req, peer.ip(), member, authority, ctx).await) }
     });
-    let result = hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024)
-        .serve_connection(TokioIo::new(tls), service)
-        .await;
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stop.cancelled() => {
+            // Finish the request in flight (if any), then close; an idle connection closes now.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     if let Err(e) = result {
         tracing::debug!(%peer, "certmesh API connection ended: {e}");
     }
@@ -323,6 +356,7 @@ async fn route(
     peer: IpAddr,
     member: bool,
     authority: Arc<Authority>,
+    ctx: Context,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let allowed = match path.as_str() {
@@ -381,7 +415,7 @@ async fn route(
                 members: RosterMember::all(&roster),
             },
         ),
-        _ => join(req, peer, authority).await,
+        _ => join(req, peer, authority, &ctx).await,
     }
 }
 
@@ -389,6 +423,7 @@ async fn join(
     req: Request<Incoming>,
     peer: IpAddr,
     authority: Arc<Authority>,
+    ctx: &Context,
 ) -> Response<Full<Bytes>> {
     let is_json = req
         .headers()
@@ -428,11 +463,16 @@ async fn join(
             return refusal_response(&refusal);
         }
     };
-    let outcome = tokio::task::spawn_blocking(move || authority.enroll(&request, peer)).await;
+    // Checking the code, signing and writing the roster and audit log: off the async workers.
+    let outcome = ctx
+        .blocking("join enrollment", move || {
+            Ok(authority.enroll(&request, peer))
+        })
+        .await;
     match outcome {
         Ok(Ok(answer)) => json_response(StatusCode::OK, &answer),
         Ok(Err(refusal)) => refusal_response(&refusal),
-        Err(e) => refusal_response(&Refusal::Internal(e.to_string())),
+        Err(e) => refusal_response(&Refusal::Internal(e.message().to_owned())),
     }
 }
 

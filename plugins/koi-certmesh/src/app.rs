@@ -1,10 +1,15 @@
-//! State shared by every method of one koi-certmesh process: the [`Authority`] (created on first
-//! use, once `KOI_HOME` is known from the handshake), what the API server is doing, and the signal
-//! that a mesh was just created (so the daemon-mode background task starts serving).
+//! State shared by every method of one koi-certmesh process, registered with `Plugin::state` and
+//! reached with [`App::of`]: the [`Authority`] (built once, right after the handshake, from the
+//! `KOI_HOME` the host gave), what the API server is doing, and the signal that a mesh was just
+//! created (so the daemon-mode `api` service starts serving).
+//!
+//! The authority is built from `KOI_HOME`, not from the SDK's data directory: the data directory
+//! is `$KOI_HOME/certmesh/`, created on first use, while certmesh reads "this directory exists" as
+//! "this machine is in a mesh" (`leave`, `status`), so it must only ever be made by `create`/`join`.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-use koi_sdk::Context;
+use koi_sdk::{Context, MethodError, StateInit};
 use schemars::JsonSchema;
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -26,9 +31,9 @@ pub struct ApiState {
 }
 
 /// One process's shared state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct App {
-    authority: OnceLock<Arc<Authority>>,
+    authority: Arc<Authority>,
     api: Mutex<ApiState>,
     /// Signalled when `create` makes this machine a CA under the daemon.
     pub mesh_created: Notify,
@@ -38,16 +43,29 @@ pub struct App {
 }
 
 impl App {
-    /// A fresh state.
-    pub fn new() -> Arc<Self> {
-        Arc::new(App::default())
+    /// The state for the `KOI_HOME` at `layout`.
+    pub fn new(layout: Layout) -> Self {
+        App {
+            authority: Authority::new(layout),
+            api: Mutex::new(ApiState::default()),
+            mesh_created: Notify::new(),
+            advertisement: Mutex::new(None),
+        }
+    }
+
+    /// The state builder given to `Plugin::state`: cheap (no file is touched).
+    pub fn build(init: &StateInit) -> Self {
+        App::new(Layout::new(init.koi_home()))
+    }
+
+    /// This process's state, from a handler's context.
+    pub fn of(ctx: &Context) -> Result<Arc<App>, MethodError> {
+        ctx.state::<App>()
     }
 
     /// The authority for this `KOI_HOME`.
-    pub fn authority(&self, ctx: &Context) -> Arc<Authority> {
-        self.authority
-            .get_or_init(|| Authority::new(Layout::new(ctx.koi_home())))
-            .clone()
+    pub fn authority(&self) -> Arc<Authority> {
+        self.authority.clone()
     }
 
     /// The API's state.

@@ -14,6 +14,7 @@
 
 use std::fs::File;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use koi_certmesh_core::audit;
@@ -219,6 +220,9 @@ impl CaSession {
 pub struct Authority {
     layout: Layout,
     session: Mutex<Option<CaSession>>,
+    /// Whether `session` holds a session, readable without waiting for a signer that holds the
+    /// mutex (`status` and the API's health answer ask while joins are being signed).
+    unlocked: AtomicBool,
     writer: Mutex<Option<File>>,
     refusals: Mutex<Coalescer>,
 }
@@ -229,6 +233,7 @@ impl Authority {
         Arc::new(Authority {
             layout,
             session: Mutex::new(None),
+            unlocked: AtomicBool::new(false),
             writer: Mutex::new(None),
             refusals: Mutex::new(Coalescer::default()),
         })
@@ -247,7 +252,7 @@ impl Authority {
 
     /// Whether the key is open in this process.
     pub fn is_unlocked(&self) -> bool {
-        self.session().is_some()
+        self.unlocked.load(Ordering::Acquire)
     }
 
     /// Holds the writer lock for this process's life (daemon mode, as CA).
@@ -281,13 +286,16 @@ impl Authority {
     pub fn install(&self, session: CaSession) {
         let mut guard = self.session();
         *guard = Some(session);
+        self.unlocked.store(true, Ordering::Release);
         let records = self.coalescer().flush();
         self.write_refusals(guard.as_mut(), records);
     }
 
     /// Drops the opened session, key included (after `koi certmesh leave` destroyed the CA).
     pub fn forget_session(&self) {
-        *self.session() = None;
+        let mut guard = self.session();
+        *guard = None;
+        self.unlocked.store(false, Ordering::Release);
     }
 
     /// Runs `f` with the unlocked session, or refuses with the locked message.

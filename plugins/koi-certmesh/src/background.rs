@@ -1,8 +1,12 @@
-//! The daemon-mode background task. Once this machine is a CA (at start, or right after
-//! `create`), it takes the writer lock for the process's life, serves the inter-node API
-//! ([`crate::api`]) on `KOI_CERTMESH_API_BIND` (default `0.0.0.0:5641`, LAN peers only) and
-//! advertises `_certmesh._tcp` through koi-mdns with the CA fingerprint and port in TXT. The CA
-//! starts locked; `koi certmesh unlock` opens it. In one-shot mode it does nothing.
+//! The daemon-mode `api` service ([`service`], declared with `Plugin::service`, so it runs only
+//! under `koi daemon`, is restarted with backoff if it fails and shows in `status` under
+//! `details.daemon_services`). Once this machine is a CA (at start, or right after `create`), it takes
+//! the writer lock for the process's life, serves the inter-node API ([`crate::api`]) on
+//! `KOI_CERTMESH_API_BIND` (default `0.0.0.0:5641`, LAN peers only) and advertises
+//! `_certmesh._tcp` through koi-mdns with the CA fingerprint and port in TXT. The CA starts
+//! locked; `koi certmesh unlock` opens it. At shutdown the API stops accepting and drains its
+//! open connections within the plugin's grace ([`SHUTDOWN_GRACE`]), then the counted refusals
+//! are written.
 //!
 //! The advertisement lives in koi-mdns's memory, so it is lost when koi-mdns crashes. The daemon
 //! publishes `host.plugin.restarted` when it starts koi-mdns again; [`on_plugin_restarted`] then
@@ -10,16 +14,18 @@
 //! no-op, so advertising once too often is harmless).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use koi_sdk::protocol::context::host_events::{self, PluginStarted};
-use koi_sdk::protocol::handshake::RunMode;
-use koi_sdk::{Context, Delivery};
+use koi_sdk::{Context, Delivery, MethodError};
 use serde_json::{Value, json};
 
 use crate::app::App;
+use crate::authority::Authority;
 use crate::files::{CertFiles, Membership};
 use crate::wire::{DEFAULT_API_PORT, SERVICE_TYPE};
 
@@ -35,45 +41,77 @@ fn bind_address() -> Result<SocketAddr, String> {
     }
 }
 
-/// Runs until the plugin shuts down.
-pub async fn run(app: Arc<App>, ctx: Context) {
-    if ctx.mode() != RunMode::Daemon {
-        ctx.cancelled().await;
-        return;
-    }
-    let authority = app.authority(&ctx);
+/// The service's name in `status` (`details.daemon_services.api`).
+pub const SERVICE: &str = "api";
+
+/// How long the API gets to finish the requests in flight at shutdown (a join signs and writes
+/// in well under a second); declared in the manifest, so the host waits for it.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The `api` service: waits until this machine is a CA, then serves and advertises until the
+/// plugin shuts down. A failure to start serving (port taken, certificate unreadable) is kept in
+/// `status` (`details.api.error`) and returned, so the SDK retries with backoff.
+pub async fn service(ctx: Context) -> Result<(), MethodError> {
+    let app = App::of(&ctx)?;
+    let authority = app.authority();
     while !authority.layout().is_ca() {
         tokio::select! {
-            _ = ctx.cancelled() => return,
+            _ = ctx.cancelled() => return Ok(()),
             _ = app.mesh_created.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
-    if let Err(e) = serve(&app, &ctx).await {
-        tracing::error!("certmesh API not serving: {e}");
-        app.set_api(|a| a.error = Some(e));
-    }
-    // Coalesced refusal counts are written once a window, and at shutdown (crate::refusals).
-    loop {
-        let stop = tokio::select! {
-            _ = ctx.cancelled() => true,
-            _ = tokio::time::sleep(crate::refusals::WINDOW) => false,
-        };
-        let authority = authority.clone();
-        let _ = ctx
-            .blocking("refusal flush", move || {
-                authority.flush_refusals();
-                Ok(())
-            })
-            .await;
-        if stop {
-            return;
+    let (api, membership, port) = match start(&app, &ctx).await {
+        Ok(started) => started,
+        Err(e) => {
+            tracing::error!("certmesh API not serving: {e}");
+            app.set_api(|a| a.error = Some(e.clone()));
+            return Err(
+                MethodError::new(format!("the certmesh API is not serving: {e}"))
+                    .hint("`koi certmesh status` shows the cause; the service retries by itself."),
+            );
         }
+    };
+    // The API serves while koi-mdns is asked to advertise it.
+    let rest = async {
+        advertise(&app, &ctx, &membership, port).await;
+        flush_refusals(&ctx, &authority).await;
+    };
+    tokio::join!(api, rest);
+    // Refusals counted by the last requests the API drained go in too.
+    flush_once(&ctx, &authority).await;
+    Ok(())
+}
+
+/// Coalesced refusal counts are written once a window ([`crate::refusals`]) until shutdown.
+async fn flush_refusals(ctx: &Context, authority: &Arc<Authority>) {
+    loop {
+        tokio::select! {
+            _ = ctx.cancelled() => return,
+            _ = tokio::time::sleep(crate::refusals::WINDOW) => {}
+        }
+        flush_once(ctx, authority).await;
     }
 }
 
-async fn serve(app: &Arc<App>, ctx: &Context) -> Result<(), String> {
-    let authority = app.authority(ctx);
+async fn flush_once(ctx: &Context, authority: &Arc<Authority>) {
+    let authority = authority.clone();
+    // Infallible work: the only error is a panic in it, which the SDK logs as a failed task.
+    let _ = ctx
+        .blocking("refusal flush", move || {
+            authority.flush_refusals();
+            Ok(())
+        })
+        .await;
+}
+
+/// The API server (it runs until `ctx` is cancelled, then drains), the CA's membership and the
+/// port it listens on.
+type Started = (Pin<Box<dyn Future<Output = ()> + Send>>, Membership, u16);
+
+/// Binds the API; returns the server, not yet polled, and what the advertisement needs.
+async fn start(app: &Arc<App>, ctx: &Context) -> Result<Started, String> {
+    let authority = app.authority();
     authority
         .hold_writer_lock()
         .map_err(|e| e.message().to_owned())?;
@@ -94,18 +132,8 @@ async fn serve(app: &Arc<App>, ctx: &Context) -> Result<(), String> {
         a.error = None;
     });
     tracing::info!(%local, "certmesh API listening");
-    let stop = {
-        let ctx = ctx.clone();
-        async move { ctx.cancelled().await }
-    };
-    tokio::spawn(crate::api::serve(
-        listener,
-        Arc::new(tls),
-        authority.clone(),
-        stop,
-    ));
-    advertise(app, ctx, &membership, local.port()).await;
-    Ok(())
+    let server = crate::api::serve(listener, Arc::new(tls), authority, ctx.clone());
+    Ok((Box::pin(server), membership, local.port()))
 }
 
 /// Asks koi-mdns (through the host) to advertise the CA.
@@ -131,7 +159,7 @@ async fn advertise(app: &Arc<App>, ctx: &Context, membership: &Membership, port:
 /// Handles `host.plugin.restarted`: when the daemon restarts koi-mdns, the CA's advertisement went
 /// with the old process, so it is made again. Only the host can publish `host.*` topics. A gap
 /// (restart notices lost) may hide a koi-mdns restart, so it advertises again too.
-pub async fn on_plugin_restarted(app: Arc<App>, ctx: Context, delivery: Delivery<PluginStarted>) {
+pub async fn on_plugin_restarted(ctx: Context, delivery: Delivery<PluginStarted>) {
     match delivery {
         Delivery::Event(event)
             if event.source == host_events::SOURCE && event.payload.plugin == "mdns" => {}
@@ -140,6 +168,13 @@ pub async fn on_plugin_restarted(app: Arc<App>, ctx: Context, delivery: Delivery
             tracing::info!(missed = gap.missed, "plugin restart notices were lost");
         }
     }
+    let app = match App::of(&ctx) {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!("cannot advertise the CA again: {}", e.message());
+            return;
+        }
+    };
     let params = app
         .advertisement
         .lock()

@@ -9,9 +9,6 @@
 //! goes into this machine's trust stores, the enrollment QR code is shown through the host, and
 //! under `koi daemon` the CA stays unlocked and starts answering joins.
 
-use std::path::Path;
-use std::sync::Arc;
-
 use koi_certmesh_core::atomic::ensure_private_dir;
 use koi_certmesh_core::audit::events;
 use koi_certmesh_core::profiles::Requirement;
@@ -24,6 +21,7 @@ use koi_sdk::{Context, MethodError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::path::Path;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -381,15 +379,18 @@ fn build(layout: &Layout, plan: Plan) -> Result<Built, MethodError> {
 
 /// Makes the staging directory the live one in one rename, durably.
 fn publish(staging: &Path, live: &Path) -> Result<(), MethodError> {
+    // A directory moved whole: koi_sdk::store writes files, so only its fsync is used here.
     let sync = |dir: &Path| {
-        std::fs::File::open(dir)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| {
-                error::fail(
-                    format!("Failed to flush {}: {e}.", dir.display()),
-                    "Check the disk.",
-                )
-            })
+        koi_sdk::store::sync_dir(dir).map_err(|e| {
+            error::fail(
+                format!(
+                    "Failed to flush {}: {}.",
+                    dir.display(),
+                    std::io::Error::from(e)
+                ),
+                "Check the disk.",
+            )
+        })
     };
     sync(staging)?;
     std::fs::rename(staging, live).map_err(|e| {
@@ -405,12 +406,9 @@ fn publish(staging: &Path, live: &Path) -> Result<(), MethodError> {
 }
 
 /// The `create` method.
-pub async fn run(
-    app: Arc<App>,
-    ctx: Context,
-    p: CreateParams,
-) -> Result<CreateResult, MethodError> {
-    let authority = app.authority(&ctx);
+pub async fn run(ctx: Context, p: CreateParams) -> Result<CreateResult, MethodError> {
+    let app = App::of(&ctx)?;
+    let authority = app.authority();
     let layout = authority.layout().clone();
     if ctx.mode() == RunMode::Daemon {
         authority.hold_writer_lock()?;
@@ -454,30 +452,33 @@ pub async fn run(
         entropy: extra,
     };
     let serve = ctx.mode() == RunMode::Daemon;
-    let (built, session) = {
+    // Argon2id (64 MiB) twice and the first signatures: seconds of CPU, off the protocol workers.
+    // Under the daemon the new session is installed there too (installing signs pending entries).
+    let (built, serving) = {
         let layout = layout.clone();
-        tokio::task::spawn_blocking(move || {
+        let authority = authority.clone();
+        ctx.blocking("create", move || {
             let built = build(&layout, plan)?;
-            let session = if serve {
-                Some(CaSession::open(&layout, &pass, &actor(operator.as_deref()), "create")?.0)
+            let serving = if serve {
+                let session =
+                    CaSession::open(&layout, &pass, &actor(operator.as_deref()), "create")?.0;
+                authority.install(session);
+                true
             } else {
-                None
+                false
             };
-            Ok::<_, MethodError>((built, session))
+            Ok((built, serving))
         })
-        .await
-        .map_err(|e| MethodError::new(format!("The create task failed: {e}")))??
+        .await?
     };
-    let serving = session.is_some();
-    if let Some(session) = session {
-        authority.install(session);
+    if serving {
         app.mesh_created.notify_one();
     }
 
     let trust = if p.no_trust {
         None
     } else {
-        Some(trust::install_root(&layout, &built.roster.mesh.ca_fingerprint).await?)
+        Some(trust::install_root(&ctx, &layout, &built.roster.mesh.ca_fingerprint).await?)
     };
     show_enrollment_code(&ctx, &built.otpauth_uri);
     let mut next = Vec::new();

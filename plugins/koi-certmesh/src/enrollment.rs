@@ -3,8 +3,6 @@
 //! audited. Without `--minutes` the profile's default window applies (personal: until closed,
 //! team: 60 min, organization: 15 min).
 
-use std::sync::Arc;
-
 use koi_certmesh_core::{EnrollmentState, Roster};
 use koi_sdk::{Context, MethodError};
 use schemars::JsonSchema;
@@ -60,13 +58,12 @@ pub struct EnrollmentResult {
 }
 
 async fn set(
-    app: Arc<App>,
     ctx: Context,
     operator: Option<String>,
     passphrase_file: Option<String>,
     open_minutes: Option<Option<u32>>,
 ) -> Result<EnrollmentResult, MethodError> {
-    let authority = app.authority(&ctx);
+    let authority = App::of(&ctx)?.authority();
     let roster_path = authority.layout().roster();
     let who = actor(operator.as_deref());
     with_signing_session(
@@ -112,19 +109,11 @@ async fn set(
 }
 
 /// The `open-enrollment` method.
-pub async fn open(
-    app: Arc<App>,
-    ctx: Context,
-    p: OpenParams,
-) -> Result<EnrollmentResult, MethodError> {
-    set(app, ctx, p.operator, p.passphrase_file, Some(p.minutes)).await
+pub async fn open(ctx: Context, p: OpenParams) -> Result<EnrollmentResult, MethodError> {
+    set(ctx, p.operator, p.passphrase_file, Some(p.minutes)).await
 }
 
 /// The `close-enrollment` method.
-pub async fn close(
-    app: Arc<App>,
-    ctx: Context,
-    p: CloseParams,
-) -> Result<EnrollmentResult, MethodError> {
-    set(app, ctx, p.operator, p.passphrase_file, None).await
+pub async fn close(ctx: Context, p: CloseParams) -> Result<EnrollmentResult, MethodError> {
+    set(ctx, p.operator, p.passphrase_file, None).await
 }

@@ -9,10 +9,6 @@
 //! [`crate::out_dir`] allows (no links, no other entry's folder, no foreign files without
 //! `--force`).
 
-use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use koi_certmesh_core::audit::events;
 use koi_certmesh_core::names::canonical_name;
 use koi_certmesh_core::{LeafRequest, Member, Role, Roster};
@@ -21,6 +17,8 @@ use koi_sdk::{Context, MethodError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use time::OffsetDateTime;
 
 use crate::app::{App, actor};
@@ -104,8 +102,8 @@ fn refuse(session: &mut CaSession, who: &str, device: &str, e: MethodError) -> M
 }
 
 /// The `issue` method.
-pub async fn run(app: Arc<App>, ctx: Context, p: IssueParams) -> Result<IssueResult, MethodError> {
-    let authority = app.authority(&ctx);
+pub async fn run(ctx: Context, p: IssueParams) -> Result<IssueResult, MethodError> {
+    let authority = App::of(&ctx)?.authority();
     let layout = authority.layout().clone();
     if !layout.is_ca() {
         return Err(error::fail(

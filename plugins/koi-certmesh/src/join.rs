@@ -11,8 +11,6 @@
 //!    `certs/<hostname>/{cert,key,ca,fullchain}.pem` and `membership.json`, install the root into
 //!    the trust stores.
 
-use std::sync::Arc;
-
 use hyper::Method;
 use koi_certmesh_core::normalize_fingerprint;
 use koi_sdk::{Context, MethodError};
@@ -402,8 +400,8 @@ async fn resolve_ca(ctx: &Context, given: CaEndpoint) -> Result<CaEndpoint, Meth
 }
 
 /// The `join` method.
-pub async fn run(app: Arc<App>, ctx: Context, p: JoinParams) -> Result<JoinResult, MethodError> {
-    let authority = app.authority(&ctx);
+pub async fn run(ctx: Context, p: JoinParams) -> Result<JoinResult, MethodError> {
+    let authority = App::of(&ctx)?.authority();
     let layout = authority.layout().clone();
     if layout.is_ca() {
         return Err(error::fail(
@@ -519,8 +517,8 @@ pub async fn run(app: Arc<App>, ctx: Context, p: JoinParams) -> Result<JoinResul
     let key_pem = Zeroizing::new(key.serialize_pem());
     drop(key);
     let files = CertFiles::at(&layout, &hostname);
-    files.write(&issued.cert_pem, &key_pem, &issued.ca_pem)?;
-    Membership {
+    // Four files and membership.json, each written and fsynced: off the protocol workers.
+    let membership = Membership {
         version: MEMBERSHIP_VERSION,
         hostname: hostname.clone(),
         role: "member".into(),
@@ -535,12 +533,21 @@ pub async fn run(app: Arc<App>, ctx: Context, p: JoinParams) -> Result<JoinResul
         ip_addresses: issued.ip_addresses.clone(),
         operator,
         ca_name: Some(issued.mesh.primary.clone()),
+    };
+    {
+        let files = files.clone();
+        let (cert_pem, ca_pem) = (issued.cert_pem.clone(), issued.ca_pem.clone());
+        let dir = layout.dir();
+        ctx.blocking("join", move || {
+            files.write(&cert_pem, &key_pem, &ca_pem)?;
+            membership.save_in(&dir)
+        })
+        .await?;
     }
-    .save_in(&layout.dir())?;
     let trust = if p.no_trust {
         None
     } else {
-        Some(trust::install_root(&layout, &fingerprint).await?)
+        Some(trust::install_root(&ctx, &layout, &fingerprint).await?)
     };
     let certificate_holds = issued
         .dns_names

@@ -11,9 +11,6 @@
 //! leave stops before anything else is removed, so the mesh still works and `leave` can be
 //! retried with the privilege the store needs.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
 use koi_certmesh_core::Roster;
 use koi_certmesh_core::atomic::{ensure_private_dir, write_atomic};
 use koi_sdk::protocol::handshake::RunMode;
@@ -21,9 +18,11 @@ use koi_sdk::{Context, MethodError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
 use crate::app::{self, App};
+use crate::authority::Authority;
 use crate::error;
 use crate::files::{Membership, anchor_name};
 use crate::layout::Layout;
@@ -123,8 +122,8 @@ pub fn left_mesh(layout: &Layout, fingerprint: &str) -> Option<String> {
 }
 
 /// The `leave` method.
-pub async fn run(app: Arc<App>, ctx: Context, p: LeaveParams) -> Result<LeaveResult, MethodError> {
-    let authority = app.authority(&ctx);
+pub async fn run(ctx: Context, p: LeaveParams) -> Result<LeaveResult, MethodError> {
+    let authority = App::of(&ctx)?.authority();
     let layout = authority.layout().clone();
     let _writer = authority.writer_for_command()?;
     let finished = finish_interrupted(&layout)?;
@@ -155,6 +154,7 @@ pub async fn run(app: Arc<App>, ctx: Context, p: LeaveParams) -> Result<LeaveRes
 
     // 1. Trust stores: stop here, with everything else intact, if one cannot be changed.
     let report = trust::remove_root(
+        &ctx,
         &layout,
         RemovalTarget {
             name: anchor_name(&mesh.fingerprint),
@@ -171,31 +171,40 @@ pub async fn run(app: Arc<App>, ctx: Context, p: LeaveParams) -> Result<LeaveRes
         ));
     }
 
-    // 2. Audit (a CA unlocked in this process signs a last entry), then keep the record.
-    let audit = audit(&app, &ctx, &layout, &mesh)?;
-    let record = keep_record(&layout, &mesh, &audit)?;
+    // 2–4 touch the disk and may sign (a last audit entry): off the protocol workers.
+    let (audit, record, removed) = {
+        let layout = layout.clone();
+        let mesh = mesh.clone();
+        ctx.blocking("leave", move || {
+            // 2. Audit (a CA unlocked in this process signs a last entry), then keep the record.
+            let audit = audit(&authority, &layout, &mesh)?;
+            let record = keep_record(&layout, &mesh, &audit)?;
 
-    // 3. This machine's certificate folders of the mesh.
-    let mut removed = Vec::new();
-    for dir in cert_dirs(&layout, &mesh) {
-        remove_cert_dir(&dir)?;
-        removed.push(dir.display().to_string());
-    }
+            // 3. This machine's certificate folders of the mesh.
+            let mut removed = Vec::new();
+            for dir in cert_dirs(&layout, &mesh) {
+                remove_cert_dir(&dir)?;
+                removed.push(dir.display().to_string());
+            }
 
-    // 4. The mesh state: rename (atomic), then delete. The CA key leaves memory too.
-    authority.forget_session();
-    let leaving = leaving_dir(&layout);
-    std::fs::rename(layout.dir(), &leaving).map_err(|e| {
-        error::fail(
-            format!(
-                "Failed to move {} to {}: {e}.",
-                layout.dir().display(),
-                leaving.display()
-            ),
-            "Check that KOI_HOME is writable by this user, then run `koi certmesh leave` again.",
-        )
-    })?;
-    removed.extend(finish_interrupted(&layout)?);
+            // 4. The mesh state: rename (atomic), then delete. The CA key leaves memory too.
+            authority.forget_session();
+            let leaving = leaving_dir(&layout);
+            std::fs::rename(layout.dir(), &leaving).map_err(|e| {
+                error::fail(
+                    format!(
+                        "Failed to move {} to {}: {e}.",
+                        layout.dir().display(),
+                        leaving.display()
+                    ),
+                    "Check that KOI_HOME is writable by this user, then run `koi certmesh leave` again.",
+                )
+            })?;
+            removed.extend(finish_interrupted(&layout)?);
+            Ok((audit, record, removed))
+        })
+        .await?
+    };
     let mut next = Vec::new();
     if mesh.is_ca() && ctx.mode() == RunMode::Daemon {
         next.push(
@@ -328,7 +337,7 @@ async fn confirm(
 }
 
 /// Signs a `mesh_left` entry when this process holds the CA unlocked; says what was recorded.
-fn audit(app: &App, ctx: &Context, layout: &Layout, mesh: &Mesh) -> Result<String, MethodError> {
+fn audit(authority: &Authority, layout: &Layout, mesh: &Mesh) -> Result<String, MethodError> {
     if !mesh.is_ca() {
         return Ok(
             "members keep no audit log and cannot reach a CA they are leaving; \
@@ -336,7 +345,6 @@ fn audit(app: &App, ctx: &Context, layout: &Layout, mesh: &Mesh) -> Result<Strin
                 .into(),
         );
     }
-    let authority = app.authority(ctx);
     if !authority.is_unlocked() {
         return Ok(
             "the CA was locked, so no signed entry could be added; the audit log is kept \

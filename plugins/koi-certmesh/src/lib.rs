@@ -29,7 +29,7 @@
 //! - [`refusals`] — refused joins recorded in bounded, coalesced entries (signed or pending);
 //!   [`pending`] — those recorded while locked, until the next unlock signs them in.
 //! - [`api`] (server) and [`client`], over [`tls`] with bodies from [`wire`].
-//! - [`background`] — daemon mode: serve the API, advertise over mDNS.
+//! - [`background`] — the daemon-mode `api` service: serve the API, advertise over mDNS.
 //! - [`truststore`] — system, NSS and Java trust stores.
 //! - [`leaf`] — the names and addresses a member's certificate gets; [`ownership`] — no name or
 //!   address in two entries; [`out_dir`] — where `issue` may write.
@@ -71,16 +71,14 @@ pub mod unlock;
 pub mod wire;
 pub mod x509;
 
-use koi_sdk::{Context, Method, Plugin};
+use koi_sdk::{Method, Plugin};
 
 /// The koi-certmesh plugin: every method.
 pub fn plugin() -> Plugin {
-    let app = app::App::new();
-    let a = app.clone();
     let create = Method::new(
         "create",
         "Create a mesh: this machine becomes its certificate authority",
-        move |ctx: Context, p: create::CreateParams| create::run(a.clone(), ctx, p),
+        create::run,
     )
     .description(
         "Makes an ECDSA P-256 root (sealed with your passphrase: Argon2id → AES-256-GCM), shows \
@@ -95,11 +93,10 @@ pub fn plugin() -> Plugin {
     .example("koi certmesh create --profile team --operator ana --domain lab.example --subnet 10.77.0.0/24")
     .example("koi certmesh create --entropy system --passphrase-file /root/ca-pass --json");
 
-    let a = app.clone();
     let unlock = Method::new(
         "unlock",
         "Open the CA key in koi daemon so it can sign again",
-        move |ctx: Context, p: unlock::UnlockParams| unlock::run(a.clone(), ctx, p),
+        unlock::run,
     )
     .interactive()
     .long_running()
@@ -108,11 +105,10 @@ pub fn plugin() -> Plugin {
     .example("koi certmesh unlock")
     .example("koi certmesh unlock --passphrase-file /root/ca-pass");
 
-    let a = app.clone();
     let join = Method::new(
         "join",
         "Join a mesh with a six-digit code: get a certificate every mesh machine trusts",
-        move |ctx: Context, p: join::JoinParams| join::run(a.clone(), ctx, p),
+        join::run,
     )
     .description(
         "Finds the CA with mDNS (or --ca), pins its fingerprint, sends a certificate request for \
@@ -128,11 +124,10 @@ pub fn plugin() -> Plugin {
     .example("koi certmesh join --ca 10.77.0.1:5641 --fingerprint 3fa2…")
     .example("koi certmesh join --ca stone-01.local --fingerprint 3fa2… --code 123456 --json");
 
-    let a = app.clone();
     let issue = Method::new(
         "issue",
         "On the CA: certificate and key for a device that cannot run koi (printer, NAS, router)",
-        move |ctx: Context, p: issue::IssueParams| issue::run(a.clone(), ctx, p),
+        issue::run,
     )
     .positional(["names"])
     .interactive()
@@ -141,11 +136,10 @@ pub fn plugin() -> Plugin {
     .example("koi certmesh issue printer.lan --ip 10.0.0.7")
     .example("koi certmesh issue nas.lab.example nas --out /srv/nas-certs");
 
-    let a = app.clone();
     let trust = Method::new(
         "trust",
         "Install, remove or show this mesh's root in the system, NSS and Java trust stores; list or remove any koi root",
-        move |ctx: Context, p: trust::TrustParams| trust::run(a.clone(), ctx, p),
+        trust::run,
     )
     .positional(["action"])
     .mutating()
@@ -155,11 +149,10 @@ pub fn plugin() -> Plugin {
     .example("sudo koi certmesh trust remove --name koi-certmesh-3fa2c1d09b7e4411");
 
     // `leave`: member or CA, with confirmation (issue 10 item 8).
-    let a = app.clone();
     let leave = Method::new(
         "leave",
         "Leave the mesh: remove its root from the trust stores, its state and this machine's certificates",
-        move |ctx: Context, p: leave::LeaveParams| leave::run(a.clone(), ctx, p),
+        leave::run,
     )
     .description(
         "On a member: removes the mesh root from every trust store, membership.json and \
@@ -174,11 +167,10 @@ pub fn plugin() -> Plugin {
     .example("koi certmesh leave")
     .example("koi certmesh leave --yes --json");
 
-    let a = app.clone();
     let log = Method::new(
         "log",
         "Show the CA's audit log; --verify checks its hash chain and signatures",
-        move |ctx: Context, p: log::LogParams| log::run(a.clone(), ctx, p),
+        log::run,
     )
     // --verify reads every line of a log that can hold millions: no inactivity deadline (it
     // reports progress as it goes, and runs off the protocol loop).
@@ -186,11 +178,10 @@ pub fn plugin() -> Plugin {
     .example("koi certmesh log --last 20")
     .example("koi certmesh log --verify");
 
-    let a = app.clone();
     let rotate_secret = Method::new(
         "rotate-secret",
         "On the CA: a new enrollment secret and QR code; codes from the old one stop working",
-        move |ctx: Context, p: rotate::RotateParams| rotate::run(a.clone(), ctx, p),
+        rotate::run,
     )
     .description(
         "Replaces the TOTP secret sealed in the CA vault (rewritten atomically), resets the \
@@ -204,28 +195,24 @@ pub fn plugin() -> Plugin {
     .example("koi certmesh rotate-secret")
     .example("koi certmesh rotate-secret --passphrase-file /root/ca-pass --json");
 
-    let a = app.clone();
     let open_enrollment = Method::new(
         "open-enrollment",
         "On the CA: let machines join (for --minutes, or the profile's default window)",
-        move |ctx: Context, p: enrollment::OpenParams| enrollment::open(a.clone(), ctx, p),
+        enrollment::open,
     )
     .mutating()
     .local_only()
     .example("koi certmesh open-enrollment --minutes 15");
 
-    let a = app.clone();
     let close_enrollment = Method::new(
         "close-enrollment",
         "On the CA: refuse joins until enrollment is opened again",
-        move |ctx: Context, p: enrollment::CloseParams| enrollment::close(a.clone(), ctx, p),
+        enrollment::close,
     )
     .mutating()
     .local_only()
     .example("koi certmesh close-enrollment");
 
-    let status_app = app.clone();
-    let event_app = app.clone();
     Plugin::new(
         "certmesh",
         env!("CARGO_PKG_VERSION"),
@@ -241,10 +228,32 @@ pub fn plugin() -> Plugin {
     .method(rotate_secret)
     .method(open_enrollment)
     .method(close_enrollment)
-    .status(move |ctx: Context| status::report(status_app.clone(), ctx))
+    // One `App` per process, built right after the handshake (it needs KOI_HOME).
+    .state(app::App::build)
+    .status(status::report)
     .on(
         koi_sdk::protocol::context::host_events::PLUGIN_RESTARTED,
-        move |ctx, delivery| background::on_plugin_restarted(event_app.clone(), ctx, delivery),
+        background::on_plugin_restarted,
     )
-    .background(move |ctx: Context| background::run(app.clone(), ctx))
+    // The CA's API and mDNS advertisement, under `koi daemon` only.
+    .service(background::SERVICE, background::service)
+    .shutdown_grace(background::SHUTDOWN_GRACE)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_declaration_is_valid_and_announces_the_apis_drain_grace() {
+        let plugin = super::plugin();
+        assert_eq!(plugin.check(), Ok(()));
+        // The host waits this long after `shutdown` before it signals (docs/plugins.md).
+        assert_eq!(plugin.manifest().shutdown_grace_ms, Some(2000));
+        assert!(
+            plugin
+                .manifest()
+                .subscribes
+                .iter()
+                .any(|p| p == koi_sdk::protocol::context::host_events::PLUGIN_RESTARTED)
+        );
+    }
 }

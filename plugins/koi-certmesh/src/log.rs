@@ -6,8 +6,6 @@
 //! [`DEFAULT_PAGE`] unless `--last N` (at most [`MAX_PAGE`]). `--verify` streams the file one line
 //! at a time (constant memory) on the blocking pool, so the plugin keeps answering the host.
 
-use std::sync::Arc;
-
 use koi_certmesh_core::Roster;
 use koi_certmesh_core::audit::{self, AuditEntry, AuditVerdict};
 use koi_certmesh_core::audit_tail;
@@ -67,8 +65,8 @@ pub struct LogResult {
 }
 
 /// The `log` method.
-pub async fn run(app: Arc<App>, ctx: Context, p: LogParams) -> Result<LogResult, MethodError> {
-    let authority = app.authority(&ctx);
+pub async fn run(ctx: Context, p: LogParams) -> Result<LogResult, MethodError> {
+    let authority = App::of(&ctx)?.authority();
     let layout = authority.layout().clone();
     if !layout.is_ca() {
         return Err(error::fail(

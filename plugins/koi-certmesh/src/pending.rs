@@ -4,8 +4,6 @@
 //! to `audit-pending.signing` and [`crate::authority::CaSession::open`] signs them into the log.
 //! [`pending_count`] is what `status` and `log` report as not yet signed.
 
-use std::io::Write;
-
 use koi_sdk::MethodError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -108,16 +106,10 @@ pub(crate) fn append_pending(
     Ok(true)
 }
 
-/// Appends `bytes` to `path` (created 0600) in one write, then flushes it to disk.
+/// Appends `bytes` to `path` (created 0600, its directory flushed then) in one write, then
+/// flushes it to disk: [`koi_sdk::store::append_durable`], with the operating system's error.
 fn append_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_data()
+    koi_sdk::store::append_durable(path, bytes, 0o600).map_err(std::io::Error::from)
 }
 
 /// Refusals recorded while locked and not yet signed into the audit log.

@@ -10,8 +10,6 @@
 //! force; running `rotate-secret` again rotates it. This is also how to get a code after a
 //! `create` that was interrupted before it showed one.
 
-use std::sync::Arc;
-
 use koi_certmesh_core::Roster;
 use koi_certmesh_core::audit::events;
 use koi_sdk::{Context, MethodError};
@@ -54,12 +52,8 @@ pub struct RotateResult {
 }
 
 /// The `rotate-secret` method.
-pub async fn run(
-    app: Arc<App>,
-    ctx: Context,
-    p: RotateParams,
-) -> Result<RotateResult, MethodError> {
-    let authority = app.authority(&ctx);
+pub async fn run(ctx: Context, p: RotateParams) -> Result<RotateResult, MethodError> {
+    let authority = App::of(&ctx)?.authority();
     let layout = authority.layout().clone();
     let who = actor(p.operator.as_deref());
     let audit_actor = who.clone();

@@ -1,8 +1,6 @@
 //! `koi certmesh status` (the plugin's `status` answer): mesh, profile, role, CA fingerprint,
 //! locked state, this machine's certificate expiry, and on the CA the members and the API.
 
-use std::sync::Arc;
-
 use koi_certmesh_core::Roster;
 use koi_sdk::Context;
 use koi_sdk::protocol::calls::{HealthState, StatusReport};
@@ -23,9 +21,33 @@ fn days_left(expires_at: &str) -> Option<i64> {
     Some((t - OffsetDateTime::now_utc()).whole_days())
 }
 
-/// The status report.
-pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
-    let authority = app.authority(&ctx);
+fn failed(e: &koi_sdk::MethodError) -> StatusReport {
+    StatusReport {
+        state: HealthState::Failed,
+        summary: e.message().to_owned(),
+        details: Map::new(),
+    }
+}
+
+/// The status report. It reads membership, certificate, roster and audit files, so it is built on
+/// the blocking pool: the host's pings go on being answered however large the roster.
+pub async fn report(ctx: Context) -> StatusReport {
+    let app = match App::of(&ctx) {
+        Ok(app) => app,
+        Err(e) => return failed(&e),
+    };
+    let daemon = ctx.mode() == RunMode::Daemon;
+    match ctx
+        .blocking("status", move || Ok(build(&app, daemon)))
+        .await
+    {
+        Ok(report) => report,
+        Err(e) => failed(&e),
+    }
+}
+
+fn build(app: &App, daemon: bool) -> StatusReport {
+    let authority = app.authority();
     let layout = authority.layout();
     let mut details = Map::new();
     let membership = match Membership::load(layout) {
@@ -77,7 +99,6 @@ pub async fn report(app: Arc<App>, ctx: Context) -> StatusReport {
     let mut lockout_text = String::new();
     let summary = if layout.is_ca() {
         let locked = !authority.is_unlocked();
-        let daemon = ctx.mode() == RunMode::Daemon;
         match Roster::load(&layout.roster()) {
             Ok(roster) => {
                 details.insert(

@@ -5,17 +5,15 @@
 //! (after `koi certmesh leave`, or a mesh folder moved away by hand), and `status` lists every
 //! koi root found in each store, recognised by the `koi-certmesh-` prefix of its name.
 
-use koi_sdk::{Context, MethodError};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use std::sync::Arc;
-
 use crate::app::App;
 use crate::error;
 use crate::files::{CertFiles, Membership, anchor_name};
 use crate::layout::Layout;
 use crate::leave;
 use crate::truststore::{self, Anchor, StoreReport, StoreState, TrustConfig, TrustReport};
+use koi_sdk::{Context, MethodError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// How every koi root's trust-store name begins ([`anchor_name`] builds them).
 pub const ANCHOR_PREFIX: &str = "koi-certmesh-";
@@ -116,17 +114,22 @@ fn root(layout: &Layout) -> Result<(String, String), MethodError> {
     Ok((pem, membership.ca_fingerprint))
 }
 
+/// Runs trust-store work (files, `update-ca-certificates`, `certutil`, `keytool`: seconds at
+/// worst) off the protocol workers.
 async fn run_blocking(
+    ctx: &Context,
     f: impl FnOnce() -> TrustReport + Send + 'static,
 ) -> Result<TrustReport, MethodError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| MethodError::new(format!("The trust-store task failed: {e}")))
+    ctx.blocking("trust-store", move || Ok(f())).await
 }
 
 /// Installs the root of the mesh with `fingerprint` (after create or join). Store failures are
 /// in the report, not an error: the mesh itself worked.
-pub async fn install_root(layout: &Layout, fingerprint: &str) -> Result<TrustReport, MethodError> {
+pub async fn install_root(
+    ctx: &Context,
+    layout: &Layout,
+    fingerprint: &str,
+) -> Result<TrustReport, MethodError> {
     let (pem, fp) = root(layout)?;
     if fp != fingerprint {
         return Err(error::fail(
@@ -135,7 +138,7 @@ pub async fn install_root(layout: &Layout, fingerprint: &str) -> Result<TrustRep
         ));
     }
     let config = trust_config(layout);
-    run_blocking(move || {
+    run_blocking(ctx, move || {
         let name = anchor_name(&fp);
         truststore::install(
             &config,
@@ -150,8 +153,8 @@ pub async fn install_root(layout: &Layout, fingerprint: &str) -> Result<TrustRep
 }
 
 /// The `trust` method.
-pub async fn run(app: Arc<App>, ctx: Context, p: TrustParams) -> Result<TrustResult, MethodError> {
-    let layout = app.authority(&ctx).layout().clone();
+pub async fn run(ctx: Context, p: TrustParams) -> Result<TrustResult, MethodError> {
+    let layout = App::of(&ctx)?.authority().layout().clone();
     if !matches!(p.action, TrustAction::Remove) && (p.fingerprint.is_some() || p.name.is_some()) {
         return Err(error::fail(
             "--fingerprint and --name choose the root for `trust remove` only: install takes this machine's mesh root, and status shows every koi root.",
@@ -162,7 +165,7 @@ pub async fn run(app: Arc<App>, ctx: Context, p: TrustParams) -> Result<TrustRes
         TrustAction::Install => {
             let (pem, fp) = root(&layout)?;
             let config = trust_config(&layout);
-            let report = run_blocking(move || {
+            let report = run_blocking(&ctx, move || {
                 let name = anchor_name(&fp);
                 let anchor = Anchor {
                     name: &name,
@@ -175,10 +178,10 @@ pub async fn run(app: Arc<App>, ctx: Context, p: TrustParams) -> Result<TrustRes
             finish(report)
         }
         TrustAction::Remove => {
-            let target = removal_target(&layout, &p).await?;
-            finish(remove_root(&layout, target, None).await?)
+            let target = removal_target(&ctx, &layout, &p).await?;
+            finish(remove_root(&ctx, &layout, target, None).await?)
         }
-        TrustAction::Status => status(&layout).await,
+        TrustAction::Status => status(&ctx, &layout).await,
     }
 }
 
@@ -201,7 +204,11 @@ fn normalize_fingerprint(fp: &str) -> Option<String> {
 
 /// Which root `trust remove` takes out: --fingerprint, --name, else this mesh's root. Without
 /// any of them and without a mesh, the koi roots still installed are listed in the error.
-async fn removal_target(layout: &Layout, p: &TrustParams) -> Result<RemovalTarget, MethodError> {
+async fn removal_target(
+    ctx: &Context,
+    layout: &Layout,
+    p: &TrustParams,
+) -> Result<RemovalTarget, MethodError> {
     match (&p.fingerprint, &p.name) {
         (Some(_), Some(_)) => Err(error::fail(
             "`trust remove` takes --fingerprint or --name, not both.",
@@ -228,7 +235,7 @@ async fn removal_target(layout: &Layout, p: &TrustParams) -> Result<RemovalTarge
                     "Copy the name from `koi certmesh trust status`.",
                 ));
             }
-            let found = find_roots(layout).await?;
+            let found = find_roots(ctx, layout).await?;
             let fingerprint = found
                 .roots
                 .iter()
@@ -246,7 +253,7 @@ async fn removal_target(layout: &Layout, p: &TrustParams) -> Result<RemovalTarge
                     fingerprint: Some(fp),
                 });
             }
-            let found = find_roots(layout).await?;
+            let found = find_roots(ctx, layout).await?;
             // One entry per root, with every store that holds it.
             let mut listed: Vec<(String, Option<String>, Vec<String>)> = Vec::new();
             for r in &found.roots {
@@ -297,6 +304,7 @@ async fn removal_target(layout: &Layout, p: &TrustParams) -> Result<RemovalTarge
 /// Takes `target` out of every store. `retry` is what a privileged retry runs (default: `trust
 /// remove` with the target's flag).
 pub async fn remove_root(
+    ctx: &Context,
     layout: &Layout,
     target: RemovalTarget,
     retry: Option<String>,
@@ -306,7 +314,7 @@ pub async fn remove_root(
         Some(fp) => format!("koi certmesh trust remove --fingerprint {fp}"),
         None => format!("koi certmesh trust remove --name {}", target.name),
     });
-    run_blocking(move || match &target.fingerprint {
+    run_blocking(ctx, move || match &target.fingerprint {
         Some(fp) => truststore::remove_anchor(
             &config,
             &Anchor {
@@ -320,20 +328,21 @@ pub async fn remove_root(
     .await
 }
 
-async fn find_roots(layout: &Layout) -> Result<truststore::Found, MethodError> {
+async fn find_roots(ctx: &Context, layout: &Layout) -> Result<truststore::Found, MethodError> {
     let config = trust_config(layout);
-    tokio::task::spawn_blocking(move || truststore::find(&config, ANCHOR_PREFIX))
-        .await
-        .map_err(|e| MethodError::new(format!("The trust-store task failed: {e}")))
+    ctx.blocking("trust-store", move || {
+        Ok(truststore::find(&config, ANCHOR_PREFIX))
+    })
+    .await
 }
 
 /// `trust status`: this mesh's root in each store (when in a mesh), and every koi root found.
-async fn status(layout: &Layout) -> Result<TrustResult, MethodError> {
+async fn status(ctx: &Context, layout: &Layout) -> Result<TrustResult, MethodError> {
     let current = root(layout).ok();
     let mut stores = Vec::new();
     if let Some((pem, fp)) = current.clone() {
         let config = trust_config(layout);
-        let report = run_blocking(move || {
+        let report = run_blocking(ctx, move || {
             let name = anchor_name(&fp);
             truststore::status(
                 &config,
@@ -347,7 +356,7 @@ async fn status(layout: &Layout) -> Result<TrustResult, MethodError> {
         .await?;
         stores = report.stores;
     }
-    let found = find_roots(layout).await?;
+    let found = find_roots(ctx, layout).await?;
     stores.extend(found.unreadable);
     let membership = Membership::load(layout).ok().flatten();
     let koi_roots = found

@@ -3,8 +3,6 @@
 //! signing." Without a daemon the passphrase is checked (and the unlock audited) but nothing stays
 //! unlocked, which the answer says.
 
-use std::sync::Arc;
-
 use koi_sdk::protocol::handshake::RunMode;
 use koi_sdk::{Context, MethodError};
 use schemars::JsonSchema;
@@ -40,12 +38,8 @@ pub struct UnlockResult {
 }
 
 /// The `unlock` method.
-pub async fn run(
-    app: Arc<App>,
-    ctx: Context,
-    p: UnlockParams,
-) -> Result<UnlockResult, MethodError> {
-    let authority = app.authority(&ctx);
+pub async fn run(ctx: Context, p: UnlockParams) -> Result<UnlockResult, MethodError> {
+    let authority = App::of(&ctx)?.authority();
     let layout = authority.layout().clone();
     if !layout.is_ca() {
         if let Some(m) = Membership::load(&layout)? {
@@ -95,20 +89,24 @@ pub async fn run(
     } else {
         "unlock (one-shot check)"
     };
-    let (session, report) = ctx
+    // Argon2id (64 MiB), and under the daemon signing the refusals recorded while locked:
+    // off the protocol workers. One-shot, the session is dropped (the key zeroized) right away.
+    let report = ctx
         .blocking("unlock", move || {
-            CaSession::open(&layout, &pass, &who, purpose)
+            let (session, report) = CaSession::open(&layout, &pass, &who, purpose)?;
+            if daemon {
+                authority.install(session);
+            }
+            Ok(report)
         })
         .await?;
     if daemon {
-        authority.install(session);
         Ok(UnlockResult {
             unlocked: true,
             report,
             note: "The CA is unlocked and signing until koi daemon stops.".into(),
         })
     } else {
-        drop(session);
         Ok(UnlockResult {
             unlocked: false,
             report,

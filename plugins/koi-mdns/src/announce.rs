@@ -17,7 +17,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 /// Params of `announce`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -154,11 +153,8 @@ fn conflict_warning(ctx: &Context, r: &Registration) {
 }
 
 /// The `announce` method.
-pub async fn announce(
-    engine: Arc<Engine>,
-    ctx: Context,
-    p: AnnounceParams,
-) -> Result<AnnounceResult, MethodError> {
+pub async fn announce(ctx: Context, p: AnnounceParams) -> Result<AnnounceResult, MethodError> {
+    let engine = ctx.state::<Engine>()?;
     let entries = txt::parse_all(p.txt.iter().map(String::as_str))?;
     let spec = spec(
         &p.name,
@@ -169,7 +165,7 @@ pub async fn announce(
         &p.ip,
         &p.interface,
     )?;
-    let registration = engine.register(spec, owner(&ctx)).await?;
+    let registration = engine.register(&ctx, spec, owner(&ctx)).await?;
     conflict_warning(&ctx, &registration);
     if ctx.mode() == RunMode::Daemon {
         return Ok(AnnounceResult {
@@ -205,11 +201,8 @@ pub fn owner(ctx: &Context) -> Caller {
 
 /// The `unannounce` (CLI) and `withdraw` (plugins) methods: only the announcement's owner may
 /// withdraw it.
-pub async fn withdraw(
-    engine: Arc<Engine>,
-    ctx: Context,
-    p: UnannounceParams,
-) -> Result<WithdrawResult, MethodError> {
+pub async fn withdraw(ctx: Context, p: UnannounceParams) -> Result<WithdrawResult, MethodError> {
+    let engine = ctx.state::<Engine>()?;
     let name = names::instance_name(&p.name)?;
     let service_type = ServiceType::parse(&p.service_type)?;
     let registration = engine
@@ -225,11 +218,8 @@ pub async fn withdraw(
 /// owner `withdraw`s it, or until this plugin process ends (at the end of a one-shot command, or
 /// when `koi daemon` stops), when goodbye packets are sent. Advertising again exactly what the
 /// same caller already advertises succeeds and changes nothing, so a plugin may re-assert it.
-pub async fn advertise(
-    engine: Arc<Engine>,
-    ctx: Context,
-    p: AdvertiseParams,
-) -> Result<AnnounceResult, MethodError> {
+pub async fn advertise(ctx: Context, p: AdvertiseParams) -> Result<AnnounceResult, MethodError> {
+    let engine = ctx.state::<Engine>()?;
     let entries = txt::from_map(&p.txt)?;
     let spec = spec(
         &p.name,
@@ -240,7 +230,7 @@ pub async fn advertise(
         &p.ip,
         &p.interface,
     )?;
-    let registration = engine.register(spec, owner(&ctx)).await?;
+    let registration = engine.register(&ctx, spec, owner(&ctx)).await?;
     conflict_warning(&ctx, &registration);
     Ok(AnnounceResult {
         registration,

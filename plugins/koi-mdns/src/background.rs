@@ -1,44 +1,48 @@
-//! The plugin's background task. Under `koi daemon` it browses every service type on the link
-//! (`_services._dns-sd._udp`, then each type found), keeps the cache current and publishes
-//! `mdns.service.*` events for other plugins (dns, health). In every mode, at shutdown it withdraws
-//! the announcements still held, so goodbye packets always go out.
+//! The plugin's long-lived work. Under `koi daemon` the `browse` service browses every service
+//! type on the link (`_services._dns-sd._udp`, then each type found), keeps the cache current and
+//! publishes `mdns.service.*` events for other plugins (dns, health); the SDK restarts it with
+//! backoff if the engine cannot start or stops delivering, and shows it in `status`. In every mode
+//! the `goodbyes` task waits for shutdown and withdraws the announcements still held, so goodbye
+//! packets always go out (a one-shot `announce` or `advertise` too, which is why it is a
+//! `background` task and not a daemon-only service).
 
 use crate::cache::Change;
 use crate::engine::{Engine, data_from_resolved};
 use crate::events;
 use crate::interfaces::Selection;
 use crate::names::SERVICES_META_TYPE;
-use koi_sdk::Context;
-use koi_sdk::protocol::handshake::RunMode;
+use koi_sdk::{Context, MethodError};
 use mdns_sd::ServiceEvent;
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Bound on queued engine events (each browse forwards into it).
 const QUEUE: usize = 256;
 
-/// Runs until the plugin shuts down.
-pub async fn run(engine: Arc<Engine>, ctx: Context) {
-    if ctx.mode() == RunMode::Daemon {
-        tokio::select! {
-            _ = ctx.cancelled() => {}
-            _ = browse_everything(&engine, &ctx) => {}
-        }
-    } else {
-        ctx.cancelled().await;
+/// The `browse` service (daemon mode only): runs until the plugin shuts down. An engine that
+/// cannot start, or stops answering, is an error, so the SDK retries with backoff.
+pub async fn browse(ctx: Context) -> Result<(), MethodError> {
+    let engine = ctx.state::<Engine>()?;
+    tokio::select! {
+        _ = ctx.cancelled() => Ok(()),
+        outcome = browse_everything(&engine, &ctx) => outcome,
     }
-    engine.withdraw_all().await;
 }
 
-async fn browse_everything(engine: &Arc<Engine>, ctx: &Context) {
-    let daemon = match engine.browser(&Selection::Default) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!("background browsing is off: {e}. {}", e.hint());
-            return;
-        }
-    };
+/// The `goodbyes` task (every mode): at shutdown, withdraws every announcement still held.
+pub async fn goodbyes(ctx: Context) {
+    ctx.cancelled().await;
+    match ctx.state::<Engine>() {
+        Ok(engine) => engine.withdraw_all().await,
+        Err(e) => tracing::warn!("no goodbye packets sent at shutdown: {e}"),
+    }
+}
+
+async fn browse_everything(engine: &Engine, ctx: &Context) -> Result<(), MethodError> {
+    let daemon = engine
+        .browser(ctx, &Selection::Default)
+        .await
+        .map_err(|e| MethodError::new(format!("cannot browse the network: {e}")).hint(e.hint()))?;
     let (tx, mut rx) = mpsc::channel::<ServiceEvent>(QUEUE);
     let forward = |receiver: mdns_sd::Receiver<ServiceEvent>| {
         let tx = tx.clone();
@@ -53,8 +57,12 @@ async fn browse_everything(engine: &Arc<Engine>, ctx: &Context) {
     match daemon.get().browse(SERVICES_META_TYPE) {
         Ok(r) => forward(r),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot browse service types");
-            return;
+            return Err(MethodError::new(format!(
+                "the mDNS engine refused to browse service types: {e}"
+            ))
+            .hint(
+                "koi-mdns retries on its own; `koi mdns status` shows whether browsing is back.",
+            ));
         }
     }
     let mut browsing = BTreeSet::new();
@@ -81,4 +89,8 @@ async fn browse_everything(engine: &Arc<Engine>, ctx: &Context) {
             _ => {}
         }
     }
+    Err(MethodError::new(
+        "browsing stopped unexpectedly: the mDNS engine delivers no more results",
+    )
+    .hint("koi-mdns restarts browsing on its own; `koi status` shows the `browse` service's state."))
 }

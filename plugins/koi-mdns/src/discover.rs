@@ -17,7 +17,6 @@ use mdns_sd::ServiceEvent;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Params of `discover`.
@@ -147,11 +146,8 @@ pub fn timeout_of(given: Option<f64>) -> Result<Duration, MdnsError> {
 }
 
 /// The `discover` method.
-pub async fn run(
-    engine: Arc<Engine>,
-    ctx: Context,
-    p: DiscoverParams,
-) -> Result<DiscoverResult, MethodError> {
+pub async fn run(ctx: Context, p: DiscoverParams) -> Result<DiscoverResult, MethodError> {
+    let engine = ctx.state::<Engine>()?;
     let service_type = p
         .service_type
         .as_deref()
@@ -159,7 +155,7 @@ pub async fn run(
         .transpose()?;
     let timeout = timeout_of(p.timeout)?;
     let selection = Selection::from_args(&p.interface);
-    let daemon = engine.browser(&selection)?;
+    let daemon = engine.browser(&ctx, &selection).await?;
     let browsed = service_type
         .as_ref()
         .map_or_else(|| SERVICES_META_TYPE.to_owned(), ServiceType::fqdn);

@@ -13,6 +13,7 @@ use crate::interfaces::{self, Selection};
 use crate::names::{self, ServiceType};
 use crate::port;
 use crate::txt::TxtEntry;
+use koi_sdk::Context;
 use koi_sdk::protocol::Caller;
 use mdns_sd::{DaemonEvent, ServiceDaemon, ServiceInfo, UnregisterStatus};
 use schemars::JsonSchema;
@@ -151,17 +152,23 @@ impl Engine {
         Arc::new(Self::default())
     }
 
-    /// A new short-lived daemon for browsing or resolving.
-    pub fn browser(&self, selection: &Selection) -> Result<Daemon, MdnsError> {
-        Daemon::start(selection)
+    /// A new short-lived daemon for browsing or resolving, started off the protocol loop.
+    pub async fn browser(&self, ctx: &Context, selection: &Selection) -> Result<Daemon, MdnsError> {
+        let selection = selection.clone();
+        off_loop(ctx, move || Daemon::start(&selection)).await
     }
 
-    fn responder(&self, selection: &Selection) -> Result<Arc<Daemon>, MdnsError> {
+    async fn responder(
+        &self,
+        ctx: &Context,
+        selection: &Selection,
+    ) -> Result<Arc<Daemon>, MdnsError> {
         let key = SelectionKey::from(selection);
         if let Some(d) = lock(&self.state).responders.get(&key) {
             return Ok(d.clone());
         }
-        let daemon = Arc::new(Daemon::start(selection)?);
+        let owned = selection.clone();
+        let daemon = Arc::new(off_loop(ctx, move || Daemon::start(&owned)).await?);
         Ok(lock(&self.state)
             .responders
             .entry(key)
@@ -196,11 +203,13 @@ impl Engine {
     /// its advertisement); anything else under a name already held is refused.
     pub async fn register(
         &self,
+        ctx: &Context,
         spec: AnnouncementSpec,
         owner: Caller,
     ) -> Result<Registration, MdnsError> {
-        let used = interfaces::usable(&spec.selection)?;
-        let responder = self.responder(&spec.selection)?;
+        let selection = spec.selection.clone();
+        let used = off_loop(ctx, move || interfaces::usable(&selection)).await?;
+        let responder = self.responder(ctx, &spec.selection).await?;
         let daemon = responder.get();
         let monitor = daemon.monitor()?;
         let props: Vec<mdns_sd::TxtProperty> = spec
@@ -368,6 +377,21 @@ impl Engine {
                 let _ = self.withdraw(&r.instance, &t, None).await;
             }
         }
+    }
+}
+
+/// Runs `work` on the blocking pool ([`Context::blocking`]): starting an mdns-sd daemon reads
+/// interface facts from `/sys`, probes port 5353 and starts a thread, none of which belongs on a
+/// protocol worker.
+async fn off_loop<T: Send + 'static>(
+    ctx: &Context,
+    work: impl FnOnce() -> Result<T, MdnsError> + Send + 'static,
+) -> Result<T, MdnsError> {
+    match ctx.blocking("mDNS engine start", move || Ok(work())).await {
+        Ok(outcome) => outcome,
+        Err(e) => Err(MdnsError::Engine {
+            cause: e.message().to_owned(),
+        }),
     }
 }
 

@@ -27,7 +27,7 @@
 //! - [`interfaces`] — the interface selection rule.
 //! - [`names`], [`txt`]: validation of service types, instance/host names, TXT entries.
 //! - [`port`] — the port-5353 check.
-//! - [`background`] — daemon-mode browsing and goodbyes at shutdown.
+//! - [`background`] — the `browse` service (daemon mode) and goodbyes at shutdown (every mode).
 //! - [`error`] — `MdnsError`.
 
 #![forbid(unsafe_code)]
@@ -47,7 +47,7 @@ pub mod status;
 pub mod txt;
 
 use engine::Engine;
-use koi_sdk::{Context, Method, NoParams, Plugin};
+use koi_sdk::{Method, Plugin};
 
 /// The deprecation warning of `koi discover` (seed 000, phase 0).
 pub const DISCOVER_ALIAS_WARNING: &str = "Warning: `koi discover` is deprecated. Use `koi mdns discover`.\nThis alias will be removed in the next release.";
@@ -56,12 +56,10 @@ pub const ANNOUNCE_ALIAS_WARNING: &str = "Warning: `koi announce` is deprecated.
 
 /// The koi-mdns plugin: every method, event and alias.
 pub fn plugin() -> Plugin {
-    let engine = Engine::new();
-    let e = engine.clone();
     let discover = Method::new(
         "discover",
         "Find services (or, without TYPE, service types) on the local network",
-        move |ctx: Context, p: discover::DiscoverParams| discover::run(e.clone(), ctx, p),
+        discover::run,
     )
     .description(
         "Browses for --timeout seconds (default 3) and prints what answered. With --watch, streams \
@@ -77,11 +75,10 @@ pub fn plugin() -> Plugin {
     .example("koi mdns discover _http._tcp --watch --json")
     .example("koi mdns discover");
 
-    let e = engine.clone();
     let announce = Method::new(
         "announce",
         "Advertise a service until Ctrl-C (under `koi daemon`: until unannounced)",
-        move |ctx: Context, p: announce::AnnounceParams| announce::announce(e.clone(), ctx, p),
+        announce::announce,
     )
     .positional(["name", "service_type", "port"])
     .long_running()
@@ -91,22 +88,20 @@ pub fn plugin() -> Plugin {
     .example("koi mdns announce \"Grafana\" _http._tcp 3000 --txt path=/")
     .example("koi mdns announce printer _ipp._tcp 631 --host printer --ip 10.0.0.7");
 
-    let e = engine.clone();
     let unannounce = Method::new(
         "unannounce",
         "Withdraw an announcement this koi holds, sending goodbye packets",
-        move |ctx: Context, p: announce::UnannounceParams| announce::withdraw(e.clone(), ctx, p),
+        announce::withdraw,
     )
     .positional(["name", "service_type"])
     .mutating()
     .local_only()
     .example("koi mdns unannounce Grafana _http._tcp");
 
-    let e = engine.clone();
     let resolve = Method::new(
         "resolve",
         "Look up a .local host name's addresses",
-        move |ctx: Context, p: resolve::ResolveParams| resolve::run(e.clone(), ctx, p),
+        resolve::run,
     )
     .positional(["host"])
     .short("timeout", 't')
@@ -114,44 +109,38 @@ pub fn plugin() -> Plugin {
 
     // `status` is reserved by the protocol (it answers `koi status` and the host's own
     // `koi mdns status`), so the typed verb is `state` (see docs/mdns.md, "Deviations").
-    let e = engine.clone();
     let state = Method::new(
         "state",
         "Interfaces in use, announcements, and discovered services with last-seen times",
-        move |ctx: Context, p: NoParams| status::run(e.clone(), ctx, p),
+        status::run,
     )
     .example("koi mdns state --json");
 
-    let e = engine.clone();
     let advertise = Method::new(
         "advertise",
         "Announce a service for another plugin until withdrawn (e.g. _certmesh._tcp with CA details in TXT)",
-        move |ctx: Context, p: announce::AdvertiseParams| announce::advertise(e.clone(), ctx, p),
+        announce::advertise,
     )
     .not_on_cli()
     .mutating()
     .local_only();
 
-    let e = engine.clone();
     let withdraw = Method::new(
         "withdraw",
         "Withdraw an announcement made with `advertise`, sending goodbye packets",
-        move |ctx: Context, p: announce::UnannounceParams| announce::withdraw(e.clone(), ctx, p),
+        announce::withdraw,
     )
     .not_on_cli()
     .mutating()
     .local_only();
 
-    let e = engine.clone();
     let query = Method::new(
         "query",
         "Look up discovered services in the cache (with last-seen times)",
-        move |ctx: Context, p: status::QueryParams| status::query(e.clone(), ctx, p),
+        status::query,
     )
     .not_on_cli();
 
-    let e = engine.clone();
-    let status_engine = engine.clone();
     Plugin::new(
         "mdns",
         env!("CARGO_PKG_VERSION"),
@@ -177,6 +166,8 @@ pub fn plugin() -> Plugin {
     // Koi's REST API before namespacing (seed 000, phase 0): the daemon answers these with 301.
     .legacy_route("/discover", "discover")
     .legacy_route("/status", "status")
-    .status(move |ctx: Context| status::report(status_engine.clone(), ctx))
-    .background(move |ctx: Context| background::run(e.clone(), ctx))
+    .state(|_| Engine::default())
+    .status(status::report)
+    .service("browse", background::browse)
+    .background(background::goodbyes)
 }

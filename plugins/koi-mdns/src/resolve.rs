@@ -11,7 +11,6 @@ use mdns_sd::HostnameResolutionEvent;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// After the first answer, how long to wait for more addresses (IPv6 often follows IPv4).
@@ -42,14 +41,13 @@ pub struct ResolveResult {
 }
 
 /// The `resolve` method.
-pub async fn run(
-    engine: Arc<Engine>,
-    ctx: Context,
-    p: ResolveParams,
-) -> Result<ResolveResult, MethodError> {
+pub async fn run(ctx: Context, p: ResolveParams) -> Result<ResolveResult, MethodError> {
+    let engine = ctx.state::<Engine>()?;
     let host = names::host_name(&p.host)?;
     let timeout = timeout_of(p.timeout)?;
-    let daemon = engine.browser(&Selection::from_args(&p.interface))?;
+    let daemon = engine
+        .browser(&ctx, &Selection::from_args(&p.interface))
+        .await?;
     let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     let receiver = daemon
         .get()

@@ -11,7 +11,6 @@ use koi_sdk::protocol::handshake::RunMode;
 use koi_sdk::{Context, MethodError, NoParams};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// Result of `koi mdns status`.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -37,11 +36,8 @@ fn mode_name(mode: RunMode) -> &'static str {
 }
 
 /// The `status` verb.
-pub async fn run(
-    engine: Arc<Engine>,
-    ctx: Context,
-    _p: NoParams,
-) -> Result<StatusResult, MethodError> {
+pub async fn run(ctx: Context, _p: NoParams) -> Result<StatusResult, MethodError> {
+    let engine = ctx.state::<Engine>()?;
     let note = (ctx.mode() == RunMode::OneShot).then(|| {
         "one-shot run: announcements and the cache live only as long as one command; \
          `koi daemon` keeps them"
@@ -57,7 +53,17 @@ pub async fn run(
 }
 
 /// The plugin's answer to `status` (for `koi status`).
-pub async fn report(engine: Arc<Engine>, ctx: Context) -> StatusReport {
+pub async fn report(ctx: Context) -> StatusReport {
+    let engine = match ctx.state::<Engine>() {
+        Ok(engine) => engine,
+        Err(e) => {
+            return StatusReport {
+                state: HealthState::Failed,
+                summary: e.to_string(),
+                details: serde_json::Map::new(),
+            };
+        }
+    };
     let used: Vec<String> = interfaces::survey(&Selection::Default)
         .into_iter()
         .filter(|i| i.used)
@@ -67,7 +73,7 @@ pub async fn report(engine: Arc<Engine>, ctx: Context) -> StatusReport {
     let services = engine.query(None, None).len();
     // The details carry everything `koi mdns state` shows, so `koi mdns status` (the host's
     // verb for this method) and `koi status --verbose` show interfaces, announcements and cache.
-    let details = match run(engine.clone(), ctx, NoParams {}).await {
+    let details = match run(ctx, NoParams {}).await {
         Ok(full) => match serde_json::to_value(full) {
             Ok(serde_json::Value::Object(map)) => map,
             _ => serde_json::Map::new(),
@@ -115,11 +121,8 @@ pub struct QueryResult {
 }
 
 /// The `query` method (for other plugins).
-pub async fn query(
-    engine: Arc<Engine>,
-    _ctx: Context,
-    p: QueryParams,
-) -> Result<QueryResult, MethodError> {
+pub async fn query(ctx: Context, p: QueryParams) -> Result<QueryResult, MethodError> {
+    let engine = ctx.state::<Engine>()?;
     let service_type = p
         .service_type
         .as_deref()

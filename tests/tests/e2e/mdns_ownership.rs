@@ -244,6 +244,7 @@ fn certmesh_advertisement_resists_other_owners_and_returns_after_koi_mdns_is_kil
     let new_pid = wait_for(Duration::from_secs(20), "koi-mdns restarted", || {
         plugin_pid(&lab.a, "mdns").filter(|p| *p != mdns_pid)
     });
+    let restarted = std::time::Instant::now();
     let back = wait_for(
         Duration::from_secs(20),
         "the advertisement back in the new koi-mdns",
@@ -257,6 +258,11 @@ fn certmesh_advertisement_resists_other_owners_and_returns_after_koi_mdns_is_kil
             .find(|s| s["instance"] == name.as_str())
     });
     assert!(seen["txt"]["fp"].is_string(), "{seen}");
+    // A figure for docs/benchmarks.md (issue 15 asks for ≤ 5 s), not an assertion.
+    eprintln!(
+        "the CA's advertisement was seen again on B {} ms after koi-mdns restarted",
+        restarted.elapsed().as_millis()
+    );
     assert_eq!(
         plugin_pid(&lab.a, "certmesh"),
         Some(certmesh_pid),

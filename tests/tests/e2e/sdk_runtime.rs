@@ -261,10 +261,10 @@ fn a_failing_service_is_restarted_with_backoff_and_shown_in_status() {
     let env = [("SDKRT_FLAKY", "1"), ("SDKRT_BACKOFF_MS", "100")];
     let mut fixture = Fixture::start("daemon", &env);
     let report = status_until(&mut fixture, |r| {
-        let flaky = &r["details"]["services"]["flaky"];
+        let flaky = &r["details"]["daemon_services"]["flaky"];
         flaky["state"] == "restarting" && flaky["restarts"].as_u64().is_some_and(|n| n >= 3)
     });
-    let flaky = &report["details"]["services"]["flaky"];
+    let flaky = &report["details"]["daemon_services"]["flaky"];
     assert!(
         flaky["last_error"]
             .as_str()
