@@ -1,7 +1,10 @@
 //! `rpc-bench`: measures the plugin protocol through the host's own `Connection`, the code path
 //! `koi` uses: the handshake (spawn + `initialize`, then shutdown and reap), the round trip of one
-//! call to a plugin kept running (many calls over one connection, schema checks included), and
-//! what one schema check costs. Prints a JSON report.
+//! call to a plugin kept running (many calls over one connection, schema checks included), the
+//! plugin's resident memory after the handshake and 100 calls, what one schema check costs, and —
+//! when the plugin has koi-hello's `publish` verb — how fast it publishes events one after the
+//! other to a host that checks each against its schema and answers at once (no bus behind it).
+//! Prints a JSON report.
 //!
 //! Usage: `rpc-bench PLUGIN_PATH MONIKER [CALLS]` — the plugin must answer `greet {"name": ..}`
 //! (the SDK example `koi-hello` does).
@@ -17,7 +20,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-/// The benchmark answers no plugin→host calls.
+/// The benchmark answers no plugin→host calls but `host/publish`, which it accepts at once
+/// (the connection has already checked the payload against the publisher's schema).
 struct NoServices;
 
 impl HostServices for NoServices {
@@ -28,6 +32,9 @@ impl HostServices for NoServices {
         _params: Value,
     ) -> BoxFuture<Result<Value, ErrorObject>> {
         Box::pin(async move {
+            if method == koi_protocol::calls::PUBLISH {
+                return Ok(json!({"delivered": 0}));
+            }
             Err(ErrorObject::new(
                 -32601,
                 format!("rpc-bench does not serve {method}"),
@@ -44,6 +51,45 @@ fn stats(mut samples: Vec<Duration>) -> Value {
     let mean = samples.iter().map(Duration::as_secs_f64).sum::<f64>() / samples.len() as f64 * 1e6;
     json!({"n": samples.len(), "median_us": pick(0.5), "p90_us": pick(0.9), "p99_us": pick(0.99),
            "min_us": pick(0.0), "mean_us": mean})
+}
+
+/// `VmRSS` and `VmHWM` of process `pid`, in KiB, from `/proc` (`None` off Linux or once it exited).
+fn rss_kib(pid: u32) -> Option<Value> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+    };
+    Some(json!({"vm_rss_kib": field("VmRSS:")?, "vm_hwm_kib": field("VmHWM:")?}))
+}
+
+/// Times `publish {count, size}` for each payload size: the plugin awaits the host's answer to
+/// every event, so this is the publisher's own ceiling, without a daemon's bus behind it.
+async fn publisher_rates(connection: &Connection, count: u32) -> Result<Value> {
+    let mut rates = serde_json::Map::new();
+    for size in [0u32, 1024] {
+        let start = Instant::now();
+        connection
+            .call("publish", json!({"count": count, "size": size}))
+            .await
+            .map_err(|e| anyhow::anyhow!("publish {count} events of {size} bytes: {e}"))?;
+        let elapsed = start.elapsed().as_secs_f64();
+        rates.insert(
+            format!("size_{size}"),
+            json!({"events": count, "seconds": elapsed,
+                   "events_per_s": f64::from(count) / elapsed,
+                   "us_per_event": elapsed * 1e6 / f64::from(count)}),
+        );
+    }
+    Ok(Value::Object(rates))
 }
 
 fn main() -> Result<()> {
@@ -94,11 +140,15 @@ fn main() -> Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let params = json!({"name": "Ada"});
-        for _ in 0..1000 {
+        let mut rss_after_100_calls = Value::Null;
+        for i in 0..1000 {
             connection
                 .call("greet", params.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if i == 99 {
+                rss_after_100_calls = rss_kib(connection.pid()).unwrap_or(Value::Null);
+            }
         }
         let mut round_trips = Vec::with_capacity(calls);
         for _ in 0..calls {
@@ -114,6 +164,12 @@ fn main() -> Result<()> {
             .method("greet")
             .cloned()
             .context("the plugin has no greet method")?;
+        let rss_after_all_calls = rss_kib(connection.pid()).unwrap_or(Value::Null);
+        let publisher = if connection.manifest().method("publish").is_some() {
+            publisher_rates(&connection, 20_000).await?
+        } else {
+            Value::Null
+        };
         connection.shutdown().await;
 
         // Cost of one schema check (compiled validator, as on every call after the first).
@@ -171,6 +227,9 @@ fn main() -> Result<()> {
             "handshake": stats(handshakes),
             "spawn_handshake_shutdown_reap": stats(lifecycles),
             "round_trip": stats(round_trips),
+            "plugin_rss_after_handshake_and_100_calls": rss_after_100_calls,
+            "plugin_rss_after_all_calls": rss_after_all_calls,
+            "publisher_alone": publisher,
             "schema_checks_per_call_ns": per_call_checks_ns,
             "schema_compile_and_check_first_call_us": first_call_checks_us,
         }))

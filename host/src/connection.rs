@@ -392,12 +392,22 @@ impl Connection {
 
     /// Sends a notification, waiting while the plugin's input queue is full (for event delivery,
     /// whose own bounded queue absorbs the wait). Returns false if the plugin's stdin is closed.
-    pub async fn deliver(&self, method: &str, params: Value) -> bool {
-        let body = Message::Notification {
-            method: method.to_owned(),
-            params,
+    /// `params` is serialised straight into the frame (not copied into a `Message` first): on the
+    /// event path this runs once per event and subscriber.
+    pub async fn deliver(&self, method: &str, params: &Value) -> bool {
+        /// A notification borrowed from the caller, for one serialisation.
+        #[derive(serde::Serialize)]
+        struct Notification<'a> {
+            jsonrpc: &'static str,
+            method: &'a str,
+            params: &'a Value,
         }
-        .to_bytes();
+        let body = serde_json::to_vec(&Notification {
+            jsonrpc: "2.0",
+            method,
+            params,
+        })
+        .unwrap_or_default();
         trace::frame(
             &self.inner.moniker,
             Direction::ToPlugin,

@@ -330,6 +330,26 @@ impl Context {
         Ok(r.delivered)
     }
 
+    /// Publishes an event declared in the manifest without waiting for the host's answer: the
+    /// pipelined form of [`Self::publish`], for a stream of events. It returns once the event is
+    /// queued for the host, waiting only while the outbound budget is spent (the host reads
+    /// slowly; docs/plugins.md, "Backpressure"). Events keep their order — among themselves and
+    /// with [`Self::publish`] and everything else the plugin sends — because the plugin has one
+    /// ordered outbound queue and the host handles a plugin's publishes in the order it reads
+    /// them.
+    ///
+    /// It fails at once only when the event cannot be sent: the payload is not serialisable, the
+    /// frame is over the host's limit, or the host is gone. The host still checks the event
+    /// against its declared schema; a refusal (undeclared topic, schema violation) arrives later
+    /// and is logged at warn, with a running count, instead of being returned. Use
+    /// [`Self::publish`] where each event's outcome or subscriber count matters.
+    pub async fn post<T: Serialize>(&self, topic: &str, payload: &T) -> Result<(), MethodError> {
+        self.shared
+            .post(topic, payload)
+            .await
+            .map_err(MethodError::from)
+    }
+
     async fn host_request<P: Serialize, R: DeserializeOwned>(
         &self,
         method: &str,

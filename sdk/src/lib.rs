@@ -88,9 +88,11 @@ mod logging;
 pub mod method;
 mod outbound;
 pub mod plugin;
+mod post;
 mod runtime;
 mod services;
 pub mod state;
+mod stdio;
 mod tasks;
 mod watchdog;
 

@@ -69,11 +69,15 @@ impl Outbound {
         self.push(body, None);
     }
 
-    /// Queues a budgeted frame, waiting for a permit. Returns at once (dropping the frame) if the
-    /// queue is closed: the host is gone.
-    pub(crate) async fn send_budgeted(&self, body: Vec<u8>) {
-        if let Ok(permit) = self.budget.clone().acquire_owned().await {
-            self.push(body, Some(permit));
+    /// Queues a budgeted frame, waiting for a permit. Returns false at once (dropping the frame)
+    /// if the queue is closed: the host is gone.
+    pub(crate) async fn send_budgeted(&self, body: Vec<u8>) -> bool {
+        match self.budget.clone().acquire_owned().await {
+            Ok(permit) => {
+                self.push(body, Some(permit));
+                true
+            }
+            Err(_) => false,
         }
     }
 

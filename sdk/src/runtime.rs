@@ -9,6 +9,7 @@
 use crate::Context;
 use crate::method::{BoxFuture, Handler};
 use crate::outbound::{self, Outbound};
+use crate::post::Posts;
 use crate::services::Board;
 use crate::state::{StateInit, States};
 use crate::tasks::{FLUSH_LIMIT, finish, start_lifecycle};
@@ -84,6 +85,8 @@ pub(crate) struct Shared {
     pub(crate) board: Arc<Board>,
     /// `Plugin::state` values, built at the first successful `initialize`.
     pub(crate) states: OnceLock<States>,
+    /// `Context::post`: ids of pipelined publishes and the host's refusals of them.
+    pub(crate) posts: Posts,
 }
 
 /// Whether a frame may wait for room in the outbound budget (see [`crate::outbound`]).
@@ -111,6 +114,7 @@ impl Shared {
             kill: CancellationToken::new(),
             board: Arc::default(),
             states: OnceLock::new(),
+            posts: Posts::default(),
         }
     }
 
@@ -192,6 +196,49 @@ impl Shared {
         Some(body)
     }
 
+    /// Sends a `host/publish` of `payload` on `topic` without waiting for the answer (which
+    /// [`Posts::answer`] checks when it comes): waits only for room in the outbound budget.
+    pub(crate) async fn post<T: Serialize>(
+        &self,
+        topic: &str,
+        payload: &T,
+    ) -> Result<(), ErrorObject> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(host_gone());
+        }
+        let body = self.posts.frame(topic, payload).map_err(|e| {
+            ErrorObject::new(
+                codes::INTERNAL_ERROR,
+                format!("the payload for {topic} is not serialisable: {e}"),
+            )
+        })?;
+        let limit = self.max_frame.load(Ordering::Relaxed);
+        if body.len() > limit {
+            return Err(crate::post::too_large(topic, body.len(), limit));
+        }
+        let place = self.posts.reserve().await.ok_or_else(host_gone)?;
+        if self.out.send_budgeted(body).await {
+            place.sent();
+            Ok(())
+        } else {
+            Err(host_gone())
+        }
+    }
+
+    /// Hands the host's answer to the plugin's request `id` to whoever waits for it (an awaited
+    /// call) or to [`Posts::answer`] (a posted event); an answer nobody waits for any more (the
+    /// call was cancelled) is dropped.
+    pub(crate) fn answer(&self, id: Id, outcome: Result<Value, ErrorObject>) {
+        if let Id::String(s) = &id {
+            if self.posts.answer(s, &outcome) {
+                return;
+            }
+        }
+        if let Some(tx) = lock(&self.pending).remove(&id) {
+            let _ = tx.send(outcome);
+        }
+    }
+
     pub(crate) fn notify<P: Serialize>(&self, method: &str, params: &P) {
         self.send(&notification(method, params));
     }
@@ -219,12 +266,22 @@ impl Shared {
             method: method.to_owned(),
             params,
         };
+        // Over the frame limit the request is not sent, so no answer will come: fail now rather
+        // than wait for one forever.
+        let Some(body) = self.encode(&message) else {
+            return Err(ErrorObject::new(
+                codes::FRAME_TOO_LARGE,
+                format!(
+                    "the {method} request is over the {}-byte frame limit, so it was not sent",
+                    self.max_frame.load(Ordering::Relaxed)
+                ),
+            )
+            .with_hint("Send less in one call (split it up) or raise KOI_MAX_FRAME_BYTES."));
+        };
         match lane {
-            Lane::Priority => self.send(&message),
+            Lane::Priority => self.out.send(body),
             Lane::Budgeted => {
-                if let Some(body) = self.encode(&message) {
-                    self.out.send_budgeted(body).await;
-                }
+                self.out.send_budgeted(body).await;
             }
         }
         let outcome = rx.await.unwrap_or_else(|_| Err(host_gone()));
@@ -238,6 +295,7 @@ impl Shared {
     /// process would never exit.
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.posts.close();
         let waiting: Vec<_> = lock(&self.pending).drain().collect();
         // Dropping the senders fails each receiver with "the host closed the connection".
         drop(waiting);
@@ -279,7 +337,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> ExitCode {
     let (out, inbox) = outbound::channel(outbound::BUDGET);
     let writer = tokio::spawn(koi_protocol::frame::write_frames(
-        tokio::io::stdout(),
+        crate::stdio::output(),
         inbox,
     ));
     let shared = Arc::new(Shared::new(out, &def.manifest.name));
@@ -288,7 +346,7 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
     let root = CancellationToken::new();
     let running: Arc<Mutex<HashMap<Id, CancellationToken>>> = Arc::default();
     let tracker = shared.tasks.clone();
-    let mut reader = BufReader::with_capacity(64 * 1024, tokio::io::stdin());
+    let mut reader = BufReader::with_capacity(64 * 1024, crate::stdio::input());
     let mut buf = Vec::with_capacity(4096);
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -336,11 +394,7 @@ pub(crate) async fn serve(def: Arc<Definition>, stop: CancellationToken) -> Exit
             }
         };
         match message {
-            Message::Response { id, outcome } => {
-                if let Some(tx) = lock(&shared.pending).remove(&id) {
-                    let _ = tx.send(outcome);
-                }
-            }
+            Message::Response { id, outcome } => shared.answer(id, outcome),
             Message::Notification { method, params } => match method.as_str() {
                 calls::CANCEL => {
                     if let Ok(p) = serde_json::from_value::<CancelParams>(params) {
@@ -544,38 +598,5 @@ pub(crate) fn detached_context(cancel: CancellationToken) -> Context {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    use koi_protocol::frame::FrameQueue;
-
-    fn shared() -> (Arc<Shared>, outbound::Inbox) {
-        let (out, rx) = outbound::channel(outbound::BUDGET);
-        (Arc::new(Shared::new(out, "t")), rx)
-    }
-
-    #[tokio::test]
-    async fn closing_fails_a_host_call_awaiting_its_reply_and_every_later_one() {
-        let (shared, mut sent) = shared();
-        let waiting = tokio::spawn({
-            let shared = shared.clone();
-            async move {
-                shared
-                    .request("host/prompt", Value::Null, Lane::Priority)
-                    .await
-            }
-        });
-        // The request went out; no reply will come (the host died).
-        assert!(sent.next().await.is_some());
-        shared.close();
-        let outcome = waiting.await.expect("task");
-        assert_eq!(
-            outcome.expect_err("no reply").code,
-            codes::PLUGIN_UNAVAILABLE
-        );
-        let later = shared
-            .request("host/prompt", Value::Null, Lane::Priority)
-            .await;
-        assert_eq!(later.expect_err("closed").code, codes::PLUGIN_UNAVAILABLE);
-    }
-}
+#[path = "runtime_tests.rs"]
+mod tests;

@@ -7,7 +7,7 @@
 use super::{Connection, Inner, schema_error, unavailable};
 use crate::schema::{PayloadKind, lock};
 use crate::trace::{self, Direction};
-use koi_protocol::calls::{self, ItemParams, PublishParams};
+use koi_protocol::calls::{self, ItemParams};
 use koi_protocol::context::host_events;
 use koi_protocol::frame::{FrameError, read_frame};
 use koi_protocol::redact::result_is_secret;
@@ -167,17 +167,21 @@ fn check_plugin_request(inner: &Inner, method: &str, params: &Value) -> Result<(
     if method != calls::PUBLISH {
         return Ok(());
     }
-    let publish: PublishParams = serde_json::from_value(params.clone()).map_err(|e| {
-        ErrorObject::new(
+    // Borrowed, not deserialised into `PublishParams`: that would copy every payload once more.
+    let (Some(topic), Some(payload)) = (
+        params.get("topic").and_then(Value::as_str),
+        params.get("payload"),
+    ) else {
+        return Err(ErrorObject::new(
             codes::INVALID_PARAMS,
-            format!("invalid host/publish params: {e}"),
-        )
-    })?;
-    if publish.topic.starts_with(host_events::PREFIX) {
+            "invalid host/publish params: `topic` (a string) and `payload` are required",
+        ));
+    };
+    if topic.starts_with(host_events::PREFIX) {
         return Err(schema_error(format!(
             "koi-{} published `{}`, but topics under `{}` are the host's own",
             inner.moniker,
-            publish.topic,
+            topic,
             host_events::PREFIX
         )));
     }
@@ -185,18 +189,18 @@ fn check_plugin_request(inner: &Inner, method: &str, params: &Value) -> Result<(
         .manifest
         .get()
         .ok_or_else(|| unavailable("publish before the handshake"))?;
-    let spec = manifest.event(&publish.topic).ok_or_else(|| {
+    let spec = manifest.event(topic).ok_or_else(|| {
         schema_error(format!(
             "koi-{} published `{}`, which its manifest does not declare in `publishes`",
-            inner.moniker, publish.topic
+            inner.moniker, topic
         ))
     })?;
     inner.validators.check(
         &inner.moniker,
         PayloadKind::Event,
-        &publish.topic,
+        topic,
         &spec.payload,
-        &publish.payload,
+        payload,
     )
 }
 

@@ -308,7 +308,7 @@ async fn send(target: &Supervised, mut event: Value, stop: &CancellationToken) -
             }
         }
         let sent = tokio::select! {
-            ok = connection.deliver(calls::EVENT, event.clone()) => ok,
+            ok = connection.deliver(calls::EVENT, &event) => ok,
             _ = stop.cancelled() => return false,
         };
         if sent {

@@ -268,9 +268,17 @@ fn a_slow_subscriber_loses_events_without_growing_memory_or_delaying_others() {
         ("KOI_SUBSCRIBER_QUEUE", "512"),
     ]);
     let before = rss_kib(daemon.child.id());
-    // 6000 events of 16 KiB: ~96 MiB if anything queued them all.
+    // 6000 events of 16 KiB: ~96 MiB if anything queued them all. Each awaited (`--await-each`),
+    // so the publisher runs at the daemon's pace, which the fast subscriber keeps up with.
     let run = env.run(&[
-        "hello", "publish", "--count", "6000", "--size", "16384", "--json",
+        "hello",
+        "publish",
+        "--count",
+        "6000",
+        "--size",
+        "16384",
+        "--await-each",
+        "--json",
     ]);
     run.expect_code(0);
     let deadline = Instant::now() + Duration::from_secs(60);
