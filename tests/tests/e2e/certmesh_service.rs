@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::certmesh::{certmesh_bin, certmesh_pid, create, write_passphrase};
-use crate::support::{KoiEnv, free_port};
+use crate::support::{KoiEnv, free_port, poll_until};
 
 /// `koi certmesh status --json` from the daemon: its `details`.
 fn details(env: &KoiEnv) -> serde_json::Value {
@@ -26,18 +26,7 @@ fn wait_for(
     what: &str,
     ready: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let d = details(env);
-        if ready(&d) {
-            return d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within 30 s; last status details: {d:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll_until(what, Duration::from_millis(100), || details(env), ready)
 }
 
 #[test]
