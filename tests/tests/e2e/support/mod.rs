@@ -212,6 +212,7 @@ pub fn assert_process_gone(pid: i32) {
 
 /// Takes a `sample` every `every` until `done` accepts it, and returns that sample; fails the test
 /// after 30 s, naming `what` it waited for and showing the last sample.
+#[track_caller]
 pub fn poll_until<T: std::fmt::Display>(
     what: &str,
     every: Duration,
