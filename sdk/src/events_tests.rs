@@ -66,6 +66,23 @@ async fn stop(router: Router, tracker: TaskTracker, cancel: CancellationToken) {
     until("every handler task ended", || tracker.is_empty()).await;
 }
 
+/// A subscription whose handler gets its own clone of `shared` with each delivery, so that a test
+/// names the handles it shares once instead of cloning them for the closure and again per call.
+fn subscription<S, Fut>(
+    pattern: &str,
+    capacity: usize,
+    shared: S,
+    handler: impl Fn(S, Context, Delivery<Svc>) -> Fut + Send + Sync + 'static,
+) -> Subscription
+where
+    S: Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    Subscription::new(pattern, capacity, move |ctx, d| {
+        handler(shared.clone(), ctx, d)
+    })
+}
+
 /// 10,000 `appeared`/`removed` pairs for the same 64 keys, from one publisher, reach the handler
 /// in publication order (the handler awaits between deliveries, as one that calls the host does),
 /// and the subscriber's state equals the publisher's. With a task per event, as before, later
@@ -74,22 +91,22 @@ async fn stop(router: Router, tracker: TaskTracker, cancel: CancellationToken) {
 async fn ten_thousand_appeared_removed_pairs_arrive_in_order_and_the_final_state_matches() {
     let seen: Seen = Arc::default();
     let state: Arc<Mutex<Services>> = Arc::default();
-    let sub = Subscription::new("svc.*", DEFAULT_QUEUE_CAPACITY, {
-        let (seen, state) = (seen.clone(), state.clone());
-        move |_ctx: Context, d: Delivery<Svc>| {
-            let (seen, state) = (seen.clone(), state.clone());
-            async move {
-                tokio::task::yield_now().await;
-                match d {
-                    Delivery::Event(e) => {
-                        apply(&mut lock(&state), &e.topic, &e.payload);
-                        lock(&seen).push(Ok(e.payload.seq));
-                    }
-                    Delivery::Gap(g) => lock(&seen).push(Err(g)),
+    let shared = (seen.clone(), state.clone());
+    let sub = subscription(
+        "svc.*",
+        DEFAULT_QUEUE_CAPACITY,
+        shared,
+        |(seen, state), _, d| async move {
+            tokio::task::yield_now().await;
+            match d {
+                Delivery::Event(e) => {
+                    apply(&mut lock(&state), &e.topic, &e.payload);
+                    lock(&seen).push(Ok(e.payload.seq));
                 }
+                Delivery::Gap(g) => lock(&seen).push(Err(g)),
             }
-        }
-    });
+        },
+    );
     let (router, tracker, cancel) = start(sub);
     let mut truth = Services::new();
     let mut seq = 0u64;
@@ -125,40 +142,30 @@ async fn a_slow_subscriber_gets_a_gap_where_its_queue_overflowed_resyncs_and_end
     let state: Arc<Mutex<Services>> = Arc::default();
     let truth: Arc<Mutex<Services>> = Arc::default();
     let permits = Arc::new(Semaphore::new(0));
-    let sub = Subscription::new("svc.*", 16, {
-        let (seen, started, state, truth, permits) = (
-            seen.clone(),
-            started.clone(),
-            state.clone(),
-            truth.clone(),
-            permits.clone(),
-        );
-        move |_ctx: Context, d: Delivery<Svc>| {
-            let (seen, started, state, truth, permits) = (
-                seen.clone(),
-                started.clone(),
-                state.clone(),
-                truth.clone(),
-                permits.clone(),
-            );
-            async move {
-                if let Delivery::Event(e) = &d {
-                    lock(&started).push(e.payload.seq);
-                }
-                if let Ok(permit) = permits.acquire().await {
-                    permit.forget();
-                }
-                match d {
-                    Delivery::Event(e) => {
-                        apply(&mut lock(&state), &e.topic, &e.payload);
-                        lock(&seen).push(Ok(e.payload.seq));
-                    }
-                    Delivery::Gap(g) => {
-                        // Resync: read the publisher's state (koi-mdns: call `mdns.query`).
-                        *lock(&state) = lock(&truth).clone();
-                        lock(&seen).push(Err(g));
-                    }
-                }
+    let shared = (
+        seen.clone(),
+        started.clone(),
+        state.clone(),
+        truth.clone(),
+        permits.clone(),
+    );
+    let sub = subscription("svc.*", 16, shared, |shared, _, d| async move {
+        let (seen, started, state, truth, permits) = shared;
+        if let Delivery::Event(e) = &d {
+            lock(&started).push(e.payload.seq);
+        }
+        if let Ok(permit) = permits.acquire().await {
+            permit.forget();
+        }
+        match d {
+            Delivery::Event(e) => {
+                apply(&mut lock(&state), &e.topic, &e.payload);
+                lock(&seen).push(Ok(e.payload.seq));
+            }
+            Delivery::Gap(g) => {
+                // Resync: read the publisher's state (koi-mdns: call `mdns.query`).
+                *lock(&state) = lock(&truth).clone();
+                lock(&seen).push(Err(g));
             }
         }
     });
@@ -205,23 +212,19 @@ async fn a_gap_is_reported_on_its_own_once_the_queue_drains() {
     let seen: Seen = Arc::default();
     let started: Arc<Mutex<Vec<u64>>> = Arc::default();
     let permits = Arc::new(Semaphore::new(0));
-    let sub = Subscription::new("svc.appeared", 4, {
-        let (seen, started, permits) = (seen.clone(), started.clone(), permits.clone());
-        move |_ctx: Context, d: Delivery<Svc>| {
-            let (seen, started, permits) = (seen.clone(), started.clone(), permits.clone());
-            async move {
-                if let Delivery::Event(e) = &d {
-                    lock(&started).push(e.payload.seq);
-                }
-                if let Ok(permit) = permits.acquire().await {
-                    permit.forget();
-                }
-                lock(&seen).push(match d {
-                    Delivery::Event(e) => Ok(e.payload.seq),
-                    Delivery::Gap(g) => Err(g),
-                });
-            }
+    let shared = (seen.clone(), started.clone(), permits.clone());
+    let sub = subscription("svc.appeared", 4, shared, |shared, _, d| async move {
+        let (seen, started, permits) = shared;
+        if let Delivery::Event(e) = &d {
+            lock(&started).push(e.payload.seq);
         }
+        if let Ok(permit) = permits.acquire().await {
+            permit.forget();
+        }
+        lock(&seen).push(match d {
+            Delivery::Event(e) => Ok(e.payload.seq),
+            Delivery::Gap(g) => Err(g),
+        });
     });
     let (router, tracker, cancel) = start(sub);
     router.route_params(wire("svc.appeared", 1, 1));
@@ -247,18 +250,17 @@ async fn a_gap_is_reported_on_its_own_once_the_queue_drains() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_reported_losses_and_payloads_of_the_wrong_shape_become_gaps() {
     let seen: Seen = Arc::default();
-    let sub = Subscription::new("svc.*", DEFAULT_QUEUE_CAPACITY, {
-        let seen = seen.clone();
-        move |_ctx: Context, d: Delivery<Svc>| {
-            let seen = seen.clone();
-            async move {
-                lock(&seen).push(match d {
-                    Delivery::Event(e) => Ok(e.payload.seq),
-                    Delivery::Gap(g) => Err(g),
-                });
-            }
-        }
-    });
+    let sub = subscription(
+        "svc.*",
+        DEFAULT_QUEUE_CAPACITY,
+        seen.clone(),
+        |seen, _, d| async move {
+            lock(&seen).push(match d {
+                Delivery::Event(e) => Ok(e.payload.seq),
+                Delivery::Gap(g) => Err(g),
+            });
+        },
+    );
     let (router, tracker, cancel) = start(sub);
     router.route_params(wire("svc.appeared", 1, 1));
     let mut late = wire("svc.appeared", 1, 2);
@@ -298,18 +300,17 @@ async fn host_reported_losses_and_payloads_of_the_wrong_shape_become_gaps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cancels_a_running_handler_and_waits_for_it() {
     let finished: Arc<Mutex<Vec<u64>>> = Arc::default();
-    let sub = Subscription::new("svc.*", 16, {
-        let finished = finished.clone();
-        move |ctx: Context, d: Delivery<Svc>| {
-            let finished = finished.clone();
-            async move {
-                ctx.cancelled().await;
-                if let Delivery::Event(e) = d {
-                    lock(&finished).push(e.payload.seq);
-                }
+    let sub = subscription(
+        "svc.*",
+        16,
+        finished.clone(),
+        |finished, ctx, d| async move {
+            ctx.cancelled().await;
+            if let Delivery::Event(e) = d {
+                lock(&finished).push(e.payload.seq);
             }
-        }
-    });
+        },
+    );
     let (router, tracker, cancel) = start(sub);
     router.route_params(wire("svc.appeared", 1, 1));
     router.route_params(wire("svc.appeared", 1, 2));

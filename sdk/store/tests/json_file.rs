@@ -31,6 +31,12 @@ fn settings(path: &std::path::Path) -> JsonFile<Settings> {
         })
 }
 
+/// The permission bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
 #[test]
 fn a_corrupted_file_is_an_error_naming_the_file_and_the_next_step() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,13 +134,11 @@ fn version_1_migrates_to_3_and_a_newer_version_is_refused() {
 
 #[test]
 fn a_symlink_is_refused_and_files_are_0600() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let real = dir.path().join("real.json");
     let f = settings(&real);
     f.save(&Settings::default()).unwrap();
-    let mode = fs::metadata(&real).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
+    assert_eq!(mode(&real), 0o600);
     let link = dir.path().join("link.json");
     std::os::unix::fs::symlink(&real, &link).unwrap();
     let err = settings(&link).load().unwrap_err();
@@ -152,14 +156,8 @@ fn a_symlink_is_refused_and_files_are_0600() {
 
 #[test]
 fn save_creates_a_missing_parent_directory_0700() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("koi-home/dns/zones.json");
     settings(&path).save(&Settings::default()).unwrap();
-    let mode = fs::metadata(path.parent().unwrap())
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o700);
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
 }

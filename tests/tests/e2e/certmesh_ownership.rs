@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::certmesh::{
-    LabCa, audit_entries, ca_under_daemon, certmesh_bin, create, fresh_code, openssl_csr,
+    LabCa, audit_entries, ca_under_daemon, certmesh_bin, create, fresh_code, local_ca, openssl_csr,
     output_text, raw_join, refusals, write_passphrase,
 };
 use crate::support::netlab::NetLab;
@@ -196,10 +196,7 @@ fn output_text_of(run: &crate::support::Run) -> String {
 
 #[test]
 fn issue_cannot_take_names_folders_or_files() {
-    let env = KoiEnv::new();
-    env.install(&certmesh_bin(), "certmesh");
-    let pass = write_passphrase(&env);
-    create(&env, &pass, &["--no-trust"]).expect_code(0);
+    let (env, pass) = local_ca();
     let issue = |args: &[&str]| {
         let mut all = vec!["certmesh", "issue"];
         all.extend_from_slice(args);

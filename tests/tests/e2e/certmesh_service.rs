@@ -9,8 +9,8 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::certmesh::{certmesh_bin, certmesh_pid, create, write_passphrase};
-use crate::support::{KoiEnv, free_port};
+use crate::support::certmesh::{certmesh_pid, local_ca};
+use crate::support::{KoiEnv, free_port, poll_until};
 
 /// `koi certmesh status --json` from the daemon: its `details`.
 fn details(env: &KoiEnv) -> serde_json::Value {
@@ -26,26 +26,12 @@ fn wait_for(
     what: &str,
     ready: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let d = details(env);
-        if ready(&d) {
-            return d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within 30 s; last status details: {d:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll_until(what, Duration::from_millis(100), || details(env), ready)
 }
 
 #[test]
 fn the_api_service_is_retried_with_backoff_while_its_port_is_taken_and_serves_once_it_is_free() {
-    let env = KoiEnv::new();
-    env.install(&certmesh_bin(), "certmesh");
-    let pass = write_passphrase(&env);
-    create(&env, &pass, &["--no-trust"]).expect_code(0);
+    let (env, _pass) = local_ca();
 
     // Another program holds the API's port when the daemon starts.
     let squatter = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
@@ -107,10 +93,7 @@ fn connection_settled(port: u16) -> bool {
 
 #[test]
 fn shutdown_stops_accepting_but_answers_the_join_request_in_flight() {
-    let env = KoiEnv::new();
-    env.install(&certmesh_bin(), "certmesh");
-    let pass = write_passphrase(&env);
-    create(&env, &pass, &["--no-trust"]).expect_code(0);
+    let (env, _pass) = local_ca();
     let port = free_port();
     let bind = format!("127.0.0.1:{port}");
     let _daemon = env.start_daemon(&[("KOI_CERTMESH_API_BIND", bind.as_str())]);

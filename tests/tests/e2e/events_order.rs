@@ -122,6 +122,15 @@ fn spawned_child(env: &KoiEnv) -> i32 {
     }
 }
 
+/// The pid koi-spawner recorded for itself.
+fn spawner_pid(env: &KoiEnv) -> u32 {
+    std::fs::read_to_string(env.pids.join("spawner.pid"))
+        .expect("spawner.pid")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
 /// Waits up to 10 s for `pid` to be dead: gone, or a zombie waiting for whoever inherited it.
 fn assert_dead(pid: i32, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -148,11 +157,7 @@ fn a_child_a_plugin_spawned_is_killed_once_the_plugin_exits() {
     let env = KoiEnv::new().with_fixture("spawner");
     env.run(&["spawner", "noop", "--json"]).expect_code(0);
     let child = spawned_child(&env);
-    let plugin: i32 = std::fs::read_to_string(env.pids.join("spawner.pid"))
-        .expect("spawner.pid")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let plugin = i32::try_from(spawner_pid(&env)).expect("pid");
     crate::support::assert_process_gone(plugin);
     assert_dead(child, "the `sleep 1000` koi-spawner started");
 }
@@ -162,12 +167,7 @@ fn a_child_of_a_plugin_killed_under_the_daemon_is_killed_too() {
     let env = KoiEnv::new().with_fixture("spawner");
     let daemon = env.start_daemon(&[("KOI_PING_INTERVAL_SECS", "3600")]);
     let child = spawned_child(&env);
-    let plugin: u32 = std::fs::read_to_string(env.pids.join("spawner.pid"))
-        .expect("spawner.pid")
-        .trim()
-        .parse()
-        .expect("a pid");
-    kill::kill9(plugin);
+    kill::kill9(spawner_pid(&env));
     assert_dead(
         child,
         "the `sleep 1000` koi-spawner started before it was killed",

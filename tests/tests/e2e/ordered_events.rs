@@ -4,85 +4,35 @@
 //! `pub.truth` calls the plugin makes to resync. It checks order, gap reports that account for
 //! every lost event, and that each subscriber ends with the publisher's state.
 
-use crate::support::example;
+use crate::support::rawhost::RawHost;
+use crate::support::{example, poll_until};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Key → the seq of the event that made it appear, per stream (`svc`, `slow`).
 type Truth = BTreeMap<String, BTreeMap<String, u64>>;
 
-/// `koi-ordered`, started with the host's launch cookie, and the test acting as its host.
+/// `koi-ordered` with the test as its host, and the publisher's truth.
 struct Raw {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<Value>,
-    next_id: u64,
+    host: RawHost,
     truth: Truth,
-    _home: tempfile::TempDir,
 }
 
 impl Raw {
     /// Starts the plugin and does the handshake, offering `event_gaps`; checks it is answered.
     fn start() -> Self {
-        let home = tempfile::tempdir().expect("temp KOI_HOME");
-        let mut child = Command::new(example("koi-ordered"))
-            .env("KOI_PLUGIN_COOKIE", "koi-stdio-jsonrpc")
-            .env("KOI_HOME", home.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start koi-ordered");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(value) = serde_json::from_str::<Value>(&line)
-                    && tx.send(value).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        let mut raw = Raw {
-            child,
-            stdin,
-            lines,
-            next_id: 1,
-            truth: Truth::new(),
-            _home: home,
-        };
-        let koi_home = raw._home.path().display().to_string();
-        let result = raw.call(
-            "initialize",
-            json!({
-                "protocol": {"major": 1, "minor": 1},
-                "host": {"name": "koi", "version": "test"},
-                "mode": "daemon",
-                "features": ["events", "plugin_calls", "event_gaps"],
-                "max_frame_bytes": 1 << 20,
-                "koi_home": koi_home,
-                "interactive": false,
-            }),
-        );
+        let mut host = RawHost::spawn(&example("koi-ordered"), &[]);
+        let result = host.initialize("daemon", &["events", "plugin_calls", "event_gaps"]);
         let features = result["features"].as_array().cloned().unwrap_or_default();
         assert!(
             features.contains(&json!("event_gaps")),
             "the plugin must answer the event_gaps feature: {result}"
         );
-        raw
-    }
-
-    fn send(&mut self, message: &Value) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        let mut line = serde_json::to_vec(message).expect("json");
-        line.push(b'\n');
-        stdin.write_all(&line).expect("write to the plugin");
+        Raw {
+            host,
+            truth: Truth::new(),
+        }
     }
 
     /// Publishes one `svc`-style event: updates the truth, then delivers it.
@@ -99,71 +49,31 @@ impl Raw {
 
     /// Sends an `event` notification with these params as they are.
     fn deliver(&mut self, params: Value) {
-        self.send(&json!({"jsonrpc": "2.0", "method": "event", "params": params}));
-    }
-
-    /// Calls `method` and waits (at most 30 s) for its result, answering the plugin's `host/call`
-    /// of `pub.truth` with the current truth meanwhile.
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let message = match self.lines.recv_timeout(left) {
-                Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => panic!("no answer to {method} within 30 s"),
-                Err(RecvTimeoutError::Disconnected) => panic!("koi-ordered exited during {method}"),
-            };
-            if message["method"] == "host/call" {
-                let stream = message["params"]["params"]["stream"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                let services = self.truth.get(&stream).cloned().unwrap_or_default();
-                let answer = json!({"jsonrpc": "2.0", "id": message["id"],
-                    "result": {"services": services}});
-                self.send(&answer);
-            } else if message["id"] == json!(id) && message.get("method").is_none() {
-                assert!(message.get("error").is_none(), "{method} failed: {message}");
-                return message["result"].clone();
-            }
-        }
+        self.host.notify("event", params);
     }
 
     /// Polls `observed` until `done` holds for the view of `stream` (at most 30 s); returns it.
     fn observe_until(&mut self, stream: &str, done: impl Fn(&Value, &Truth) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let seen = self.call("observed", json!({}));
-            if done(&seen[stream], &self.truth) {
-                return seen[stream].clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{stream} never got there in 30 s: {}",
-                seen[stream]
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (host, truth) = (&mut self.host, &self.truth);
+        poll_until(
+            &format!("the {stream} view to get there"),
+            Duration::from_millis(20),
+            || observed(host, truth)[stream].clone(),
+            |view| done(view, truth),
+        )
     }
 }
 
-impl Drop for Raw {
-    fn drop(&mut self) {
-        // EOF on stdin: the plugin shuts down; kill it if it does not.
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Calls `observed` and waits (at most 30 s) for its result, answering the plugin's `host/call`
+/// of `pub.truth` with the current truth meanwhile.
+fn observed(host: &mut RawHost, truth: &Truth) -> Value {
+    host.call_answering("observed", json!({}), Duration::from_secs(30), |call| {
+        assert_eq!(call["method"], "host/call", "koi-ordered asked: {call}");
+        let stream = call["params"]["params"]["stream"]
+            .as_str()
+            .unwrap_or_default();
+        json!({"services": truth.get(stream).cloned().unwrap_or_default()})
+    })
 }
 
 fn services(view: &Value) -> BTreeMap<String, u64> {

@@ -4,26 +4,18 @@
 //! status`, stopping the daemon leaves a valid versioned `tally.json` (the service's last save,
 //! within its shutdown grace), and a new daemon starts from it.
 
-use crate::support::{KoiEnv, example};
+use crate::support::{KoiEnv, example, poll_until};
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `koi tally show --json`, polled until `done` holds (or 30 s pass, which fails the test).
 fn show_until(env: &KoiEnv, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let show = || {
         let run = env.run(&["tally", "show", "--json"]);
         run.expect_code(0);
-        let shown = run.json();
-        if done(&shown) {
-            return shown;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within 30 s; last: {shown}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        run.json()
+    };
+    poll_until(what, Duration::from_millis(100), show, done)
 }
 
 fn ticks(shown: &Value) -> u64 {

@@ -5,25 +5,18 @@
 //! backoff and shown in `status`, and that shutdown gives services their declared grace, stops
 //! one that overruns it, and leaves no process behind.
 
-use crate::support::{assert_process_gone, example};
+use crate::support::rawhost::RawHost;
+use crate::support::{assert_process_gone, example, poll_until};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The daemon supervisor's ping deadline: a ping not answered within it restarts the plugin.
 const PING_DEADLINE: Duration = Duration::from_secs(5);
 
-/// A running `koi-sdkrt` and the host end of its pipes.
+/// A running `koi-sdkrt` with the test as its host.
 struct Fixture {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    frames: mpsc::Receiver<Value>,
-    next_id: u64,
-    home: tempfile::TempDir,
-    stderr: PathBuf,
+    host: RawHost,
     /// The manifest from the handshake.
     manifest: Value,
 }
@@ -31,119 +24,18 @@ struct Fixture {
 impl Fixture {
     /// Starts the fixture with `env` and performs the handshake in `mode` (`daemon`/`one_shot`).
     fn start(mode: &str, env: &[(&str, &str)]) -> Self {
-        let home = tempfile::tempdir().expect("KOI_HOME");
-        let stderr = home.path().join("stderr.log");
-        let mut child = Command::new(example("koi-sdkrt"))
-            .envs(env.iter().copied())
-            .env("KOI_PLUGIN_COOKIE", "koi-stdio-jsonrpc")
-            .env("KOI_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("start koi-sdkrt");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, frames) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(frame) => {
-                        if tx.send(frame).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => panic!("koi-sdkrt wrote a frame that is not JSON ({e}): {line}"),
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        let mut fixture = Self {
-            child,
-            stdin,
-            frames,
-            next_id: 1,
-            stderr,
-            manifest: Value::Null,
-            home,
-        };
-        let koi_home = fixture.home.path().display().to_string();
-        let result = fixture.call(
-            "initialize",
-            json!({
-                "protocol": {"major": 1, "minor": 1},
-                "host": {"name": "koi", "version": "test"},
-                "mode": mode,
-                "features": [],
-                "max_frame_bytes": 16_777_216,
-                "koi_home": koi_home,
-                "interactive": false,
-            }),
-            Duration::from_secs(30),
-        );
-        fixture.manifest = result["manifest"].clone();
-        fixture
-    }
-
-    /// Sends a request; returns its id.
-    fn send(&mut self, method: &str, params: Value) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let stdin = self.stdin.as_mut().expect("stdin still open");
-        writeln!(stdin, "{frame}").expect("write to the plugin");
-        stdin.flush().expect("flush");
-        id
-    }
-
-    /// The next frame, or `None` after `limit`.
-    fn next_frame(&self, limit: Duration) -> Option<Value> {
-        self.frames.recv_timeout(limit).ok()
-    }
-
-    /// Calls `method` and returns its result, failing the test on an error or after `limit`.
-    fn call(&mut self, method: &str, params: Value, limit: Duration) -> Value {
-        let id = self.send(method, params);
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let frame = self
-                .next_frame(left)
-                .unwrap_or_else(|| panic!("no answer to `{method}` within {limit:?}"));
-            if frame["id"] == json!(id) {
-                assert!(frame.get("error").is_none(), "`{method}` failed: {frame}");
-                return frame["result"].clone();
-            }
+        let mut env = env.to_vec();
+        env.push(("KOI_LOG", "warn"));
+        let mut host = RawHost::spawn(&example("koi-sdkrt"), &env);
+        let result = host.initialize(mode, &[]);
+        Self {
+            host,
+            manifest: result["manifest"].clone(),
         }
     }
 
     fn data_dir(&self) -> PathBuf {
-        self.home.path().join("sdkrt")
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Waits up to `limit` for the process to exit on its own (reaping it); kills it otherwise.
-    fn exited_within(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.child.try_wait().expect("try_wait").is_some() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        false
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.host.home().join("sdkrt")
     }
 }
 
@@ -160,7 +52,7 @@ struct Pings {
 /// workers) and pings `status` every 200 ms until all three have answered.
 fn ping_during_spins(fixture: &mut Fixture, method: &str, ping_limit: Duration) -> Pings {
     let spins: Vec<u64> = (0..3)
-        .map(|_| fixture.send(method, json!({"ms": 3000})))
+        .map(|_| fixture.host.request(method, json!({"ms": 3000})))
         .collect();
     let mut spins_done = 0;
     let mut pings = Pings {
@@ -171,13 +63,13 @@ fn ping_during_spins(fixture: &mut Fixture, method: &str, ping_limit: Duration) 
     let deadline = Instant::now() + Duration::from_secs(60);
     while spins_done < spins.len() {
         assert!(Instant::now() < deadline, "the spins never finished");
-        let ping = fixture.send("status", json!({}));
+        let ping = fixture.host.request("status", json!({}));
         pings.sent += 1;
         let ping_deadline = Instant::now() + ping_limit;
         let mut answered = false;
         while !answered {
             let left = ping_deadline.saturating_duration_since(Instant::now());
-            let Some(frame) = fixture.next_frame(left) else {
+            let Some(frame) = fixture.host.next_frame(left) else {
                 pings.missed += 1;
                 break;
             };
@@ -215,9 +107,12 @@ fn status_is_answered_every_200_ms_while_three_blocking_cpu_bound_calls_run() {
         pings.sent
     );
     assert!(
-        !fixture.stderr_text().contains("held a protocol worker"),
+        !fixture
+            .host
+            .stderr_text()
+            .contains("held a protocol worker"),
         "the watchdog reported a stall: {}",
-        fixture.stderr_text()
+        fixture.host.stderr_text()
     );
 }
 
@@ -232,7 +127,7 @@ fn a_plain_async_cpu_bound_method_starves_status_and_the_watchdog_names_it() {
         "{} pings were answered while async spins held the workers",
         pings.answered_while_all_spins_ran
     );
-    let stderr = fixture.stderr_text();
+    let stderr = fixture.host.stderr_text();
     assert!(
         stderr.contains("`spin_async` held a protocol worker for")
             && stderr.contains("ctx.blocking / Method::blocking"),
@@ -242,18 +137,12 @@ fn a_plain_async_cpu_bound_method_starves_status_and_the_watchdog_names_it() {
 
 /// Polls `status` until `ready` accepts the report (within 30 s).
 fn status_until(fixture: &mut Fixture, ready: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let report = fixture.call("status", json!({}), PING_DEADLINE);
-        if ready(&report) {
-            return report;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never showed it: {report}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_until(
+        "status to show it",
+        Duration::from_millis(50),
+        || fixture.host.call("status", json!({}), PING_DEADLINE),
+        ready,
+    )
 }
 
 #[test]
@@ -288,7 +177,7 @@ fn a_failing_service_is_restarted_with_backoff_and_shown_in_status() {
 
     // Services run only under the daemon.
     let mut one_shot = Fixture::start("one_shot", &env);
-    let report = one_shot.call("status", json!({}), PING_DEADLINE);
+    let report = one_shot.host.call("status", json!({}), PING_DEADLINE);
     assert_eq!(report["state"], "ok", "{report}");
     assert!(report["details"].get("services").is_none(), "{report}");
 }
@@ -317,10 +206,12 @@ fn shutdown_gives_a_service_its_declared_grace_to_drain() {
     let mut fixture = draining("1500", "3000");
     assert_eq!(fixture.manifest["shutdown_grace_ms"], 3000);
     assert_eq!(mode_of(&fixture.data_dir()), 0o700);
-    fixture.call("shutdown", json!({}), Duration::from_secs(30));
-    let pid = fixture.child.id();
+    fixture
+        .host
+        .call("shutdown", json!({}), Duration::from_secs(30));
+    let pid = fixture.host.pid();
     assert!(
-        fixture.exited_within(Duration::from_secs(30)),
+        fixture.host.exited_within(Duration::from_secs(30)),
         "koi-sdkrt did not exit"
     );
     assert_process_gone(i32::try_from(pid).expect("pid"));
@@ -340,19 +231,19 @@ fn a_service_still_running_after_the_grace_is_stopped_and_no_process_is_left() {
             .get("shutdown_grace_ms")
             .is_none_or(Value::is_null)
     );
-    let pid = fixture.child.id();
+    let pid = fixture.host.pid();
     // SIGTERM, as the host sends after the grace it waited.
     let target = rustix::process::Pid::from_raw(i32::try_from(pid).expect("pid")).expect("pid");
     rustix::process::kill_process(target, rustix::process::Signal::TERM).expect("SIGTERM");
     assert!(
-        fixture.exited_within(Duration::from_secs(15)),
+        fixture.host.exited_within(Duration::from_secs(15)),
         "koi-sdkrt kept running after its grace"
     );
     assert_process_gone(i32::try_from(pid).expect("pid"));
     assert!(!fixture.data_dir().join("drained").exists());
     assert!(
-        fixture.stderr_text().contains("stopping them"),
+        fixture.host.stderr_text().contains("stopping them"),
         "no log line about stopping the overrunning service: {}",
-        fixture.stderr_text()
+        fixture.host.stderr_text()
     );
 }

@@ -2,14 +2,11 @@
 //! input getting clear errors with nothing stored lost, and the keystroke mash at a terminal.
 
 use crate::support::KoiEnv;
-use crate::support::certmesh::{audit_entries, certmesh_bin, create, write_passphrase};
+use crate::support::certmesh::{audit_entries, certmesh_bin, create, local_ca, write_passphrase};
 
 #[test]
 fn log_verify_catches_an_edited_a_deleted_and_a_swapped_line() {
-    let env = KoiEnv::new();
-    env.install(&certmesh_bin(), "certmesh");
-    let pass_file = write_passphrase(&env);
-    create(&env, &pass_file, &["--no-trust"]).expect_code(0);
+    let (env, pass_file) = local_ca();
     for name in ["one.lan", "two.lan", "three.lan"] {
         env.run(&["certmesh", "issue", name, "--passphrase-file", &pass_file])
             .expect_code(0);

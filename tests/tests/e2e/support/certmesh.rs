@@ -1,5 +1,5 @@
 //! koi-certmesh helpers shared by the end-to-end modules: the plugin binaries, TOTP codes from the
-//! otpauth URI, `create` without questions, a CA created in a lab host under its daemon (its URI,
+//! otpauth URI, `create` without questions, a CA on one host without a daemon, a CA created in a lab host under its daemon (its URI,
 //! fingerprint and root), raw join requests, CSRs, the audit log, and file checks.
 
 use std::path::{Path, PathBuf};
@@ -42,6 +42,16 @@ pub(crate) fn write_passphrase(env: &KoiEnv) -> String {
     let path = env.dir.path().join("ca-pass");
     std::fs::write(&path, format!("{PASSPHRASE}\n")).expect("passphrase file");
     path.display().to_string()
+}
+
+/// A `KoiEnv` with only koi-certmesh installed and a CA created in it without trusting its root
+/// (`--no-trust`); returns it and the passphrase file.
+pub(crate) fn local_ca() -> (KoiEnv, String) {
+    let env = KoiEnv::new();
+    env.install(&certmesh_bin(), "certmesh");
+    let pass = write_passphrase(&env);
+    create(&env, &pass, &["--no-trust"]).expect_code(0);
+    (env, pass)
 }
 
 /// `koi certmesh create --entropy system --passphrase-file PASS EXTRA...` (non-interactive).

@@ -1,11 +1,13 @@
 //! The test harness: an isolated Koi environment per test (its own `KOI_HOME`, its own plugin
 //! directory, its own hard-linked copy of `koi` so the build directory's plugins are not
-//! discovered), helpers to run `koi`, and checks that no plugin process outlives the host.
+//! discovered), helpers to run `koi` and to poll until something holds, and checks that no plugin process
+//! outlives the host.
 
 pub mod certmesh;
 pub mod kill;
 pub mod netlab;
 pub mod pty;
+pub mod rawhost;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -205,6 +207,29 @@ pub fn assert_process_gone(pid: i32) {
             panic!("plugin process {pid} outlived the host: {state}");
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Takes a `sample` every `every` until `done` accepts it, and returns that sample; fails the test
+/// after 30 s, naming `what` it waited for and showing the last sample.
+#[track_caller]
+pub fn poll_until<T: std::fmt::Display>(
+    what: &str,
+    every: Duration,
+    mut sample: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = sample();
+        if done(&last) {
+            return last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited 30 s for {what}; last: {last:#}"
+        );
+        std::thread::sleep(every);
     }
 }
 
