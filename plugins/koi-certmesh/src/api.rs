@@ -487,34 +487,9 @@ async fn join(
     authority: Arc<Authority>,
     ctx: &Context,
 ) -> Response<Full<Bytes>> {
-    let is_json = req
-        .headers()
-        .get(hyper::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("application/json"));
-    if !is_json {
-        return error_response(
-            415,
-            "unsupported_media_type",
-            "Send the join request as JSON (Content-Type: application/json).",
-        );
-    }
-    let body = Limited::new(req.into_body(), MAX_BODY_BYTES);
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
-        Err(_) => {
-            return error_response(408, "timeout", "The request body did not arrive in time.");
-        }
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return error_response(
-                413,
-                "too_large",
-                format!("The request body is larger than {MAX_BODY_BYTES} bytes."),
-            );
-        }
-        Ok(Err(e)) => {
-            return error_response(400, "bad_body", format!("Could not read the body: {e}"));
-        }
-        Ok(Ok(collected)) => collected.to_bytes(),
+    let bytes = match read_json_body(req, "join").await {
+        Ok(bytes) => bytes,
+        Err(refused) => return refused,
     };
     let request: JoinRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,

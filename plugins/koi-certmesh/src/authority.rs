@@ -30,7 +30,7 @@ use time::OffsetDateTime;
 use crate::error::{self, Refusal};
 use crate::layout::Layout;
 use crate::refusals::{Coalescer, Record, Refused};
-use crate::wire::{JoinRequest, JoinResponse, MeshInfo};
+use crate::wire::{JoinRequest, JoinResponse};
 
 /// Audit event: a join or issuance the CA refused (reason in `details.reason`).
 pub const ENROLLMENT_REFUSED: &str = "enrollment_refused";
@@ -489,21 +489,7 @@ impl Authority {
         session
             .save_roster(&self.layout, &mut roster)
             .map_err(|e| Refusal::Internal(e.message().to_owned()))?;
-        Ok(JoinResponse {
-            hostname: req.hostname.clone(),
-            serial: issued.serial_hex.clone(),
-            expires_at: crate::names::rfc3339(issued.not_after),
-            dns_names: issued.dns_names.clone(),
-            ip_addresses: issued
-                .ip_addresses
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            dropped_addresses: dropped,
-            cert_pem: issued.cert_pem,
-            ca_pem: issued.ca_pem,
-            mesh: MeshInfo::of(&roster),
-        })
+        Ok(JoinResponse::new(&req.hostname, issued, dropped, &roster))
     }
 }
 

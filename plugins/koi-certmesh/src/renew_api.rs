@@ -29,7 +29,7 @@ use crate::authority::{Authority, CaSession};
 use crate::client_auth::MemberCert;
 use crate::error::Refusal;
 use crate::refusals::{Refused, bounded};
-use crate::wire::{ErrorBody, JoinResponse, MeshInfo};
+use crate::wire::{ErrorBody, JoinResponse};
 
 /// Audit event: a member's certificate renewed.
 pub const CERTIFICATE_RENEWED: &str = "certificate_renewed";
@@ -269,19 +269,5 @@ fn renew_locked(
     session
         .save_roster(layout, &mut roster)
         .map_err(|e| Refusal::Internal(e.message().to_owned()))?;
-    Ok(JoinResponse {
-        hostname: entry.hostname.clone(),
-        serial: issued.serial_hex.clone(),
-        expires_at: crate::names::rfc3339(issued.not_after),
-        dns_names: issued.dns_names.clone(),
-        ip_addresses: issued
-            .ip_addresses
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-        dropped_addresses: dropped,
-        cert_pem: issued.cert_pem,
-        ca_pem: issued.ca_pem,
-        mesh: MeshInfo::of(&roster),
-    })
+    Ok(JoinResponse::new(&entry.hostname, issued, dropped, &roster))
 }

@@ -86,6 +86,33 @@ pub struct JoinResponse {
     pub mesh: MeshInfo,
 }
 
+impl JoinResponse {
+    /// The answer for `hostname`'s new certificate `issued` (from join or renewal), with the
+    /// addresses left out of it and the mesh as `roster` now describes it.
+    pub fn new(
+        hostname: &str,
+        issued: koi_certmesh_core::issue::IssuedCert,
+        dropped_addresses: Vec<String>,
+        roster: &koi_certmesh_core::roster::Roster,
+    ) -> Self {
+        Self {
+            hostname: hostname.to_owned(),
+            serial: issued.serial_hex,
+            expires_at: crate::names::rfc3339(issued.not_after),
+            dns_names: issued.dns_names,
+            ip_addresses: issued
+                .ip_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            dropped_addresses,
+            cert_pem: issued.cert_pem,
+            ca_pem: issued.ca_pem,
+            mesh: MeshInfo::of(roster),
+        }
+    }
+}
+
 /// `GET /v1/certmesh/health`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct HealthResponse {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{LabCa, ca_with, ca_with_env, cert_dir, join_b, renewals_of, serial_of};
 use crate::support::certmesh::{
-    certmesh_bin, create, openssl_csr, refusals, wait_for_api, write_passphrase,
+    certmesh_bin, create, openssl_csr, raw_post, refusals, wait_for_api, write_passphrase,
 };
 use crate::support::netlab::NetLab;
 use crate::support::{DaemonProc, KoiEnv, free_port, root_or_skip};
@@ -21,39 +21,7 @@ fn raw_renew(
     key: &Path,
     body: &serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let body_file = lab.b.env.dir.path().join("raw-renew.json");
-    std::fs::write(&body_file, body.to_string()).expect("body");
-    let out = lab
-        .b
-        .command(
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "20",
-                "--cacert",
-                &ca_pem.display().to_string(),
-                "--cert",
-                &cert.display().to_string(),
-                "--key",
-                &key.display().to_string(),
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-                &format!("@{}", body_file.display()),
-                "-w",
-                "\n%{http_code}",
-                &format!("https://{}:5641/v1/certmesh/renew", lab.a.ip),
-            ],
-        )
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (json, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        status.trim().parse().unwrap_or(0),
-        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
-    )
+    raw_post(lab, ca_pem, "renew", Some((cert, key)), body)
 }
 
 #[test]

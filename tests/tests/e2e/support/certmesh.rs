@@ -82,29 +82,34 @@ pub(crate) fn raw_join(
     ca_pem: &Path,
     body: &serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let body_file = lab.b.env.dir.path().join("raw-join.json");
+    raw_post(lab, ca_pem, "join", None, body)
+}
+
+/// POSTs `body` to A's API route `/v1/certmesh/<route>` from B with curl, trusting A's root and
+/// presenting `client` (certificate and key files) if given. Returns (status, body).
+pub(crate) fn raw_post(
+    lab: &NetLab,
+    ca_pem: &Path,
+    route: &str,
+    client: Option<(&Path, &Path)>,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let body_file = lab.b.env.dir.path().join(format!("raw-{route}.json"));
     std::fs::write(&body_file, body.to_string()).expect("body file");
-    let out = lab
-        .b
-        .command(
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "20",
-                "--cacert",
-                &ca_pem.display().to_string(),
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-                &format!("@{}", body_file.display()),
-                "-w",
-                "\n%{http_code}",
-                &format!("https://{}:5641/v1/certmesh/join", lab.a.ip),
-            ],
-        )
-        .output()
-        .expect("curl");
+    let mut args: Vec<String> = ["-sS", "--max-time", "20", "--cacert"]
+        .map(String::from)
+        .into();
+    args.push(ca_pem.display().to_string());
+    if let Some((cert, key)) = client {
+        args.extend(["--cert".into(), cert.display().to_string()]);
+        args.extend(["--key".into(), key.display().to_string()]);
+    }
+    args.extend(["-H", "content-type: application/json", "--data-binary"].map(String::from));
+    args.push(format!("@{}", body_file.display()));
+    args.extend(["-w".into(), "\n%{http_code}".into()]);
+    args.push(format!("https://{}:5641/v1/certmesh/{route}", lab.a.ip));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.b.command("curl", &args).output().expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (json, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (
