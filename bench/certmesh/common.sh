@@ -109,6 +109,13 @@ daemon_up() {
   cat "$WORK/daemon.log" >&2; echo "the certmesh API never answered under koi daemon" >&2; exit 1
 }
 
+# ca_serving DIR: a fresh CA in DIR (ca_create), its daemon up (daemon_up) and the CA unlocked.
+ca_serving() {
+  ca_create "$1"
+  daemon_up
+  on ca "$KOI" certmesh unlock --passphrase-file "$PASS" --json > /dev/null
+}
+
 cleanup() {
   daemon_down
   if [ "$NETNS_UP" = 1 ]; then

@@ -16,9 +16,7 @@ command -v mkcert > /dev/null || { echo "mkcert is missing: apt-get install -y m
 lab_up
 ca_create "$WORK/ca-oneshot"
 ONESHOT_HOME="$CA_HOME"
-ca_create "$WORK/ca-daemon"
-daemon_up
-on ca "$KOI" certmesh unlock --passphrase-file "$PASS" --json > /dev/null
+ca_serving "$WORK/ca-daemon"
 mkdir -p "$WORK/caroot" "$WORK/mk-home" "$WORK/out-mkcert"
 MK=(env CAROOT="$WORK/caroot" HOME="$WORK/mk-home" mkcert -ecdsa -cert-file "$WORK/out-mkcert/cert.pem"
     -key-file "$WORK/out-mkcert/key.pem" printer.lan 10.77.50.9)

@@ -23,9 +23,7 @@ mkdir -p "$MEMBER_HOME"
 : > "$WORK/join.ndjson"
 PROBE_BEFORE="$(fsync_probe)"
 for r in $(seq "$ROUNDS"); do
-  ca_create "$WORK/ca-$r"
-  daemon_up
-  on ca "$KOI" certmesh unlock --passphrase-file "$PASS" --json > /dev/null
+  ca_serving "$WORK/ca-$r"
   on member env IP_B="$IP_B" "$PY" "$HERE/join_driver.py" --koi "$KOI" --ip "$IP_A" --port "$API_PORT" \
     --fingerprint "$CA_FP" --uri "$CA_URI" --ca-pem "$CA_HOME/certmesh/ca/ca.pem" \
     --plan "${PLAN:-cli,api,cli}" --health "${HEALTH:-20}" --round "$r" >> "$WORK/join.ndjson"
