@@ -104,14 +104,32 @@ fn reachable_addresses(addresses: &Value) -> Vec<&str> {
     addresses
 }
 
+/// How long join waits for koi-mdns to answer a 3 s browse or resolve: a hung koi-mdns must not
+/// hold a join until the host's call timeout.
+const MDNS_ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Calls koi-mdns's `method` through the host, giving up after [`MDNS_ANSWER_LIMIT`] with the
+/// code the host uses for a plugin that cannot answer.
+async fn call_mdns(ctx: &Context, method: &str, params: &Value) -> Result<Value, MethodError> {
+    match tokio::time::timeout(MDNS_ANSWER_LIMIT, ctx.call("mdns", method, params)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(MethodError::with_code(
+            koi_sdk::protocol::codes::PLUGIN_UNAVAILABLE,
+            format!(
+                "koi-mdns did not answer `{method}` within {} s",
+                MDNS_ANSWER_LIMIT.as_secs()
+            ),
+        )),
+    }
+}
+
 async fn discover(ctx: &Context) -> Result<Found, MethodError> {
-    let answer: Value = ctx
-        .call(
-            "mdns",
-            "discover",
-            &json!({"service_type": SERVICE_TYPE, "timeout": 3.0}),
-        )
-        .await
+    let answer: Value = call_mdns(
+        ctx,
+        "discover",
+        &json!({"service_type": SERVICE_TYPE, "timeout": 3.0}),
+    )
+    .await
         .map_err(|e| {
             error::fail(
                 format!("Could not look for a CA with mDNS: {}.", e.message()),
@@ -349,12 +367,7 @@ async fn resolve_ca(ctx: &Context, given: CaEndpoint) -> Result<CaEndpoint, Meth
                  or its mDNS name: --ca HOST.local.",
         ));
     }
-    let answer: Value = ctx
-        .call(
-            "mdns",
-            "resolve",
-            &json!({"host": given.host, "timeout": 3.0}),
-        )
+    let answer: Value = call_mdns(ctx, "resolve", &json!({"host": given.host, "timeout": 3.0}))
         .await
         .map_err(|e| {
             if e.code() < 0 {

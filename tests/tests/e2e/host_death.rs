@@ -166,10 +166,21 @@ fn kill_one_shot_while_asking(env: &KoiEnv, delay: u64, what: &str) {
 }
 
 /// Waits (up to 10 s) for a CLI command whose daemon died, then kills it if it still runs.
+///
+/// A command the daemon died under before it connected finds a dead socket and runs the verb
+/// itself (one-shot, the plugin as its own child) — a join then waits on the stalled mdns for the
+/// host's call timeout. That run never talked to the killed daemon, so it is not what these tests
+/// check: it is killed (its plugin follows it) and the caller checks that nothing is left.
 fn reap(mut command: Child) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = command.try_wait() {
+            return;
+        }
+        if runs_a_plugin_itself(command.id()) {
+            eprintln!("the command fell back to one-shot before reaching the daemon; killing it");
+            let _ = command.kill();
+            let _ = command.wait();
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -177,6 +188,27 @@ fn reap(mut command: Child) {
     let _ = command.kill();
     let _ = command.wait();
     panic!("a koi command kept running 10 s after its daemon was killed");
+}
+
+/// Whether the process `pid` has a plugin (`koi-<moniker>`) as a child: it is running a verb
+/// one-shot instead of forwarding it to a daemon.
+fn runs_a_plugin_itself(pid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let dir = entry.path();
+        let parent = std::fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // pid (comm) state ppid …: comm may hold spaces, so split after its closing paren.
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            });
+        parent == Some(pid)
+            && std::fs::read(dir.join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("/koi-"))
+    })
 }
 
 /// Retries `args` until it exits 0 (the plugin may still be starting): returns its stdout.
@@ -264,4 +296,27 @@ fn killing_the_daemon_during_create_unlock_and_join_leaves_no_plugin_and_the_nex
         status.contains("\"unlocked\":true") || status.contains("\"locked\":false"),
         "the CA is not unlocked after unlock: {status}"
     );
+}
+
+/// A join whose koi-mdns never answers gives up after join's own limit, naming koi-mdns and the
+/// flag that avoids mDNS, instead of waiting for the host's call timeout.
+#[test]
+fn a_join_gives_up_on_a_koi_mdns_that_never_answers_and_names_the_way_around_it() {
+    let (member, _) = env_with_stalling_mdns();
+    let _sweep = Sweep(&member);
+    let run = member.run(&[
+        "--no-daemon",
+        "certmesh",
+        "join",
+        "--code",
+        "000000",
+        "--no-trust",
+    ]);
+    run.expect_code(1);
+    let text = &run.stderr;
+    assert!(
+        text.contains("koi-mdns did not answer `discover` within 10 s"),
+        "{text}"
+    );
+    assert!(text.contains("--ca HOST:PORT"), "{text}");
 }
