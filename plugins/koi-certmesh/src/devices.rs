@@ -148,11 +148,17 @@ pub fn renew(
     let now = OffsetDateTime::now_utc();
     let mut roster = Roster::load(roster_path).map_err(error::core)?;
     let name = ask.name;
-    let Some(entry) = roster
-        .member(&name)
-        .filter(|m| m.role == Role::Device)
-        .cloned()
-    else {
+    if let Some(machine) = roster.member(&name).filter(|m| m.role != Role::Device) {
+        return Err(error::fail(
+            format!(
+                "{name} is a mesh machine ({} certificate, serial {}), not a device; machines renew their own certificates.",
+                crate::wire::serde_name(&machine.role),
+                machine.serial
+            ),
+            "A member renews with `koi certmesh renew --now` on that machine; `issue --renew` is for device certificates only (`koi certmesh status --json` lists every entry and its role).",
+        ));
+    }
+    let Some(entry) = roster.member(&name).cloned() else {
         return Err(error::fail(
             format!(
                 "There is no device certificate named {name} in this mesh's roster; --renew re-issues an existing one."
