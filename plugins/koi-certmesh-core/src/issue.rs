@@ -129,6 +129,21 @@ impl CertAuthority {
         })
     }
 
+    /// Re-issues a device's certificate for the key certmesh generated for it earlier
+    /// (`koi certmesh issue --renew`): `key_pem` is that key (PKCS#8 PEM, read back from the
+    /// device's folder); the key is parsed, used for its public half only, and zeroized.
+    pub fn issue_for_device_key(
+        &self,
+        key_pem: &str,
+        req: &LeafRequest,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert> {
+        let key = DeviceKey(
+            KeyPair::from_pem(key_pem).map_err(|e| Error::crypto("read the device key", e))?,
+        );
+        self.issue_for_key(&key.0, req, now)
+    }
+
     fn issue_for_key(
         &self,
         public_key: &impl PublicKeyData,
@@ -270,6 +285,14 @@ pub fn verified_csr_public_key(csr_pem: &str) -> Result<SubjectPublicKeyInfo> {
         ));
     }
     Ok(spki)
+}
+
+/// The DER SubjectPublicKeyInfo of a private key in PKCS#8 PEM (to compare a device's key file
+/// with its certificate before re-issuing for it).
+pub fn public_key_der_of(key_pem: &str) -> Result<Vec<u8>> {
+    let key =
+        DeviceKey(KeyPair::from_pem(key_pem).map_err(|e| Error::crypto("read the device key", e))?);
+    Ok(key.0.subject_public_key_info())
 }
 
 #[cfg(test)]

@@ -57,6 +57,6 @@ pub use error::{Error, Result};
 pub use issue::{DeviceBundle, IssuedCert, LeafRequest};
 pub use keystore::{CaStore, KdfParams, Passphrase, SealedEnvelope, SealingKey, UnlockedCa};
 pub use profiles::{ProfileDefaults, TrustProfile};
-pub use roster::{EnrollmentState, Member, MemberStatus, Role, Roster};
+pub use roster::{DeviceIssue, EnrollmentState, Member, MemberStatus, Role, Roster};
 pub use scope::Scope;
 pub use totp::{RejectReason, TotpGuard, TotpOutcome, TotpSecret, TotpState};

@@ -185,6 +185,20 @@ pub struct Member {
     /// it. Set only by renewal; absent in rosters written before renewal existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_fingerprint: Option<String>,
+    /// For a device certificate (`koi certmesh issue`): where its files were written and the
+    /// lifetime asked for, so `issue --renew` re-issues in place. Absent for mesh machines and in
+    /// rosters written before device renewal existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceIssue>,
+}
+
+/// What `koi certmesh issue` recorded about a device certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceIssue {
+    /// The absolute directory holding the device's cert.pem, key.pem, ca.pem and fullchain.pem.
+    pub out_dir: String,
+    /// Lifetime in days the certificate was issued with (`--days`).
+    pub days: i64,
 }
 
 impl Member {
@@ -210,6 +224,7 @@ impl Member {
             proxy_entries: Vec::new(),
             revoked_at: None,
             previous_fingerprint: None,
+            device: None,
         }
     }
 }
@@ -413,6 +428,7 @@ mod tests {
             proxy_entries: Vec::new(),
             revoked_at: None,
             previous_fingerprint: None,
+            device: None,
         }
     }
 

@@ -33,7 +33,9 @@ use crate::{out_dir, ownership};
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueParams {
-    /// DNS names for the device; the first is its identity in the roster.
+    /// DNS names for the device; the first is its identity in the roster. With --renew: new
+    /// further names (none keeps the entry's).
+    #[serde(default)]
     pub names: Vec<String>,
     /// IP addresses for the device (repeatable; private addresses inside the scope).
     #[serde(default)]
@@ -50,6 +52,13 @@ pub struct IssueParams {
     /// Overwrite files in --out that koi did not write for this device (links are never followed).
     #[serde(default)]
     pub force: bool,
+    /// Lifetime in days: 1 to 825, default 397 (with --renew: the entry's).
+    #[serde(default)]
+    pub days: Option<i64>,
+    /// Re-issue the device NAME with the key koi wrote for it, in its recorded folder (new
+    /// serial; same names unless NAMES or --ip are given).
+    #[serde(default)]
+    pub renew: Option<String>,
 }
 
 /// Result of `issue`.
@@ -67,6 +76,11 @@ pub struct IssueResult {
     pub expires_at: String,
     /// Where the files are (the key is 0600).
     pub files: CertFiles,
+    /// Lifetime in days.
+    pub days: i64,
+    /// With --renew: the serial of the certificate it replaces (the key is the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_serial: Option<String>,
 }
 
 /// The absolute `--out` directory, if one was given.
@@ -111,6 +125,10 @@ pub async fn run(ctx: Context, p: IssueParams) -> Result<IssueResult, MethodErro
             "Run `koi certmesh issue` on the CA.",
         ));
     }
+    if let Some(name) = p.renew.clone() {
+        return renew(ctx, p, name).await;
+    }
+    let days = crate::devices::checked_days(p.days, crate::devices::DEFAULT_DAYS)?;
     if p.names.is_empty() {
         return Err(error::fail(
             "Name at least one DNS name for the device.",
@@ -138,6 +156,7 @@ pub async fn run(ctx: Context, p: IssueParams) -> Result<IssueResult, MethodErro
     let mut request = LeafRequest::new(first.clone());
     request.dns_names = dns;
     request.ip_addresses = ips;
+    request.validity = Some(time::Duration::days(days));
     let who = actor(p.operator.as_deref());
     let p_passphrase_file = p.passphrase_file.clone();
     let p_operator = p.operator.clone();
@@ -193,16 +212,18 @@ pub async fn run(ctx: Context, p: IssueParams) -> Result<IssueResult, MethodErro
                 "dns_names": device.cert.dns_names,
                 "ip_addresses": device.cert.ip_addresses,
                 "expires_at": expires_at,
+                "days": days,
                 "files": files.dir,
             }),
         )?;
         let mut roster = roster;
-        roster.upsert(Member::from_issued(
-            &first,
-            &device.cert,
-            Role::Device,
-            p.operator.clone(),
-        ));
+        let mut member =
+            Member::from_issued(&first, &device.cert, Role::Device, p.operator.clone());
+        member.device = Some(koi_certmesh_core::DeviceIssue {
+            out_dir: files.dir.clone(),
+            days,
+        });
+        roster.upsert(member);
         session.save_roster_at(&roster_path, &mut roster)?;
         Ok(IssueResult {
             name: first.clone(),
@@ -216,6 +237,8 @@ pub async fn run(ctx: Context, p: IssueParams) -> Result<IssueResult, MethodErro
             serial: device.cert.serial_hex.clone(),
             expires_at,
             files: files.clone(),
+            days,
+            previous_serial: None,
         })
     };
     with_signing_session(
@@ -225,6 +248,70 @@ pub async fn run(ctx: Context, p: IssueParams) -> Result<IssueResult, MethodErro
         actor(p_operator.as_deref()),
         "issue",
         issue,
+    )
+    .await
+}
+
+/// `issue --renew NAME`: the checks that need no CA key, then [`crate::devices::renew`] in a
+/// signing session.
+async fn renew(ctx: Context, p: IssueParams, name: String) -> Result<IssueResult, MethodError> {
+    let authority = App::of(&ctx)?.authority();
+    let layout = authority.layout().clone();
+    let name = canonical_name(&name).map_err(error::core)?;
+    if p.out.is_some() || p.force {
+        return Err(error::fail(
+            "--renew writes where the device's files already are and replaces only koi's own files; --out and --force do not apply.",
+            format!(
+                "Run `koi certmesh issue --renew {name}` without --out and --force (or `koi certmesh issue {name} --out DIR` for a new key elsewhere)."
+            ),
+        ));
+    }
+    let dns_names = if p.names.is_empty() {
+        None
+    } else {
+        let mut v = Vec::new();
+        for raw in &p.names {
+            let n = canonical_name(raw).map_err(error::core)?;
+            if n != name && !v.contains(&n) {
+                v.push(n);
+            }
+        }
+        Some(v)
+    };
+    let ip_addresses = if p.ip.is_empty() {
+        None
+    } else {
+        let mut v = Vec::new();
+        for text in &p.ip {
+            v.push(text.parse::<IpAddr>().map_err(|_| {
+                error::fail(
+                    format!("--ip {text} is not an IP address."),
+                    "Pass an IPv4 or IPv6 address, e.g. --ip 10.0.0.7.",
+                )
+            })?);
+        }
+        Some(v)
+    };
+    if let Some(days) = p.days {
+        crate::devices::checked_days(Some(days), crate::devices::DEFAULT_DAYS)?;
+    }
+    let ask = crate::devices::RenewAsk {
+        name,
+        dns_names,
+        ip_addresses,
+        days: p.days,
+    };
+    let who = actor(p.operator.as_deref());
+    let roster_path = layout.roster();
+    with_signing_session(
+        authority,
+        &ctx,
+        p.passphrase_file.as_deref(),
+        who.clone(),
+        "issue --renew",
+        move |session: &mut CaSession| {
+            crate::devices::renew(session, &layout, &roster_path, &who, ask)
+        },
     )
     .await
 }

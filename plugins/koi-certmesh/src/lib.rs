@@ -13,7 +13,7 @@
 //! | `create` | `koi certmesh create [--profile P] [--operator N] [--domain D]... [--subnet C]... [--entropy E] [--passphrase-file F] [--unconstrained]` | new mesh, this machine its CA |
 //! | `unlock` | `koi certmesh unlock [--passphrase-file F]` | open the CA key in the daemon |
 //! | `join` | `koi certmesh join [--ca HOST:PORT] [--fingerprint FP] [--code C]` | enroll this machine |
-//! | `issue` | `koi certmesh issue NAME... [--ip A]... [--out DIR] [--force]` | certificate + key for a device |
+//! | `issue` | `koi certmesh issue NAME... [--ip A]... [--out DIR] [--force] [--days N]`, `koi certmesh issue --renew NAME [--days N]` | certificate + key for a device; re-issue it with the same key |
 //! | `trust` | `koi certmesh trust install\|remove\|status [--fingerprint FP] [--name N]` | the root in the trust stores; every koi root found |
 //! | `leave` | `koi certmesh leave [--yes]` | leave the mesh (destroys it on the CA): trust, state, certificates |
 //! | `log` | `koi certmesh log [--verify] [--last N]` | the audit log |
@@ -34,7 +34,8 @@
 //! - [`background`] — the daemon-mode `api` service: serve the API, advertise over mDNS.
 //! - [`truststore`] — system, NSS and Java trust stores.
 //! - [`leaf`] — the names and addresses a member's certificate gets; [`ownership`] — no name or
-//!   address in two entries; [`out_dir`] — where `issue` may write.
+//!   address in two entries; [`out_dir`] — where `issue` may write; [`devices`] — device
+//!   lifetimes (`--days`), devices expiring soon, `issue --renew`.
 //! - [`layout`], [`files`], [`names`], [`x509`], [`secrets`], [`entropy`], [`app`], [`error`].
 //! - Renewal: [`renew`] (the verb and one renewal), [`schedule`] (the daemon's renewal service and
 //!   the record `status` shows), [`renew_files`] (journalled install), [`hooks`] (reload hooks),
@@ -54,6 +55,7 @@ pub mod client;
 pub mod client_auth;
 pub mod clock;
 pub mod create;
+pub mod devices;
 pub mod enrollment;
 pub mod entropy;
 pub mod error;
@@ -149,7 +151,9 @@ pub fn plugin() -> Plugin {
     .mutating()
     .local_only()
     .example("koi certmesh issue printer.lan --ip 10.0.0.7")
-    .example("koi certmesh issue nas.lab.example nas --out /srv/nas-certs");
+    .example("koi certmesh issue nas.lab.example nas --out /srv/nas-certs")
+    .example("koi certmesh issue printer.lan --days 90")
+    .example("koi certmesh issue --renew printer.lan");
 
     let trust = Method::new(
         "trust",

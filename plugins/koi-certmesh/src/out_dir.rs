@@ -214,23 +214,9 @@ impl OutDir {
 
     /// Whether the folder's `cert.pem` is a certificate signed by this CA for `device`.
     fn holds_our_cert(&self, device: &str, ca_pem: &str) -> bool {
-        let Ok(fd) = rustix::fs::openat(
-            &self.fd,
-            "cert.pem",
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
+        let Some(pem) = self.read_small("cert.pem") else {
             return false;
         };
-        let mut pem = String::new();
-        // A certificate is a few hundred bytes; read at most 64 KiB.
-        if File::from(fd)
-            .take(64 * 1024)
-            .read_to_string(&mut pem)
-            .is_err()
-        {
-            return false;
-        }
         let (Some(der), Some(ca_der)) = (crate::x509::der(&pem), crate::x509::der(ca_pem)) else {
             return false;
         };
@@ -247,6 +233,25 @@ impl OutDir {
         matches!(cert.subject_alternative_name(), Ok(Some(san))
             if san.value.general_names.iter().any(|g| matches!(g,
                 GeneralName::DNSName(n) if koi_certmesh_core::names::comparable(n) == want)))
+    }
+
+    /// Reads `name` in this directory (opened with O_NOFOLLOW; at most 64 KiB, which is far more
+    /// than a certificate or key), or `None` if it is missing, a link or unreadable. The text is
+    /// zeroized on drop (it may be a private key).
+    pub fn read_small(&self, name: &str) -> Option<Zeroizing<String>> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let mut text = Zeroizing::new(String::new());
+        File::from(fd)
+            .take(64 * 1024)
+            .read_to_string(&mut text)
+            .ok()?;
+        Some(text)
     }
 
     /// Writes the four files (key first, cert last), each under a fresh name created with

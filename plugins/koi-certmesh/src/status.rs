@@ -97,6 +97,7 @@ fn build(app: &App, daemon: bool) -> StatusReport {
     let short_fp: String = membership.ca_fingerprint.chars().take(16).collect();
     let mut unconstrained = false;
     let mut lockout_text = String::new();
+    let mut devices_text = String::new();
     let summary = if layout.is_ca() {
         let locked = !authority.is_unlocked();
         match Roster::load(&layout.roster()) {
@@ -143,6 +144,13 @@ fn build(app: &App, daemon: bool) -> StatusReport {
                     "members".into(),
                     serde_json::to_value(RosterMember::all(&roster)).unwrap_or_default(),
                 );
+                // Device certificates expiring soon (crate::devices, issue 11 item 8).
+                let soon = crate::devices::expiring(&roster, now);
+                devices_text = crate::devices::status_text(&soon);
+                details.insert(
+                    "devices_expiring".into(),
+                    serde_json::to_value(&soon).unwrap_or_default(),
+                );
             }
             Err(e) => {
                 state = HealthState::Failed;
@@ -182,7 +190,7 @@ fn build(app: &App, daemon: bool) -> StatusReport {
             ""
         };
         format!(
-            "CA of mesh {short_fp}… ({}), {lock_text}{lockout_text}; {cert_text}{scope_text}",
+            "CA of mesh {short_fp}… ({}), {lock_text}{lockout_text}; {cert_text}{scope_text}{devices_text}",
             membership.profile
         )
     } else {

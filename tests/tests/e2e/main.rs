@@ -10,6 +10,7 @@ mod support;
 mod certmesh;
 mod certmesh_cli;
 mod certmesh_crash;
+mod certmesh_devices;
 mod certmesh_dos;
 mod certmesh_flood;
 mod certmesh_leave;
