@@ -12,6 +12,7 @@ mod certmesh_cli;
 mod certmesh_crash;
 mod certmesh_dos;
 mod certmesh_flood;
+mod certmesh_heartbeat;
 mod certmesh_leave;
 mod certmesh_ownership;
 mod certmesh_renew;
