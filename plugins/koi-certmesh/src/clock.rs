@@ -6,9 +6,11 @@
 //! - [`LIFETIME_ENV`] (`KOI_TEST_CERT_LIFETIME_SECS`): on the CA, the lifetime of the member
 //!   certificates it signs (at least [`MIN_TEST_LIFETIME_SECS`]);
 //! - [`OFFSET_ENV`] (`KOI_TEST_CLOCK_OFFSET_SECS`): seconds added to "now" for renewal decisions
-//!   (the member's schedule and the CA's expiry check).
+//!   (the member's schedule and the CA's expiry check);
+//! - [`HEARTBEAT_ENV`] (`KOI_TEST_HEARTBEAT_SECS`): the member's heartbeat interval
+//!   ([`crate::heartbeat`]) instead of 5 minutes (at least [`MIN_TEST_HEARTBEAT_SECS`]).
 //!
-//! Both are honoured only in debug builds (`cfg(debug_assertions)`). A release build ignores them
+//! All three are honoured only in debug builds (`cfg(debug_assertions)`). A release build ignores them
 //! and logs a warning once, so a production mesh cannot be given short certificates or a moved
 //! clock through the environment.
 
@@ -19,6 +21,10 @@ use std::time::{Duration, SystemTime};
 pub const LIFETIME_ENV: &str = "KOI_TEST_CERT_LIFETIME_SECS";
 /// The debug-only clock offset (seconds, may be negative).
 pub const OFFSET_ENV: &str = "KOI_TEST_CLOCK_OFFSET_SECS";
+/// The debug-only heartbeat interval override (seconds).
+pub const HEARTBEAT_ENV: &str = "KOI_TEST_HEARTBEAT_SECS";
+/// The shortest interval [`HEARTBEAT_ENV`] may set.
+pub const MIN_TEST_HEARTBEAT_SECS: u64 = 1;
 /// The shortest lifetime [`LIFETIME_ENV`] may set.
 pub const MIN_TEST_LIFETIME_SECS: u64 = 10;
 
@@ -74,6 +80,18 @@ pub fn leaf_lifetime() -> Option<time::Duration> {
     Some(time::Duration::seconds(
         i64::try_from(secs).unwrap_or(i64::MAX),
     ))
+}
+
+/// The heartbeat interval: `default` unless a debug build sets [`HEARTBEAT_ENV`].
+pub fn heartbeat_interval(default: Duration) -> Duration {
+    match read_env(HEARTBEAT_ENV) {
+        Some(secs) => Duration::from_secs(
+            u64::try_from(secs)
+                .unwrap_or(0)
+                .max(MIN_TEST_HEARTBEAT_SECS),
+        ),
+        None => default,
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@
 //!   [`renew_api`] (the CA's `POST /v1/certmesh/renew`), [`certify`] (checks shared with join),
 //!   [`client_auth`] (client certificates on the API), [`clock`] (wall clock and the debug-only
 //!   test clock).
+//! - [`heartbeat`] — the member's heartbeat to the CA (daemon service, `status` record,
+//!   `certmesh.heartbeat` events).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -60,6 +62,7 @@ pub mod enrollment;
 pub mod entropy;
 pub mod error;
 pub mod files;
+pub mod heartbeat;
 pub mod hooks;
 pub mod issue;
 pub mod join;
@@ -288,6 +291,10 @@ pub fn plugin() -> Plugin {
         renew::CERT_RENEWED,
         "A member's certificate was renewed and its new files are in place",
     )
+    .publishes::<heartbeat::Heartbeat>(
+        heartbeat::HEARTBEAT,
+        "A member's heartbeat to its CA (mutual TLS, pinned root, roster version): sent on every beat, ok or failed",
+    )
     // One `App` per process, built right after the handshake (it needs KOI_HOME).
     .state(app::App::build)
     .status(status::report)
@@ -299,6 +306,8 @@ pub fn plugin() -> Plugin {
     .service(background::SERVICE, background::service)
     // A member's certificate renewal (crate::schedule), under `koi daemon` only.
     .service(schedule::SERVICE, schedule::service)
+    // A member's heartbeat to its CA (crate::heartbeat), under `koi daemon` only.
+    .service(heartbeat::SERVICE, heartbeat::service)
     .shutdown_grace(background::SHUTDOWN_GRACE)
 }
 

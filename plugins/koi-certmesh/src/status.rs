@@ -201,8 +201,15 @@ fn build(app: &App, daemon: bool) -> StatusReport {
         let renewal = crate::schedule::status_details(layout, &membership);
         let renewal_text = crate::schedule::status_text(&renewal);
         details.insert("renewal".into(), renewal);
+        // The heartbeat (crate::heartbeat): a failing one degrades the member.
+        let heartbeat = crate::heartbeat::status_details(layout);
+        let heartbeat_text = crate::heartbeat::status_text(&heartbeat);
+        if heartbeat["ok"] == Value::Bool(false) && state == HealthState::Ok {
+            state = HealthState::Degraded;
+        }
+        details.insert("heartbeat".into(), heartbeat);
         format!(
-            "member of mesh {short_fp}… ({}) via {}; {cert_text}{renewal_text}",
+            "member of mesh {short_fp}… ({}) via {}; {cert_text}{renewal_text}{heartbeat_text}",
             membership.profile,
             membership.ca_endpoint.as_deref().unwrap_or("?")
         )

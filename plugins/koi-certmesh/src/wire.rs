@@ -49,6 +49,11 @@ pub struct MeshInfo {
     pub zone: String,
     /// Host name of the primary CA.
     pub primary: String,
+    /// The roster's version as the heartbeat reports it: the sequence number of the last audit
+    /// entry the roster records (every roster change is audited, so it grows with each change;
+    /// 0 before the first). Absent (read as 0) in answers from CAs older than the heartbeat.
+    #[serde(default)]
+    pub roster_version: u64,
 }
 
 impl MeshInfo {
@@ -59,6 +64,7 @@ impl MeshInfo {
             profile: roster.mesh.profile.to_string(),
             zone: crate::names::zone_of(roster),
             primary: roster.mesh.primary.clone(),
+            roster_version: roster.mesh.audit_head.as_ref().map_or(0, |h| h.seq),
         }
     }
 }
