@@ -204,9 +204,9 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
                 if due.is_some_and(|d| now >= d) && !blocked {
                     match crate::renew::renew_once(&ctx, false, "schedule").await {
                         Ok(result) => {
-                            retry_at = None;
                             retry_delay = RETRY_INITIAL;
                             crate::renew::after_renewal(&ctx, &layout, &result).await;
+                            retry_at = skew_pause(&CertFiles::at(&layout, &m.hostname));
                         }
                         Err(e) => {
                             tracing::warn!(
@@ -236,6 +236,23 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
             _ = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
         }
     }
+}
+
+/// After a renewal: if the certificate just signed is already due by this machine's clock, the
+/// clock is ahead of the CA's by more than a third of the lifetime, and renewing "when due" would
+/// ask the CA again at once, in a loop. Renewals then pause for [`RETRY_MAX`] (so such a member
+/// costs the CA one renewal per 15 minutes) and the log says why. `None` when the clock agrees.
+fn skew_pause(files: &CertFiles) -> Option<SystemTime> {
+    let now = crate::clock::now();
+    if due_at(files).is_none_or(|due| now < due) {
+        return None;
+    }
+    tracing::warn!(
+        "the certificate renewed just now is already due by this machine's clock, which is \
+         probably ahead of the CA's (check it: `timedatectl`); the next renewal waits {} minutes",
+        RETRY_MAX.as_secs() / 60
+    );
+    Some(now + RETRY_MAX)
 }
 
 #[cfg(test)]
