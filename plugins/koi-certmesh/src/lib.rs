@@ -41,6 +41,8 @@
 //!   [`renew_api`] (the CA's `POST /v1/certmesh/renew`), [`certify`] (checks shared with join),
 //!   [`client_auth`] (client certificates on the API), [`clock`] (wall clock and the debug-only
 //!   test clock).
+//! - The CA's own API certificate: [`ca_renew`] (renewed at 2/3 of its lifetime, signed locally)
+//!   and [`hot_cert`] (the API's swappable certificate: no restart, no dropped connection).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -49,6 +51,7 @@ pub mod api;
 pub mod app;
 pub mod authority;
 pub mod background;
+pub mod ca_renew;
 pub mod certify;
 pub mod client;
 pub mod client_auth;
@@ -59,6 +62,7 @@ pub mod entropy;
 pub mod error;
 pub mod files;
 pub mod hooks;
+pub mod hot_cert;
 pub mod issue;
 pub mod join;
 pub mod layout;
