@@ -270,3 +270,69 @@ fn the_cas_api_certificate_renews_and_is_swapped_in_without_a_restart_or_a_dropp
     assert_ne!(serial_of(&member_cert), joined);
     a.terminate(Duration::from_secs(10));
 }
+
+#[test]
+fn a_locked_ca_says_its_api_certificate_is_due_and_renews_it_right_after_unlock() {
+    if !root_or_skip("a_locked_ca_says_its_api_certificate_is_due_and_renews_it_right_after_unlock")
+    {
+        return;
+    }
+    let lab = NetLab::new("cl");
+    lab.a.env.install(&certmesh_bin(), "certmesh");
+    let pass_file = write_passphrase(&lab.a.env);
+    let env = [
+        ("KOI_TEST_CA_CERT_LIFETIME_SECS", "90"),
+        ("KOI_TEST_CERT_LIFETIME_SECS", "90"),
+    ];
+    let mut a = lab.a.env.start_daemon(&env);
+    create(&lab.a.env, &pass_file, &["--no-trust", "--json"]).expect_code(0);
+    wait_for_api(&lab.a, &lab.a.ip);
+    // The daemon stops before the renewal is due and starts again (locked) after it.
+    a.terminate(Duration::from_secs(10));
+    let cert = lab
+        .a
+        .env
+        .home
+        .join("certs")
+        .join(&lab.a.hostname)
+        .join("cert.pem");
+    let first = serial_of(&cert);
+    let due_by = not_before(&cert) + 60 + 40 + 4;
+    while unix_now() < due_by {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut a = lab.a.env.start_daemon(&env);
+    wait_for_api(&lab.a, &lab.a.ip);
+    let status = lab.a.env.run(&["certmesh", "status", "--json"]);
+    let json = status.json();
+    assert_eq!(json["details"]["locked"], true, "{}", status.stdout);
+    assert_eq!(
+        json["details"]["api_certificate"]["waiting_for_unlock"], true,
+        "{}",
+        status.stdout
+    );
+    assert!(
+        json["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains("renews as soon as `koi certmesh unlock`"),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(serial_of(&cert), first, "a locked CA signs nothing");
+    lab.a
+        .env
+        .run(&["certmesh", "unlock", "--passphrase-file", &pass_file])
+        .expect_code(0);
+    wait_until("the renewal after unlock", Duration::from_secs(30), || {
+        serial_of(&cert) != first
+    });
+    wait_until("the API serving it", Duration::from_secs(30), || {
+        served_serial(&lab.a, &lab.a) == serial_of(&cert)
+    });
+    let status = lab.a.env.run(&["certmesh", "status", "--json"]);
+    let api_cert = &status.json()["details"]["api_certificate"];
+    assert_eq!(api_cert["waiting_for_unlock"], false, "{}", status.stdout);
+    assert_eq!(api_cert["last"]["last_ok"], true, "{}", status.stdout);
+    a.terminate(Duration::from_secs(10));
+}
