@@ -61,7 +61,7 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
-    let (api, membership, port) = match start(&app, &ctx).await {
+    let (api, membership, port, cert) = match start(&app, &ctx).await {
         Ok(started) => started,
         Err(e) => {
             tracing::error!("certmesh API not serving: {e}");
@@ -77,7 +77,8 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
         advertise(&app, &ctx, &membership, port).await;
         flush_refusals(&ctx, &authority).await;
     };
-    tokio::join!(api, rest);
+    // The CA's own API certificate renews while the API serves, swapped in without a restart.
+    tokio::join!(api, rest, crate::ca_renew::run(&ctx, &app, cert));
     // Refusals counted by the last requests the API drained go in too.
     flush_once(&ctx, &authority).await;
     Ok(())
@@ -105,9 +106,14 @@ async fn flush_once(ctx: &Context, authority: &Arc<Authority>) {
         .await;
 }
 
-/// The API server (it runs until `ctx` is cancelled, then drains), the CA's membership and the
-/// port it listens on.
-type Started = (Pin<Box<dyn Future<Output = ()> + Send>>, Membership, u16);
+/// The API server (it runs until `ctx` is cancelled, then drains), the CA's membership, the
+/// port it listens on and the certificate it presents (swappable, [`crate::hot_cert`]).
+type Started = (
+    Pin<Box<dyn Future<Output = ()> + Send>>,
+    Membership,
+    u16,
+    Arc<crate::hot_cert::ApiCert>,
+);
 
 /// Binds the API; returns the server, not yet polled, and what the advertisement needs.
 async fn start(app: &Arc<App>, ctx: &Context) -> Result<Started, String> {
@@ -116,13 +122,20 @@ async fn start(app: &Arc<App>, ctx: &Context) -> Result<Started, String> {
         .hold_writer_lock()
         .map_err(|e| e.message().to_owned())?;
     let layout = authority.layout().clone();
-    let membership = Membership::load(&layout)
-        .map_err(|e| e.message().to_owned())?
-        .ok_or("the CA has no membership.json (its own certificate record)")?;
+    let load = || {
+        Membership::load(&layout)
+            .map_err(|e| e.message().to_owned())?
+            .ok_or_else(|| "the CA has no membership.json (its own certificate record)".to_owned())
+    };
+    // A renewal of the API certificate a crash interrupted is finished first, so the pair loaded
+    // is whole (and membership.json describes it).
+    crate::renew_files::finish(&layout, &load()?.hostname).map_err(|e| e.message().to_owned())?;
+    let membership = load()?;
     let files = CertFiles::at(&layout, &membership.hostname);
     let ca_pem = std::fs::read_to_string(layout.ca_dir().join("ca.pem"))
         .map_err(|e| format!("cannot read the CA certificate: {e}"))?;
-    let tls = crate::tls::server_config(files.fullchain.as_ref(), files.key.as_ref(), &ca_pem)?;
+    let cert = crate::hot_cert::ApiCert::load(files.fullchain.as_ref(), files.key.as_ref())?;
+    let tls = crate::tls::server_config(cert.clone(), &ca_pem)?;
     let listener = crate::api::bind(bind_address()?).await?;
     let local = listener
         .local_addr()
@@ -133,7 +146,7 @@ async fn start(app: &Arc<App>, ctx: &Context) -> Result<Started, String> {
     });
     tracing::info!(%local, "certmesh API listening");
     let server = crate::api::serve(listener, Arc::new(tls), authority, ctx.clone());
-    Ok((Box::pin(server), membership, local.port()))
+    Ok((Box::pin(server), membership, local.port(), cert))
 }
 
 /// Asks koi-mdns (through the host) to advertise the CA.

@@ -2,15 +2,18 @@
 //! ([`now`], `SystemTime`), never a monotonic timer, so a machine that slept or whose clock jumped
 //! acts on the real date at its next check.
 //!
-//! Two variables let tests move time without waiting for it (docs/certmesh.md, "Testing time"):
+//! These variables let tests move time without waiting for it (docs/certmesh.md, "Testing time"):
 //! - [`LIFETIME_ENV`] (`KOI_TEST_CERT_LIFETIME_SECS`): on the CA, the lifetime of the member
 //!   certificates it signs (at least [`MIN_TEST_LIFETIME_SECS`]);
+//! - [`CA_LIFETIME_ENV`] (`KOI_TEST_CA_CERT_LIFETIME_SECS`): the lifetime of the CA's own API
+//!   certificate made by `create` (at least [`MIN_TEST_LIFETIME_SECS`]; its renewals then get
+//!   [`LIFETIME_ENV`]'s);
 //! - [`OFFSET_ENV`] (`KOI_TEST_CLOCK_OFFSET_SECS`): seconds added to "now" for renewal decisions
 //!   (the member's schedule and the CA's expiry check);
 //! - [`HEARTBEAT_ENV`] (`KOI_TEST_HEARTBEAT_SECS`): the member's heartbeat interval
 //!   ([`crate::heartbeat`]) instead of 5 minutes (at least [`MIN_TEST_HEARTBEAT_SECS`]).
 //!
-//! All three are honoured only in debug builds (`cfg(debug_assertions)`). A release build ignores them
+//! All four are honoured only in debug builds (`cfg(debug_assertions)`). A release build ignores them
 //! and logs a warning once, so a production mesh cannot be given short certificates or a moved
 //! clock through the environment.
 
@@ -19,6 +22,8 @@ use std::time::{Duration, SystemTime};
 
 /// The debug-only leaf lifetime override (seconds).
 pub const LIFETIME_ENV: &str = "KOI_TEST_CERT_LIFETIME_SECS";
+/// The debug-only lifetime of the CA's own API certificate at `create` (seconds).
+pub const CA_LIFETIME_ENV: &str = "KOI_TEST_CA_CERT_LIFETIME_SECS";
 /// The debug-only clock offset (seconds, may be negative).
 pub const OFFSET_ENV: &str = "KOI_TEST_CLOCK_OFFSET_SECS";
 /// The debug-only heartbeat interval override (seconds).
@@ -92,6 +97,16 @@ pub fn heartbeat_interval(default: Duration) -> Duration {
         ),
         None => default,
     }
+}
+
+/// The lifetime `create` gives the CA's own API certificate: `None` (the default) unless a debug
+/// build sets [`CA_LIFETIME_ENV`].
+pub fn ca_cert_lifetime() -> Option<time::Duration> {
+    let secs = read_env(CA_LIFETIME_ENV)?;
+    let secs = u64::try_from(secs).unwrap_or(0).max(MIN_TEST_LIFETIME_SECS);
+    Some(time::Duration::seconds(
+        i64::try_from(secs).unwrap_or(i64::MAX),
+    ))
 }
 
 #[cfg(test)]

@@ -318,9 +318,11 @@ fn build(layout: &Layout, plan: Plan) -> Result<Built, MethodError> {
         .map_err(error::core)?;
 
     let zone = names::zone_of(&roster);
-    let (leaf, _) =
+    let (mut leaf, _) =
         crate::leaf::leaf_request(ca.scope(), &zone, hostname, &[], &names::lan_addresses())
             .map_err(|r| MethodError::new(r.to_string()))?;
+    // Debug builds only (tests of the API certificate's renewal, crate::ca_renew).
+    leaf.validity = crate::clock::ca_cert_lifetime();
     let own = ca.issue_for_device(&leaf, now).map_err(error::core)?;
     let files = CertFiles::at(layout, hostname);
     files.write(&own.cert.cert_pem, &own.key_pem, &own.cert.ca_pem)?;

@@ -44,6 +44,8 @@
 //!   test clock).
 //! - [`heartbeat`] — the member's heartbeat to the CA (daemon service, `status` record,
 //!   `certmesh.heartbeat` events).
+//! - The CA's own API certificate: [`ca_renew`] (renewed at 2/3 of its lifetime, signed locally)
+//!   and [`hot_cert`] (the API's swappable certificate: no restart, no dropped connection).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -52,6 +54,7 @@ pub mod api;
 pub mod app;
 pub mod authority;
 pub mod background;
+pub mod ca_renew;
 pub mod certify;
 pub mod client;
 pub mod client_auth;
@@ -64,6 +67,7 @@ pub mod error;
 pub mod files;
 pub mod heartbeat;
 pub mod hooks;
+pub mod hot_cert;
 pub mod issue;
 pub mod join;
 pub mod layout;

@@ -164,6 +164,10 @@ fn build(app: &App, daemon: bool) -> StatusReport {
                 serde_json::to_value(app.api()).unwrap_or_default(),
             );
         }
+        // The CA's own API certificate (crate::ca_renew).
+        let (api_cert, api_cert_text) =
+            crate::ca_renew::status_details(layout, &membership, locked);
+        details.insert("api_certificate".into(), api_cert);
         let pending = crate::pending::pending_count(layout);
         details.insert("audit_pending_unsigned".into(), Value::from(pending));
         let lock_text = if !daemon {
@@ -190,7 +194,7 @@ fn build(app: &App, daemon: bool) -> StatusReport {
             ""
         };
         format!(
-            "CA of mesh {short_fp}… ({}), {lock_text}{lockout_text}; {cert_text}{scope_text}{devices_text}",
+            "CA of mesh {short_fp}… ({}), {lock_text}{lockout_text}; {cert_text}{api_cert_text}{scope_text}{devices_text}",
             membership.profile
         )
     } else {

@@ -11,7 +11,6 @@
 //! first contact so the user can confirm it), and verifies that the leaf chains to that root and
 //! signed the handshake.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -26,14 +25,12 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The CA API's server config from the CA machine's own certificate files.
-pub fn server_config(fullchain: &Path, key: &Path, ca_pem: &str) -> Result<ServerConfig, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(fullchain)
-        .map_err(|e| format!("cannot read {}: {e}", fullchain.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot parse {}: {e}", fullchain.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read the key {}: {e}", key.display()))?;
+/// The CA API's server config: it presents whatever `cert` holds at each handshake, so the CA's
+/// own certificate can be renewed while the API serves ([`crate::hot_cert`]).
+pub fn server_config(
+    cert: Arc<crate::hot_cert::ApiCert>,
+    ca_pem: &str,
+) -> Result<ServerConfig, String> {
     // Client certificates are judged by the routes that need them (crate::client_auth), so a
     // foreign or expired one gets a clear, audited refusal instead of a TLS alert.
     for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -45,8 +42,7 @@ pub fn server_config(fullchain: &Path, key: &Path, ca_pem: &str) -> Result<Serve
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(clients)
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("the certificate and key do not fit together: {e}"))?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

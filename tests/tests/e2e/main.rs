@@ -8,6 +8,7 @@
 mod support;
 
 mod certmesh;
+mod certmesh_caswap;
 mod certmesh_cli;
 mod certmesh_crash;
 mod certmesh_devices;
