@@ -7,13 +7,11 @@
 //! new serial, the new certificate verifies against the root, the renewal is audited, and members
 //! still join and renew afterwards.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::support::certmesh::{
-    audit_entries, certmesh_bin, certmesh_pid, create, fresh_code, join_from_b, mesh_ids,
-    output_text, public_key_of, wait_for_api, write_passphrase,
+    audit_entries, certmesh_bin, certmesh_pid, create, fresh_code, join_from_b, mesh_ids, openssl,
+    output_text, public_key_of, serial_of, validity, wait_for_api, write_passphrase,
 };
 use crate::support::netlab::{LabHost, NetLab};
 use crate::support::root_or_skip;
@@ -64,46 +62,6 @@ print(json.dumps({
     "statuses": statuses,
 }))
 "#;
-
-fn openssl(args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl");
-    output_text(&out)
-}
-
-fn serial_of(cert: &Path) -> String {
-    openssl(&[
-        "x509",
-        "-noout",
-        "-serial",
-        "-in",
-        &cert.display().to_string(),
-    ])
-    .trim()
-    .trim_start_matches("serial=")
-    .to_ascii_lowercase()
-}
-
-fn not_before(cert: &Path) -> u64 {
-    let text = openssl(&[
-        "x509",
-        "-noout",
-        "-startdate",
-        "-in",
-        &cert.display().to_string(),
-    ]);
-    let date = text.trim().trim_start_matches("notBefore=");
-    let out = Command::new("date")
-        .args(["-u", "-d", date, "+%s"])
-        .output()
-        .expect("date");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{text}: {e}"))
-}
 
 /// The serial a new TLS handshake with `host`'s API gets, seen from `from`.
 fn served_serial(from: &LabHost, host: &LabHost) -> String {
@@ -179,7 +137,7 @@ fn the_cas_api_certificate_renews_and_is_swapped_in_without_a_restart_or_a_dropp
     assert_eq!(api_cert["waiting_for_unlock"], false, "{}", status.stdout);
 
     // The keep-alive connection opens about 15 s before the renewal is due.
-    let open_at = not_before(&cert) + 60 + 25;
+    let open_at = validity(&cert).0.unsigned_abs() + 60 + 25;
     while unix_now() < open_at {
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -297,7 +255,7 @@ fn a_locked_ca_says_its_api_certificate_is_due_and_renews_it_right_after_unlock(
         .join(&lab.a.hostname)
         .join("cert.pem");
     let first = serial_of(&cert);
-    let due_by = not_before(&cert) + 60 + 40 + 4;
+    let due_by = validity(&cert).0.unsigned_abs() + 60 + 40 + 4;
     while unix_now() < due_by {
         std::thread::sleep(Duration::from_millis(200));
     }

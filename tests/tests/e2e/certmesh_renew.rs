@@ -9,12 +9,11 @@
 //! here are shared with both.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::certmesh::{
-    LabCa, audit_entries, certmesh_bin, create, fresh_code, join_from_b, mesh_ids, output_text,
-    public_key_of, wait_for_api, write_passphrase,
+    LabCa, audit_entries, certmesh_bin, create, fresh_code, join_from_b, mesh_ids, openssl,
+    output_text, public_key_of, serial_of, validity, wait_for_api, write_passphrase,
 };
 use crate::support::netlab::{LabHost, NetLab};
 use crate::support::{DaemonProc, KoiEnv, fixture, root_or_skip};
@@ -60,51 +59,6 @@ fn join_b(lab: &NetLab, ca: &LabCa) {
 
 fn cert_dir(host: &LabHost) -> PathBuf {
     host.env.home.join("certs").join(&host.hostname)
-}
-
-fn openssl(args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl");
-    output_text(&out)
-}
-
-fn serial_of(cert: &Path) -> String {
-    openssl(&[
-        "x509",
-        "-noout",
-        "-serial",
-        "-in",
-        &cert.display().to_string(),
-    ])
-    .trim()
-    .trim_start_matches("serial=")
-    .to_ascii_lowercase()
-}
-
-/// (notBefore, notAfter) in Unix seconds.
-fn validity(cert: &Path) -> (i64, i64) {
-    let text = openssl(&[
-        "x509",
-        "-noout",
-        "-startdate",
-        "-enddate",
-        "-in",
-        &cert.display().to_string(),
-    ]);
-    let parse = |key: &str| {
-        let line = text.lines().find(|l| l.starts_with(key)).expect(key);
-        let out = Command::new("date")
-            .args(["-u", "-d", line[key.len()..].trim(), "+%s"])
-            .output()
-            .expect("date");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse::<i64>()
-            .unwrap_or_else(|e| panic!("{line}: {e}"))
-    };
-    (parse("notBefore="), parse("notAfter="))
 }
 
 fn verifies(ca_pem: &Path, cert: &Path) {

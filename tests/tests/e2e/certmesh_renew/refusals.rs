@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{LabCa, ca_with, ca_with_env, cert_dir, join_b, renewals_of, serial_of};
+use super::{LabCa, ca_with, ca_with_env, cert_dir, join_b, renewals_of};
+use crate::support::certmesh::serial_of;
 use crate::support::certmesh::{
     certmesh_bin, create, openssl_csr, raw_post, refusals, wait_for_api, write_passphrase,
 };

@@ -315,3 +315,50 @@ pub(crate) fn ca_under_daemon(lab: &NetLab, create_args: &[&str]) -> (DaemonProc
     };
     (daemon, ca)
 }
+
+/// Runs `openssl ARGS`; its stdout and stderr together.
+pub(crate) fn openssl(args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    output_text(&out)
+}
+
+/// A certificate file's serial, lower-case hex.
+pub(crate) fn serial_of(cert: &Path) -> String {
+    openssl(&[
+        "x509",
+        "-noout",
+        "-serial",
+        "-in",
+        &cert.display().to_string(),
+    ])
+    .trim()
+    .trim_start_matches("serial=")
+    .to_ascii_lowercase()
+}
+
+/// (notBefore, notAfter) in Unix seconds.
+pub(crate) fn validity(cert: &Path) -> (i64, i64) {
+    let text = openssl(&[
+        "x509",
+        "-noout",
+        "-startdate",
+        "-enddate",
+        "-in",
+        &cert.display().to_string(),
+    ]);
+    let parse = |key: &str| {
+        let line = text.lines().find(|l| l.starts_with(key)).expect(key);
+        let out = Command::new("date")
+            .args(["-u", "-d", line[key.len()..].trim(), "+%s"])
+            .output()
+            .expect("date");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<i64>()
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+    (parse("notBefore="), parse("notAfter="))
+}
