@@ -7,14 +7,15 @@
 //! new serial, the new certificate verifies against the root, the renewal is audited, and members
 //! still join and renew afterwards.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::certmesh::cert_dir;
 use crate::support::certmesh::{
     audit_entries, certmesh_bin, certmesh_pid, create, fresh_code, join_from_b, mesh_ids, openssl,
     output_text, public_key_of, serial_of, validity, wait_for_api, write_passphrase,
 };
 use crate::support::netlab::{LabHost, NetLab};
-use crate::support::root_or_skip;
+use crate::support::{root_or_skip, wait_until};
 
 /// Opens one keep-alive connection to the API, sends a request on it every half second while a
 /// fresh connection per round checks which certificate new handshakes get; once that changes,
@@ -79,17 +80,6 @@ fn served_serial(from: &LabHost, host: &LabHost) -> String {
         .to_ascii_lowercase()
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -118,13 +108,7 @@ fn the_cas_api_certificate_renews_and_is_swapped_in_without_a_restart_or_a_dropp
     let (uri, fingerprint) = mesh_ids(&created);
     wait_for_api(&lab.a, &lab.a.ip);
     let ca_pem = lab.a.env.home.join("certmesh/ca/ca.pem");
-    let cert = lab
-        .a
-        .env
-        .home
-        .join("certs")
-        .join(&lab.a.hostname)
-        .join("cert.pem");
+    let cert = cert_dir(&lab.a).join("cert.pem");
     let key = cert.with_file_name("key.pem");
     let first = serial_of(&cert);
     let first_key = public_key_of(&key, false);
@@ -213,13 +197,7 @@ fn the_cas_api_certificate_renews_and_is_swapped_in_without_a_restart_or_a_dropp
     let mut last = i64::MIN;
     let code = fresh_code(&uri, &mut last);
     join_from_b(&lab, &fingerprint, &code, &["--no-trust", "--json"]).expect_code(0);
-    let member_cert = lab
-        .b
-        .env
-        .home
-        .join("certs")
-        .join(&lab.b.hostname)
-        .join("cert.pem");
+    let member_cert = cert_dir(&lab.b).join("cert.pem");
     let joined = serial_of(&member_cert);
     lab.b
         .env
@@ -247,13 +225,7 @@ fn a_locked_ca_says_its_api_certificate_is_due_and_renews_it_right_after_unlock(
     wait_for_api(&lab.a, &lab.a.ip);
     // The daemon stops before the renewal is due and starts again (locked) after it.
     a.terminate(Duration::from_secs(10));
-    let cert = lab
-        .a
-        .env
-        .home
-        .join("certs")
-        .join(&lab.a.hostname)
-        .join("cert.pem");
+    let cert = cert_dir(&lab.a).join("cert.pem");
     let first = serial_of(&cert);
     let due_by = validity(&cert).0.unsigned_abs() + 60 + 40 + 4;
     while unix_now() < due_by {

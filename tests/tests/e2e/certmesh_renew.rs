@@ -8,15 +8,16 @@
 //! as soon as the daemon starts. Refusals are in [`refusals`], `kill -9` in [`crash`]; the helpers
 //! here are shared with both.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
+use crate::support::certmesh::cert_dir;
 use crate::support::certmesh::{
     LabCa, audit_entries, certmesh_bin, create, fresh_code, join_from_b, mesh_ids, openssl,
     output_text, public_key_of, serial_of, validity, wait_for_api, write_passphrase,
 };
-use crate::support::netlab::{LabHost, NetLab};
-use crate::support::{DaemonProc, KoiEnv, fixture, root_or_skip};
+use crate::support::netlab::NetLab;
+use crate::support::{DaemonProc, KoiEnv, fixture, root_or_skip, wait_until};
 
 mod crash;
 mod refusals;
@@ -57,10 +58,6 @@ fn join_b(lab: &NetLab, ca: &LabCa) {
     join_from_b(lab, &ca.fingerprint, &code, &["--no-trust", "--json"]).expect_code(0);
 }
 
-fn cert_dir(host: &LabHost) -> PathBuf {
-    host.env.home.join("certs").join(&host.hostname)
-}
-
 fn verifies(ca_pem: &Path, cert: &Path) {
     let text = openssl(&[
         "verify",
@@ -69,17 +66,6 @@ fn verifies(ca_pem: &Path, cert: &Path) {
         &cert.display().to_string(),
     ]);
     assert!(text.contains(": OK"), "openssl verify: {text}");
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn lines(path: &Path) -> usize {

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{ca_with_env, cert_dir, join_b, verifies};
+use super::{ca_with_env, join_b, verifies};
+use crate::support::certmesh::cert_dir;
 use crate::support::certmesh::public_key_of;
 use crate::support::netlab::NetLab;
 use crate::support::root_or_skip;

@@ -6,13 +6,32 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{LabCa, ca_with, ca_with_env, cert_dir, join_b, renewals_of};
+use super::{LabCa, ca_with, ca_with_env, join_b, renewals_of};
+use crate::support::certmesh::cert_dir;
 use crate::support::certmesh::serial_of;
 use crate::support::certmesh::{
     certmesh_bin, create, openssl_csr, raw_post, refusals, wait_for_api, write_passphrase,
 };
 use crate::support::netlab::NetLab;
 use crate::support::{DaemonProc, KoiEnv, free_port, root_or_skip};
+
+/// A renewal with `body` presenting `client` is refused with `status`, the error naming `needle`.
+#[track_caller]
+fn refused(
+    lab: &NetLab,
+    ca: &LabCa,
+    client: (&Path, &Path),
+    body: serde_json::Value,
+    status: u16,
+    needle: &str,
+) {
+    let (got, answer) = raw_renew(lab, &ca.ca_pem, client.0, client.1, &body);
+    assert_eq!(got, status, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap_or("").contains(needle),
+        "{answer}"
+    );
+}
 
 /// POSTs a renewal body from B with curl, presenting `cert`/`key`. Returns (status, body).
 fn raw_renew(
@@ -44,35 +63,21 @@ fn the_ca_refuses_foreign_expired_and_out_of_scope_renewals_and_rest_cannot_set_
     let csr = openssl_csr(lab.b.env.dir.path(), &lab.b.hostname, false);
 
     // Names outside the scope, and a name another entry holds.
-    let (status, body) = raw_renew(
+    refused(
         &lab,
-        &ca.ca_pem,
-        &cert,
-        &key,
-        &serde_json::json!({"csr_pem": csr, "extra_names": ["www.example.com"]}),
+        &ca,
+        (&cert, &key),
+        serde_json::json!({"csr_pem": csr, "extra_names": ["www.example.com"]}),
+        403,
+        "www.example.com",
     );
-    assert_eq!(status, 403, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("www.example.com"),
-        "{body}"
-    );
-    let (status, body) = raw_renew(
+    refused(
         &lab,
-        &ca.ca_pem,
-        &cert,
-        &key,
-        &serde_json::json!({"csr_pem": csr, "extra_names": ["nas.lan"]}),
-    );
-    assert_eq!(status, 403, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("device certificate nas.lan"),
-        "{body}"
+        &ca,
+        (&cert, &key),
+        serde_json::json!({"csr_pem": csr, "extra_names": ["nas.lan"]}),
+        403,
+        "device certificate nas.lan",
     );
     // The body cannot name another host.
     let (status, body) = raw_renew(

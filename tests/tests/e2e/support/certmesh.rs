@@ -362,3 +362,8 @@ pub(crate) fn validity(cert: &Path) -> (i64, i64) {
     };
     (parse("notBefore="), parse("notAfter="))
 }
+
+/// Where `host`'s own certificate files are (`$KOI_HOME/certs/<host name>/`).
+pub(crate) fn cert_dir(host: &LabHost) -> PathBuf {
+    host.env.home.join("certs").join(&host.hostname)
+}

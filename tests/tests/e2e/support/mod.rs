@@ -441,3 +441,16 @@ impl Drop for DaemonProc {
         }
     }
 }
+
+/// Checks `done` every 250 ms until it is true; fails the test naming `what` after `limit`.
+#[track_caller]
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
