@@ -26,6 +26,7 @@ mod escapes;
 mod events_order;
 mod host_death;
 mod keystrokes;
+mod lab_switch;
 mod mdns_ownership;
 mod misbehaviour;
 mod ordered_events;
