@@ -497,6 +497,71 @@ mod tests {
         assert!(check_request(&["a.lan".into()], Some("d\u{1b}[2J")).is_err());
     }
 
+    fn member(host: &str, names: &[&str], pending: &[&str]) -> Member {
+        Member {
+            hostname: host.into(),
+            dns_names: names.iter().map(|s| (*s).to_owned()).collect(),
+            ip_addresses: Vec::new(),
+            serial: "01".into(),
+            fingerprint: "00".into(),
+            issued_at: time::OffsetDateTime::UNIX_EPOCH,
+            expires_at: time::OffsetDateTime::UNIX_EPOCH,
+            role: Role::Member,
+            status: MemberStatus::Active,
+            operator: None,
+            reload_hook: None,
+            proxy_entries: Vec::new(),
+            revoked_at: None,
+            previous_fingerprint: None,
+            device: None,
+            pending_names: pending.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn at_renewal_pending_names_are_checked_again_and_the_ones_no_longer_allowed_dropped() {
+        let scope = Scope::new(&["lan"], &[] as &[&str]).unwrap();
+        let mut roster = Roster::new(
+            koi_certmesh_core::TrustProfile::Personal,
+            "ff".into(),
+            scope.clone(),
+            "ca".into(),
+            None,
+            time::OffsetDateTime::UNIX_EPOCH,
+        );
+        // taken.lan was pending for b, then another machine got it first.
+        roster.upsert(member(
+            "b",
+            &["b.lan"],
+            &["grafana.lan", "taken.lan", "b.lan"],
+        ));
+        roster.upsert(member("c", &["c.lan", "taken.lan"], &[]));
+        let mut leaf = LeafRequest::new("b");
+        leaf.dns_names = vec!["b.lan".into()];
+        let applied = apply_pending(&scope, &roster, "b", &mut leaf);
+        assert_eq!(applied.added, vec!["grafana.lan".to_owned()]);
+        assert_eq!(applied.dropped.len(), 1);
+        assert_eq!(applied.dropped[0].name, "taken.lan");
+        assert!(
+            applied.dropped[0].reason.contains("c"),
+            "{:?}",
+            applied.dropped
+        );
+        assert_eq!(
+            leaf.dns_names,
+            vec!["b.lan".to_owned(), "grafana.lan".to_owned()]
+        );
+        // Nothing stays pending once the certificate holds the rest.
+        let entry = roster.member("b").cloned();
+        assert!(still_pending(entry.as_ref(), &leaf.dns_names, &applied).is_empty());
+        // A name the certificate did not get (the signing dropped it) stays pending.
+        let issued = vec!["b.lan".to_owned()];
+        assert_eq!(
+            still_pending(entry.as_ref(), &issued, &applied),
+            vec!["grafana.lan".to_owned()]
+        );
+    }
+
     #[test]
     fn names_are_checked_for_length_control_characters_and_scope() {
         let scope = Scope::new(&["lan"], &[] as &[&str]).unwrap();
