@@ -6,7 +6,8 @@
 //! CA's own plugins are trusted). Each name is checked now — DNS syntax, the mesh's scope, and
 //! ownership: no other entry may hold it as a certificate name nor have it pending — and the
 //! accepted ones are stored as pending on that roster entry (`pending_names`, at most
-//! [`MAX_PENDING_PER_HOST`] per entry) and audited as [`NAMES_REQUESTED`]. A request whose
+//! [`MAX_PENDING_PER_HOST`] per entry, and at most [`MAX_CERT_NAMES`] names in a certificate with
+//! them) and audited as [`NAMES_REQUESTED`]. A request whose
 //! names are all refused is recorded through the bounded refusal records
 //! ([`crate::refusals`]), so a flood cannot grow the audit log at will. Asking again for names
 //! already held or pending changes nothing and writes nothing.
@@ -40,6 +41,8 @@ pub const NAMES_REQUESTED: &str = "names_requested";
 pub const MAX_NAMES_PER_REQUEST: usize = 32;
 /// Names pending on one roster entry.
 pub const MAX_PENDING_PER_HOST: usize = 32;
+/// DNS names one certificate may reach through requests (its own and the pending ones).
+pub const MAX_CERT_NAMES: usize = 100;
 /// Longest DNS name.
 pub const MAX_NAME_LEN: usize = 253;
 /// Longest `requester`.
@@ -243,6 +246,17 @@ impl Authority {
                     answer.refused.push(RefusedName { name, reason });
                     continue;
                 }
+                if entry.dns_names.len() + pending.len() >= MAX_CERT_NAMES {
+                    answer.refused.push(RefusedName {
+                        name,
+                        reason: format!(
+                            "{}'s certificate would hold more than {MAX_CERT_NAMES} names, the \
+                             limit for requested names",
+                            entry.hostname
+                        ),
+                    });
+                    continue;
+                }
                 if pending.len() >= MAX_PENDING_PER_HOST {
                     answer.refused.push(RefusedName {
                         name,
@@ -322,6 +336,17 @@ impl Authority {
         }
         result.map(|(answer, _)| answer)
     }
+}
+
+/// `{host: [names]}` of the entries with pending names (for the CA's `status`).
+pub fn pending_by_host(roster: &Roster) -> serde_json::Value {
+    roster
+        .members
+        .iter()
+        .filter(|m| !m.pending_names.is_empty())
+        .map(|m| (m.hostname.clone(), json!(m.pending_names)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// What [`apply_pending`] did at a renewal.

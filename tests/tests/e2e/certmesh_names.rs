@@ -212,6 +212,13 @@ fn a_plugin_on_a_member_requests_a_name_and_the_forced_renewal_certifies_it() {
         roster_entry(&lab.a.env, &b)["pending_names"],
         json!(["grafana.lan"])
     );
+    let status = lab.a.env.run(&["certmesh", "status", "--json"]);
+    assert_eq!(
+        status.json()["details"]["pending_names"][b.as_str()],
+        json!(["grafana.lan"]),
+        "the CA's status shows what is pending: {}",
+        status.stdout
+    );
     let requested: Vec<Value> = audit_entries(&lab.a.env)
         .into_iter()
         .filter(|e| e["event"] == "names_requested")
