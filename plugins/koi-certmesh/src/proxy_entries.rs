@@ -117,7 +117,10 @@ impl Authority {
             let mut roster = Roster::load(&self.layout().roster())
                 .map_err(|e| Refusal::Internal(e.to_string()))?;
             let mut entry = roster.member(host).cloned().ok_or_else(|| {
-                Refusal::NotPermitted(format!("{host} is not a machine of this mesh."))
+                Refusal::NotPermitted(format!(
+                    "{} is not a machine of this mesh; join it with `koi certmesh join`.",
+                    bounded(host, 64)
+                ))
             })?;
             let version = |r: &Roster| r.mesh.audit_head.as_ref().map_or(0, |h| h.seq);
             if entry.proxy_entries == stored {

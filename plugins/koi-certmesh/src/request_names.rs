@@ -156,8 +156,9 @@ fn owner_elsewhere(roster: &Roster, name: &str, host: &str) -> Option<String> {
 fn entry_for<'a>(roster: &'a Roster, host: &str) -> Result<&'a Member, Refusal> {
     let entry = roster.member(host).ok_or_else(|| {
         Refusal::NotPermitted(format!(
-            "{host} is not a machine of this mesh; names can be requested only for machines \
-             that joined (run `koi certmesh members` to list them)."
+            "{} is not a machine of this mesh; names can be requested only for machines \
+             that joined (run `koi certmesh members` to list them).",
+            bounded(host, 64)
         ))
     })?;
     if entry.status != MemberStatus::Active || matches!(entry.role, Role::Device) {
