@@ -16,7 +16,8 @@
 //! it changed — and publishes [`MEMBERS_CHANGED`] with the new roster version whenever the version
 //! differs from the last one published (and once at start). So every roster change is announced
 //! whichever code path made it: join, renewal (pulled or pushed), names requested, proxy entries,
-//! a device issued.
+//! a device issued. When the file goes away (this machine left the mesh, or the CA destroyed it)
+//! it publishes version 0, and `members` then answers `role: "none"`.
 
 use std::time::{Duration, SystemTime};
 
@@ -218,15 +219,19 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
     let mut published: Option<u64> = None;
     loop {
         let now = watched(&layout);
-        if now.is_some() && now != seen {
+        if now != seen {
             seen = now;
-            let l = layout.clone();
-            let version = ctx
-                .blocking("read the roster", move || current(&l))
-                .await
-                .ok()
-                .filter(|a| a.role != "none")
-                .map(|a| a.roster_version);
+            let version = if now.is_none() {
+                // The machine left the mesh (or the CA destroyed it): version 0, role "none".
+                Some(0)
+            } else {
+                let l = layout.clone();
+                ctx.blocking("read the roster", move || current(&l))
+                    .await
+                    .ok()
+                    .filter(|a| a.role != "none")
+                    .map(|a| a.roster_version)
+            };
             if let Some(v) = version
                 && published != Some(v)
             {

@@ -2,8 +2,8 @@
 //! with real daemons and the fixture plugin koi-namer, which calls certmesh through the host as
 //! those plugins do and records `certmesh.members.changed`:
 //! - `certmesh/members` on the CA (its roster) and on a member (the roster its heartbeat fetched,
-//!   with the debug-only `KOI_TEST_HEARTBEAT_SECS=2`), and `certmesh.members.changed` after a join
-//!   on both;
+//!   with the debug-only `KOI_TEST_HEARTBEAT_SECS=2`), `certmesh.members.changed` after a join
+//!   on both, and version 0 with role `none` after the member leaves;
 //! - `certmesh/request-names` from a plugin on the member, forwarded to the CA over mutual TLS,
 //!   then `koi certmesh renew --now`: the new certificate holds the name and `openssl verify`
 //!   accepts it; the roster records it as owned; the CA may name any machine;
@@ -175,6 +175,20 @@ fn members_are_listed_on_the_ca_and_on_a_member_and_a_join_is_announced_on_both(
         Duration::from_secs(20),
         || changed_versions(&lab.b.env).iter().any(|v| *v >= after),
     );
+
+    // The member leaves: announced with version 0, and `members` answers role "none".
+    lab.b
+        .env
+        .run(&["certmesh", "leave", "--yes", "--json"])
+        .expect_code(0);
+    wait_until(
+        "members.changed 0 after leaving",
+        Duration::from_secs(20),
+        || changed_versions(&lab.b.env).last() == Some(&0),
+    );
+    let left = members(&lab.b.env);
+    assert_eq!(left["role"], "none", "{left}");
+    assert_eq!(left["members"], json!([]), "{left}");
 }
 
 #[test]
@@ -379,6 +393,14 @@ fn a_plugin_on_a_member_requests_a_name_and_the_forced_renewal_certifies_it() {
         bad.json()["refused"].as_array().map(Vec::len),
         Some(3),
         "{reasons}"
+    );
+    let audited_bad = audit_entries(&lab.a.env)
+        .into_iter()
+        .filter(|e| e["event"] == "enrollment_refused")
+        .any(|e| e["details"].to_string().contains("bad_name.lan"));
+    assert!(
+        audited_bad,
+        "the invalid names' refusal is audited on the CA"
     );
     let many: Vec<String> = (0..33).map(|i| format!("n{i}.lan")).collect();
     let too_many = namer(&lab.b.env, "ask", &json!({"names": many}));
