@@ -10,7 +10,9 @@
 //! - refusals, each clear: a name outside the scope, a name another entry holds (both audited on
 //!   the CA), the REST API, a member naming another host, too many names, oversize and invalid
 //!   names;
-//! - `certmesh/set-proxy-entries` from the member's plugin lands in its roster entry.
+//! - `certmesh/set-proxy-entries` from the member's plugin lands in its roster entry;
+//! - the member routes (`POST /v1/certmesh/names`, `/proxy-entries`) take the host from the client
+//!   certificate only (curl with and without B's certificate, a body naming another host).
 
 use std::time::Duration;
 
@@ -478,5 +480,94 @@ fn a_plugin_on_a_member_requests_a_name_and_the_forced_renewal_certifies_it() {
         all_text(&too_long).contains("256"),
         "{}",
         all_text(&too_long)
+    );
+}
+
+/// `curl` from B to A's `path` with `body`, presenting `cert` (B's files) or no certificate:
+/// (HTTP status, body).
+fn post_from_b(lab: &NetLab, path: &str, body: &str, cert: bool) -> (String, String) {
+    let dir = cert_dir(&lab.b);
+    let url = format!("https://{}:5641{path}", lab.a.ip);
+    let (cert_file, key_file) = (
+        dir.join("fullchain.pem").display().to_string(),
+        dir.join("key.pem").display().to_string(),
+    );
+    let mut args = vec![
+        "-sk",
+        "--max-time",
+        "20",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        body,
+        "-w",
+        "\n%{http_code}",
+    ];
+    if cert {
+        args.extend_from_slice(&["--cert", &cert_file, "--key", &key_file]);
+    }
+    args.push(&url);
+    let out = lab.b.command("curl", &args).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (status.to_owned(), body.to_owned())
+}
+
+#[test]
+fn the_member_routes_take_the_host_from_the_client_certificate_only() {
+    if !root_or_skip("the_member_routes_take_the_host_from_the_client_certificate_only") {
+        return;
+    }
+    let lab = NetLab::new("nr");
+    let (_a, ca) = ca_with_namer(&lab, &[]);
+    join_b(&lab, &ca);
+    let b = lab.b.hostname.clone();
+
+    // No client certificate: refused (401) and audited.
+    let (status, body) = post_from_b(&lab, "/v1/certmesh/names", r#"{"names":["x.lan"]}"#, false);
+    assert_eq!(status, "401", "{body}");
+    assert!(body.contains("not_a_member"), "{body}");
+    // A body naming a host is refused: the host comes from the certificate alone.
+    let claim = format!(r#"{{"names":["evil.lan"],"host":"{}"}}"#, lab.a.hostname);
+    let (status, body) = post_from_b(&lab, "/v1/certmesh/names", &claim, true);
+    assert_eq!(status, "400", "{body}");
+    assert!(body.contains("host"), "{body}");
+    assert!(roster_entry(&lab.a.env, &lab.a.hostname)["pending_names"].is_null());
+    // B's certificate: the names are B's.
+    let (status, body) = post_from_b(&lab, "/v1/certmesh/names", r#"{"names":["b2.lan"]}"#, true);
+    assert_eq!(status, "200", "{body}");
+    assert_eq!(
+        roster_entry(&lab.a.env, &b)["pending_names"],
+        json!(["b2.lan"])
+    );
+    // Proxy entries the same way; an oversize list is refused whole.
+    let entries: Vec<Value> = (0..65)
+        .map(|i| json!({"name": format!("p{i}"), "listen_port": 443, "backend": "http://localhost:1"}))
+        .collect();
+    let (status, body) = post_from_b(
+        &lab,
+        "/v1/certmesh/proxy-entries",
+        &json!({ "entries": entries }).to_string(),
+        true,
+    );
+    assert_eq!(status, "400", "{body}");
+    assert!(body.contains("at most 64"), "{body}");
+    assert_eq!(roster_entry(&lab.a.env, &b)["proxy_entries"], json!([]));
+    let refusals: Vec<String> = audit_entries(&lab.a.env)
+        .into_iter()
+        .filter(|e| e["event"] == "enrollment_refused")
+        .map(|e| e["details"].to_string())
+        .collect();
+    assert!(
+        refusals
+            .iter()
+            .any(|d| d.contains("/v1/certmesh/names") && d.contains("not_a_member")),
+        "{refusals:?}"
+    );
+    assert!(
+        refusals
+            .iter()
+            .any(|d| d.contains("set-proxy-entries") && d.contains("at most 64")),
+        "{refusals:?}"
     );
 }
