@@ -189,7 +189,7 @@ pub fn renew_blocking(authority: &Authority) -> Result<RenewResult, MethodError>
     )
     .map_err(refused)?;
     // Names other plugins asked for (crate::request_names), checked again now.
-    let pending = crate::request_names::apply_pending(
+    let pending = crate::pending_names::apply_pending(
         session.unlocked().ca().scope(),
         &roster,
         &host,
@@ -232,7 +232,7 @@ pub fn renew_blocking(authority: &Authority) -> Result<RenewResult, MethodError>
         entry.as_ref().and_then(|e| e.operator.clone()),
     );
     member.pending_names =
-        crate::request_names::still_pending(entry.as_ref(), &issued.dns_names, &pending);
+        crate::pending_names::still_pending(entry.as_ref(), &issued.dns_names, &pending);
     if let Some(e) = entry {
         member.reload_hook = e.reload_hook;
         member.proxy_entries = e.proxy_entries;

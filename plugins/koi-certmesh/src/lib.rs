@@ -50,7 +50,7 @@
 //! - The CA's own API certificate: [`ca_renew`] (renewed at 2/3 of its lifetime, signed locally)
 //!   and [`hot_cert`] (the API's swappable certificate: no restart, no dropped connection).
 //! - For other plugins: [`members`] (`members`, the `certmesh.members.changed` service),
-//!   [`request_names`] (`request-names`; pending names applied at renewal), [`proxy_entries`]
+//!   [`request_names`] (`request-names`), [`pending_names`] (applied at renewal), [`proxy_entries`]
 //!   (`set-proxy-entries`), [`names_api`] (their member → CA routes over mutual TLS).
 
 #![forbid(unsafe_code)]
@@ -86,6 +86,7 @@ pub mod names_api;
 pub mod out_dir;
 pub mod ownership;
 pub mod pending;
+pub mod pending_names;
 pub mod proxy_entries;
 pub mod refusals;
 pub mod renew;

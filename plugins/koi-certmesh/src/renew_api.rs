@@ -220,7 +220,7 @@ fn renew_locked(
         &req.csr_pem,
     )?;
     // Names other plugins asked for (crate::request_names), checked again now.
-    let pending = crate::request_names::apply_pending(
+    let pending = crate::pending_names::apply_pending(
         session.unlocked().ca().scope(),
         &roster,
         &entry.hostname,
@@ -274,7 +274,7 @@ fn renew_locked(
     member.reload_hook = hook;
     member.proxy_entries = entry.proxy_entries.clone();
     member.pending_names =
-        crate::request_names::still_pending(Some(&entry), &issued_names, &pending);
+        crate::pending_names::still_pending(Some(&entry), &issued_names, &pending);
     // The member holds the certificate it authenticated with until it installs this one.
     member.previous_fingerprint = Some(presented.fingerprint.clone());
     roster.upsert(member);

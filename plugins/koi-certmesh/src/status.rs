@@ -147,7 +147,7 @@ fn build(app: &App, daemon: bool) -> StatusReport {
                 // Names other plugins requested, waiting for each machine's next renewal.
                 details.insert(
                     "pending_names".into(),
-                    crate::request_names::pending_by_host(&roster),
+                    crate::pending_names::pending_by_host(&roster),
                 );
                 // Device certificates expiring soon (crate::devices, issue 11 item 8).
                 let soon = crate::devices::expiring(&roster, now);
