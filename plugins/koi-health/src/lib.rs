@@ -108,7 +108,7 @@ pub fn plugin() -> Plugin {
     .method(log)
     .publishes::<book::Changed>(book::CHANGED, "A machine or service changed state")
     .on(koi_mdns_api::ALL_SERVICE_EVENTS, machines::on_mdns)
-    .on("mdns.host.seen", machines::on_host_seen)
+    .on(koi_mdns_api::HOST_SEEN, machines::on_host_seen)
     .on("certmesh.heartbeat", machines::on_heartbeat)
     .on("certmesh.members.changed", machines::on_roster)
     .on("certmesh.cert.renewed", machines::on_roster)
