@@ -89,7 +89,8 @@ pub async fn on_mdns(ctx: Context, delivery: Delivery<Value>) {
     };
     let now = SystemTime::now();
     if event.topic == REMOVED {
-        let unanswered = event.payload.get("reason").and_then(Value::as_str) == Some(koi_mdns_api::UNANSWERED);
+        let unanswered =
+            event.payload.get("reason").and_then(Value::as_str) == Some(koi_mdns_api::UNANSWERED);
         with_machine(&health, &service.host, |s| {
             s.services.remove(&service.fullname);
             if s.services.is_empty() && !unanswered {

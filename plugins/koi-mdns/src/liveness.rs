@@ -8,7 +8,8 @@
 //! once as `mdns.host.seen` with the time the query went out. A service that did not answer is
 //! flushed by mdns-sd, and its `mdns.service.removed` carries `reason: "unanswered"`, so a
 //! subscriber can tell it from a goodbye. The period is `KOI_MDNS_RECHECK_SECS` (default 20 s,
-//! 1 to 3600); at most [`MAX_PER_ROUND`] services are re-checked per round.
+//! 3 to 3600: below 3 s, answers fall foul of the responder's one-multicast-per-second rule of RFC
+//! 6762 §6 together with mdns-sd's re-sent query, and live hosts look unanswered); at most [`MAX_PER_ROUND`] services are re-checked per round.
 
 use crate::engine::Engine;
 use crate::events::{HOST_SEEN, HostSeenPayload, UNANSWERED};
@@ -24,7 +25,7 @@ pub const DEFAULT_PERIOD: Duration = Duration::from_secs(20);
 /// Most services re-checked per round (the rest wait for a later round, oldest first).
 pub const MAX_PER_ROUND: usize = 512;
 
-/// The period, from the environment (default 20 s; 1 to 3600 s).
+/// The period, from the environment (default 20 s; 3 to 3600 s).
 pub fn period() -> Duration {
     period_from(std::env::var(PERIOD_ENV).ok().as_deref())
 }
@@ -32,7 +33,7 @@ pub fn period() -> Duration {
 fn period_from(value: Option<&str>) -> Duration {
     value
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|s| (1..=3600).contains(s))
+        .filter(|s| (3..=3600).contains(s))
         .map_or(DEFAULT_PERIOD, Duration::from_secs)
 }
 
@@ -113,7 +114,12 @@ impl Recheck {
         let now = SystemTime::now();
         let deadline = Instant::now() + timeout;
         let start = self.cursor % cached.len();
-        for service in cached.iter().cycle().skip(start).take(cached.len().min(MAX_PER_ROUND)) {
+        for service in cached
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(cached.len().min(MAX_PER_ROUND))
+        {
             if let Err(e) = daemon.verify(service.fullname.clone(), timeout) {
                 tracing::debug!(error = %e, "re-check of {} not sent", service.fullname);
                 continue;
@@ -138,7 +144,8 @@ mod tests {
     #[test]
     fn period_is_bounded() {
         assert_eq!(period_from(None), DEFAULT_PERIOD);
-        assert_eq!(period_from(Some("2")), Duration::from_secs(2));
+        assert_eq!(period_from(Some("3")), Duration::from_secs(3));
+        assert_eq!(period_from(Some("1")), DEFAULT_PERIOD);
         assert_eq!(period_from(Some("0")), DEFAULT_PERIOD);
         assert_eq!(period_from(Some("junk")), DEFAULT_PERIOD);
     }

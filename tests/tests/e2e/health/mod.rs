@@ -5,6 +5,7 @@
 
 mod checks;
 mod input;
+mod machines;
 
 use crate::support::{DaemonProc, KoiEnv, wait_until};
 use std::io::{Read, Write};
