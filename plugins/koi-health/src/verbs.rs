@@ -288,7 +288,84 @@ pub struct WatchEnd {
     pub ended: String,
 }
 
-/// `watch`: streams every transition as it happens, until Ctrl-C.
+/// How often the live view is redrawn without a change (its "heard Ns ago" ages).
+pub const VIEW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// Transitions the live view lists.
+pub const VIEW_RECENT: usize = 10;
+
+fn pad_table(rows: &[Row]) -> String {
+    let cells: Vec<[String; 4]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.name.clone(),
+                r.state.word().to_owned(),
+                r.since.clone(),
+                r.reason.clone(),
+            ]
+        })
+        .collect();
+    let head = ["NAME", "STATE", "SINCE", "REASON"].map(str::to_owned);
+    let mut widths = head.clone().map(|h| h.len());
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    std::iter::once(&head)
+        .chain(&cells)
+        .map(|row| {
+            let mut line = String::new();
+            for (i, (c, w)) in row.iter().zip(widths).enumerate() {
+                if i + 1 == row.len() {
+                    line.push_str(c);
+                } else {
+                    line.push_str(&format!("{c:<w$}  "));
+                }
+            }
+            line.trim_end().to_owned() + "\n"
+        })
+        .collect()
+}
+
+/// The live view's screen: counts, machines, services, the last transitions.
+pub fn screen(health: &Health, recent: &std::collections::VecDeque<Changed>) -> String {
+    let (machines, services) = rows(health);
+    let count = |s: State| {
+        machines
+            .iter()
+            .chain(&services)
+            .filter(|r| r.state == s)
+            .count()
+    };
+    let mut out = format!(
+        "koi health — {} up, {} down, {} pending, {} degraded   {}   (Ctrl-C to leave)\n\n",
+        count(State::Up),
+        count(State::Down),
+        count(State::Pending),
+        count(State::Degraded),
+        humantime::format_rfc3339_seconds(SystemTime::now())
+    );
+    out.push_str(&format!("Machines ({})\n", machines.len()));
+    out.push_str(&pad_table(&machines));
+    out.push_str(&format!("\nServices ({})\n", services.len()));
+    out.push_str(&pad_table(&services));
+    out.push_str("\nLast transitions\n");
+    for c in recent.iter().rev() {
+        out.push_str(&format!(
+            "{} | {} | {} → {} | {}\n",
+            c.at,
+            c.name,
+            c.old.word(),
+            c.new.word(),
+            c.reason
+        ));
+    }
+    out
+}
+
+/// `watch`: streams every transition as it happens, until Ctrl-C. At a terminal (no `--json`)
+/// the host draws the live view (`$/view`) this sends instead of printing the items.
 pub async fn watch(ctx: Context, _: NoParams) -> Result<WatchEnd, MethodError> {
     let health: Arc<Health> = ctx.state::<Health>()?;
     if ctx.mode() != koi_sdk::protocol::handshake::RunMode::Daemon {
@@ -298,11 +375,21 @@ pub async fn watch(ctx: Context, _: NoParams) -> Result<WatchEnd, MethodError> {
         .hint("start `koi daemon`, then run `koi health watch` again"));
     }
     let mut rx = health.transitions.subscribe();
+    let mut recent = std::collections::VecDeque::with_capacity(VIEW_RECENT);
+    let mut redraw = tokio::time::interval(VIEW_EVERY);
     loop {
         tokio::select! {
             () = ctx.cancelled() => return Ok(WatchEnd { ended: "cancelled".into() }),
+            _ = redraw.tick() => ctx.view_text(&screen(&health, &recent)),
             next = rx.recv() => match next {
-                Ok(change) => ctx.emit::<Changed>(&change).await,
+                Ok(change) => {
+                    ctx.emit::<Changed>(&change).await;
+                    if recent.len() == VIEW_RECENT {
+                        recent.pop_front();
+                    }
+                    recent.push_back(change);
+                    ctx.view_text(&screen(&health, &recent));
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::info!("a slow watcher missed {n} transitions (they are in `koi health log`)");
                 }

@@ -6,6 +6,7 @@
 mod checks;
 mod input;
 mod machines;
+mod watch;
 
 use crate::support::{DaemonProc, KoiEnv, wait_until};
 use std::io::{Read, Write};
