@@ -91,10 +91,10 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
             keep
         });
         for (name, check) in wanted {
-            if !running.contains_key(&name) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = running.entry(name) {
                 let handle =
                     tasks.spawn(run_forever(ctx.clone(), Arc::clone(&health), check.clone()));
-                running.insert(name, (check, handle));
+                slot.insert((check, handle));
             }
         }
         tokio::select! {

@@ -286,9 +286,8 @@ fn http_target(url: &str, expect: Option<&str>, allow_remote: bool) -> Result<Ta
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(bad(
-            format!(
-                "invalid --http URL: it holds credentials, which would be stored in plain text"
-            ),
+            "invalid --http URL: it holds credentials, which would be stored in plain text"
+                .to_owned(),
             "check a URL that answers without credentials (a health or status page)",
         ));
     }

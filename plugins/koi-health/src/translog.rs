@@ -128,7 +128,7 @@ mod tests {
 
     #[test]
     fn lines_round_trip_and_rotate() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("temp dir");
         let log = Log::in_dir(dir.path());
         let line = format_line(
             SystemTime::UNIX_EPOCH,
@@ -142,10 +142,10 @@ mod tests {
             "1970-01-01T00:00:00.000Z | web x | up → down | HTTP 502 again\n"
         );
         let big = line.repeat((ROTATE_AT as usize / line.len()) + 1);
-        log.append(&big).unwrap();
-        log.append(&line).unwrap();
+        log.append(&big).expect("append");
+        log.append(&line).expect("append");
         assert!(dir.path().join("transitions.log.1").exists());
-        let all = log.read_all().unwrap();
+        let all = log.read_all().expect("read");
         assert_eq!(all.len(), big.lines().count() + 1);
         assert_eq!(all[0].name, "web x");
         assert_eq!(all[0].new, "down");
