@@ -10,7 +10,11 @@ use std::time::Duration;
 #[test]
 fn http_goes_down_after_fail_after_and_up_after_recover_after_with_two_log_lines() {
     let server = TestServer::start(200);
-    let (env, _daemon) = daemon_env();
+    // A subscriber of health.changed, to see each transition published as an event too.
+    let env = crate::support::KoiEnv::new()
+        .with_health()
+        .with_fixture("healthwatch");
+    let _daemon = env.start_daemon(&[]);
     let url = server.url();
     add(
         &env,
@@ -53,6 +57,29 @@ fn http_goes_down_after_fail_after_and_up_after_recover_after_with_two_log_lines
     assert_eq!(t.as_array().map(Vec::len), Some(2), "{t:#}");
     assert_eq!(t[0]["new"], "down");
     assert_eq!(t[1]["new"], "up");
+    // The same three transitions as health.changed events.
+    let events = env.pids.join("healthwatch.events");
+    wait_until(
+        "three health.changed events",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&events).is_ok_and(|s| s.lines().count() >= 3),
+    );
+    let seen: Vec<(String, String)> = std::fs::read_to_string(&events)
+        .expect("events")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|e| e["topic"] == "health.changed" && e["payload"]["name"] == "web")
+        .map(|e| {
+            let p = &e["payload"];
+            (
+                p["old"].as_str().unwrap_or_default().to_owned(),
+                p["new"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let want = [("pending", "up"), ("up", "down"), ("down", "up")]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()));
+    assert_eq!(seen, want, "health.changed events");
 }
 
 #[test]
