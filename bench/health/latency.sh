@@ -4,7 +4,7 @@
 # daemon with koi-mdns and koi-health (KOI_HEALTH_THRESHOLD=THRESHOLD, default 10 s;
 # KOI_MDNS_RECHECK_SECS=PERIOD, default 3), B a koi daemon with koi-mdns announcing one service.
 # Each of RUNS (default 5) runs: wait until A has B up, note the time, SIGKILL every process in B's
-# namespace (so no goodbye), poll A's `koi health state` every 100 ms until B is down, report the
+# namespace (stopped first, then killed, so no goodbye), poll A's `koi health state` every 100 ms until B is down, report the
 # latency; then start B again. Multicast stays inside the two namespaces.
 # Usage: bash bench/health/latency.sh   (RUNS=…, THRESHOLD=…, PERIOD=…, REL=…)
 set -euo pipefail
@@ -62,8 +62,13 @@ for run in $(seq "$RUNS"); do
   sleep "$((PERIOD * 2))"
   [ "$(state_of_b)" = up ] || { echo "run $run: B not up on A" >&2; exit 1; }
   killed=$(date +%s.%N)
-  for pid in $(ip netns pids "$B"); do kill -KILL "$pid" 2>/dev/null || true; done
+  # Stop everything first, then kill: killed one by one, koi-mdns could see its daemon's pipe close
+  # and send goodbyes in between.
+  pids=$(ip netns pids "$B")
+  kill -STOP $pids 2>/dev/null || true
+  kill -KILL $pids 2>/dev/null || true
   for _ in $(seq 1200); do [ "$(state_of_b)" = down ] && break; sleep 0.1; done
   down=$(date +%s.%N)
-  echo "run $run: down $(echo "$down - $killed" | bc | xargs printf '%.1f') s after the kill (threshold ${THRESHOLD} s, re-check every ${PERIOD} s)"
+  reason=$(on a "$A" bench-a health log --name bench-b --last 1 --json | jq -r '.transitions[0].reason')
+  echo "run $run: down $(echo "$down - $killed" | bc | xargs printf '%.1f') s after the kill (threshold ${THRESHOLD} s, re-check every ${PERIOD} s): $reason"
 done

@@ -46,17 +46,22 @@ fn machine_state(env: &KoiEnv, name: &str) -> Option<String> {
     machine(env, name).map(|m| m["state"].as_str().unwrap_or_default().to_owned())
 }
 
-/// SIGKILL to everything in the host's namespace (its koi daemon and koi-mdns): no goodbye.
+/// SIGKILL to everything in the host's namespace (its koi daemon and koi-mdns): no goodbye. All
+/// are stopped first: killed one by one, koi-mdns could see its daemon's pipe close and send
+/// goodbyes in between.
 fn kill_all(host: &LabHost) {
     let out = std::process::Command::new("ip")
         .args(["netns", "pids", &host.ns])
         .output()
         .expect("ip netns pids");
-    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        if let Ok(pid) = pid.parse::<i32>()
-            && let Some(pid) = rustix::process::Pid::from_raw(pid)
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    let pids: Vec<rustix::process::Pid> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter_map(rustix::process::Pid::from_raw)
+        .collect();
+    for signal in [rustix::process::Signal::STOP, rustix::process::Signal::KILL] {
+        for pid in &pids {
+            let _ = rustix::process::kill_process(*pid, signal);
         }
     }
 }
