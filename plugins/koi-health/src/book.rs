@@ -34,6 +34,25 @@ pub struct Stored {
     pub checks: Vec<Check>,
 }
 
+/// What `states.json` holds: each check's last settled state, so a restarted daemon carries on
+/// from it instead of logging every check's first result again.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct SavedStates {
+    /// By check name.
+    pub checks: BTreeMap<String, SavedState>,
+}
+
+/// One check's saved state.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SavedState {
+    /// up or down (pending is not saved).
+    pub state: State,
+    /// Since when (RFC 3339).
+    pub since: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// What kind of thing changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -99,6 +118,10 @@ pub struct Health {
     pub writing: tokio::sync::Mutex<()>,
     /// Whether certmesh's members could be read (for status).
     pub certmesh_note: Mutex<Option<String>>,
+    /// `states.json` (daemon mode saves it when check states changed).
+    pub states_file: Arc<JsonFile<SavedStates>>,
+    /// A check's state changed since `states.json` was saved.
+    pub states_dirty: std::sync::atomic::AtomicBool,
 }
 
 /// Locks a std mutex, ignoring poisoning (the data stays consistent: every change is one assignment).
@@ -134,9 +157,22 @@ impl Health {
             .into_iter()
             .map(|c| (c.name.clone(), c))
             .collect();
+        let states_file = JsonFile::<SavedStates>::new(dir.join("states.json")).version(1);
+        let saved = states_file.load_or_default().unwrap_or_else(|e| {
+            tracing::info!("check states start pending ({e})");
+            SavedStates::default()
+        });
         let tracks = checks
             .keys()
-            .map(|n| (n.clone(), CheckTrack::new(now)))
+            .map(|n| {
+                let mut track = CheckTrack::new(now);
+                if let Some(s) = saved.checks.get(n).filter(|s| s.state != State::Pending) {
+                    track.state = s.state;
+                    track.since = humantime::parse_rfc3339(&s.since).unwrap_or(now);
+                    track.reason = s.reason.clone();
+                }
+                (n.clone(), track)
+            })
             .collect();
         let threshold = threshold_from(std::env::var(THRESHOLD_ENV).ok().as_deref());
         Self {
@@ -151,6 +187,42 @@ impl Health {
             threshold,
             writing: tokio::sync::Mutex::new(()),
             certmesh_note: Mutex::new(None),
+            states_file: Arc::new(states_file),
+            states_dirty: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Saves the check states if they changed (off the protocol loop; errors are logged).
+    pub async fn save_states(&self, ctx: &Context) {
+        if !self
+            .states_dirty
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let saved = SavedStates {
+            checks: lock(&self.tracks)
+                .iter()
+                .filter(|(_, t)| t.state != State::Pending)
+                .map(|(n, t)| {
+                    let state = SavedState {
+                        state: t.state,
+                        since: humantime::format_rfc3339_seconds(t.since).to_string(),
+                        reason: t.reason.clone(),
+                    };
+                    (n.clone(), state)
+                })
+                .collect(),
+        };
+        let file = Arc::clone(&self.states_file);
+        let saved = ctx
+            .blocking("save the check states", move || {
+                file.save(&saved)
+                    .map_err(|e| MethodError::new(e.to_string()))
+            })
+            .await;
+        if let Err(e) = saved {
+            tracing::warn!("check states not saved: {}", e.message());
         }
     }
 
@@ -192,6 +264,8 @@ impl Health {
             }
         }
         *lock(&self.checks) = checks;
+        self.states_dirty
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.version.send_modify(|v| *v += 1);
         Ok(())
     }

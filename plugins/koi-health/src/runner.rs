@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// How often changed check states are saved (and once more at shutdown).
+pub const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Checks run at once by a one-shot `status`.
 pub const ONE_SHOT_PARALLEL: usize = 64;
 /// How long a one-shot `status` waits for its checks; those still running show "not run yet".
@@ -58,6 +60,9 @@ pub async fn apply(ctx: &Context, health: &Health, check: &Check, outcome: Outco
             .map(|(old, new)| change(&check.name, Kind::Service, old, new, &track.reason, now))
     };
     if let Some(c) = changed {
+        health
+            .states_dirty
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         health.record(ctx, vec![c]).await;
     }
 }
@@ -81,6 +86,7 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
     let mut version = health.version.subscribe();
     let mut running: BTreeMap<String, (Check, tokio::task::AbortHandle)> = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut save = tokio::time::interval(SAVE_EVERY);
     loop {
         let wanted = lock(&health.checks).clone();
         running.retain(|name, (check, handle)| {
@@ -100,8 +106,10 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
         tokio::select! {
             () = ctx.cancelled() => {
                 tasks.abort_all();
+                health.save_states(&ctx).await;
                 return Ok(());
             }
+            _ = save.tick() => health.save_states(&ctx).await,
             changed = version.changed() => {
                 if changed.is_err() {
                     return Ok(());

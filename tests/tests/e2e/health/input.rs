@@ -134,6 +134,7 @@ fn checks_survive_a_daemon_restart_and_the_log_survives_kill_9_intact() {
         &["other", "--tcp", "127.0.0.1:9", "--interval", "30s"],
     );
     wait_service(&env, "web", "up");
+    let web_lines = super::lines_of(&env, "web");
     daemon
         .terminate(Duration::from_secs(10))
         .expect("daemon stops");
@@ -145,6 +146,28 @@ fn checks_survive_a_daemon_restart_and_the_log_survives_kill_9_intact() {
         .map(|s| s["name"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(names, ["other", "web"], "checks lost across a restart");
+    // The restarted daemon carries on from the saved state: web runs again, still up, and its
+    // first result after the restart is not logged as a change.
+    assert_eq!(super::service_state(&env, "web").as_deref(), Some("up"));
+    wait_until(
+        "web runs after the restart",
+        Duration::from_secs(20),
+        || {
+            state(&env)["services"]
+                .as_array()
+                .and_then(|s| s.iter().find(|s| s["name"] == "web"))
+                .is_some_and(|s| {
+                    s["signals"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("last run"))
+                })
+        },
+    );
+    assert_eq!(
+        super::lines_of(&env, "web"),
+        web_lines,
+        "a restart logged a change"
+    );
 
     // Transitions keep coming (1 s interval, threshold 1), then SIGKILL the plugin and the daemon.
     for code in [502, 200, 502, 200] {
