@@ -15,6 +15,7 @@ REL="${REL:-$ROOT/target/release}"
 for b in koi koi-health koi-mdns; do
   [ -x "$REL/$b" ] || { echo "$REL/$b is missing: cargo build --release -p koi-host -p koi-health -p koi-mdns" >&2; exit 1; }
 done
+command -v jq bc > /dev/null || apt-get install -y --no-install-recommends jq bc >&2
 RUNS="${RUNS:-5}"; THRESHOLD="${THRESHOLD:-10}"; PERIOD="${PERIOD:-3}"
 A="koi-hbench-$$-a"; B="koi-hbench-$$-b"
 WORK="$(mktemp -d /tmp/koi-health-latency.XXXXXX)"

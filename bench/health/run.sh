@@ -20,7 +20,10 @@ REL="${REL:-$ROOT/target/release}"
 for b in koi koi-health; do
   [ -x "$REL/$b" ] || { echo "$REL/$b is missing: cargo build --release -p koi-host -p koi-health" >&2; exit 1; }
 done
-command -v nginx monit hyperfine jq > /dev/null || { echo "needs nginx, monit, hyperfine, jq (apt-get install nginx-light monit hyperfine jq)" >&2; exit 1; }
+# Bench-only tools (not needed by the tests): installed here when missing.
+if ! command -v nginx monit hyperfine jq curl bc > /dev/null; then
+  apt-get install -y --no-install-recommends nginx-light monit hyperfine jq curl bc >&2
+fi
 CHECKS="${CHECKS:-1000}"; WINDOW="${WINDOW:-60}"; WARMUP="${WARMUP:-30}"
 WORK="$(mktemp -d /tmp/koi-health-bench.XXXXXX)"
 PIDS=()

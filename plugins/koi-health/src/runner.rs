@@ -31,7 +31,11 @@ impl Jitter {
         let seed = name.bytes().fold(clock ^ 0x9e37_79b9_7f4a_7c15, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
-        Self(seed | 1)
+        let mut j = Self(seed | 1);
+        for _ in 0..4 {
+            j.next(); // mix the seed before the first draw
+        }
+        j
     }
 
     fn next(&mut self) -> u64 {
@@ -152,5 +156,22 @@ pub async fn run_all_once(health: &Arc<Health>) {
                 track.last = Some((now, outcome));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Jitter;
+
+    #[test]
+    fn first_runs_are_spread_across_the_interval() {
+        // 1000 checks on one interval: every tenth of it gets some of the first runs.
+        let mut deciles = [0u32; 10];
+        for i in 0..1000 {
+            let u = Jitter::new(&format!("check-{i}")).unit();
+            assert!((0.0..1.0).contains(&u));
+            deciles[(u * 10.0) as usize] += 1;
+        }
+        assert!(deciles.iter().all(|&n| n >= 40), "{deciles:?}");
     }
 }
