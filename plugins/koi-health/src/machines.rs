@@ -145,6 +145,7 @@ pub async fn on_heartbeat(ctx: Context, delivery: Delivery<Value>) {
         .map(|r| crate::translog::field(r, 200))
         .unwrap_or_else(|| "no reason given".into());
     with_machine(&health, host, |s| {
+        s.is_self = true; // heartbeats are published on the member itself
         s.heartbeat_failing = (!ok).then_some(reason);
     });
     evaluate(&ctx, &health).await;

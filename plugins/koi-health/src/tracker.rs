@@ -136,6 +136,9 @@ pub struct MachineSignals {
     pub cert_not_after: Option<SystemTime>,
     /// certmesh: this machine's last heartbeat to its CA failed (the reason), if it did.
     pub heartbeat_failing: Option<String>,
+    /// This is the machine health runs on (its own heartbeats name it): the mDNS rules do not
+    /// apply to it, since it cannot go unheard by itself.
+    pub is_self: bool,
 }
 
 fn ago(now: SystemTime, t: SystemTime) -> String {
@@ -156,6 +159,9 @@ fn stamp(t: SystemTime) -> String {
 /// 5. A certificate expiring within 7 days, or failing heartbeats → degraded.
 /// 6. Otherwise → up.
 pub fn machine_state(s: &MachineSignals, threshold: Duration, now: SystemTime) -> (State, String) {
+    if s.is_self {
+        return own_state(s, now);
+    }
     if let Some(bye) = s.goodbye {
         return (
             State::Down,
@@ -207,6 +213,36 @@ pub fn machine_state(s: &MachineSignals, threshold: Duration, now: SystemTime) -
         );
     }
     (State::Up, format!("heard on mDNS {} ago", ago(now, heard)))
+}
+
+/// The rule for the machine health runs on: rules 3 and 5 (certificate, heartbeat), else up.
+fn own_state(s: &MachineSignals, now: SystemTime) -> (State, String) {
+    match s.cert_not_after {
+        Some(end) if end <= now => {
+            return (
+                State::Down,
+                format!("its certificate expired at {}", stamp(end)),
+            );
+        }
+        Some(end) if end.duration_since(now).unwrap_or_default() < EXPIRY_WARNING => {
+            return (
+                State::Degraded,
+                format!(
+                    "its certificate expires in {} ({})",
+                    ago(end, now),
+                    stamp(end)
+                ),
+            );
+        }
+        _ => {}
+    }
+    match &s.heartbeat_failing {
+        Some(why) => (
+            State::Degraded,
+            format!("heartbeat to the CA failing: {why}"),
+        ),
+        None => (State::Up, "this machine; heartbeat to the CA ok".into()),
+    }
 }
 
 #[cfg(test)]
@@ -265,5 +301,12 @@ mod tests {
             ..MachineSignals::default()
         };
         assert_eq!(machine_state(&roster_only, th, now).0, State::Pending);
+        let mut me = MachineSignals {
+            is_self: true,
+            ..MachineSignals::default()
+        };
+        assert_eq!(machine_state(&me, th, now).0, State::Up);
+        me.heartbeat_failing = Some("connection refused".into());
+        assert_eq!(machine_state(&me, th, now).0, State::Degraded);
     }
 }

@@ -2,7 +2,8 @@
 //! koi-health under its daemon, B runs koi-mdns under its daemon and announces a service. B killed
 //! with SIGKILL (no goodbye) is down on A after the threshold and not before the threshold minus
 //! one re-check period, logged once, and up again when it returns; B shut down cleanly (goodbye)
-//! is down at once, long before the threshold.
+//! is down at once, long before the threshold. And a certmesh member whose heartbeat to its CA
+//! fails is degraded in its own health.
 
 use crate::support::certmesh::mdns_bin;
 use crate::support::netlab::{LabHost, SwitchLab};
@@ -169,6 +170,38 @@ fn a_goodbye_marks_the_machine_down_at_once() {
         lines
             .last()
             .is_some_and(|l| l.contains("up → down") && l.contains("said goodbye")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn a_member_whose_heartbeat_fails_is_degraded_in_its_own_health() {
+    if !root_or_skip("a_member_whose_heartbeat_fails_is_degraded_in_its_own_health") {
+        return;
+    }
+    use crate::support::certmesh::{ca_under_daemon, fresh_code, join_from_b};
+    let lab = crate::support::netlab::NetLab::new("hhb");
+    let (mut ca_daemon, ca) = ca_under_daemon(&lab, &["--no-trust", "--json"]);
+    let mut last = i64::MIN;
+    let code = fresh_code(&ca.uri, &mut last);
+    join_from_b(&lab, &ca.fingerprint, &code, &["--no-trust", "--json"]).expect_code(0);
+    lab.b.env.install(&bin_dir().join("koi-health"), "health");
+    let _b = lab.b.env.start_daemon(&[("KOI_TEST_HEARTBEAT_SECS", "2")]);
+    let name = lab.b.hostname.clone();
+    wait_until("B up in its own health", Duration::from_secs(30), || {
+        machine_state(&lab.b.env, &name).as_deref() == Some("up")
+    });
+    ca_daemon.terminate(Duration::from_secs(10));
+    wait_until(
+        "B degraded by its failing heartbeat",
+        Duration::from_secs(30),
+        || machine_state(&lab.b.env, &name).as_deref() == Some("degraded"),
+    );
+    let lines = super::lines_of(&lab.b.env, &name);
+    assert!(
+        lines.last().is_some_and(
+            |l| l.contains("up → degraded") && l.contains("heartbeat to the CA failing")
+        ),
         "{lines:#?}"
     );
 }
