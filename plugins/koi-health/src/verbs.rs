@@ -106,12 +106,22 @@ pub fn rows(health: &Health) -> (Vec<Row>, Vec<Row>) {
     (machines, services)
 }
 
-/// The current view: from memory under the daemon; without it, each check is run once first.
+/// The note the one-shot dashboard (`koi status`) carries: it does not run the checks.
+pub const DASHBOARD_NOTE: &str =
+    "not checked: `koi health status` runs each check once; continuous checking needs `koi daemon`";
+
+/// The current view: from memory under the daemon; without it, each check is run once first —
+/// except for the host's own dashboard call (`koi status`), which must stay quick.
 pub async fn snapshot(ctx: &Context, health: &Arc<Health>) -> StatusOut {
     let mut notes = Vec::new();
     if ctx.mode() != koi_sdk::protocol::handshake::RunMode::Daemon {
-        crate::runner::run_all_once(health).await;
-        notes.push(ONE_SHOT_NOTE.to_owned());
+        let dashboard = matches!(ctx.caller(), Some(koi_sdk::protocol::context::Caller::Host));
+        if dashboard {
+            notes.push(DASHBOARD_NOTE.to_owned());
+        } else {
+            crate::runner::run_all_once(health).await;
+            notes.push(ONE_SHOT_NOTE.to_owned());
+        }
     }
     if let Err(e) = &health.file {
         notes.push(format!("the checks file cannot be read: {e}"));

@@ -208,3 +208,55 @@ fn checks_survive_a_daemon_restart_and_the_log_survives_kill_9_intact() {
         state(&env)["services"].as_array().map(Vec::len) == Some(2)
     });
 }
+
+#[test]
+fn without_the_daemon_status_checks_once_and_says_the_daemon_is_needed() {
+    let server = TestServer::start(200);
+    let env = KoiEnv::new().with_health();
+    let url = server.url();
+    let closed = format!("127.0.0.1:{}", crate::support::free_port());
+    add(&env, &["web", "--http", &url]);
+    add(&env, &["gone", "--tcp", &closed]);
+    let run = env.run(&["health", "status", "--json"]);
+    run.expect_code(0);
+    let status = run.json();
+    let details = &status["details"];
+    let state_of = |name: &str| {
+        details["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == name))
+            .map(|s| s["state"].clone())
+    };
+    assert_eq!(state_of("web"), Some("up".into()), "{status:#}");
+    assert_eq!(state_of("gone"), Some("down".into()), "{status:#}");
+    assert!(
+        details["notes"]
+            .to_string()
+            .contains("continuous checking and machine health need `koi daemon`"),
+        "{status:#}"
+    );
+    assert_eq!(
+        status["summary"],
+        "1 up, 1 down, 0 pending (0 machines, 2 checks)"
+    );
+    // The one-shot dashboard stays quick: it runs nothing and says so.
+    let dash = env.run(&["status", "--json"]);
+    dash.expect_code(0);
+    let dash = dash.json();
+    let health = dash["plugins"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "health"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no health line in {dash:#}"));
+    assert!(
+        health.to_string().contains("0 up, 0 down, 2 pending"),
+        "{health:#}"
+    );
+    assert_eq!(
+        server.hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the dashboard ran a check"
+    );
+    // Nothing is logged by one-shot runs: no state was tracked before them.
+    assert!(super::log_lines(&env).is_empty());
+}
