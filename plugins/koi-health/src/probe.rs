@@ -2,7 +2,9 @@
 //! 3xx` means what it says) or a TCP connect-and-close, each bounded by the check's timeout. HTTPS
 //! trusts the system roots plus every mesh CA certmesh wrote (`$KOI_HOME/certs/<host>/ca.pem`), so
 //! `https://grafana.lan` checks pass without an insecure flag. The client is rebuilt when a mesh
-//! CA file appears or changes (looked at no more than every [`CA_RECHECK`]).
+//! CA file appears or changes (looked at no more than every [`CA_RECHECK`]). Without
+//! `--allow-remote`, names are resolved to LAN addresses only, at every run: a name that resolves
+//! only to public addresses fails the check instead of sending it to the internet.
 
 use crate::spec::{Check, Target, status_matches};
 use crate::tracker::Outcome;
@@ -18,7 +20,33 @@ type CaStamp = Vec<(PathBuf, Option<SystemTime>, u64)>;
 struct Built {
     stamp: CaStamp,
     checked: Instant,
-    client: reqwest::Client,
+    /// Names resolving to LAN addresses only (checks without `--allow-remote`).
+    lan: reqwest::Client,
+    /// Any address (`--allow-remote`).
+    any: reqwest::Client,
+}
+
+/// Resolves names for LAN-only checks: only private addresses are used, and a name that resolves
+/// to public ones only is refused (so a LAN name cannot point a check at the internet).
+struct LanResolver;
+
+impl reqwest::dns::Resolve for LanResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| crate::spec::is_lan_ip(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!(
+                    "{host} resolves to no LAN address (re-add the check with --allow-remote to allow public ones)"
+                )
+                .into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// The HTTP client, shared by every check.
@@ -47,7 +75,7 @@ fn mesh_cas(koi_home: &Path) -> CaStamp {
     out
 }
 
-fn build_client(cas: &CaStamp) -> Result<reqwest::Client, String> {
+fn build_client(cas: &CaStamp, lan_only: bool) -> Result<reqwest::Client, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -73,7 +101,11 @@ fn build_client(cas: &CaStamp) -> Result<reqwest::Client, String> {
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if lan_only {
+        builder = builder.dns_resolver(Arc::new(LanResolver));
+    }
+    builder
         .use_preconfigured_tls(tls)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
@@ -94,35 +126,50 @@ impl Prober {
     }
 
     /// The client when no look at the CA files is due (no I/O).
-    fn ready_client(&self) -> Option<reqwest::Client> {
+    fn ready_client(&self, allow_remote: bool) -> Option<reqwest::Client> {
         let built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
         built
             .as_ref()
             .filter(|b| b.checked.elapsed() < CA_RECHECK)
-            .map(|b| b.client.clone())
+            .map(|b| {
+                if allow_remote {
+                    b.any.clone()
+                } else {
+                    b.lan.clone()
+                }
+            })
     }
 
     /// The client, rebuilt if the mesh CA files changed (blocking: file reads and the system
     /// roots, so it runs on the blocking pool).
-    fn refreshed_client(&self) -> Result<reqwest::Client, String> {
+    fn refreshed_client(&self, allow_remote: bool) -> Result<reqwest::Client, String> {
+        let pick = |b: &Built| {
+            if allow_remote {
+                b.any.clone()
+            } else {
+                b.lan.clone()
+            }
+        };
         let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(b) = built.as_mut() {
             if b.checked.elapsed() < CA_RECHECK {
-                return Ok(b.client.clone());
+                return Ok(pick(b));
             }
             let stamp = mesh_cas(&self.koi_home);
             b.checked = Instant::now();
             if stamp == b.stamp {
-                return Ok(b.client.clone());
+                return Ok(pick(b));
             }
         }
         let stamp = mesh_cas(&self.koi_home);
-        let client = build_client(&stamp)?;
-        *built = Some(Built {
+        let fresh = Built {
+            lan: build_client(&stamp, true)?,
+            any: build_client(&stamp, false)?,
             stamp,
             checked: Instant::now(),
-            client: client.clone(),
-        });
+        };
+        let client = pick(&fresh);
+        *built = Some(fresh);
         Ok(client)
     }
 
@@ -130,17 +177,25 @@ impl Prober {
     pub async fn run(self: &Arc<Self>, check: &Check) -> Outcome {
         let timeout = check.timeout();
         match &check.target {
-            Target::Http { url, expect } => self.http(url, expect, timeout).await,
-            Target::Tcp { host, port } => tcp(host, *port, timeout).await,
+            Target::Http { url, expect } => {
+                self.http(url, expect, timeout, check.allow_remote).await
+            }
+            Target::Tcp { host, port } => tcp(host, *port, timeout, check.allow_remote).await,
         }
     }
 
-    async fn http(self: &Arc<Self>, url: &str, expect: &str, timeout: Duration) -> Outcome {
-        let client = match self.ready_client() {
+    async fn http(
+        self: &Arc<Self>,
+        url: &str,
+        expect: &str,
+        timeout: Duration,
+        allow_remote: bool,
+    ) -> Outcome {
+        let client = match self.ready_client(allow_remote) {
             Some(c) => c,
             None => {
                 let me = Arc::clone(self);
-                match tokio::task::spawn_blocking(move || me.refreshed_client()).await {
+                match tokio::task::spawn_blocking(move || me.refreshed_client(allow_remote)).await {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => return fail(format!("cannot set up TLS: {e}")),
                     Err(e) => return fail(format!("cannot set up TLS: {e}")),
@@ -185,9 +240,21 @@ fn describe(e: &reqwest::Error) -> String {
     crate::translog::field(&format!("{kind}: {cause}"), 200)
 }
 
-async fn tcp(host: &str, port: u16, timeout: Duration) -> Outcome {
+async fn tcp(host: &str, port: u16, timeout: Duration, allow_remote: bool) -> Outcome {
     let shown = humantime::format_duration(timeout);
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+    let attempt = async {
+        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+            .await?
+            .filter(|a| allow_remote || crate::spec::is_lan_ip(a.ip()))
+            .collect();
+        if addrs.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "{host} resolves to no LAN address (re-add the check with --allow-remote to allow public ones)"
+            )));
+        }
+        tokio::net::TcpStream::connect(&addrs[..]).await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(stream)) => {
             drop(stream);
             Outcome {

@@ -262,3 +262,70 @@ fn https_against_a_server_with_a_mesh_certificate_passes() {
         "{lines:#?}"
     );
 }
+
+/// `/etc/netns/<ns>/hosts` for one lab namespace (`ip netns exec` mounts it over /etc/hosts);
+/// removed when dropped.
+struct NetnsHosts(std::path::PathBuf);
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_lan_name_that_resolves_to_a_public_address_is_refused_at_run_time() {
+    if !crate::support::root_or_skip(
+        "a_lan_name_that_resolves_to_a_public_address_is_refused_at_run_time",
+    ) {
+        return;
+    }
+    let lab = crate::support::netlab::SwitchLab::new("hr", 1);
+    let host = lab.host(0);
+    let dir = std::path::Path::new("/etc/netns").join(&host.ns);
+    std::fs::create_dir_all(&dir).expect("/etc/netns/<ns>");
+    let _hosts = NetnsHosts(dir.clone());
+    // 203.0.113.5 is TEST-NET-3: public, and never contacted (the check refuses first).
+    std::fs::write(
+        dir.join("hosts"),
+        "127.0.0.1 localhost\n203.0.113.5 evil.lan\n",
+    )
+    .expect("hosts");
+    let env = &host.env;
+    env.install(&crate::support::bin_dir().join("koi-health"), "health");
+    let _daemon = env.start_daemon(&[]);
+    add(
+        env,
+        &[
+            "tcp",
+            "--tcp",
+            "evil.lan:80",
+            "--interval",
+            "1s",
+            "--fail-after",
+            "1",
+        ],
+    );
+    add(
+        env,
+        &[
+            "web",
+            "--http",
+            "http://evil.lan/",
+            "--interval",
+            "1s",
+            "--fail-after",
+            "1",
+        ],
+    );
+    wait_service(env, "tcp", "down");
+    wait_service(env, "web", "down");
+    for name in ["tcp", "web"] {
+        let lines = lines_of(env, name);
+        assert!(
+            lines[0].contains("evil.lan resolves to no LAN address")
+                && lines[0].contains("--allow-remote"),
+            "{lines:#?}"
+        );
+    }
+}
