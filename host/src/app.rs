@@ -498,17 +498,7 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
     let label = format!("{moniker} {verb}");
     let mut interrupted = false;
     // A live view ($/view) follows the terminal's size while the call runs (host/src/view.rs).
-    let resize = crate::view::LiveView::possible(inv.globals.json).then(|| {
-        let terminal = inv.session.terminal.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            if let Ok(mut winch) = signal(SignalKind::window_change()) {
-                while winch.recv().await.is_some() {
-                    terminal.live.redraw();
-                }
-            }
-        })
-    });
+    let resize = crate::view::follow_resizes(&inv.session.terminal, inv.globals.json);
     let outcome = call_with_interrupt(
         &target,
         &inv.session.terminal,

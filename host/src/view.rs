@@ -94,6 +94,25 @@ impl LiveView {
     }
 }
 
+/// While a call runs: redraws its live view whenever the terminal is resized (SIGWINCH). `None`
+/// when no view can be drawn (`--json`, or stdout not a terminal). Abort the task after the call.
+pub fn follow_resizes(
+    terminal: &std::sync::Arc<crate::ui::Terminal>,
+    json: bool,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let terminal = terminal.clone();
+    LiveView::possible(json).then(|| {
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let Ok(mut winch) = signal(SignalKind::window_change()) {
+                while winch.recv().await.is_some() {
+                    terminal.live.redraw();
+                }
+            }
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
