@@ -497,6 +497,8 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
     };
     let label = format!("{moniker} {verb}");
     let mut interrupted = false;
+    // A live view ($/view) follows the terminal's size while the call runs (host/src/view.rs).
+    let resize = crate::view::follow_resizes(&inv.session.terminal, inv.globals.json);
     let outcome = call_with_interrupt(
         &target,
         &inv.session.terminal,
@@ -506,8 +508,16 @@ async fn run_plugin_verb(inv: &Invocation, moniker: &str, args: Vec<String>) -> 
         &mut interrupted,
     )
     .await;
+    if let Some(task) = resize {
+        task.abort();
+    }
+    // The terminal is restored on every path out of the call, before anything else is printed.
+    let viewed = inv.session.terminal.live.finish();
     inv.session.terminal.end_questions().await;
     inv.session.terminal.finish_progress();
+    if viewed && interrupted && outcome.is_ok() {
+        return EXIT_INTERRUPTED; // a live view ended with Ctrl-C: its screen was the output
+    }
     match outcome {
         Ok(result) => {
             let spec = manifest.method(verb);

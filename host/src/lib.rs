@@ -44,3 +44,4 @@ pub mod session;
 pub mod table;
 pub mod trace;
 pub mod ui;
+pub mod view;

@@ -45,6 +45,8 @@ pub struct Terminal {
     questions_over: AtomicBool,
     /// Set while keystrokes are being collected (the terminal is in raw mode).
     collecting: AtomicBool,
+    /// The current call's live view (`$/view`), drawn in place.
+    pub live: crate::view::LiveView,
 }
 
 impl std::fmt::Debug for Terminal {
@@ -68,6 +70,7 @@ impl Terminal {
             interrupt: tokio::sync::Notify::new(),
             questions_over: AtomicBool::new(false),
             collecting: AtomicBool::new(false),
+            live: crate::view::LiveView::default(),
         }
     }
 
@@ -126,6 +129,13 @@ impl Terminal {
                 .map(|p| self.show(&p.content))
                 .is_ok(),
             ITEM => params.get("item").map(|item| self.item(item)).is_some(),
+            VIEW => serde_json::from_value::<ViewParams>(params)
+                .map(|p| {
+                    if crate::view::LiveView::possible(self.json) {
+                        self.live.show(&p.content);
+                    }
+                })
+                .is_ok(),
             _ => false,
         }
     }
@@ -440,6 +450,9 @@ impl Terminal {
 
     /// Prints one streamed item: an NDJSON line with `--json`, else a `key=value` line.
     pub fn item(&self, item: &Value) {
+        if !self.json && self.live.active() {
+            return; // the live view shows what the items say
+        }
         let line = if self.json {
             sanitize::json(item)
         } else {

@@ -224,6 +224,21 @@ impl Context {
         });
     }
 
+    /// Replaces this request's live view with `text`: the host redraws it in place at a terminal
+    /// (and on resize) and stops printing the streamed items, which still go out as NDJSON under
+    /// `--json` (docs/protocol.md, `$/view`). Send the whole screen each time.
+    pub fn view_text(&self, text: &str) {
+        if let Some(request) = &self.request {
+            let params = koi_protocol::calls::ViewParams {
+                request: request.clone(),
+                content: ShowContent::Text {
+                    text: text.to_owned(),
+                },
+            };
+            self.shared.notify_or_drop(calls::VIEW, &params);
+        }
+    }
+
     fn show(&self, content: ShowContent) {
         let params = ShowParams {
             request: self.request.clone(),

@@ -30,6 +30,13 @@ pub const CHANGED: &str = "mdns.service.changed";
 pub const REMOVED: &str = "mdns.service.removed";
 /// Subscription pattern for all three service topics.
 pub const ALL_SERVICE_EVENTS: &str = "mdns.service.*";
+/// Topic: a known host answered koi-mdns's periodic re-check of its services (under `koi daemon`).
+/// Payload [`HostSeenPayload`]. It tells a subscriber "this host was last heard at T" between
+/// announcements, which mDNS caches do not otherwise report.
+pub const HOST_SEEN: &str = "mdns.host.seen";
+/// [`ServiceRemovedPayload::reason`] when the service did not answer the re-check (its host may
+/// have vanished without a goodbye), as opposed to a goodbye packet or TTL expiry (no reason).
+pub const UNANSWERED: &str = "unanswered";
 
 /// A discovered service, as results, streamed items and events carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -60,6 +67,31 @@ pub struct ServiceRecord {
 pub struct ServiceEventPayload {
     /// The service (for `removed`, its last known state).
     pub service: ServiceRecord,
+}
+
+/// Payload of `mdns.service.removed`: [`ServiceEventPayload`] plus why, when koi-mdns knows.
+/// A subscriber that reads it as a `ServiceEventPayload` still works (the extra field is ignored).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ServiceRemovedPayload {
+    /// The service's last known state.
+    pub service: ServiceRecord,
+    /// [`UNANSWERED`] when it did not answer koi-mdns's re-check; absent for a goodbye packet or
+    /// TTL expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Payload of `mdns.host.seen`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct HostSeenPayload {
+    /// The host name (`host-a.local.`).
+    pub host: String,
+    /// Its addresses, as its services last gave them.
+    pub addresses: Vec<String>,
+    /// Services of it that answered.
+    pub services: u32,
+    /// When the re-check it answered was sent (RFC 3339, UTC): it was heard at or after this.
+    pub last_seen: String,
 }
 
 /// Payload of `mdns.service.changed`.

@@ -1,6 +1,7 @@
 //! The plugin's long-lived work. Under `koi daemon` the `browse` service browses every service
 //! type on the link (`_services._dns-sd._udp`, then each type found), keeps the cache current and
-//! publishes `mdns.service.*` events for other plugins (dns, health); the SDK restarts it with
+//! publishes `mdns.service.*` events for other plugins (dns, health), and re-checks known services
+//! every few seconds so `mdns.host.seen` says when each host was last heard (`liveness`); the SDK restarts it with
 //! backoff if the engine cannot start or stops delivering, and shows it in `status`. In every mode
 //! the `goodbyes` task waits for shutdown and withdraws the announcements still held, so goodbye
 //! packets always go out (a one-shot `announce` or `advertise` too, which is why it is a
@@ -10,6 +11,7 @@ use crate::cache::Change;
 use crate::engine::{Engine, data_from_resolved};
 use crate::events;
 use crate::interfaces::Selection;
+use crate::liveness::Recheck;
 use crate::names::SERVICES_META_TYPE;
 use koi_sdk::{Context, MethodError};
 use mdns_sd::ServiceEvent;
@@ -66,7 +68,21 @@ async fn browse_everything(engine: &Engine, ctx: &Context) -> Result<(), MethodE
         }
     }
     let mut browsing = BTreeSet::new();
-    while let Some(event) = rx.recv().await {
+    // The re-check of known services (liveness.rs), on its own tick beside the engine's events.
+    let mut recheck = Recheck::default();
+    let mut round = tokio::time::interval(recheck.period());
+    round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            event = rx.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+            _ = round.tick() => {
+                recheck.round(daemon.get(), engine, ctx).await;
+                continue;
+            }
+        };
         match event {
             ServiceEvent::ServiceFound(ty, found) if ty == SERVICES_META_TYPE => {
                 let found = found.to_ascii_lowercase();
@@ -82,8 +98,9 @@ async fn browse_everything(engine: &Engine, ctx: &Context) -> Result<(), MethodE
                 events::publish(ctx, &change).await;
             }
             ServiceEvent::ServiceRemoved(ty, fullname) if ty != SERVICES_META_TYPE => {
+                let reason = recheck.removal_reason(&fullname);
                 if let Some(change @ Change::Removed(_)) = engine.remove(&fullname) {
-                    events::publish(ctx, &change).await;
+                    events::publish_with_reason(ctx, &change, reason).await;
                 }
             }
             _ => {}

@@ -7,12 +7,18 @@ use crate::cache::Change;
 use koi_sdk::Context;
 
 pub use koi_mdns_api::{
-    ALL_SERVICE_EVENTS, APPEARED, CHANGED, REMOVED, ServiceChangedPayload, ServiceEventPayload,
+    ALL_SERVICE_EVENTS, APPEARED, CHANGED, HOST_SEEN, HostSeenPayload, REMOVED,
+    ServiceChangedPayload, ServiceEventPayload, ServiceRemovedPayload, UNANSWERED,
 };
 
 /// Publishes the event for `change` (nothing for a plain refresh). Failures are logged: an event
 /// nobody could receive must not fail discovery.
 pub async fn publish(ctx: &Context, change: &Change) {
+    publish_with_reason(ctx, change, None).await;
+}
+
+/// [`publish`], with why a service was removed (`removed` only; see [`ServiceRemovedPayload`]).
+pub async fn publish_with_reason(ctx: &Context, change: &Change, reason: Option<&str>) {
     let outcome = match change {
         Change::Appeared(service) => {
             ctx.publish(
@@ -26,8 +32,9 @@ pub async fn publish(ctx: &Context, change: &Change) {
         Change::Removed(service) => {
             ctx.publish(
                 REMOVED,
-                &ServiceEventPayload {
+                &ServiceRemovedPayload {
                     service: service.clone(),
+                    reason: reason.map(str::to_owned),
                 },
             )
             .await

@@ -17,7 +17,7 @@
 //! the caller the host names in the per-call context (docs/mdns.md, "Ownership").
 //!
 //! Deprecated root aliases: `koi discover`, `koi announce`. Events: `mdns.service.appeared`,
-//! `mdns.service.changed`, `mdns.service.removed`. The blueprint is `docs/mdns.md`.
+//! `mdns.service.changed`, `mdns.service.removed`, `mdns.host.seen`. The blueprint is `docs/mdns.md`.
 //!
 //! # Modules
 //! - [`discover`], [`announce`], [`resolve`], [`status`] (`state`, `status`, `query`): one per method family.
@@ -28,6 +28,7 @@
 //! - [`names`], [`txt`]: validation of service types, instance/host names, TXT entries.
 //! - [`port`] — the port-5353 check.
 //! - [`background`] — the `browse` service (daemon mode) and goodbyes at shutdown (every mode).
+//! - [`liveness`] — the periodic re-check of known services under the daemon (`mdns.host.seen`).
 //! - [`error`] — `MdnsError`.
 
 #![forbid(unsafe_code)]
@@ -40,6 +41,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod interfaces;
+pub mod liveness;
 pub mod names;
 pub mod port;
 pub mod resolve;
@@ -160,7 +162,8 @@ pub fn plugin() -> Plugin {
     .method(query)
     .publishes::<events::ServiceEventPayload>(events::APPEARED, "A service was seen for the first time")
     .publishes::<events::ServiceChangedPayload>(events::CHANGED, "A service's host, addresses, port or TXT changed")
-    .publishes::<events::ServiceEventPayload>(events::REMOVED, "A service left (goodbye packet or TTL expiry)")
+    .publishes::<events::ServiceRemovedPayload>(events::REMOVED, "A service left (goodbye packet, TTL expiry, or no answer to the re-check)")
+    .publishes::<events::HostSeenPayload>(events::HOST_SEEN, "A known host answered the periodic re-check of its services")
     .deprecated_alias("discover", "discover", DISCOVER_ALIAS_WARNING)
     .deprecated_alias("announce", "announce", ANNOUNCE_ALIAS_WARNING)
     // Koi's REST API before namespacing (seed 000, phase 0): the daemon answers these with 301.

@@ -58,10 +58,15 @@ fn event_payloads_are_schema_checked_and_carry_last_seen() {
         [
             "mdns.service.appeared",
             "mdns.service.changed",
-            "mdns.service.removed"
+            "mdns.service.removed",
+            "mdns.host.seen"
         ]
     );
-    for event in &m.publishes {
+    for event in m
+        .publishes
+        .iter()
+        .filter(|e| e.topic.starts_with("mdns.service."))
+    {
         let validator = jsonschema::validator_for(&event.payload).expect("a valid schema");
         let mut good = json!({"service": service.clone()});
         if event.topic.ends_with("changed") {

@@ -27,6 +27,11 @@ pub const PROGRESS: &str = "$/progress";
 pub const ITEM: &str = "$/item";
 /// Plugin → host notification: show something to the user. Params [`ShowParams`].
 pub const SHOW: &str = "host/show";
+/// Plugin → host notification: replace the request's live view, a screen the host redraws in
+/// place (and again when the terminal is resized) while the request runs. Params [`ViewParams`].
+/// Drawn only for a person at a terminal without `--json`; then the request's streamed items
+/// are not printed (the view shows them). Hosts that do not draw views ignore it.
+pub const VIEW: &str = "$/view";
 /// Plugin → host request: ask a question. Params [`PromptParams`], result [`PromptResult`].
 pub const PROMPT: &str = "host/prompt";
 /// Plugin → host request: ask for a secret without echo. [`SecretParams`] → [`SecretResult`].
@@ -171,6 +176,15 @@ pub struct ShowParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Id>,
     /// What to show.
+    pub content: ShowContent,
+}
+
+/// Params of `$/view`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ViewParams {
+    /// The request the view belongs to.
+    pub request: Id,
+    /// The whole screen (text or a table; a QR code is not drawn in a view).
     pub content: ShowContent,
 }
 

@@ -35,6 +35,7 @@ fn protocol_schemas_are_current() {
     check::<ProgressParams>("progress.params", &mut stale);
     check::<ItemParams>("item.params", &mut stale);
     check::<ShowParams>("show.params", &mut stale);
+    check::<ViewParams>("view.params", &mut stale);
     check::<PromptParams>("prompt.params", &mut stale);
     check::<PromptResult>("prompt.result", &mut stale);
     check::<SecretParams>("secret.params", &mut stale);

@@ -25,6 +25,7 @@ mod cli;
 mod daemon;
 mod escapes;
 mod events_order;
+mod health;
 mod host_death;
 mod keystrokes;
 mod lab_switch;

@@ -105,6 +105,12 @@ impl KoiEnv {
         self
     }
 
+    /// Installs the built `koi-health` plugin.
+    pub fn with_health(self) -> Self {
+        self.install(&built(bin_dir().join("koi-health")), "health");
+        self
+    }
+
     /// Installs fixture `koi-<name>` as a copy (so its mtime is this environment's own), with the
     /// shared `_fixture.py` beside it.
     pub fn with_fixture(self, name: &str) -> Self {
