@@ -22,6 +22,7 @@ mod certmesh_rotate;
 mod certmesh_service;
 mod cli;
 mod daemon;
+mod dns;
 mod escapes;
 mod events_order;
 mod host_death;
