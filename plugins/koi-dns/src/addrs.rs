@@ -59,7 +59,8 @@ impl FromStr for Cidr {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
             format!(
-                "`{s}` is not an address or address block: write e.g. 192.168.1.0/24, 10.0.0.7 or fd00::/8"
+                "`{s}` is not an address or address block: write e.g. 192.168.1.0/24, \
+                 10.0.0.7 or fd00::/8"
             )
         };
         let (addr, prefix) = match s.split_once('/') {

@@ -250,7 +250,8 @@ mod tests {
 
     #[test]
     fn resolv_conf_leaves_out_loopback_stubs_and_own_addresses() {
-        let text = "nameserver 127.0.0.53\nnameserver 10.0.0.1\nnameserver ::1\nnameserver 10.0.0.9\n# c\nsearch lan\n";
+        let text = "nameserver 127.0.0.53\nnameserver 10.0.0.1\nnameserver ::1\n\
+                    nameserver 10.0.0.9\n# c\nsearch lan\n";
         let own: Vec<IpAddr> = vec!["10.0.0.9".parse().unwrap()];
         assert_eq!(
             resolv_conf_upstreams(text, &own),

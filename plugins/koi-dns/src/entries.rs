@@ -119,7 +119,8 @@ pub async fn add(ctx: Context, p: AddParams) -> Result<EntryResult, MethodError>
     let mut entries = lock(&dns.statics).clone();
     if entries.len() >= MAX_STATIC && !entries.contains_key(&name) {
         return Err(MethodError::new(format!(
-            "there are already {MAX_STATIC} static entries (the limit): remove some with `koi dns remove NAME`"
+            "there are already {MAX_STATIC} static entries (the limit): remove some with \
+             `koi dns remove NAME`"
         )));
     }
     entries.insert(name.clone(), ips.clone());

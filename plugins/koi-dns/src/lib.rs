@@ -26,6 +26,7 @@
 //! - [`records`] — building the table from the sources (priority, aliases, private-only).
 //! - [`snapshot`] — the table and how one question is answered.
 //! - [`wire`] — one packet in, one verdict out (ACL, rate limit, EDNS0, truncation, FORMERR).
+//! - [`fast`] — prebuilt answers for the common A/AAAA query (the hot path).
 //! - [`server`] — UDP workers (SO_REUSEPORT), TCP, bind errors with their fix.
 //! - [`forward`] — relaying to upstreams with a deadline.
 //! - [`ratelimit`], [`stats`], [`config`], [`addrs`].
@@ -36,6 +37,7 @@
 pub mod addrs;
 pub mod config;
 pub mod entries;
+pub mod fast;
 pub mod forward;
 pub mod lookup;
 pub mod ratelimit;
@@ -60,20 +62,25 @@ use std::time::Duration;
 
 /// The koi-dns plugin: every method, event and service.
 pub fn plugin() -> Plugin {
-    let serve = Method::new("serve", "Serve the zone over UDP and TCP (foreground until Ctrl-C; under `koi daemon` in the background)", verbs::serve)
-        .description(
-            "Default listeners: port 53 on this machine's private LAN addresses (never a public one, \
-             never 0.0.0.0 unless written out). Names outside the zone are forwarded to --upstream \
-             (default: /etc/resolv.conf minus loopback stubs and this machine). Clients outside the \
-             local subnets and --allow get REFUSED.",
-        )
-        .long_running()
-        .handles_cancellation()
-        .mutating()
-        .local_only()
-        .example("koi dns serve")
-        .example("koi dns serve --listen 192.168.1.10:53 --zone home.arpa --upstream 192.168.1.1")
-        .example("koi dns serve --listen 127.0.0.1:5300 --rate-limit 0");
+    let serve = Method::new(
+        "serve",
+        "Serve the zone over UDP and TCP (foreground until Ctrl-C; under `koi daemon` in the \
+         background, kept across restarts)",
+        verbs::serve,
+    )
+    .description(
+        "Default listeners: port 53 on this machine's private LAN addresses (never a public one, \
+         never 0.0.0.0 unless written out). Names outside the zone are forwarded to --upstream \
+         (default: /etc/resolv.conf minus loopback stubs and this machine). Clients outside the \
+         local subnets and --allow get REFUSED.",
+    )
+    .long_running()
+    .handles_cancellation()
+    .mutating()
+    .local_only()
+    .example("koi dns serve")
+    .example("koi dns serve --listen 192.168.1.10:53 --zone home.arpa --upstream 192.168.1.1")
+    .example("koi dns serve --listen 127.0.0.1:5300 --rate-limit 0");
     let stop = Method::new(
         "stop",
         "Stop the daemon's DNS server and forget its configuration",
@@ -111,20 +118,41 @@ pub fn plugin() -> Plugin {
         entries::list,
     )
     .example("koi dns list --json");
-    Plugin::new("dns", env!("CARGO_PKG_VERSION"), "Names for everything on the LAN (static, certmesh, mDNS)")
-        .description("An authoritative DNS server for the `lan` zone fed by static entries, certmesh members and mDNS services, forwarding other names without caching.")
-        .method(serve)
-        .method(stop)
-        .method(lookup)
-        .method(add)
-        .method(remove)
-        .method(list)
-        .publishes::<sources::AliasEvent>(sources::ALIAS_CREATED, "A service alias (grafana.lan) was created from mDNS")
-        .publishes::<sources::AliasEvent>(sources::ALIAS_REMOVED, "A service alias is gone (its last instance left)")
-        .state(state::Dns::load)
-        .on(ALL_SERVICE_EVENTS, sources::on_mdns)
-        .on(sources::MEMBERS_CHANGED, sources::on_members_changed)
-        .status(status::report)
-        .service("server", verbs::service)
-        .shutdown_grace(Duration::from_secs(2))
+    Plugin::new(
+        "dns",
+        env!("CARGO_PKG_VERSION"),
+        "Names for everything on the LAN (static, certmesh, mDNS)",
+    )
+    .description(
+        "An authoritative DNS server for the `lan` zone fed by static entries, certmesh members \
+         and mDNS services, forwarding other names without caching.",
+    )
+    .method(serve)
+    .method(stop)
+    .method(lookup)
+    .method(add)
+    .method(remove)
+    .method(list)
+    .publishes::<sources::AliasEvent>(
+        sources::ALIAS_CREATED,
+        "A service alias (grafana.lan) was created from mDNS",
+    )
+    .publishes::<sources::AliasEvent>(
+        sources::ALIAS_REMOVED,
+        "A service alias is gone (its last instance left)",
+    )
+    .state(state::Dns::load)
+    .on(ALL_SERVICE_EVENTS, sources::on_mdns)
+    .on(sources::MEMBERS_CHANGED, sources::on_members_changed)
+    .status(status::report)
+    .service("server", verbs::service)
+    .shutdown_grace(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_declaration_is_valid() {
+        assert_eq!(super::plugin().check(), Ok(()));
+    }
 }

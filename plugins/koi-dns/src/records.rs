@@ -239,6 +239,7 @@ pub fn build(zone: &Name, serial: u32, src: &Sources<'_>) -> (Snapshot, Built) {
         }
     }
     let Some(services) = src.services else {
+        acc.snap.fast = crate::fast::build(&acc.snap);
         return (acc.snap, acc.built);
     };
     // mDNS hosts first (all addresses of every service on the host), then aliases.
@@ -353,5 +354,6 @@ pub fn build(zone: &Name, serial: u32, src: &Sources<'_>) -> (Snapshot, Built) {
             );
         }
     }
+    acc.snap.fast = crate::fast::build(&acc.snap);
     (acc.snap, acc.built)
 }

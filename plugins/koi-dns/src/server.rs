@@ -6,6 +6,7 @@
 //! reported whole, with the exact fix for port 53 without privilege.
 
 use crate::config::Config;
+use crate::fast;
 use crate::forward;
 use crate::ratelimit::Limiter;
 use crate::snapshot::Snapshot;
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 /// Most TCP connections at once.
 pub const MAX_TCP: usize = 256;
@@ -42,7 +44,8 @@ pub struct Running {
     pub counters: Vec<Arc<Counters>>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Cancels the TCP listeners and every open TCP connection.
+    tcp_stop: CancellationToken,
 }
 
 /// The error for a failed bind, with the fix that works in that state.
@@ -69,7 +72,8 @@ pub fn bind_error(addr: SocketAddr, proto: &str, e: &std::io::Error) -> String {
              machine's addresses (`ip -brief addr`) with `--listen`, or leave --listen out"
         ),
         _ => format!(
-            "cannot listen on {addr} ({proto}): {e}. Check the address, or pick another with `--listen`"
+            "cannot listen on {addr} ({proto}): {e}. Check the address, or pick another \
+             with `--listen`"
         ),
     }
 }
@@ -149,14 +153,19 @@ pub fn start(
         let t = std::thread::Builder::new()
             .name(format!("dns-udp-{k}"))
             .spawn(move || w.run())
-            .map_err(|e| format!("cannot start a DNS worker thread for {addr}: {e}. Free some memory or lower --workers"))?;
+            .map_err(|e| {
+                format!(
+                    "cannot start a DNS worker thread for {addr}: {e}. Free some memory \
+                     or lower --workers"
+                )
+            })?;
         threads.push(t);
     }
     let tcp_counters = Arc::new(Counters::default());
     counters.push(tcp_counters.clone());
     let limiter = Arc::new(Mutex::new(Limiter::new(config.rate, config.burst)));
     let conns = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
+    let tcp_stop = CancellationToken::new();
     for (addr, l) in tcp {
         let _guard = rt.enter();
         let l = tokio::net::TcpListener::from_std(l).map_err(|e| bind_error(addr, "TCP", &e))?;
@@ -168,15 +177,20 @@ pub fn start(
             upstreams: Arc::from(config.upstreams.clone()),
             timeout: config.upstream_timeout,
         };
-        let conns = conns.clone();
-        tasks.push(rt.spawn(accept_loop(l, Arc::new(t), conns)));
+        let (conns, cancel) = (conns.clone(), tcp_stop.clone());
+        rt.spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = accept_loop(l, Arc::new(t), conns, cancel.clone()) => {}
+            }
+        });
     }
     Ok(Running {
         config,
         counters,
         stop,
         threads,
-        tasks,
+        tcp_stop,
     })
 }
 
@@ -184,9 +198,7 @@ impl Running {
     /// Stops every worker and listener and waits for the threads (at most a read timeout).
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.abort();
-        }
+        self.tcp_stop.cancel();
         for t in self.threads {
             let _ = t.join();
         }
@@ -235,17 +247,16 @@ impl Worker {
             let packet = &buf[..n];
             let snap = self.shared.snapshot.load();
             let acl = self.shared.acl.load();
-            let limiter = &mut self.limiter;
-            let verdict = wire::handle(
-                &snap,
-                &acl,
-                packet,
-                peer.ip(),
-                true,
-                rotation,
-                || limiter.limited(peer.ip(), t0),
-                &mut out,
-            );
+            let ip = peer.ip();
+            let allowed = acl.allowed(ip);
+            let over = allowed && !acl.exempt(ip) && self.limiter.limited(ip, t0);
+            let fast = (allowed && !over)
+                .then(|| fast::answer(&snap.fast, packet, rotation, &mut out))
+                .flatten();
+            let verdict = match fast {
+                Some(source) => Verdict::Local(source),
+                None => wire::handle(&snap, &acl, packet, ip, true, rotation, || over, &mut out),
+            };
             tracing::debug!(client = %peer, ?verdict, "dns query");
             if verdict == Verdict::Forward {
                 self.forward(packet, peer);
@@ -294,7 +305,12 @@ struct TcpCtx {
     timeout: Duration,
 }
 
-async fn accept_loop(l: tokio::net::TcpListener, ctx: Arc<TcpCtx>, conns: Arc<AtomicUsize>) {
+async fn accept_loop(
+    l: tokio::net::TcpListener,
+    ctx: Arc<TcpCtx>,
+    conns: Arc<AtomicUsize>,
+    cancel: CancellationToken,
+) {
     loop {
         let Ok((stream, peer)) = l.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -304,9 +320,12 @@ async fn accept_loop(l: tokio::net::TcpListener, ctx: Arc<TcpCtx>, conns: Arc<At
             conns.fetch_sub(1, Ordering::Relaxed);
             continue; // dropped: too many connections
         }
-        let (ctx, conns) = (ctx.clone(), conns.clone());
+        let (ctx, conns, cancel) = (ctx.clone(), conns.clone(), cancel.clone());
         tokio::spawn(async move {
-            let _ = serve_tcp(stream, peer, &ctx).await;
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                _ = serve_tcp(stream, peer, &ctx) => {}
+            }
             conns.fetch_sub(1, Ordering::Relaxed);
         });
     }

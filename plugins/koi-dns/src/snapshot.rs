@@ -91,6 +91,8 @@ pub struct Snapshot {
     pub services: HashMap<Name, Vec<Instance>>,
     /// Reverse names of known private addresses.
     pub ptr: HashMap<Name, Name>,
+    /// Prebuilt answers for the common queries ([`crate::fast`]).
+    pub fast: crate::fast::Table,
 }
 
 impl Snapshot {
@@ -107,6 +109,7 @@ impl Snapshot {
             hosts: HashMap::new(),
             services: HashMap::new(),
             ptr: HashMap::new(),
+            fast: HashMap::new(),
         }
     }
 

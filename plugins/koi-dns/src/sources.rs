@@ -132,13 +132,15 @@ pub async fn refresh_members(ctx: &Context, dns: &Dns) {
             Err(e) => {
                 if !mesh.logged_unavailable {
                     tracing::info!(
-                        "certmesh members unavailable ({}); DNS serves the other sources and retries on the next certmesh event or serve",
+                        "certmesh members unavailable ({}); DNS serves the other sources and \
+                         retries on the next certmesh event or serve",
                         e.message()
                     );
                     mesh.logged_unavailable = true;
                 }
                 mesh.note = format!(
-                    "unavailable: {} (retried on the next certmesh.members.changed or `koi dns serve`)",
+                    "unavailable: {} (retried on the next certmesh.members.changed or \
+                     `koi dns serve`)",
                     e.message()
                 );
                 return;
@@ -178,9 +180,12 @@ pub fn due_requests(dns: &Dns) -> Vec<(String, Vec<String>)> {
     let mut due: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for a in aliases.values() {
         for h in &a.hosts {
-            let member = mesh.members.iter().any(|m| m.host.eq_ignore_ascii_case(h));
-            if member && !requested.contains(&format!("{h} {}", a.alias)) {
-                due.entry(h.clone()).or_default().push(a.alias.clone());
+            // Asked under the roster's spelling of the host name.
+            let member = mesh.members.iter().find(|m| m.host.eq_ignore_ascii_case(h));
+            if let Some(m) = member
+                && !requested.contains(&format!("{} {}", m.host, a.alias))
+            {
+                due.entry(m.host.clone()).or_default().push(a.alias.clone());
             }
         }
     }
@@ -231,7 +236,8 @@ async fn request_names(ctx: &Context, dns: &Dns, host: &str, names: Vec<String>)
             let mut note = lock(&dns.san_note);
             if note.is_empty() {
                 tracing::info!(
-                    "cannot ask certmesh to add {names:?} to {host}'s certificate ({}); retried on the next change",
+                    "cannot ask certmesh to add {names:?} to {host}'s certificate ({}); \
+                     retried on the next change",
                     e.message()
                 );
             }

@@ -198,7 +198,8 @@ impl Dns {
             for (name, kept, dropped) in built.overlaps {
                 if logged.len() < MAX_REMEMBERED && logged.insert(name.clone()) {
                     tracing::info!(
-                        "{name} is wanted by {kept} and by {dropped}: {kept} wins (static > certmesh > mDNS host > mDNS alias; docs/dns.md)"
+                        "{name} is wanted by {kept} and by {dropped}: {kept} wins (static > \
+                         certmesh > mDNS host > mDNS alias; docs/dns.md)"
                     );
                 }
             }

@@ -1,5 +1,6 @@
 //! Counters and latency for `koi dns status`: one [`Counters`] per UDP worker (plus one for TCP
-//! and one for forwarding), written with relaxed atomics (uncontended: one UDP worker each), summed on demand.
+//! and one for forwarding), written with relaxed atomics (uncontended: one UDP worker
+//! each), summed on demand.
 //! Latency goes into a log-linear histogram (4 buckets per power of two, in microseconds), from
 //! which p50 and p99 are read.
 

@@ -41,7 +41,9 @@ pub async fn report(ctx: Context) -> StatusReport {
                     ),
                 );
                 details.insert("upstreams_from".into(), json!(c.upstreams_from));
-                details.insert("rate_limit".into(), json!({"qps": c.rate, "burst": c.burst, "exempt": c.exempt.iter().map(ToString::to_string).collect::<Vec<_>>()}));
+                let exempt: Vec<String> = c.exempt.iter().map(ToString::to_string).collect();
+                let limit = json!({"qps": c.rate, "burst": c.burst, "exempt": exempt});
+                details.insert("rate_limit".into(), limit);
                 details.insert(
                     "allow".into(),
                     json!(c.allow.iter().map(ToString::to_string).collect::<Vec<_>>()),
@@ -70,7 +72,12 @@ pub async fn report(ctx: Context) -> StatusReport {
     }
     {
         let mesh = lock(&dns.mesh);
-        details.insert("certmesh".into(), json!({"members": mesh.members.len(), "roster_version": mesh.roster_version, "note": mesh.note}));
+        let certmesh = json!({
+            "members": mesh.members.len(),
+            "roster_version": mesh.roster_version,
+            "note": mesh.note,
+        });
+        details.insert("certmesh".into(), certmesh);
     }
     details.insert("mdns_services".into(), json!(lock(&dns.services).len()));
     details.insert(

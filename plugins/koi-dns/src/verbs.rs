@@ -78,6 +78,8 @@ pub async fn start_server(
     dns.cgnat.store(config.cgnat, Ordering::Relaxed);
     let diff = dns.rebuild();
     sources::after_rebuild(ctx, dns, diff).await;
+    // The ACL first, so the first query already meets the right one.
+    dns.shared.acl.store(Arc::new(acl(&config, &ifs)));
     let handle = tokio::runtime::Handle::current();
     let shared = dns.shared.clone();
     let c = config.clone();

@@ -57,6 +57,8 @@ fn run(packet: &[u8]) -> (Verdict, Vec<u8>) {
 }
 
 fn check(packet: &[u8]) {
+    let mut fast_out = Vec::new();
+    let _ = crate::fast::answer(&rich_table().fast, packet, 3, &mut fast_out);
     let (_, out) = run(packet);
     if !out.is_empty() {
         assert!(
@@ -114,6 +116,90 @@ proptest! {
             let n = cut % (p.len() + 1);
             check(&p[..n]);
         }
+    }
+}
+
+fn rich_table() -> Snapshot {
+    let zone = Name::from_ascii("lan.").unwrap();
+    let mut statics = BTreeMap::new();
+    let many: Vec<IpAddr> = (1..=5u8)
+        .map(|i| format!("10.0.2.{i}").parse().unwrap())
+        .collect();
+    statics.insert("multi".to_owned(), many);
+    statics.insert("v6only".to_owned(), vec!["fd00::7".parse().unwrap()]);
+    statics.insert(
+        "nas".to_owned(),
+        vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],
+    );
+    records::build(
+        &zone,
+        7,
+        &Sources {
+            statics: Some(&statics),
+            ..Sources::default()
+        },
+    )
+    .0
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// The fast path answers exactly what the full path answers, byte for byte, or declines.
+    #[test]
+    fn the_fast_path_agrees_with_the_full_path(
+        name in prop_oneof!["multi", "v6only", "nas", "nope", "[a-z]{1,8}"],
+        aaaa in any::<bool>(), rd in any::<bool>(), cd in any::<bool>(),
+        edns in proptest::option::of(any::<u16>()), rotation in any::<usize>(),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..3),
+    ) {
+        let snap = rich_table();
+        let Some(mut p) = query(&format!("{name}.lan."), if aaaa { 28 } else { 1 }, rd, edns.map(|s| (s, 0)), 0) else {
+            return Ok(());
+        };
+        if cd {
+            p[3] |= 0x10;
+        }
+        let mut fast_out = Vec::new();
+        if crate::fast::answer(&snap.fast, &p, rotation, &mut fast_out).is_some() {
+            let mut slow_out = Vec::new();
+            wire::handle(&snap, &acl(), &p, "10.0.0.9".parse().unwrap(), true, rotation, || false, &mut slow_out);
+            prop_assert_eq!(&fast_out, &slow_out);
+        }
+        for (at, b) in flips {
+            let i = at % p.len();
+            p[i] ^= b;
+        }
+        if crate::fast::answer(&snap.fast, &p, rotation, &mut fast_out).is_some() {
+            prop_assert!(fast_out.len() >= 12 && fast_out[..2] == p[..2] && fast_out[2] & 0x80 != 0);
+        }
+    }
+}
+
+#[test]
+fn the_fast_path_rotates_and_declines_what_it_does_not_know() {
+    let snap = rich_table();
+    let mut firsts = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for r in 0..5 {
+        let q = query("MULTI.lan.", 1, true, Some((1232, 0)), 0).unwrap();
+        assert!(crate::fast::answer(&snap.fast, &q, r, &mut out).is_some());
+        let m = Message::from_vec(&out).unwrap();
+        assert_eq!(m.answers.len(), 5);
+        assert_eq!(
+            m.queries[0].name.to_ascii(),
+            "MULTI.lan.",
+            "the question as asked"
+        );
+        firsts.insert(m.answers[0].data.to_string());
+    }
+    assert_eq!(firsts.len(), 5, "each address first in turn");
+    for (name, t) in [("nope.lan.", 1), ("nas.lan.", 16), ("example.com.", 1)] {
+        let q = query(name, t, true, None, 0).unwrap();
+        assert!(
+            crate::fast::answer(&snap.fast, &q, 0, &mut out).is_none(),
+            "{name}"
+        );
     }
 }
 
