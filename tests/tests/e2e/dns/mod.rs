@@ -5,6 +5,7 @@
 //! privilege.
 
 mod lab;
+mod mesh;
 mod names;
 mod safety;
 

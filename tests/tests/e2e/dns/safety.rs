@@ -53,8 +53,9 @@ fn foreign_subnets_are_refused_and_a_flood_is_refused_while_others_are_answered(
         );
     }
     let flood = (0..60).map(|_| "nas.lan").collect::<Vec<_>>().join("\n");
-    let names = "/tmp/koi-dns-flood-names";
-    std::fs::write(names, &flood).expect("names");
+    let names_path = c.env.dir.path().join("flood-names");
+    std::fs::write(&names_path, &flood).expect("names");
+    let names = names_path.to_str().expect("utf-8 path");
     let out = dig(c, &[&at, "-f", names]);
     let refused = out.matches("status: REFUSED").count();
     let answered = out.matches("status: NOERROR").count();
