@@ -190,6 +190,12 @@ pub struct Member {
     /// rosters written before device renewal existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceIssue>,
+    /// DNS names other plugins asked for (`certmesh/request-names`), checked against scope and
+    /// ownership when asked, and added to this entry's certificate at its next renewal (checked
+    /// again then); removed once a certificate holds them. Absent when empty and in rosters
+    /// written before the names were requestable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_names: Vec<String>,
 }
 
 /// What `koi certmesh issue` recorded about a device certificate.
@@ -225,6 +231,7 @@ impl Member {
             revoked_at: None,
             previous_fingerprint: None,
             device: None,
+            pending_names: Vec::new(),
         }
     }
 }
@@ -429,6 +436,7 @@ mod tests {
             revoked_at: None,
             previous_fingerprint: None,
             device: None,
+            pending_names: Vec::new(),
         }
     }
 

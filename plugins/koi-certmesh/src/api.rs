@@ -6,6 +6,7 @@
 //! | `GET /v1/certmesh/health` | anyone on the LAN | locked?, enrollment open?, mesh facts |
 //! | `GET /v1/certmesh/roster` | members (client certificate from this mesh) | the members |
 //! | `POST /v1/certmesh/renew` | members (their current certificate) | CSR → renewed certificate ([`crate::renew_api`]) |
+//! | `POST /v1/certmesh/names`, `/proxy-entries` | members (their current certificate) | names for their next certificate, their proxy entries ([`crate::names_api`]) |
 //!
 //! Hardening: only loopback, private (RFC 1918, ULA) and link-local peers are served; at most
 //! [`MAX_CONNECTIONS`] at once and at most [`MAX_CONNECTIONS_PER_PEER`] from one source address
@@ -365,13 +366,14 @@ async fn route(
     let path = req.uri().path().to_owned();
     let allowed = match path.as_str() {
         "/v1/certmesh/join" | "/v1/certmesh/renew" => Method::POST,
+        crate::names_api::NAMES_PATH | crate::names_api::PROXY_ENTRIES_PATH => Method::POST,
         "/v1/certmesh/health" | "/v1/certmesh/roster" => Method::GET,
         _ => {
             return error_response(
                 404,
                 "not_found",
                 format!(
-                    "No route {path}. The certmesh API serves /v1/certmesh/join, /renew, /health and /roster."
+                    "No route {path}. The certmesh API serves /v1/certmesh/join, /renew, /names, /proxy-entries, /health and /roster."
                 ),
             );
         }
@@ -434,6 +436,18 @@ async fn route(
             };
             let (status, body) =
                 crate::renew_api::handle(bytes, peer, client_cert, authority, &ctx).await;
+            json_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            )
+        }
+        crate::names_api::NAMES_PATH | crate::names_api::PROXY_ENTRIES_PATH => {
+            let bytes = match read_json_body(req, "member").await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let (status, body) =
+                crate::names_api::handle(&path, bytes, peer, client_cert, authority, &ctx).await;
             json_response(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 &body,

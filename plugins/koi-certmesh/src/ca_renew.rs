@@ -179,7 +179,7 @@ pub fn renew_blocking(authority: &Authority) -> Result<RenewResult, MethodError>
         .as_mut()
         .ok_or_else(|| MethodError::new(error::LOCKED_MESSAGE))?;
     let mut roster = Roster::load(&layout.roster()).map_err(error::core)?;
-    let (leaf, mut dropped) = crate::certify::leaf(
+    let (mut leaf, mut dropped) = crate::certify::leaf(
         session.unlocked(),
         &roster,
         &host,
@@ -188,6 +188,13 @@ pub fn renew_blocking(authority: &Authority) -> Result<RenewResult, MethodError>
         &csr_pem,
     )
     .map_err(refused)?;
+    // Names other plugins asked for (crate::request_names), checked again now.
+    let pending = crate::pending_names::apply_pending(
+        session.unlocked().ca().scope(),
+        &roster,
+        &host,
+        &mut leaf,
+    );
     let issued = crate::certify::sign(
         session.unlocked(),
         &roster,
@@ -213,6 +220,8 @@ pub fn renew_blocking(authority: &Authority) -> Result<RenewResult, MethodError>
             "expires_at": expires_at,
             "key_changed": true,
             "dropped_addresses": dropped,
+            "pending_names_added": pending.added,
+            "pending_names_dropped": pending.dropped,
         }),
     )?;
     let entry = roster.member(&host).cloned();
@@ -222,6 +231,8 @@ pub fn renew_blocking(authority: &Authority) -> Result<RenewResult, MethodError>
         entry.as_ref().map_or(Role::Primary, |e| e.role),
         entry.as_ref().and_then(|e| e.operator.clone()),
     );
+    member.pending_names =
+        crate::pending_names::still_pending(entry.as_ref(), &issued.dns_names, &pending);
     if let Some(e) = entry {
         member.reload_hook = e.reload_hook;
         member.proxy_entries = e.proxy_entries;

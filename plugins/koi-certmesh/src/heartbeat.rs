@@ -97,7 +97,11 @@ fn client_auth(
 }
 
 /// One beat against `endpoint`: the roster version, or why it failed.
-async fn beat_once(membership: &Membership, files: &CertFiles) -> Result<u64, String> {
+async fn beat_once(
+    layout: &Layout,
+    membership: &Membership,
+    files: &CertFiles,
+) -> Result<u64, String> {
     let endpoint_text = membership.ca_endpoint.clone().ok_or_else(|| {
         "membership.json records no CA address; join the mesh again with \
          `koi certmesh join --ca ADDR`"
@@ -117,6 +121,8 @@ async fn beat_once(membership: &Membership, files: &CertFiles) -> Result<u64, St
     .map_err(|e| e.message().to_owned())?;
     match answer {
         Answer::Ok(roster) if roster.mesh.ca_fingerprint == membership.ca_fingerprint => {
+            // Kept for `certmesh/members` on this member (crate::members).
+            crate::members::remember(layout, &roster);
             Ok(roster.mesh.roster_version)
         }
         Answer::Ok(roster) => Err(format!(
@@ -138,13 +144,13 @@ pub async fn beat(ctx: &Context, layout: &Layout) -> Option<(Heartbeat, Option<H
         return None;
     }
     let files = CertFiles::at(layout, &membership.hostname);
-    let mut outcome = beat_once(&membership, &files).await;
+    let mut outcome = beat_once(layout, &membership, &files).await;
     if outcome.is_err() {
         tokio::select! {
             _ = ctx.cancelled() => return None,
             _ = tokio::time::sleep(CONFIRM_DELAY) => {}
         }
-        outcome = beat_once(&membership, &files).await;
+        outcome = beat_once(layout, &membership, &files).await;
     }
     let previous = last(layout);
     let now = crate::schedule::rfc3339(SystemTime::now());

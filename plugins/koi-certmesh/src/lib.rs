@@ -22,6 +22,9 @@
 //! | `renew` | `koi certmesh renew [--now] [--keep-key]` | on a member: renew its certificate (a fresh key unless --keep-key) |
 //! | `set-hook` | `koi certmesh set-hook --reload CMD \| --clear \| --test [--timeout-secs N]` | the command run after each renewal |
 //! | `status` | `koi certmesh status` | mesh, role, lock, expiry, members, next renewal, hook |
+//! | `members` | `koi certmesh members` | the mesh's machines: host, names, addresses, expiry, role (any caller) |
+//! | `request-names` | `koi certmesh request-names NAME... [--host H] [--requester R]` | names for a machine's next certificate (plugins and CLI) |
+//! | `set-proxy-entries` | (koi-proxy) | this machine's proxy entries, mirrored into its roster entry (plugins and CLI) |
 //!
 //! # Modules
 //! - [`create`], [`unlock`], [`join`], [`issue`], [`trust`], [`log`], [`enrollment`],
@@ -46,6 +49,9 @@
 //!   `certmesh.heartbeat` events).
 //! - The CA's own API certificate: [`ca_renew`] (renewed at 2/3 of its lifetime, signed locally)
 //!   and [`hot_cert`] (the API's swappable certificate: no restart, no dropped connection).
+//! - For other plugins: [`members`] (`members`, the `certmesh.members.changed` service),
+//!   [`request_names`] (`request-names`), [`pending_names`] (applied at renewal), [`proxy_entries`]
+//!   (`set-proxy-entries`), [`names_api`] (their member → CA routes over mutual TLS).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -74,14 +80,19 @@ pub mod layout;
 pub mod leaf;
 pub mod leave;
 pub mod log;
+pub mod members;
 pub mod names;
+pub mod names_api;
 pub mod out_dir;
 pub mod ownership;
 pub mod pending;
+pub mod pending_names;
+pub mod proxy_entries;
 pub mod refusals;
 pub mod renew;
 pub mod renew_api;
 pub mod renew_files;
+pub mod request_names;
 pub mod rotate;
 pub mod schedule;
 pub mod secrets;
@@ -274,6 +285,8 @@ pub fn plugin() -> Plugin {
     .example("koi certmesh set-hook --test")
     .example("koi certmesh set-hook --clear");
 
+    let (members, request_names, set_proxy_entries) = for_plugins();
+
     Plugin::new(
         "certmesh",
         env!("CARGO_PKG_VERSION"),
@@ -291,6 +304,13 @@ pub fn plugin() -> Plugin {
     .method(close_enrollment)
     .method(renew)
     .method(set_hook)
+    .method(members)
+    .method(request_names)
+    .method(set_proxy_entries)
+    .publishes::<members::MembersChanged>(
+        members::MEMBERS_CHANGED,
+        "The roster changed (join, renewal, leave, names requested, proxy entries): re-call certmesh/members",
+    )
     .publishes::<renew::CertRenewed>(
         renew::CERT_RENEWED,
         "A member's certificate was renewed and its new files are in place",
@@ -312,7 +332,56 @@ pub fn plugin() -> Plugin {
     .service(schedule::SERVICE, schedule::service)
     // A member's heartbeat to its CA (crate::heartbeat), under `koi daemon` only.
     .service(heartbeat::SERVICE, heartbeat::service)
+    // `certmesh.members.changed` on the CA and on members (crate::members), under `koi daemon`.
+    .service(members::SERVICE, members::service)
     .shutdown_grace(background::SHUTDOWN_GRACE)
+}
+
+/// The methods other plugins call: `members`, `request-names`, `set-proxy-entries`.
+fn for_plugins() -> (Method, Method, Method) {
+    let members = Method::new(
+        "members",
+        "The mesh's machines: host, certificate names, addresses, expiry and role",
+        members::run,
+    )
+    .description(
+        "On the CA from its roster; on a member from the roster its heartbeat last fetched \
+         (empty until the first beat); role \"none\" in no mesh. Devices are not listed. \
+         `certmesh.members.changed` announces every new roster version.",
+    )
+    .example("koi certmesh members")
+    .example("koi certmesh members --json");
+
+    let request_names = Method::new(
+        "request-names",
+        "Ask for DNS names to join a machine's certificate at its next renewal",
+        request_names::run,
+    )
+    .description(
+        "For plugins (dns, proxy) and the CLI; refused over REST. Each name is checked now \
+         against the mesh's scope and ownership and again at the renewal. On the CA any \
+         machine of the mesh may be named with --host; on a member only the member itself, \
+         forwarded to the CA over mutual TLS.",
+    )
+    .positional(["names"])
+    .mutating()
+    .local_only()
+    .example("koi certmesh request-names grafana.lan")
+    .example("koi certmesh request-names grafana.lan --host stone-05 --requester dns");
+
+    let set_proxy_entries = Method::new(
+        "set-proxy-entries",
+        "Mirror this machine's proxy entries into its roster entry (called by koi-proxy)",
+        proxy_entries::run,
+    )
+    .description(
+        "The complete list for this machine (at most 64 entries: name, listen_port, backend \
+         URL of at most 256 characters). For plugins and the CLI; refused over REST.",
+    )
+    .mutating()
+    .local_only()
+    .example("koi certmesh set-proxy-entries --json");
+    (members, request_names, set_proxy_entries)
 }
 
 #[cfg(test)]

@@ -211,7 +211,7 @@ fn renew_locked(
             )));
         }
     }
-    let (leaf, mut dropped) = crate::certify::leaf(
+    let (mut leaf, mut dropped) = crate::certify::leaf(
         session.unlocked(),
         &roster,
         &entry.hostname,
@@ -219,6 +219,13 @@ fn renew_locked(
         &req.ip_addresses,
         &req.csr_pem,
     )?;
+    // Names other plugins asked for (crate::request_names), checked again now.
+    let pending = crate::pending_names::apply_pending(
+        session.unlocked().ca().scope(),
+        &roster,
+        &entry.hostname,
+        &mut leaf,
+    );
     let issued = crate::certify::sign(
         session.unlocked(),
         &roster,
@@ -228,6 +235,7 @@ fn renew_locked(
         &req.csr_pem,
         time::OffsetDateTime::now_utc(),
     )?;
+    let issued_names = issued.dns_names.clone();
     let old_key = crate::client_auth::public_key_of(der);
     let key_changed = old_key.as_deref() != crate::x509::public_key(&issued.cert_pem).as_deref();
     let hook = req
@@ -252,6 +260,8 @@ fn renew_locked(
                 "peer": peer.to_string(),
                 "reload_hook": hook,
                 "last_hook": req.last_hook.as_deref().map(|h| bounded(h, 200)),
+                "pending_names_added": pending.added,
+                "pending_names_dropped": pending.dropped,
             }),
         )
         .map_err(|e| Refusal::Internal(e.message().to_owned()))?;
@@ -263,6 +273,8 @@ fn renew_locked(
     );
     member.reload_hook = hook;
     member.proxy_entries = entry.proxy_entries.clone();
+    member.pending_names =
+        crate::pending_names::still_pending(Some(&entry), &issued_names, &pending);
     // The member holds the certificate it authenticated with until it installs this one.
     member.previous_fingerprint = Some(presented.fingerprint.clone());
     roster.upsert(member);

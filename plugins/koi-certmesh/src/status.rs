@@ -144,6 +144,11 @@ fn build(app: &App, daemon: bool) -> StatusReport {
                     "members".into(),
                     serde_json::to_value(RosterMember::all(&roster)).unwrap_or_default(),
                 );
+                // Names other plugins requested, waiting for each machine's next renewal.
+                details.insert(
+                    "pending_names".into(),
+                    crate::pending_names::pending_by_host(&roster),
+                );
                 // Device certificates expiring soon (crate::devices, issue 11 item 8).
                 let soon = crate::devices::expiring(&roster, now);
                 devices_text = crate::devices::status_text(&soon);

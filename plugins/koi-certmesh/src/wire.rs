@@ -54,6 +54,10 @@ pub struct MeshInfo {
     /// 0 before the first). Absent (read as 0) in answers from CAs older than the heartbeat.
     #[serde(default)]
     pub roster_version: u64,
+    /// The scope's DNS domains (empty: any name), for `certmesh/members`' `zone_hint` on
+    /// members. Absent in answers from CAs older than `certmesh/members`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
 }
 
 impl MeshInfo {
@@ -65,6 +69,7 @@ impl MeshInfo {
             zone: crate::names::zone_of(roster),
             primary: roster.mesh.primary.clone(),
             roster_version: roster.mesh.audit_head.as_ref().map_or(0, |h| h.seq),
+            domains: roster.mesh.scope.domains.clone(),
         }
     }
 }

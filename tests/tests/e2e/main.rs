@@ -16,6 +16,7 @@ mod certmesh_dos;
 mod certmesh_flood;
 mod certmesh_heartbeat;
 mod certmesh_leave;
+mod certmesh_names;
 mod certmesh_ownership;
 mod certmesh_renew;
 mod certmesh_rotate;
