@@ -8,6 +8,7 @@ mod lab;
 mod mesh;
 mod names;
 mod safety;
+mod san;
 
 use crate::support::certmesh::mdns_bin;
 use crate::support::dns_bin;
