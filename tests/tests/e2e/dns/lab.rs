@@ -1,8 +1,8 @@
 //! The three-host dns lab: A serves (koi-dns + koi-mdns under the daemon), B and C as needed.
 
 use super::install;
-use crate::support::DaemonProc;
 use crate::support::netlab::SwitchLab;
+use crate::support::{DaemonProc, fixture};
 
 /// A lab with A's daemon started and `koi dns serve` run on A with `serve_args`.
 pub struct DnsLab {
@@ -17,6 +17,10 @@ impl DnsLab {
     pub fn new(serve_args: &[&str]) -> Self {
         let lab = SwitchLab::new("dns", 3);
         install(lab.host(0), true);
+        // Records the dns.alias.* events A's koi-dns publishes (aliaswatch.events in its pid dir).
+        lab.host(0)
+            .env
+            .install(&fixture("koi-aliaswatch"), "aliaswatch");
         let a_daemon = Some(lab.host(0).env.start_daemon(&[("KOI_LOG", "info")]));
         let me = Self { lab, a_daemon };
         me.serve(serve_args);
@@ -35,6 +39,12 @@ impl DnsLab {
     /// A's address.
     pub fn a_ip(&self) -> String {
         self.lab.host(0).ip.clone()
+    }
+
+    /// The `dns.alias.*` events A's koi-dns published, as recorded by the koi-aliaswatch fixture.
+    pub fn alias_events(&self) -> String {
+        std::fs::read_to_string(self.lab.host(0).env.pids.join("aliaswatch.events"))
+            .unwrap_or_default()
     }
 
     /// `@A` for dig.

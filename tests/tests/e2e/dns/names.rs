@@ -1,6 +1,7 @@
 //! Where names come from: static entries (live at once, kept across a daemon restart) and mDNS
-//! (an alias within seconds, two instances rotating with disambiguated names, SRV with the port,
-//! the goodbye removing the alias, a public address never answered).
+//! (an alias within seconds, published as `dns.alias.created`, two instances rotating with
+//! disambiguated names, SRV with the port, the goodbye removing the alias and publishing
+//! `dns.alias.removed`, a public address never answered).
 
 use super::lab::DnsLab;
 use super::{SOON, addresses, dig, install, status};
@@ -78,6 +79,11 @@ fn mdns_services_become_aliases_with_rotation_disambiguation_srv_and_goodbye() {
     wait_until("grafana.lan gives B's address", SOON, || {
         addresses(&dig(c, &[&at, "grafana.lan"])) == vec![b_ip.clone()]
     });
+    wait_until("dns.alias.created reaches a subscriber", SOON, || {
+        dl.alias_events()
+            .lines()
+            .any(|l| l.contains("dns.alias.created") && l.contains("\"grafana.lan\""))
+    });
     let srv = dig(c, &[&at, "SRV", "_grafana._tcp.lan"]);
     assert!(srv.contains("3000 dns-b.lan."), "SRV with the port: {srv}");
 
@@ -136,5 +142,10 @@ fn mdns_services_become_aliases_with_rotation_disambiguation_srv_and_goodbye() {
         .expect_code(0);
     wait_until("the goodbye removes grafana.lan", SOON, || {
         status(&dig(c, &[&at, "grafana.lan"])) == "NXDOMAIN"
+    });
+    wait_until("dns.alias.removed reaches a subscriber", SOON, || {
+        dl.alias_events()
+            .lines()
+            .any(|l| l.contains("dns.alias.removed") && l.contains("\"grafana.lan\""))
     });
 }
