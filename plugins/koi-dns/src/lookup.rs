@@ -1,6 +1,8 @@
-//! `koi dns lookup NAME [--type A|AAAA|SRV|TXT|PTR|ANY]`: with a server running in this process
-//! (under `koi daemon`), a real UDP query to its first listener; without one, an in-process
-//! resolution from the table. Either way the answer says which source produced it.
+//! `koi dns lookup NAME [--type A|AAAA|SRV|TXT|PTR|ANY]`: with a server running (under `koi
+//! daemon` in this process, or a foreground `koi dns serve` noted in `running.json`), a real UDP
+//! query to its first listener; without one, an in-process resolution from the table. Either way
+//! the answer says which source produced it (read from this process's table, which the same
+//! files and events feed).
 
 use crate::entries::refresh_if_one_shot;
 use crate::state::Dns;
@@ -118,6 +120,9 @@ pub async fn lookup(ctx: Context, p: LookupParams) -> Result<LookupResult, Metho
             .as_ref()
             .and_then(|r| r.config.listen.first().copied())
     };
+    // A foreground `koi dns serve` in another process counts as a running server too.
+    let target = target
+        .or_else(|| crate::verbs::foreground(&dns).and_then(|f| f.listeners.first().copied()));
     if target.is_none() {
         refresh_if_one_shot(&ctx, &dns).await;
     }

@@ -29,6 +29,9 @@ fn sane(s: &ServiceRecord) -> bool {
         && s.addresses.len() <= 32
         && s.addresses.iter().all(|a| short(a, 64))
         && s.txt.len() <= 64
+        && s.txt.iter().all(|(k, v)| {
+            k.len() + v.len() < 255 && !k.chars().chain(v.chars()).any(char::is_control)
+        })
 }
 
 /// `mdns.service.*`: applied in order; a gap triggers a resync.

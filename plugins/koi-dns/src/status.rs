@@ -59,7 +59,23 @@ pub async fn report(ctx: Context) -> StatusReport {
                     true,
                 )
             }
-            None => ("not serving (start with `koi dns serve`)".to_owned(), false),
+            None => match crate::verbs::foreground(&dns) {
+                Some(f) => {
+                    let listeners: Vec<String> =
+                        f.listeners.iter().map(ToString::to_string).collect();
+                    let summary = format!(
+                        "a foreground `koi dns serve` (pid {}) serves on {}",
+                        f.pid,
+                        listeners.join(", ")
+                    );
+                    details.insert(
+                        "foreground".into(),
+                        json!({"pid": f.pid, "listeners": listeners}),
+                    );
+                    (summary, false)
+                }
+                None => ("not serving (start with `koi dns serve`)".to_owned(), false),
+            },
         }
     };
     if !serving {

@@ -10,9 +10,10 @@ use crate::sources;
 use crate::state::{Dns, lock};
 use crate::wire::Acl;
 use koi_sdk::protocol::handshake::RunMode;
+use koi_sdk::store::JsonFile;
 use koi_sdk::{Context, MethodError, NoParams};
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -122,6 +123,25 @@ pub async fn serve(ctx: Context, params: ServeParams) -> Result<ServeResult, Met
         .await?;
         return Ok(result(&config, true, false));
     }
+    // Tell other `koi dns` runs where this foreground server listens (`lookup`, `status`).
+    let marker = foreground_file(&dns);
+    if let Some(f) = marker.clone() {
+        let mark = Foreground {
+            pid: std::process::id(),
+            listeners: config.listen.clone(),
+        };
+        let saved = ctx
+            .blocking("note the foreground DNS server", move || {
+                f.save(&mark).map_err(|e| MethodError::new(e.to_string()))
+            })
+            .await;
+        if let Err(e) = saved {
+            tracing::info!(
+                "other koi dns runs will not find this server: {}",
+                e.message()
+            );
+        }
+    }
     let mut stamp = static_stamp(&dns);
     loop {
         tokio::select! {
@@ -136,7 +156,31 @@ pub async fn serve(ctx: Context, params: ServeParams) -> Result<ServeResult, Met
         refresh_acl(&dns).await;
     }
     stop_server(&dns).await;
+    if let Some(f) = marker {
+        let _ = std::fs::remove_file(f.path());
+    }
     Ok(result(&config, false, true))
+}
+
+/// What `$KOI_HOME/dns/running.json` holds while a foreground `koi dns serve` runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Foreground {
+    /// The koi-dns process serving.
+    pub pid: u32,
+    /// Its listeners.
+    pub listeners: Vec<std::net::SocketAddr>,
+}
+
+fn foreground_file(dns: &Dns) -> Option<Arc<JsonFile<Foreground>>> {
+    let dir = dns.data_dir.as_ref().ok()?;
+    Some(Arc::new(JsonFile::new(dir.join("running.json"))))
+}
+
+/// The foreground server another `koi dns serve` runs on this machine, if its process lives.
+pub fn foreground(dns: &Dns) -> Option<Foreground> {
+    let f = foreground_file(dns)?.load().ok()??;
+    let alive = std::path::Path::new(&format!("/proc/{}", f.pid)).exists();
+    (alive && f.pid != std::process::id()).then_some(f)
 }
 
 fn static_stamp(dns: &Dns) -> Option<std::time::SystemTime> {

@@ -4,6 +4,7 @@
 //! refusals (foreign subnet, public addresses, flood), the `local` zone and port 53 without
 //! privilege.
 
+mod foreground;
 mod lab;
 mod mesh;
 mod names;
