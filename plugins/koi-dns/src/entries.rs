@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 pub struct AddParams {
     /// The name: one label (`nas`, the zone is added) or a name in the zone (`nas.lan`).
     pub name: String,
-    /// Its private addresses (1 to 16).
+    /// Its private addresses (1 to 32).
     pub ip: Vec<String>,
 }
 

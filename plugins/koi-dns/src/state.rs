@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// Most static names.
 pub const MAX_STATIC: usize = 4096;
 /// Most addresses per static name.
-pub const MAX_STATIC_ADDRS: usize = 16;
+pub const MAX_STATIC_ADDRS: usize = 32;
 /// Most mDNS services kept.
 pub const MAX_SERVICES: usize = 4096;
 /// Most certmesh members kept.

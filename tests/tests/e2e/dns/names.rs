@@ -1,4 +1,5 @@
-//! Where names come from: static entries (live at once, kept across a daemon restart) and mDNS
+//! Where names come from: static entries (live at once, kept across a daemon restart, with PTR,
+//! and a large answer truncated over UDP and whole over TCP) and mDNS
 //! (an alias within seconds, published as `dns.alias.created`, two instances rotating with
 //! disambiguated names, SRV with the port, the goodbye removing the alias and publishing
 //! `dns.alias.removed`, a public address never answered).
@@ -21,6 +22,30 @@ fn static_entries_answer_at_once_vanish_at_once_and_survive_a_daemon_restart() {
     let out = dig(c, &[&at, "nas.lan"]);
     assert_eq!(addresses(&out), vec!["10.1.2.3"], "{out}");
     assert!(out.contains(" aa"), "authoritative: {out}");
+    let ptr = dig(c, &[&at, "-x", "10.1.2.3", "+short"]);
+    assert_eq!(ptr.trim(), "nas.lan.", "PTR for a known private address");
+    // 16 IPv4 and 16 IPv6 addresses: ANY does not fit 512 bytes, so UDP says TC and dig retries
+    // over TCP, where the whole answer comes.
+    let mut big = vec!["dns".to_owned(), "add".to_owned(), "big".to_owned()];
+    big.extend((1..=16).map(|i| format!("10.2.0.{i}")));
+    big.extend((1..=16).map(|i| format!("fd00::{i}")));
+    a.env
+        .run(&big.iter().map(String::as_str).collect::<Vec<_>>())
+        .expect_code(0);
+    // (dig sends ANY over TCP unless told +notcp.)
+    let udp = dig(c, &[&at, "+notcp", "+noedns", "+ignore", "ANY", "big.lan"]);
+    let flags = udp
+        .lines()
+        .find(|l| l.starts_with(";; flags:"))
+        .unwrap_or_default();
+    assert!(
+        flags.contains(" tc ") && addresses(&udp).is_empty(),
+        "UDP answer: {udp}"
+    );
+    // Without +ignore, dig retries the truncated answer over TCP and says so: "(TCP)".
+    let out = dig(c, &[&at, "+notcp", "+noedns", "ANY", "big.lan"]);
+    assert!(out.contains(") (TCP)"), "not retried over TCP: {out}");
+    assert_eq!(addresses(&out).len(), 32, "{out}");
     a.env
         .run(&["dns", "add", "printer", "10.1.2.4"])
         .expect_code(0);
