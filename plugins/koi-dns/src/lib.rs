@@ -27,7 +27,7 @@
 //! - [`snapshot`] — the table and how one question is answered.
 //! - [`wire`] — one packet in, one verdict out (ACL, rate limit, EDNS0, truncation, FORMERR).
 //! - [`fast`] — prebuilt answers for the common A/AAAA query (the hot path).
-//! - [`server`] — UDP workers (SO_REUSEPORT), TCP, bind errors with their fix.
+//! - [`server`] — UDP workers on one socket per address, TCP, bind errors with their fix.
 //! - [`forward`] — relaying to upstreams with a deadline.
 //! - [`ratelimit`], [`stats`], [`config`], [`addrs`].
 

@@ -1,7 +1,8 @@
-//! Per-client token buckets: `rate` queries per second sustained, `burst` at once. Each UDP
-//! worker owns one limiter (no lock on the hot path), so a client whose queries the kernel
-//! spreads over W workers (different source ports) can reach W × the rate; the TCP path shares
-//! one. The table is bounded: when it is full, idle clients (buckets refilled) are forgotten
+//! Per-client token buckets: `rate` queries per second sustained, `burst` at once. Each of the W
+//! UDP workers owns one limiter with 1/W of the rate and burst (no lock on the hot path); the
+//! workers read one socket and the kernel hands packets to whichever waits, so a client's
+//! queries spread over them and the sum holds it near the configured limit. The TCP path shares
+//! one limiter with the whole limit. The table is bounded: when it is full, idle clients (buckets refilled) are forgotten
 //! first, and if all are busy the table starts over.
 
 use std::collections::HashMap;

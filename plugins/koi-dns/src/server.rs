@@ -1,6 +1,8 @@
-//! The server: for each listen address, W UDP sockets bound with SO_REUSEPORT, each read by its
-//! own thread in a tight blocking loop (the kernel spreads clients over them), and one TCP
-//! listener on the tokio runtime. Every query reads the current [`Snapshot`] and [`Acl`] through
+//! The server: for each listen address, one UDP socket read by W threads, each in a tight
+//! blocking loop (the kernel wakes one waiting thread per packet, so the load spreads evenly
+//! whatever the clients' ports — SO_REUSEPORT's hash could give one thread all of a few busy
+//! clients — and no other process can bind the same port beside us), and one TCP listener on the
+//! tokio runtime. Every query reads the current [`Snapshot`] and [`Acl`] through
 //! arc-swap, so nothing on the hot path takes a lock. Forwards are handed to the runtime and
 //! answered from there. All sockets are bound before anything starts, so a bind failure is
 //! reported whole, with the exact fix for port 53 without privilege.
@@ -83,7 +85,6 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    s.set_reuse_port(true)?;
     s.bind(&addr.into())?;
     s.set_read_timeout(Some(Duration::from_millis(250)))?;
     Ok(s.into())
@@ -112,16 +113,13 @@ pub fn start(
     let mut tcp = Vec::new();
     for addr in &config.listen {
         let first = udp_socket(*addr).map_err(|e| bind_error(*addr, "UDP", &e))?;
-        // A port of 0 picks one: the other workers and TCP use what the first got.
+        // A port of 0 picks one: TCP uses what UDP got.
         let addr = first
             .local_addr()
             .map_err(|e| bind_error(*addr, "UDP", &e))?;
-        udp.push((addr, first));
-        for _ in 1..config.workers {
-            udp.push((
-                addr,
-                udp_socket(addr).map_err(|e| bind_error(addr, "UDP", &e))?,
-            ));
+        let first = Arc::new(first);
+        for _ in 0..config.workers {
+            udp.push((addr, first.clone()));
         }
         tcp.push((
             addr,
@@ -135,11 +133,12 @@ pub fn start(
     let fwd_counters = Arc::new(Counters::default());
     let mut counters = vec![fwd_counters.clone()];
     let mut threads = Vec::new();
+    let workers = u32::try_from(config.workers).unwrap_or(1).max(1);
     for (k, (addr, sock)) in udp.into_iter().enumerate() {
         let c = Arc::new(Counters::default());
         counters.push(c.clone());
         let w = Worker {
-            sock: Arc::new(sock),
+            sock,
             shared: shared.clone(),
             stop: stop.clone(),
             counters: c,
@@ -148,7 +147,11 @@ pub fn start(
             rt: rt.clone(),
             upstreams: Arc::from(config.upstreams.clone()),
             timeout: config.upstream_timeout,
-            limiter: Limiter::new(config.rate, config.burst),
+            // The workers share the clients evenly, so each holds its share of the limit.
+            limiter: Limiter::new(
+                config.rate.div_ceil(workers),
+                config.burst.div_ceil(workers),
+            ),
         };
         let t = std::thread::Builder::new()
             .name(format!("dns-udp-{k}"))
