@@ -23,6 +23,7 @@ mod certmesh_rotate;
 mod certmesh_service;
 mod cli;
 mod daemon;
+mod dns;
 mod escapes;
 mod events_order;
 mod health;

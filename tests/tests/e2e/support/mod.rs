@@ -49,6 +49,11 @@ pub fn example(name: &str) -> PathBuf {
     built(bin_dir().join("examples").join(name))
 }
 
+/// The built `koi-dns` plugin (`target/debug/koi-dns`).
+pub fn dns_bin() -> PathBuf {
+    built(bin_dir().join("koi-dns"))
+}
+
 /// One isolated Koi installation.
 pub struct KoiEnv {
     pub dir: tempfile::TempDir,
