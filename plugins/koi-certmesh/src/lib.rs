@@ -44,6 +44,9 @@
 //!   test clock).
 //! - [`heartbeat`] — the member's heartbeat to the CA (daemon service, `status` record,
 //!   `certmesh.heartbeat` events).
+//! - Renewal pushed by the CA: [`push`] (the CA's `push` service: when, retries, audit, status),
+//!   [`push_send`] (one push: re-sign the member's key, deliver), [`push_listen`] (the member's
+//!   push endpoint, `push-receiver` service) and [`push_accept`] (what a member accepts).
 //! - The CA's own API certificate: [`ca_renew`] (renewed at 2/3 of its lifetime, signed locally)
 //!   and [`hot_cert`] (the API's swappable certificate: no restart, no dropped connection).
 
@@ -78,6 +81,10 @@ pub mod names;
 pub mod out_dir;
 pub mod ownership;
 pub mod pending;
+pub mod push;
+pub mod push_accept;
+pub mod push_listen;
+pub mod push_send;
 pub mod refusals;
 pub mod renew;
 pub mod renew_api;
@@ -312,6 +319,9 @@ pub fn plugin() -> Plugin {
     .service(schedule::SERVICE, schedule::service)
     // A member's heartbeat to its CA (crate::heartbeat), under `koi daemon` only.
     .service(heartbeat::SERVICE, heartbeat::service)
+    // Renewal pushed by the CA (crate::push) and received by members (crate::push_listen).
+    .service(push::SERVICE, push::service)
+    .service(push_listen::SERVICE, push_listen::service)
     .shutdown_grace(background::SHUTDOWN_GRACE)
 }
 
