@@ -281,7 +281,7 @@ async fn sweep(ctx: &Context, authority: &Arc<Authority>) -> Duration {
         }
     }
     if state != before
-        && let Err(e) = store.save(&state)
+        && let Err(e) = store.save(&state).or_else(|_| store.save(&state))
     {
         tracing::warn!("could not record the push state: {e}");
     }

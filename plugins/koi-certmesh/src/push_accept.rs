@@ -104,10 +104,6 @@ pub struct RefusedPush {
 /// The member's push record (`certmesh/push.json`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct PushRecord {
-    /// Where the push endpoint listens, once it does.
-    pub listening: Option<String>,
-    /// Why it does not, if binding failed.
-    pub listen_error: Option<String>,
     /// Pushes accepted since the record was made.
     pub accepted: u64,
     /// When the last one was accepted (RFC 3339).
@@ -122,19 +118,25 @@ fn store(layout: &Layout) -> JsonFile<PushRecord> {
     JsonFile::new(layout.dir().join("push.json"))
 }
 
-/// Changes the push record (a failure to write it is logged, never fatal).
+/// Changes the push record (a failure to write it is logged, never fatal). Tried twice: a
+/// writer taking the writer lock sweeps temporary files in the directory, ours included.
 pub fn update(layout: &Layout, f: impl FnOnce(&mut PushRecord)) {
     let store = store(layout);
     let mut record = store.load_or_default().unwrap_or_default();
     f(&mut record);
-    if let Err(e) = store.save(&record) {
+    if let Err(e) = store.save(&record).or_else(|_| store.save(&record)) {
         tracing::warn!("could not record the push state: {e}");
     }
 }
 
-/// The push part of a member's `status`.
+/// The push part of a member's `status`: the endpoint (in this process, [`crate::push_listen`])
+/// and the record.
 pub fn status_details(layout: &Layout) -> Value {
-    json!(store(layout).load_or_default().unwrap_or_default())
+    let (listening, listen_error) = crate::push_listen::listen_state();
+    let mut details = json!(store(layout).load_or_default().unwrap_or_default());
+    details["listening"] = json!(listening);
+    details["listen_error"] = json!(listen_error);
+    details
 }
 
 fn now_text() -> String {

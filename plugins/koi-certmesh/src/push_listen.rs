@@ -52,6 +52,23 @@ pub const MAX_PUSHES_PER_MINUTE: u32 = 30;
 /// How often a member without a mesh (or whose bind failed) looks again.
 pub const IDLE_POLL: Duration = Duration::from_secs(5);
 
+/// Where the endpoint of this process listens, or why it does not (what `status` shows).
+static LISTEN: Mutex<(Option<String>, Option<String>)> = Mutex::new((None, None));
+
+fn set_listen(listening: Option<String>, error: Option<String>) {
+    *LISTEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = (listening, error);
+}
+
+/// `(listening address, bind error)` of this process's push endpoint.
+pub fn listen_state() -> (Option<String>, Option<String>) {
+    LISTEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
 fn bind_address() -> Result<SocketAddr, String> {
     match std::env::var(PUSH_BIND_ENV) {
         Ok(text) => text.parse().map_err(|_| {
@@ -89,10 +106,7 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
                         tracing::warn!("certmesh push endpoint not listening: {e}");
                         reported = Some(e.clone());
                     }
-                    crate::push_accept::update(&layout, |r| {
-                        r.listening = None;
-                        r.listen_error = Some(e);
-                    });
+                    set_listen(None, Some(e));
                 }
             }
         }
@@ -123,10 +137,7 @@ async fn start(
         .local_addr()
         .map_or_else(|_| addr.to_string(), |a| a.to_string());
     tracing::info!(%local, "certmesh push endpoint listening");
-    crate::push_accept::update(layout, |r| {
-        r.listening = Some(local);
-        r.listen_error = None;
-    });
+    set_listen(Some(local), None);
     Ok((listener, cert, ca_pem))
 }
 
@@ -191,7 +202,7 @@ async fn serve(
             .await;
         });
     }
-    crate::push_accept::update(layout, |r| r.listening = None);
+    set_listen(None, None);
     while open.join_next().await.is_some() {}
 }
 

@@ -238,8 +238,14 @@ fn sign(
         let held =
             crate::client_auth::MemberCert::verify(presented, session.unlocked().ca().cert_der())
                 .map_err(|e| MethodError::new(format!("the member's certificate: {e}")))?;
-        let mut leaf = LeafRequest::new(entry.hostname.clone());
-        leaf.dns_names = entry.dns_names.clone();
+        // The entry's names as issued: the first is the subject (as in crate::leaf).
+        let (first, rest) = entry.dns_names.split_first().ok_or_else(|| {
+            MethodError::new(format!(
+                "the roster entry {hostname} records no DNS name to renew"
+            ))
+        })?;
+        let mut leaf = LeafRequest::new(first.clone());
+        leaf.dns_names = rest.to_vec();
         leaf.ip_addresses = entry.ip_addresses.clone();
         leaf.validity = crate::clock::leaf_lifetime();
         let _dropped = crate::ownership::drop_held_addresses(&roster, &mut leaf, hostname);

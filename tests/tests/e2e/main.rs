@@ -17,6 +17,7 @@ mod certmesh_flood;
 mod certmesh_heartbeat;
 mod certmesh_leave;
 mod certmesh_ownership;
+mod certmesh_push;
 mod certmesh_renew;
 mod certmesh_rotate;
 mod certmesh_service;
