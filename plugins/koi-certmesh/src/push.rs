@@ -98,6 +98,11 @@ pub struct MemberPush {
     /// When the certificate the member holds (`serial`) expires, once a push was signed.
     #[serde(default)]
     pub held_expires_at: Option<String>,
+    /// No push before this time (RFC 3339): set when a certificate just pushed is already due,
+    /// which happens only when its lifetime is shorter than the back-dating of `notBefore`
+    /// (test lifetimes), so the CA does not push in a loop.
+    #[serde(default)]
+    pub hold_until: Option<String>,
 }
 
 /// The CA's push state (`certmesh/push-state.json`).
@@ -209,6 +214,9 @@ async fn sweep(ctx: &Context, authority: &Arc<Authority>) -> Duration {
                 // A new certificate (renewed by pull, or by the push just made): start over.
                 let pushed = rec.state == "pushed"
                     && rec.pushed_serial.as_deref() == Some(m.serial.as_str());
+                let already_due = push_at(m.issued_at, m.expires_at) <= now;
+                let hold = (pushed && already_due)
+                    .then(|| text(now + retry_bounds(m.expires_at - m.issued_at).1));
                 rec = MemberPush {
                     serial: m.serial.clone(),
                     state: if pushed {
@@ -218,6 +226,7 @@ async fn sweep(ctx: &Context, authority: &Arc<Authority>) -> Duration {
                     },
                     pushed_serial: rec.pushed_serial.filter(|_| pushed),
                     last_attempt_at: rec.last_attempt_at.filter(|_| pushed),
+                    hold_until: hold,
                     ..MemberPush::default()
                 };
             }
@@ -233,7 +242,9 @@ async fn sweep(ctx: &Context, authority: &Arc<Authority>) -> Duration {
             rec.state = "expired".into();
             rec.next_attempt_at = None;
         } else {
-            let next = parse(rec.next_attempt_at.as_ref()).filter(|_| rec.attempts > 0);
+            let next = parse(rec.next_attempt_at.as_ref())
+                .filter(|_| rec.attempts > 0)
+                .or_else(|| parse(rec.hold_until.as_ref()));
             if rec.state != "failed" && rec.state != "refused" {
                 rec.state = "pending".into();
             }
@@ -254,7 +265,7 @@ async fn sweep(ctx: &Context, authority: &Arc<Authority>) -> Duration {
     if !due.is_empty() {
         let files = CertFiles::at(&layout, &own.hostname);
         let results = push_all(ctx, authority, due, &files, &roster.mesh.ca_fingerprint).await;
-        for (host, outcome) in results {
+        for (host, outcome, took) in results {
             let Some(rec) = state.members.get_mut(&host) else {
                 continue;
             };
@@ -263,7 +274,7 @@ async fn sweep(ctx: &Context, authority: &Arc<Authority>) -> Duration {
             let (first, max) = retry_bounds(life);
             rec.attempts = rec.attempts.saturating_add(1);
             rec.last_attempt_at = Some(text(OffsetDateTime::now_utc()));
-            let ok = apply(ctx, authority, &host, rec, outcome).await;
+            let ok = apply(ctx, authority, &host, rec, outcome, took).await;
             if ok {
                 rec.retry_secs = 0;
                 rec.next_attempt_at = None;
@@ -300,7 +311,7 @@ async fn push_all(
     due: Vec<(String, Vec<std::net::IpAddr>)>,
     files: &CertFiles,
     fingerprint: &str,
-) -> Vec<(String, Outcome)> {
+) -> Vec<(String, Outcome, Duration)> {
     let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
     let mut set = JoinSet::new();
     for (host, addresses) in due {
@@ -313,8 +324,9 @@ async fn push_all(
         );
         set.spawn(async move {
             let _permit = limit.acquire_owned().await;
+            let started = std::time::Instant::now();
             let outcome = push_one(&ctx, &authority, &host, &addresses, &files, &fingerprint).await;
-            (host, outcome)
+            (host, outcome, started.elapsed())
         });
     }
     let mut out = Vec::new();
@@ -333,7 +345,9 @@ async fn apply(
     host: &str,
     rec: &mut MemberPush,
     outcome: Outcome,
+    took: Duration,
 ) -> bool {
+    let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
     let (event, details, ok) = match outcome {
         Err((e, signed)) => {
             tracing::info!(host, "renewal push not delivered: {e}");
@@ -357,6 +371,7 @@ async fn apply(
                 json!({
                     "hostname": host, "old_serial": signed.old_serial, "serial": signed.serial,
                     "expires_at": signed.not_after, "peer": addr.to_string(),
+                    "duration_ms": duration_ms,
                 }),
                 true,
             )
@@ -373,7 +388,7 @@ async fn apply(
                 json!({
                     "hostname": host, "old_serial": signed.old_serial, "serial": signed.serial,
                     "status": status, "reason": crate::refusals::bounded(&body.reason, 60),
-                    "error": error, "peer": addr.to_string(),
+                    "error": error, "peer": addr.to_string(), "duration_ms": duration_ms,
                 }),
                 false,
             )

@@ -571,3 +571,59 @@ fn pushes_from_another_mesh_for_another_key_or_replayed_are_refused_and_recorded
         "{record:#}"
     );
 }
+
+#[test]
+fn a_locked_ca_pushes_nothing_says_so_in_status_and_pushes_right_after_unlock() {
+    if !root_or_skip("a_locked_ca_pushes_nothing_says_so_in_status_and_pushes_right_after_unlock") {
+        return;
+    }
+    let lab = NetLab::new("pl");
+    let lifetime = [("KOI_TEST_CERT_LIFETIME_SECS", "120")];
+    let (mut a, ca) = ca_with_env(&lab, &lifetime);
+    join_b(&lab, &ca);
+    let cert = cert_dir(&lab.b).join("cert.pem");
+    let old_serial = serial_of(&cert);
+    // A CA daemon starts locked.
+    a.terminate(Duration::from_secs(10));
+    let a = lab.a.env.start_daemon(&lifetime);
+    wait_for_api(&lab.a, &lab.a.ip);
+    let b = lab.b.env.start_daemon(&[NO_PULL]);
+    wait_or_dump(
+        &lab,
+        &[&a, &b],
+        "the locked CA saying a push waits for unlock",
+        Duration::from_secs(150),
+        || {
+            let status = lab.a.env.run(&["certmesh", "status", "--json"]);
+            status.json()["details"]["push"]["waiting_for_unlock"]
+                .as_u64()
+                .is_some_and(|n| n >= 1)
+        },
+    );
+    let status = lab.a.env.run(&["certmesh", "status", "--json"]);
+    assert!(
+        status.json()["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("wait for `koi certmesh unlock`")),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(serial_of(&cert), old_serial, "a locked CA signs nothing");
+    assert!(events_of(&lab.a.env, "cert_pushed", &lab.b.hostname).is_empty());
+
+    lab.a
+        .env
+        .run(&["certmesh", "unlock", "--passphrase-file", &ca.pass_file])
+        .expect_code(0);
+    wait_or_dump(
+        &lab,
+        &[&a, &b],
+        "the push after unlock",
+        Duration::from_secs(30),
+        || serial_of(&cert) != old_serial,
+    );
+    verifies(&ca.ca_pem, &cert);
+    wait_until("cert_pushed audited", Duration::from_secs(15), || {
+        !events_of(&lab.a.env, "cert_pushed", &lab.b.hostname).is_empty()
+    });
+}
