@@ -458,6 +458,15 @@ fn other_mesh(dir: &Path, public_key: &Path, name: &str) -> (PathBuf, PathBuf, P
     )
 }
 
+/// One crafted push: what, client certificate and key, certificate pushed, status, reason.
+type Case<'a> = (
+    &'a str,
+    Option<(&'a Path, &'a Path)>,
+    &'a Path,
+    u16,
+    &'a str,
+);
+
 #[test]
 fn pushes_from_another_mesh_for_another_key_or_replayed_are_refused_and_recorded() {
     if !root_or_skip(
@@ -517,7 +526,7 @@ fn pushes_from_another_mesh_for_another_key_or_replayed_are_refused_and_recorded
         })
     };
     let mesh = Some((mesh_cert.as_path(), mesh_key.as_path()));
-    let cases: Vec<(&str, Option<(&Path, &Path)>, &Path, u16, &str)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "no client certificate",
             None,
