@@ -6,13 +6,14 @@
 //! a tenth of the lifetime (3 days for the 30-day default), so the member's own pull, and its
 //! retries, normally win; [`push_at`] is 2/3 + 1/10 of the lifetime from `notBefore`, as the
 //! roster records it (`issued_at`, `expires_at`). The CA looks at its roster with wall-clock
-//! time at least every [`CHECK_INTERVAL`]. An entry past its push time and not yet expired is
-//! pushed ([`crate::push_send::push_one`]); a failed push (member offline, refused) is retried
-//! with a backoff of [`retry_bounds`] — 1/60 of the lifetime doubling to 1/12, within 1 s to
-//! 30 s and 15 min (30 s to 15 min for 30-day certificates) — until the certificate expires; an
-//! expired certificate is no longer pushed (the member must renew or join again, as seed 000
-//! says). At most [`PARALLEL`] pushes run at once. Only active members are pushed to, never
-//! devices or the CA itself.
+//! time at least every [`CHECK_INTERVAL`] (every 1/12 of a member's lifetime if shorter). An
+//! entry past its push time and not yet expired is pushed ([`crate::push_send::push_one`]); a
+//! failed push (member offline, refused) is retried with a backoff of [`retry_bounds`] — 1/60 of
+//! the lifetime doubling to 1/12, within 1 s to 30 s and 15 min (30 s to 15 min for 30-day
+//! certificates) — until the certificate expires; an expired certificate is no longer pushed (the
+//! member must renew or join again, as seed 000 says). After an accepted push the next one to
+//! the same member waits at least the largest backoff. At most [`PARALLEL`] pushes run at once.
+//! Only active members are pushed to, never devices or the CA itself.
 //!
 //! Locked: a locked CA cannot sign, so it pushes nothing; `status` says how many members wait
 //! for `koi certmesh unlock`.
@@ -49,7 +50,8 @@ pub const SERVICE: &str = "push";
 pub const CERT_PUSHED: &str = "cert_pushed";
 /// Audit event: a member refused a renewal the CA pushed.
 pub const PUSH_REFUSED: &str = "push_refused";
-/// Longest wait between two looks at the roster.
+/// Longest wait between two looks at the roster (shorter for short lifetimes: 1/12 of the
+/// shortest one).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// The grace after the member's own renewal time: lifetime / this.
 pub const GRACE_DIVISOR: i32 = 10;
@@ -98,9 +100,9 @@ pub struct MemberPush {
     /// When the certificate the member holds (`serial`) expires, once a push was signed.
     #[serde(default)]
     pub held_expires_at: Option<String>,
-    /// No push before this time (RFC 3339): set when a certificate just pushed is already due,
-    /// which happens only when its lifetime is shorter than the back-dating of `notBefore`
-    /// (test lifetimes), so the CA does not push in a loop.
+    /// No push before this time (RFC 3339): after an accepted push, the largest backoff, so a
+    /// certificate that is due at once (test lifetimes shorter than the back-dating of
+    /// `notBefore`) is not pushed in a loop.
     #[serde(default)]
     pub hold_until: Option<String>,
 }
@@ -194,13 +196,28 @@ async fn sweep(ctx: &Context, authority: &Arc<Authority>) -> Duration {
             }
         }
     };
-    let store = store(&layout);
-    let before = store.load_or_default().unwrap_or_default();
+    let before = {
+        let layout = layout.clone();
+        ctx.blocking("read the push state", move || {
+            Ok(store(&layout).load_or_default().unwrap_or_default())
+        })
+        .await
+        .unwrap_or_default()
+    };
     let mut state = PushState::default();
     let now = OffsetDateTime::now_utc();
-    let mut next_wake = now + CHECK_INTERVAL;
+    // With the debug-only test lifetime, a member that joins between two looks is seen in time.
+    let first_look = crate::clock::leaf_lifetime()
+        .and_then(|l| Duration::try_from(l / 12).ok())
+        .map_or(CHECK_INTERVAL, |l| {
+            l.clamp(Duration::from_secs(1), CHECK_INTERVAL)
+        });
+    let mut next_wake = now + first_look;
     let mut due = Vec::new();
     for m in roster.members.iter().filter(|m| pushable(m, &own.hostname)) {
+        // Short lifetimes are looked at more often: every 1/12 of the lifetime, 1 s at least.
+        let look = Duration::try_from((m.expires_at - m.issued_at) / 12).unwrap_or(CHECK_INTERVAL);
+        next_wake = next_wake.min(now + look.max(Duration::from_secs(1)));
         let mut rec = before.members.get(&m.hostname).cloned().unwrap_or_default();
         // A push signed but not installed: the roster records the new certificate, the member
         // still holds `rec.serial`, which stays due (it authenticates as previous_fingerprint).
@@ -214,9 +231,7 @@ async fn sweep(ctx: &Context, authority: &Arc<Authority>) -> Duration {
                 // A new certificate (renewed by pull, or by the push just made): start over.
                 let pushed = rec.state == "pushed"
                     && rec.pushed_serial.as_deref() == Some(m.serial.as_str());
-                let already_due = push_at(m.issued_at, m.expires_at) <= now;
-                let hold = (pushed && already_due)
-                    .then(|| text(now + retry_bounds(m.expires_at - m.issued_at).1));
+                let hold = pushed.then(|| text(now + retry_bounds(m.expires_at - m.issued_at).1));
                 rec = MemberPush {
                     serial: m.serial.clone(),
                     state: if pushed {
@@ -291,10 +306,22 @@ async fn sweep(ctx: &Context, authority: &Arc<Authority>) -> Duration {
             }
         }
     }
-    if state != before
-        && let Err(e) = store.save(&state).or_else(|_| store.save(&state))
-    {
-        tracing::warn!("could not record the push state: {e}");
+    if state != before {
+        // A durable write (fsync): off the async workers. Tried twice: a writer taking the
+        // writer lock sweeps temporary files, ours included.
+        let layout = layout.clone();
+        let saved = ctx
+            .blocking("record the push state", move || {
+                let store = store(&layout);
+                store
+                    .save(&state)
+                    .or_else(|_| store.save(&state))
+                    .map_err(|e| MethodError::new(e.to_string()))
+            })
+            .await;
+        if let Err(e) = saved {
+            tracing::warn!("could not record the push state: {}", e.message());
+        }
     }
     let wait = next_wake - OffsetDateTime::now_utc();
     Duration::try_from(wait)

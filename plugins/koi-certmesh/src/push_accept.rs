@@ -151,29 +151,24 @@ pub async fn accept(
     request: PushRequest,
 ) -> Result<PushAnswer, PushRefusal> {
     let internal = |e: MethodError| refuse(500, "internal", e.message().to_owned());
+    let layout = App::of(ctx).map_err(internal)?.authority().layout().clone();
     let outcome = async {
         let _one = crate::renew::RENEWING.lock().await;
         let authority = App::of(ctx).map_err(internal)?.authority();
+        // Checking, installing and recording write files (fsync): off the async workers.
         ctx.blocking("check and install a pushed certificate", move || {
             let _writer = authority.writer_for_command()?;
-            Ok(check_and_install(
-                authority.layout(),
-                client_cert.as_deref(),
-                &request,
-            ))
+            let layout = authority.layout();
+            let outcome = check_and_install(layout, client_cert.as_deref(), &request);
+            record(layout, peer, &outcome);
+            Ok(outcome)
         })
         .await
         .map_err(internal)?
     }
     .await;
-    let layout = App::of(ctx).map_err(internal)?.authority().layout().clone();
     match outcome {
         Ok(result) => {
-            crate::schedule::record(&layout, TRIGGER, &Ok(result.clone()));
-            update(&layout, |r| {
-                r.accepted = r.accepted.saturating_add(1);
-                r.last_accepted_at = Some(now_text());
-            });
             tracing::info!(%peer, old = %result.old_serial, new = %result.serial, "certificate renewed by a push from the CA");
             crate::renew::after_renewal(ctx, &layout, &result).await;
             Ok(PushAnswer {
@@ -183,19 +178,32 @@ pub async fn accept(
         }
         Err(refusal) => {
             tracing::warn!(%peer, reason = refusal.reason, "refused a pushed certificate: {}", refusal.error);
-            update(&layout, |r| {
-                r.refused = r.refused.saturating_add(1);
-                r.last_refused.push(RefusedPush {
-                    at: now_text(),
-                    peer: peer.to_string(),
-                    reason: refusal.reason.to_owned(),
-                    error: bounded(&refusal.error, 300),
-                });
-                let excess = r.last_refused.len().saturating_sub(MAX_REFUSALS_KEPT);
-                r.last_refused.drain(..excess);
-            });
             Err(refusal)
         }
+    }
+}
+
+/// Records an outcome: `renewal.json` (as a pulled renewal is) and `push.json`. Blocking.
+fn record(layout: &Layout, peer: IpAddr, outcome: &Result<RenewResult, PushRefusal>) {
+    match outcome {
+        Ok(result) => {
+            crate::schedule::record(layout, TRIGGER, &Ok(result.clone()));
+            update(layout, |r| {
+                r.accepted = r.accepted.saturating_add(1);
+                r.last_accepted_at = Some(now_text());
+            });
+        }
+        Err(refusal) => update(layout, |r| {
+            r.refused = r.refused.saturating_add(1);
+            r.last_refused.push(RefusedPush {
+                at: now_text(),
+                peer: peer.to_string(),
+                reason: refusal.reason.to_owned(),
+                error: bounded(&refusal.error, 300),
+            });
+            let excess = r.last_refused.len().saturating_sub(MAX_REFUSALS_KEPT);
+            r.last_refused.drain(..excess);
+        }),
     }
 }
 

@@ -93,8 +93,20 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
     let layout = crate::app::App::of(&ctx)?.authority().layout().clone();
     let mut reported: Option<String> = None;
     loop {
-        if let Some(m) = member(&layout) {
-            match start(&layout, &m).await {
+        let found = {
+            let layout = layout.clone();
+            ctx.blocking("read the membership", move || Ok(member(&layout)))
+                .await?
+        };
+        if let Some(m) = found {
+            let opened = {
+                let (layout, m) = (layout.clone(), m.clone());
+                ctx.blocking("load the push endpoint's certificate", move || {
+                    load(&layout, &m)
+                })
+                .await?
+            };
+            match bind(opened).await {
                 Ok((listener, cert, ca_pem)) => {
                     serve(&ctx, &layout, listener, cert, &ca_pem).await;
                     if ctx.is_cancelled() {
@@ -117,14 +129,23 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
     }
 }
 
-async fn start(
+/// The member's root (PEM) and its certificate as a swappable server certificate. Blocking.
+fn load(
     layout: &Layout,
     m: &Membership,
-) -> Result<(TcpListener, Arc<ApiCert>, String), String> {
+) -> Result<Result<(Arc<ApiCert>, String), String>, MethodError> {
     let files = CertFiles::at(layout, &m.hostname);
-    let ca_pem = std::fs::read_to_string(&files.ca)
-        .map_err(|e| format!("cannot read the mesh root {}: {e}", files.ca))?;
-    let cert = ApiCert::load(files.fullchain.as_ref(), files.key.as_ref())?;
+    let ca_pem = match std::fs::read_to_string(&files.ca) {
+        Ok(pem) => pem,
+        Err(e) => return Ok(Err(format!("cannot read the mesh root {}: {e}", files.ca))),
+    };
+    Ok(ApiCert::load(files.fullchain.as_ref(), files.key.as_ref()).map(|cert| (cert, ca_pem)))
+}
+
+async fn bind(
+    opened: Result<(Arc<ApiCert>, String), String>,
+) -> Result<(TcpListener, Arc<ApiCert>, String), String> {
+    let (cert, ca_pem) = opened?;
     let addr = bind_address()?;
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         format!(
@@ -172,17 +193,29 @@ async fn serve(
             _ = tokio::time::sleep(IDLE_POLL) => None,
             a = listener.accept() => a.ok(),
         };
-        // The member may have left (or joined another mesh): stop and start again.
-        let Some(m) = member(layout) else { break };
-        let files = CertFiles::at(layout, &m.hostname);
-        let stamp = (files.fullchain.clone(), modified(&files.fullchain));
-        if loaded.as_ref() != Some(&stamp) {
-            if loaded.is_some()
-                && let Err(e) = cert.reload(files.fullchain.as_ref(), files.key.as_ref())
-            {
-                tracing::debug!("push endpoint keeps its certificate: {e}");
-            }
-            loaded = Some(stamp);
+        // The member may have left (or joined another mesh): stop and start again. A renewed
+        // certificate (pull or push) is served from the next connection on. Files: off the
+        // async workers.
+        let look = {
+            let (layout, cert, loaded) = (layout.clone(), cert.clone(), loaded.clone());
+            ctx.blocking("check the push endpoint's certificate", move || {
+                Ok(member(&layout).map(|m| {
+                    let files = CertFiles::at(&layout, &m.hostname);
+                    let stamp = (files.fullchain.clone(), modified(&files.fullchain));
+                    if loaded.is_some()
+                        && loaded.as_ref() != Some(&stamp)
+                        && let Err(e) = cert.reload(files.fullchain.as_ref(), files.key.as_ref())
+                    {
+                        tracing::debug!("push endpoint keeps its certificate: {e}");
+                    }
+                    stamp
+                }))
+            })
+            .await
+        };
+        match look {
+            Ok(Some(stamp)) => loaded = Some(stamp),
+            _ => break,
         }
         let Some((stream, peer)) = accepted else {
             continue;
