@@ -12,7 +12,8 @@
 # each `cert_pushed` audit entry: connect, TLS, sign + roster save, the member's checks and
 # journalled install, the answer. Then renew_driver.py times API pull renewals against the same
 # CA (API=30, keep-key, mutual TLS).
-# Usage: bash bench/certmesh/push.sh   (PUSHES=…, API=…, REL=…, RAW=FILE)
+# Usage: bash bench/certmesh/push.sh   (PUSHES=…, API=…, REL=…, RAW=FILE; DEBUG=1 prints the roster
+# and the CA's push state every 2 s while waiting)
 REL="${REL:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/debug}"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PUSHES="${PUSHES:-20}"
