@@ -144,6 +144,31 @@ impl CertAuthority {
         self.issue_for_key(&key.0, req, now)
     }
 
+    /// Re-signs a certificate for a public key the CA already certified (a renewal pushed by
+    /// the CA, where no CSR can be had): `spki_der` is the DER SubjectPublicKeyInfo read from the
+    /// member's current certificate, which must be ECDSA P-256. The names in `req` are checked
+    /// against the scope as for any leaf.
+    pub fn issue_for_public_key(
+        &self,
+        spki_der: &[u8],
+        req: &LeafRequest,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert> {
+        let refuse = |reason: String| Error::Issuance {
+            reason,
+            next: "Renew from the member instead (`koi certmesh renew --now` on it).",
+        };
+        let spki = SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| refuse(format!("the public key to re-sign is not usable ({e})")))?;
+        if spki.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(refuse(
+                "the public key to re-sign is not ECDSA P-256 (the only key type certmesh issues for)"
+                    .into(),
+            ));
+        }
+        self.issue_for_key(&spki, req, now)
+    }
+
     fn issue_for_key(
         &self,
         public_key: &impl PublicKeyData,
@@ -352,6 +377,52 @@ mod tests {
         assert!(
             !text.contains("evil"),
             "CSR names leaked into the leaf: {text}"
+        );
+    }
+
+    #[test]
+    fn a_public_key_is_re_signed_as_is_and_only_p256_is_accepted() {
+        let ca = ca(Scope::unrestricted());
+        let key = KeyPair::generate().unwrap();
+        let first = ca
+            .issue_from_csr(
+                &csr(&key, false),
+                &LeafRequest::new("stone-01"),
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        let der = pem_to_der(&first.cert_pem, "CERTIFICATE").unwrap();
+        let (_, x) = X509Certificate::from_der(&der).unwrap();
+        let again = ca
+            .issue_for_public_key(
+                x.public_key().raw,
+                &LeafRequest::new("stone-01"),
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        assert_ne!(again.serial_hex, first.serial_hex);
+        let der2 = pem_to_der(&again.cert_pem, "CERTIFICATE").unwrap();
+        let (_, y) = X509Certificate::from_der(&der2).unwrap();
+        assert_eq!(
+            y.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+        let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        assert!(matches!(
+            ca.issue_for_public_key(
+                &ed.subject_public_key_info(),
+                &LeafRequest::new("x"),
+                OffsetDateTime::now_utc()
+            ),
+            Err(Error::Issuance { .. })
+        ));
+        assert!(
+            ca.issue_for_public_key(
+                b"garbage",
+                &LeafRequest::new("x"),
+                OffsetDateTime::now_utc()
+            )
+            .is_err()
         );
     }
 

@@ -325,7 +325,7 @@ async fn connection(
     }
 }
 
-fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
@@ -336,7 +336,11 @@ fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<By
     response
 }
 
-fn error_response(status: u16, reason: &str, error: impl Into<String>) -> Response<Full<Bytes>> {
+pub(crate) fn error_response(
+    status: u16,
+    reason: &str,
+    error: impl Into<String>,
+) -> Response<Full<Bytes>> {
     json_response(
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &ErrorBody {
@@ -458,7 +462,7 @@ async fn route(
 }
 
 /// The body of a JSON POST (content type, size and time limits), or the 4xx answer.
-async fn read_json_body(
+pub(crate) async fn read_json_body(
     req: Request<Incoming>,
     what: &str,
 ) -> Result<Bytes, Response<Full<Bytes>>> {

@@ -11,9 +11,12 @@
 //! - [`OFFSET_ENV`] (`KOI_TEST_CLOCK_OFFSET_SECS`): seconds added to "now" for renewal decisions
 //!   (the member's schedule and the CA's expiry check);
 //! - [`HEARTBEAT_ENV`] (`KOI_TEST_HEARTBEAT_SECS`): the member's heartbeat interval
-//!   ([`crate::heartbeat`]) instead of 5 minutes (at least [`MIN_TEST_HEARTBEAT_SECS`]).
+//!   ([`crate::heartbeat`]) instead of 5 minutes (at least [`MIN_TEST_HEARTBEAT_SECS`]);
+//! - [`NO_PULL_ENV`] (`KOI_TEST_NO_PULL_RENEWAL=1`): the member's renewal service does not renew
+//!   by itself, so the CA's push ([`crate::push`]) is what renews it (`koi certmesh renew` still
+//!   works).
 //!
-//! All four are honoured only in debug builds (`cfg(debug_assertions)`). A release build ignores them
+//! All five are honoured only in debug builds (`cfg(debug_assertions)`). A release build ignores them
 //! and logs a warning once, so a production mesh cannot be given short certificates or a moved
 //! clock through the environment.
 
@@ -28,6 +31,8 @@ pub const CA_LIFETIME_ENV: &str = "KOI_TEST_CA_CERT_LIFETIME_SECS";
 pub const OFFSET_ENV: &str = "KOI_TEST_CLOCK_OFFSET_SECS";
 /// The debug-only heartbeat interval override (seconds).
 pub const HEARTBEAT_ENV: &str = "KOI_TEST_HEARTBEAT_SECS";
+/// The debug-only switch that turns the member's own (pull) renewal off: `1`.
+pub const NO_PULL_ENV: &str = "KOI_TEST_NO_PULL_RENEWAL";
 /// The shortest interval [`HEARTBEAT_ENV`] may set.
 pub const MIN_TEST_HEARTBEAT_SECS: u64 = 1;
 /// The shortest lifetime [`LIFETIME_ENV`] may set.
@@ -85,6 +90,12 @@ pub fn leaf_lifetime() -> Option<time::Duration> {
     Some(time::Duration::seconds(
         i64::try_from(secs).unwrap_or(i64::MAX),
     ))
+}
+
+/// Whether a debug build was told not to renew by pull ([`NO_PULL_ENV`] = 1); always false in
+/// release builds.
+pub fn pull_renewal_disabled() -> bool {
+    read_env(NO_PULL_ENV).is_some_and(|v| v == 1)
 }
 
 /// The heartbeat interval: `default` unless a debug build sets [`HEARTBEAT_ENV`].

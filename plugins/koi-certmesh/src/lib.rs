@@ -47,6 +47,9 @@
 //!   test clock).
 //! - [`heartbeat`] — the member's heartbeat to the CA (daemon service, `status` record,
 //!   `certmesh.heartbeat` events).
+//! - Renewal pushed by the CA: [`push`] (the CA's `push` service: when, retries, audit, status),
+//!   [`push_send`] (one push: re-sign the member's key, deliver), [`push_listen`] (the member's
+//!   push endpoint, `push-receiver` service) and [`push_accept`] (what a member accepts).
 //! - The CA's own API certificate: [`ca_renew`] (renewed at 2/3 of its lifetime, signed locally)
 //!   and [`hot_cert`] (the API's swappable certificate: no restart, no dropped connection).
 //! - For other plugins: [`members`] (`members`, the `certmesh.members.changed` service),
@@ -88,6 +91,10 @@ pub mod ownership;
 pub mod pending;
 pub mod pending_names;
 pub mod proxy_entries;
+pub mod push;
+pub mod push_accept;
+pub mod push_listen;
+pub mod push_send;
 pub mod refusals;
 pub mod renew;
 pub mod renew_api;
@@ -334,6 +341,9 @@ pub fn plugin() -> Plugin {
     .service(heartbeat::SERVICE, heartbeat::service)
     // `certmesh.members.changed` on the CA and on members (crate::members), under `koi daemon`.
     .service(members::SERVICE, members::service)
+    // Renewal pushed by the CA (crate::push) and received by members (crate::push_listen).
+    .service(push::SERVICE, push::service)
+    .service(push_listen::SERVICE, push_listen::service)
     .shutdown_grace(background::SHUTDOWN_GRACE)
 }
 

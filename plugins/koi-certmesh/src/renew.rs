@@ -36,7 +36,7 @@ use crate::wire::JoinResponse;
 pub const CERT_RENEWED: &str = "certmesh.cert.renewed";
 
 /// One renewal at a time in this process (the service and the verb).
-static RENEWING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static RENEWING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Payload of [`CERT_RENEWED`].
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

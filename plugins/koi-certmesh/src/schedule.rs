@@ -201,7 +201,9 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
                 let now = crate::clock::now();
                 let due = due_at(&CertFiles::at(&layout, &m.hostname));
                 let blocked = retry_at.is_some_and(|r| now < r);
-                if due.is_some_and(|d| now >= d) && !blocked {
+                // The debug-only test switch (crate::clock::NO_PULL_ENV): the CA's push renews.
+                let pull_off = crate::clock::pull_renewal_disabled();
+                if due.is_some_and(|d| now >= d) && !blocked && !pull_off {
                     match crate::renew::renew_once(&ctx, false, "schedule").await {
                         Ok(result) => {
                             retry_delay = RETRY_INITIAL;

@@ -173,6 +173,10 @@ fn build(app: &App, daemon: bool) -> StatusReport {
         let (api_cert, api_cert_text) =
             crate::ca_renew::status_details(layout, &membership, locked);
         details.insert("api_certificate".into(), api_cert);
+        // Renewals pushed to members (crate::push).
+        let (push, push_text) = crate::push::status_details(layout);
+        details.insert("push".into(), push);
+        devices_text.push_str(&push_text);
         let pending = crate::pending::pending_count(layout);
         details.insert("audit_pending_unsigned".into(), Value::from(pending));
         let lock_text = if !daemon {
@@ -217,6 +221,8 @@ fn build(app: &App, daemon: bool) -> StatusReport {
             state = HealthState::Degraded;
         }
         details.insert("heartbeat".into(), heartbeat);
+        // The push endpoint and the pushes it took or refused (crate::push_accept).
+        details.insert("push".into(), crate::push_accept::status_details(layout));
         format!(
             "member of mesh {short_fp}… ({}) via {}; {cert_text}{renewal_text}{heartbeat_text}",
             membership.profile,

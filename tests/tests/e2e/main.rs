@@ -18,6 +18,7 @@ mod certmesh_heartbeat;
 mod certmesh_leave;
 mod certmesh_names;
 mod certmesh_ownership;
+mod certmesh_push;
 mod certmesh_renew;
 mod certmesh_rotate;
 mod certmesh_service;
