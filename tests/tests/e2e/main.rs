@@ -21,6 +21,7 @@ mod certmesh_ownership;
 mod certmesh_renew;
 mod certmesh_rotate;
 mod certmesh_service;
+mod certmesh_standby;
 mod cli;
 mod daemon;
 mod escapes;
