@@ -4,7 +4,8 @@
 //! becomes a standby that starts locked, refuses the primary's passphrase and unlocks with its
 //! own; the roster manifest syncs after C joins A; no log holds the TOTP secret, a passphrase,
 //! the code or a private key, and B's disk holds no plaintext CA key or secret; a primary
-//! restored from an older backup serves an older manifest, which B refuses as a rollback.
+//! restored from an older backup serves an older manifest, which B refuses as a rollback; and
+//! without a terminal `promote` needs `--code` and `--passphrase-file`.
 
 mod lab;
 mod leaks;
@@ -176,6 +177,14 @@ fn a_primary_restored_from_an_old_backup_serves_an_older_manifest_which_the_stan
     let lab = SwitchLab::new("sr", 2);
     let mut mesh = Mesh::new(&lab);
     let (a, b) = (lab.host(0), lab.host(1));
+    // Without a terminal, the code and the passphrase file are required (and nothing is sent).
+    let blind = b.env.run(&["certmesh", "promote", "--json"]);
+    blind.expect_code(1);
+    assert!(
+        blind.stderr.contains("--code CODE and --passphrase-file FILE"),
+        "{}",
+        blind.stderr
+    );
     let code = mesh.next_code();
     mesh.promote_b(Some(&code)).expect_code(0);
     let backup = lab::backup(&a.env.home);
