@@ -88,19 +88,53 @@ pub fn sign_manifest(ca: &CertAuthority, body: &Value) -> Result<String> {
     Ok(B64.encode(ca.sign(&bytes)?))
 }
 
+fn root_key(ca_cert_pem: &str) -> Option<p256::ecdsa::VerifyingKey> {
+    let der = pem_to_der(ca_cert_pem, "CERTIFICATE").ok()?;
+    let (_, cert) = X509Certificate::from_der(&der).ok()?;
+    crate::audit::verifying_key(&cert.public_key().subject_public_key.data).ok()
+}
+
+/// Verifies `bytes` — whole lines fetched from the primary — as the continuation of a copy of
+/// the audit log whose last entry is `head` (`None`: an empty copy) and which ends at byte
+/// `offset`, against the root `ca_cert_pem`: each entry must carry the CA's signature and chain
+/// to the one before. Returns the head after them. Nothing is written.
+pub fn verify_continuation(
+    ca_cert_pem: &str,
+    head: Option<&crate::audit::AuditHead>,
+    offset: u64,
+    bytes: &[u8],
+) -> std::result::Result<Option<crate::audit::AuditHead>, String> {
+    let key = root_key(ca_cert_pem).ok_or("the mesh root held here does not parse")?;
+    let start = match head {
+        Some(h) => crate::audit::Start {
+            seq: h.seq,
+            hash: h.hash.clone(),
+            offset,
+        },
+        None => crate::audit::Start::genesis(),
+    };
+    let (verdict, io) = crate::audit::verify_reader(bytes, &key, start, None, &mut |_| {});
+    io.map_err(|e| e.to_string())?;
+    match verdict {
+        crate::audit::AuditVerdict::Intact { head: after, .. } => {
+            Ok(after.or_else(|| head.cloned()))
+        }
+        crate::audit::AuditVerdict::Tampered { line, problem } => Err(format!(
+            "entry {line} of the primary's log does not continue the copy held here ({problem})"
+        )),
+        crate::audit::AuditVerdict::TornTail { line, .. } => Err(format!(
+            "entry {line} of the primary's log arrived incomplete"
+        )),
+    }
+}
+
 /// Whether `sig` (base64 DER) is the CA's signature over the manifest `body`, the CA being the
 /// root certificate `ca_cert_pem`; a body without the manifest kind never verifies.
 pub fn verify_manifest(ca_cert_pem: &str, body: &Value, sig: &str) -> bool {
     if body.get("kind").and_then(Value::as_str) != Some(MANIFEST_KIND) {
         return false;
     }
-    let Ok(der) = pem_to_der(ca_cert_pem, "CERTIFICATE") else {
-        return false;
-    };
-    let Ok((_, cert)) = X509Certificate::from_der(&der) else {
-        return false;
-    };
-    let Ok(key) = crate::audit::verifying_key(&cert.public_key().subject_public_key.data) else {
+    let Some(key) = root_key(ca_cert_pem) else {
         return false;
     };
     let Some(sig) = B64
@@ -190,5 +224,43 @@ mod tests {
         assert!(!verify_manifest(a.ca().cert_pem(), &changed, &sig));
         assert!(!verify_manifest(a.ca().cert_pem(), &body, "not base64!"));
         assert!(sign_manifest(a.ca(), &json!({"version": 1})).is_err());
+    }
+
+    #[test]
+    fn a_log_continuation_verifies_only_from_the_copys_head_and_unaltered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let primary = unlocked(&tmp.path().join("p"));
+        let ca = primary.ca();
+        let path = tmp.path().join("audit.log");
+        let mut log = crate::audit::AuditLog::open(&path, ca).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        for n in 0..2 {
+            log.append(ca, "test", "t", json!({"n": n}), now).unwrap();
+        }
+        let head = log.head();
+        let offset = std::fs::metadata(&path).unwrap().len();
+        for n in 2..4 {
+            log.append(ca, "test", "t", json!({"n": n}), now).unwrap();
+        }
+        let all = std::fs::read(&path).unwrap();
+        let more = &all[usize::try_from(offset).unwrap()..];
+        let pem = ca.cert_pem();
+        let after = verify_continuation(pem, head.as_ref(), offset, more).unwrap();
+        assert_eq!(after, log.head());
+        // From an empty copy, the whole log.
+        assert_eq!(verify_continuation(pem, None, 0, &all).unwrap(), log.head());
+        // Nothing new: the head stays.
+        assert_eq!(
+            verify_continuation(pem, head.as_ref(), offset, b"").unwrap(),
+            head
+        );
+        // Another starting point, an altered byte, another root: refused.
+        assert!(verify_continuation(pem, None, 0, more).is_err());
+        let mut altered = more.to_vec();
+        let at = altered.iter().position(|b| *b == b'"').unwrap() + 1;
+        altered[at] ^= 1;
+        assert!(verify_continuation(pem, head.as_ref(), offset, &altered).is_err());
+        let other = unlocked(&tmp.path().join("o"));
+        assert!(verify_continuation(other.ca().cert_pem(), head.as_ref(), offset, more).is_err());
     }
 }

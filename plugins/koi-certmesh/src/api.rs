@@ -7,7 +7,7 @@
 //! | `GET /v1/certmesh/roster` | members (client certificate from this mesh) | the members |
 //! | `POST /v1/certmesh/renew` | members (their current certificate) | CSR → renewed certificate ([`crate::renew_api`]) |
 //! | `POST /v1/certmesh/names`, `/proxy-entries` | members (their current certificate) | names for their next certificate, their proxy entries ([`crate::names_api`]) |
-//! | `POST /v1/certmesh/promote`, `GET /v1/certmesh/standby/roster` | a member with a code; a standby | the standby CA's transfer and roster manifest ([`crate::standby_api`]) |
+//! | `POST /v1/certmesh/promote`, `GET /v1/certmesh/standby/roster`, `POST /v1/certmesh/standby/audit` | a member with a code; a standby | the standby CA's transfer, roster manifest and audit log ([`crate::standby_api`]) |
 //!
 //! Hardening: only loopback, private (RFC 1918, ULA) and link-local peers are served; at most
 //! [`MAX_CONNECTIONS`] at once and at most [`MAX_CONNECTIONS_PER_PEER`] from one source address
@@ -369,14 +369,14 @@ async fn route(
         "/v1/certmesh/join" | "/v1/certmesh/renew" => Method::POST,
         crate::names_api::NAMES_PATH | crate::names_api::PROXY_ENTRIES_PATH => Method::POST,
         "/v1/certmesh/health" | "/v1/certmesh/roster" => Method::GET,
-        crate::standby_api::PROMOTE_PATH => Method::POST,
+        crate::standby_api::PROMOTE_PATH | crate::standby_audit::AUDIT_PATH => Method::POST,
         crate::standby_api::MANIFEST_PATH => Method::GET,
         _ => {
             return error_response(
                 404,
                 "not_found",
                 format!(
-                    "No route {path}. The certmesh API serves /v1/certmesh/join, /renew, /names, /proxy-entries, /promote, /standby/roster, /health and /roster."
+                    "No route {path}. The certmesh API serves /v1/certmesh/join, /renew, /names, /proxy-entries, /promote, /standby/roster, /standby/audit, /health and /roster."
                 ),
             );
         }
@@ -456,9 +456,11 @@ async fn route(
                 &body,
             )
         }
-        crate::standby_api::PROMOTE_PATH | crate::standby_api::MANIFEST_PATH => {
-            let bytes = if path == crate::standby_api::PROMOTE_PATH {
-                match read_json_body(req, "promotion").await {
+        crate::standby_api::PROMOTE_PATH
+        | crate::standby_api::MANIFEST_PATH
+        | crate::standby_audit::AUDIT_PATH => {
+            let bytes = if path != crate::standby_api::MANIFEST_PATH {
+                match read_json_body(req, "standby").await {
                     Ok(b) => b,
                     Err(r) => return r,
                 }

@@ -56,7 +56,8 @@
 //! - The standby CA: [`standby`] (`promote`), [`standby_api`] (the primary's routes),
 //!   [`transfer`] (the end-to-end sealed transfer), [`standby_state`] (the standby's files,
 //!   record and status), [`standby_sync`] (signed roster manifests, the daemon's sync service),
-//!   [`standby_unlock`] (`unlock` on a standby).
+//!   [`standby_audit`] (the audit log's append-only sync), [`standby_unlock`] (`unlock` on a
+//!   standby).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -104,6 +105,7 @@ pub mod secrets;
 pub mod signing;
 pub mod standby;
 pub mod standby_api;
+pub mod standby_audit;
 pub mod standby_state;
 pub mod standby_sync;
 pub mod standby_unlock;

@@ -256,6 +256,7 @@ fn install(
         last_sync_error: None,
         rollbacks_rejected: 0,
         audit_entries,
+        last_audit_sync_error: None,
     };
     standby_state::save_in(&staging, &state).map_err(|e| MethodError::new(format!("{e}.")))?;
     swap_into_place(layout, &staging)?;

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `POST /v1/certmesh/promote` | a member (its current certificate) with a TOTP code | the CA key, TOTP secret, signed roster manifest and audit log, sealed to the member's one-transfer key ([`crate::transfer`]) |
 //! | `GET /v1/certmesh/standby/roster` | a standby (its current certificate) | the roster manifest, signed by the CA now |
+//! | `POST /v1/certmesh/standby/audit` | a standby | the audit log's lines from an offset ([`crate::standby_audit`]) |
 //!
 //! The caller is identified by its client certificate alone ([`crate::names_api::identify`]).
 //! The code goes through the same guard as enrollment (replay, 3 failures → 5 min lockout,
@@ -116,6 +117,11 @@ pub async fn handle(
             let cert = client_cert.as_deref().map(|c| c.as_ref());
             Ok(if path == PROMOTE_PATH {
                 promote(&bytes, peer, cert, &authority)
+            } else if path == crate::standby_audit::AUDIT_PATH {
+                standby_host(&authority, cert, peer, &path).and_then(|_| {
+                    let chunk = crate::standby_audit::serve(authority.layout(), &bytes)?;
+                    serde_json::to_value(chunk).map_err(|e| Refusal::Internal(e.to_string()))
+                })
             } else {
                 manifest(peer, cert, &authority)
             })
@@ -160,6 +166,29 @@ fn identified(
         authority.record_refusal(authority.session().as_mut(), &refused);
         refusal
     })
+}
+
+/// The host of a presented certificate whose roster entry is a standby, or the refusal.
+fn standby_host(
+    authority: &Authority,
+    client_cert: Option<&[u8]>,
+    peer: IpAddr,
+    path: &str,
+) -> Result<String, Refusal> {
+    let host = identified(authority, client_cert, peer, path)?;
+    let roster =
+        Roster::load(&authority.layout().roster()).map_err(|e| Refusal::Internal(e.to_string()))?;
+    let is_standby = roster
+        .members
+        .iter()
+        .any(|m| m.hostname == host && m.role == Role::Standby);
+    if !is_standby {
+        return Err(Refusal::NotPermitted(format!(
+            "{host} is not a standby of this mesh, so it gets no roster manifest or audit log. \
+             Promote it with `koi certmesh promote` on {host}."
+        )));
+    }
+    Ok(host)
 }
 
 fn audit_refused(
@@ -320,19 +349,9 @@ fn manifest(
     client_cert: Option<&[u8]>,
     authority: &Authority,
 ) -> Result<Value, Refusal> {
-    let host = identified(authority, client_cert, peer, MANIFEST_PATH)?;
+    standby_host(authority, client_cert, peer, MANIFEST_PATH)?;
     let roster =
         Roster::load(&authority.layout().roster()).map_err(|e| Refusal::Internal(e.to_string()))?;
-    let is_standby = roster
-        .members
-        .iter()
-        .any(|m| m.hostname == host && m.role == Role::Standby);
-    if !is_standby {
-        return Err(Refusal::NotPermitted(format!(
-            "{host} is not a standby of this mesh, so it gets no roster manifest. Promote it \
-             with `koi certmesh promote` on {host}."
-        )));
-    }
     let guard = authority.session();
     let Some(session) = guard.as_ref() else {
         return Err(Refusal::Locked);

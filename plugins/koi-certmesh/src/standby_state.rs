@@ -7,7 +7,8 @@
 //!                                            under the standby's OWN passphrase (Argon2id)
 //!     roster-manifest.json                   the last roster manifest the CA signed and this
 //!                                            standby verified (never rolled back)
-//!     audit.log                              the primary's audit log as transferred (verified)
+//!     audit.log                              the primary's audit log, as transferred then
+//!                                            appended by each sync (every entry verified)
 //!     standby.json                           this record ([`StandbyState`])
 //! ```
 //!
@@ -85,8 +86,11 @@ pub struct StandbyState {
     /// Manifests refused because their version was lower than the one held (rollbacks).
     #[serde(default)]
     pub rollbacks_rejected: u64,
-    /// Entries of the transferred audit log (verified at promotion).
+    /// Entries of the audit log copy (verified at promotion and at each sync).
     pub audit_entries: u64,
+    /// Why the last audit log sync failed (absent when it succeeded).
+    #[serde(default)]
+    pub last_audit_sync_error: Option<String>,
 }
 
 fn store(layout: &Layout) -> JsonFile<StandbyState> {

@@ -12,8 +12,8 @@
 //! the primary's roster version on every beat): a change on the primary reaches the standby
 //! within one heartbeat.
 //!
-//! The audit log is not synced after the promotion: the standby keeps the verified copy it
-//! received (which ends with its own `standby_promoted` entry) and the manifest's audit head.
+//! Each sync then brings the standby's copy of the audit log level with the primary's
+//! ([`crate::standby_audit`]: append-only, every entry verified before it is kept).
 
 use std::time::{Duration, SystemTime};
 
@@ -151,8 +151,22 @@ pub async fn sync_once(layout: &Layout) -> Option<Result<Verdict, String>> {
         }
         Err(e) => Err(e),
     };
+    // The audit log, append-only and verified (crate::standby_audit).
+    let audit = crate::standby_audit::sync(layout, &state).await;
     // Reload: a promotion may have replaced the record meanwhile.
     let mut state = standby_state::load(layout)?;
+    match audit {
+        Ok(entries) => {
+            state.audit_entries = state.audit_entries.max(entries);
+            state.last_audit_sync_error = None;
+        }
+        Err(e) => {
+            if state.last_audit_sync_error.as_deref() != Some(e.as_str()) {
+                tracing::warn!("certmesh standby: audit log sync refused or failed: {e}");
+            }
+            state.last_audit_sync_error = Some(e);
+        }
+    }
     let now = crate::schedule::rfc3339(SystemTime::now());
     state.last_sync_at = Some(now.clone());
     match &outcome {

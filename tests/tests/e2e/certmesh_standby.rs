@@ -2,9 +2,10 @@
 //! member that joins later), with real daemons at `KOI_LOG=trace` and protocol traces on:
 //! `koi certmesh promote` with a wrong code is refused and audited; with the right code B
 //! becomes a standby that starts locked, refuses the primary's passphrase and unlocks with its
-//! own; the roster manifest syncs after C joins A; no log holds the TOTP secret, a passphrase,
-//! the code or a private key, and B's disk holds no plaintext CA key or secret; a primary
-//! restored from an older backup serves an older manifest, which B refuses as a rollback; and
+//! own; the roster manifest and the audit log (append-only, verified) sync after C joins A; no
+//! log holds the TOTP secret, a passphrase, the code or a private key, and B's disk holds no
+//! plaintext CA key or secret; a primary restored from an older backup serves an older manifest,
+//! which B refuses as a rollback, and a shorter audit log, which B refuses as diverged; and
 //! without a terminal `promote` needs `--code` and `--passphrase-file`.
 
 mod lab;
@@ -145,6 +146,38 @@ fn promote_refuses_a_wrong_code_then_makes_a_locked_standby_that_unlocks_and_syn
         status["details"]["standby"]["last_sync_ok_at"].is_string(),
         "{status}"
     );
+    // The audit log follows, append-only: B's copy becomes A's log byte for byte (A's verifies).
+    let a_log = a.env.home.join("certmesh/audit.log");
+    let b_copy = b.env.home.join("certmesh/standby/audit.log");
+    lab::wait_for(
+        "B's audit copy level with A's log",
+        Duration::from_secs(60),
+        || {
+            let (theirs, ours) = (
+                std::fs::read(&a_log).unwrap_or_default(),
+                std::fs::read(&b_copy).unwrap_or_default(),
+            );
+            (theirs == ours).then_some(()).ok_or_else(|| mesh.status(b))
+        },
+    );
+    let copy = std::fs::read_to_string(&b_copy).expect("copy");
+    assert!(
+        copy.lines()
+            .any(|l| l.contains("member_enrolled") && l.contains(&c.hostname)),
+        "C's enrollment reached B's copy"
+    );
+    let verified = a.env.run(&["certmesh", "log", "--verify", "--json"]);
+    verified.expect_code(0);
+    let status = mesh.status(b);
+    assert!(
+        status["details"]["standby"]["last_audit_sync_error"].is_null(),
+        "{status}"
+    );
+    assert_eq!(
+        status["details"]["standby"]["audit_entries"].as_u64(),
+        Some(copy.lines().count() as u64),
+        "{status}"
+    );
 
     // Nothing secret in any log or trace, nor in plaintext on B's disk.
     let secrets = leaks::Secrets::of(&mesh, &code);
@@ -181,7 +214,9 @@ fn a_primary_restored_from_an_old_backup_serves_an_older_manifest_which_the_stan
     let blind = b.env.run(&["certmesh", "promote", "--json"]);
     blind.expect_code(1);
     assert!(
-        blind.stderr.contains("--code CODE and --passphrase-file FILE"),
+        blind
+            .stderr
+            .contains("--code CODE and --passphrase-file FILE"),
         "{}",
         blind.stderr
     );
@@ -244,5 +279,28 @@ fn a_primary_restored_from_an_old_backup_serves_an_older_manifest_which_the_stan
         mesh.b_log()
             .contains("refused a roster manifest of version"),
         "the rollback is logged"
+    );
+    // The restored primary's log is shorter than B's copy: the audit sync is refused, the copy kept.
+    let copy_len = std::fs::metadata(b.env.home.join("certmesh/standby/audit.log"))
+        .expect("copy")
+        .len();
+    let status = lab::wait_for(
+        "B refuses the diverged audit log",
+        Duration::from_secs(60),
+        || {
+            let status = mesh.status(b);
+            status["details"]["standby"]["last_audit_sync_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("diverged"))
+                .then_some(status.clone())
+                .ok_or(status)
+        },
+    );
+    assert_eq!(
+        std::fs::metadata(b.env.home.join("certmesh/standby/audit.log"))
+            .expect("copy")
+            .len(),
+        copy_len,
+        "the copy is kept: {status}"
     );
 }
