@@ -104,8 +104,16 @@ pub fn save_in(dir: &std::path::Path, state: &StandbyState) -> Result<(), String
         .map_err(|e| format!("could not save the standby record: {e}"))
 }
 
-/// The record, if this machine is a standby.
+/// The record, if this machine is a standby. A promotion killed between moving the previous
+/// standby directory aside and renaming the new one into place left only `standby.old/`: it is
+/// put back first.
 pub fn load(layout: &Layout) -> Option<StandbyState> {
+    let old = layout.dir().join("standby.old");
+    if !dir(layout).exists() && old.exists() && std::fs::rename(&old, dir(layout)).is_ok() {
+        tracing::warn!(
+            "certmesh standby: restored the standby directory an interrupted promotion had moved aside"
+        );
+    }
     store(layout).load().ok().flatten()
 }
 
