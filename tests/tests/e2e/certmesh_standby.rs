@@ -6,7 +6,8 @@
 //! log holds the TOTP secret, a passphrase, the code or a private key, and B's disk holds no
 //! plaintext CA key or secret; a primary restored from an older backup serves an older manifest,
 //! which B refuses as a rollback, and a shorter audit log, which B refuses as diverged; and
-//! without a terminal `promote` needs `--code` and `--passphrase-file`.
+//! without a terminal `promote` needs `--code` and `--passphrase-file`, and a plugin calling it
+//! through the host is refused.
 
 mod lab;
 mod leaks;
@@ -208,8 +209,29 @@ fn a_primary_restored_from_an_old_backup_serves_an_older_manifest_which_the_stan
         return;
     }
     let lab = SwitchLab::new("sr", 2);
+    lab.host(1)
+        .env
+        .install(&crate::support::fixture("koi-namer"), "namer");
     let mut mesh = Mesh::new(&lab);
     let (a, b) = (lab.host(0), lab.host(1));
+    // A plugin calling certmesh/promote through the host is refused (CLI only), nothing written.
+    let params = serde_json::json!({"code": "123456", "passphrase_file": mesh.standby_pass});
+    let by_plugin = b.env.run(&[
+        "namer",
+        "promote",
+        "--params",
+        &params.to_string(),
+        "--json",
+    ]);
+    assert_ne!(by_plugin.code, Some(0), "{}", by_plugin.stdout);
+    assert!(
+        format!("{}{}", by_plugin.stdout, by_plugin.stderr)
+            .contains("runs only from the koi command line"),
+        "{}\n{}",
+        by_plugin.stdout,
+        by_plugin.stderr
+    );
+    assert!(!b.env.home.join("certmesh/standby").exists());
     // Without a terminal, the code and the passphrase file are required (and nothing is sent).
     let blind = b.env.run(&["certmesh", "promote", "--json"]);
     blind.expect_code(1);
