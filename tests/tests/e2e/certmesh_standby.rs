@@ -1,13 +1,14 @@
 //! The standby CA (issue 11 item 6) end to end in a three-host lab (A primary, B standby, C a
 //! member that joins later), with real daemons at `KOI_LOG=trace` and protocol traces on:
-//! `koi certmesh promote` with a wrong code is refused and audited; with the right code B
-//! becomes a standby that starts locked, refuses the primary's passphrase and unlocks with its
-//! own; the roster manifest and the audit log (append-only, verified) sync after C joins A; no
-//! log holds the TOTP secret, a passphrase, the code or a private key, and B's disk holds no
-//! plaintext CA key or secret; a primary restored from an older backup serves an older manifest,
-//! which B refuses as a rollback, and a shorter audit log, which B refuses as diverged; and
-//! without a terminal `promote` needs `--code` and `--passphrase-file`, and a plugin calling it
-//! through the host is refused.
+//! `koi certmesh promote` with a wrong code is refused and audited; with the right code, typed at
+//! B's terminal with the new passphrase (no echo, under B's daemon), B becomes a standby that
+//! starts locked, refuses the primary's passphrase and unlocks with its own; the roster manifest
+//! and the audit log (append-only, verified) sync after C joins A; no log, trace or terminal holds
+//! the TOTP secret, a passphrase, the code or a private key, and B's disk holds no plaintext CA
+//! key or secret; a primary restored from an older backup serves an older manifest, which B
+//! refuses as a rollback, and a shorter audit log, which B refuses as diverged; without a
+//! terminal `promote` needs `--code` and `--passphrase-file`; and a plugin calling it through the
+//! host is refused.
 
 mod lab;
 mod leaks;
@@ -18,7 +19,8 @@ use crate::support::certmesh::audit_entries;
 use crate::support::netlab::SwitchLab;
 use crate::support::root_or_skip;
 
-use lab::Mesh;
+use crate::support::pty::{Pty, result_line};
+use lab::{Mesh, STANDBY_PASSPHRASE};
 
 #[test]
 fn promote_refuses_a_wrong_code_then_makes_a_locked_standby_that_unlocks_and_syncs() {
@@ -52,9 +54,22 @@ fn promote_refuses_a_wrong_code_then_makes_a_locked_standby_that_unlocks_and_syn
 
     // The right code: B is a standby, locked.
     let code = mesh.next_code();
-    let promoted = mesh.promote_b(Some(&code));
-    promoted.expect_code(0);
-    let answer = promoted.json();
+    // At B's terminal (the call is forwarded to B's daemon, which asks through the CLI): the new
+    // passphrase twice, then the code; nothing typed is echoed.
+    let mut pty = Pty::start(&b.env, &["certmesh", "promote", "--json"], &lab::TRACE);
+    pty.wait_for("Passphrase for the CA key");
+    pty.type_text(&format!("{STANDBY_PASSPHRASE}\n"));
+    pty.wait_for("Passphrase again");
+    pty.type_text(&format!("{STANDBY_PASSPHRASE}\n"));
+    pty.wait_for("Enrollment code");
+    pty.type_text(&format!("{code}\n"));
+    let (exit, terminal) = pty.finish();
+    assert_eq!(exit, Some(0), "{terminal}");
+    assert!(
+        !terminal.contains(STANDBY_PASSPHRASE) && !terminal.contains(&code),
+        "a typed secret was echoed: {terminal}"
+    );
+    let answer = result_line(&terminal);
     assert_eq!(answer["locked"], true, "{answer}");
     assert_eq!(answer["term"], 1, "{answer}");
     assert!(answer["audit_entries"].as_u64() >= Some(3), "{answer}");
@@ -184,13 +199,10 @@ fn promote_refuses_a_wrong_code_then_makes_a_locked_standby_that_unlocks_and_syn
     let secrets = leaks::Secrets::of(&mesh, &code);
     mesh.stop_daemons();
     let mut texts: Vec<(String, String)> = mesh.logs();
-    for (what, run) in [
-        ("promote", &promoted),
-        ("unlock", &unlocked),
-        ("wrong promote", &wrong),
-    ] {
+    for (what, run) in [("unlock", &unlocked), ("wrong promote", &wrong)] {
         texts.push((what.into(), format!("{}{}", run.stdout, run.stderr)));
     }
+    texts.push(("the promoting terminal".into(), terminal));
     assert!(
         texts
             .iter()

@@ -15,7 +15,8 @@ use crate::support::{DaemonProc, Run};
 /// The standby's own passphrase (different from the primary's).
 pub const STANDBY_PASSPHRASE: &str = "standby passphrase 91c2e7";
 
-const TRACE: [(&str, &str); 2] = [("KOI_LOG", "trace"), ("KOI_TRACE_PROTOCOL", "1")];
+/// Trace logging and protocol traces.
+pub const TRACE: [(&str, &str); 2] = [("KOI_LOG", "trace"), ("KOI_TRACE_PROTOCOL", "1")];
 
 /// Polls `sample` every 250 ms until it gives `Ok`, for at most `limit`; shows the last `Err`.
 #[track_caller]
