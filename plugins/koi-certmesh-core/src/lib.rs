@@ -49,6 +49,7 @@ pub mod names;
 pub mod profiles;
 pub mod roster;
 pub mod scope;
+pub mod standby;
 pub mod totp;
 
 pub use audit::{AuditEntry, AuditHead, AuditLog, AuditVerdict, Tamper};

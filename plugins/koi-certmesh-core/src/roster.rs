@@ -77,6 +77,15 @@ pub struct MeshMetadata {
     /// rosters written before renewal existed, which therefore keep the default.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_expired_renewal: bool,
+    /// The primary's term: 1 for the CA that created the mesh; a standby that takes over (issue
+    /// 11 item 7) serves with a higher one. It travels in every signed roster manifest.
+    #[serde(default = "first_term")]
+    pub term: u64,
+}
+
+/// The term of the CA that created the mesh (and of rosters written before terms existed).
+pub fn first_term() -> u64 {
+    1
 }
 
 /// Enrollment state.
@@ -309,6 +318,7 @@ impl Roster {
                 standbys: Vec::new(),
                 audit_head: None,
                 allow_expired_renewal: false,
+                term: first_term(),
             },
             members: Vec::new(),
         }

@@ -7,6 +7,7 @@
 //! | `GET /v1/certmesh/roster` | members (client certificate from this mesh) | the members |
 //! | `POST /v1/certmesh/renew` | members (their current certificate) | CSR → renewed certificate ([`crate::renew_api`]) |
 //! | `POST /v1/certmesh/names`, `/proxy-entries` | members (their current certificate) | names for their next certificate, their proxy entries ([`crate::names_api`]) |
+//! | `POST /v1/certmesh/promote`, `GET /v1/certmesh/standby/roster`, `POST /v1/certmesh/standby/audit` | a member with a code; a standby | the standby CA's transfer, roster manifest and audit log ([`crate::standby_api`]) |
 //!
 //! Hardening: only loopback, private (RFC 1918, ULA) and link-local peers are served; at most
 //! [`MAX_CONNECTIONS`] at once and at most [`MAX_CONNECTIONS_PER_PEER`] from one source address
@@ -372,12 +373,14 @@ async fn route(
         "/v1/certmesh/join" | "/v1/certmesh/renew" => Method::POST,
         crate::names_api::NAMES_PATH | crate::names_api::PROXY_ENTRIES_PATH => Method::POST,
         "/v1/certmesh/health" | "/v1/certmesh/roster" => Method::GET,
+        crate::standby_api::PROMOTE_PATH | crate::standby_audit::AUDIT_PATH => Method::POST,
+        crate::standby_api::MANIFEST_PATH => Method::GET,
         _ => {
             return error_response(
                 404,
                 "not_found",
                 format!(
-                    "No route {path}. The certmesh API serves /v1/certmesh/join, /renew, /names, /proxy-entries, /health and /roster."
+                    "No route {path}. The certmesh API serves /v1/certmesh/join, /renew, /names, /proxy-entries, /promote, /standby/roster, /standby/audit, /health and /roster."
                 ),
             );
         }
@@ -452,6 +455,24 @@ async fn route(
             };
             let (status, body) =
                 crate::names_api::handle(&path, bytes, peer, client_cert, authority, &ctx).await;
+            json_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            )
+        }
+        crate::standby_api::PROMOTE_PATH
+        | crate::standby_api::MANIFEST_PATH
+        | crate::standby_audit::AUDIT_PATH => {
+            let bytes = if path != crate::standby_api::MANIFEST_PATH {
+                match read_json_body(req, "standby").await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                }
+            } else {
+                Bytes::new()
+            };
+            let (status, body) =
+                crate::standby_api::handle(&path, bytes, peer, client_cert, authority, &ctx).await;
             json_response(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 &body,

@@ -40,6 +40,8 @@ pub struct App {
     /// The `mdns.advertise` params of the CA's `_certmesh._tcp` advertisement, once serving; kept
     /// to advertise again when koi-mdns restarts (and loses it).
     pub advertisement: Mutex<Option<serde_json::Value>>,
+    /// The standby CA's key while unlocked here ([`crate::standby_state`]).
+    pub standby: crate::standby_state::Held,
 }
 
 impl App {
@@ -50,6 +52,7 @@ impl App {
             api: Mutex::new(ApiState::default()),
             mesh_created: Notify::new(),
             advertisement: Mutex::new(None),
+            standby: crate::standby_state::Held::default(),
         }
     }
 

@@ -163,6 +163,12 @@ impl CaSession {
         Ok((session, report))
     }
 
+    /// The enrollment-code guard (standby promotion checks its code with the same guard:
+    /// [`crate::standby_api`]).
+    pub(crate) fn guard_mut(&mut self) -> &mut TotpGuard {
+        &mut self.guard
+    }
+
     /// The unlocked CA.
     pub fn unlocked(&self) -> &UnlockedCa {
         &self.unlocked

@@ -110,7 +110,7 @@ fn unreachable(endpoint: &CaEndpoint, cause: impl std::fmt::Display) -> MethodEr
     )
 }
 
-/// Sends one request and reads the answer.
+/// Sends one request and reads the answer (at most [`MAX_RESPONSE_BYTES`]).
 pub async fn request<B: Serialize, T: DeserializeOwned>(
     endpoint: &CaEndpoint,
     pin: &Arc<CaPin>,
@@ -121,6 +121,32 @@ pub async fn request<B: Serialize, T: DeserializeOwned>(
     method: Method,
     path: &str,
     body: Option<&B>,
+) -> Result<Answer<T>, MethodError> {
+    request_up_to(
+        endpoint,
+        pin,
+        client_auth,
+        method,
+        path,
+        body,
+        MAX_RESPONSE_BYTES,
+    )
+    .await
+}
+
+/// [`request`] reading an answer of at most `max_response` bytes (the standby's transfer and
+/// roster manifests, [`crate::standby`], are larger than ordinary answers).
+pub async fn request_up_to<B: Serialize, T: DeserializeOwned>(
+    endpoint: &CaEndpoint,
+    pin: &Arc<CaPin>,
+    client_auth: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+    method: Method,
+    path: &str,
+    body: Option<&B>,
+    max_response: usize,
 ) -> Result<Answer<T>, MethodError> {
     let work = async {
         let config = pin
@@ -173,7 +199,7 @@ pub async fn request<B: Serialize, T: DeserializeOwned>(
             .await
             .map_err(|e| unreachable(endpoint, e))?;
         let status = response.status().as_u16();
-        let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        let bytes = Limited::new(response.into_body(), max_response)
             .collect()
             .await
             .map_err(|e| unreachable(endpoint, format!("the answer broke off ({e})")))?

@@ -110,6 +110,18 @@ pub fn heartbeat_interval(default: Duration) -> Duration {
     }
 }
 
+/// `KOI_TEST_STANDBY_SYNC_SECS`: the standby's periodic roster sync interval ([`crate::standby_sync`]).
+pub const STANDBY_SYNC_ENV: &str = "KOI_TEST_STANDBY_SYNC_SECS";
+
+/// The standby's roster sync interval: `default` unless a debug build sets [`STANDBY_SYNC_ENV`]
+/// (at least 1 s).
+pub fn standby_sync_interval(default: Duration) -> Duration {
+    match read_env(STANDBY_SYNC_ENV) {
+        Some(secs) => Duration::from_secs(u64::try_from(secs).unwrap_or(0).max(1)),
+        None => default,
+    }
+}
+
 /// The lifetime `create` gives the CA's own API certificate: `None` (the default) unless a debug
 /// build sets [`CA_LIFETIME_ENV`].
 pub fn ca_cert_lifetime() -> Option<time::Duration> {

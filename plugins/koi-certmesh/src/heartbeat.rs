@@ -62,6 +62,9 @@ pub struct Heartbeat {
     /// The roster version the CA reported (absent when the beat failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roster_version: Option<u64>,
+    /// The primary's term the CA reported (absent when the beat failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
     /// When the beat ended (RFC 3339).
     pub at: String,
     /// Failed beats in a row (0 when `ok`).
@@ -101,7 +104,7 @@ async fn beat_once(
     layout: &Layout,
     membership: &Membership,
     files: &CertFiles,
-) -> Result<u64, String> {
+) -> Result<(u64, u64), String> {
     let endpoint_text = membership.ca_endpoint.clone().ok_or_else(|| {
         "membership.json records no CA address; join the mesh again with \
          `koi certmesh join --ca ADDR`"
@@ -123,7 +126,7 @@ async fn beat_once(
         Answer::Ok(roster) if roster.mesh.ca_fingerprint == membership.ca_fingerprint => {
             // Kept for `certmesh/members` on this member (crate::members).
             crate::members::remember(layout, &roster);
-            Ok(roster.mesh.roster_version)
+            Ok((roster.mesh.roster_version, roster.mesh.term))
         }
         Answer::Ok(roster) => Err(format!(
             "the CA at {endpoint} reports mesh {}, not the pinned {}",
@@ -159,7 +162,8 @@ pub async fn beat(ctx: &Context, layout: &Layout) -> Option<(Heartbeat, Option<H
         reason: outcome.as_ref().err().cloned(),
         host: membership.hostname.clone(),
         ca_endpoint: membership.ca_endpoint.clone().unwrap_or_default(),
-        roster_version: outcome.ok(),
+        roster_version: outcome.as_ref().ok().map(|o| o.0),
+        term: outcome.as_ref().ok().map(|o| o.1),
         at: now.clone(),
         consecutive_failures: 0,
         last_ok_at: previous.as_ref().and_then(|p| p.last_ok_at.clone()),
@@ -273,6 +277,7 @@ mod tests {
             host: "b".into(),
             ca_endpoint: "10.0.0.1:5641".into(),
             roster_version: ok.then_some(7),
+            term: ok.then_some(1),
             at: "2026-01-01T00:00:00Z".into(),
             consecutive_failures: failures,
             last_ok_at: None,

@@ -320,7 +320,7 @@ fn normalize_code(code: &str) -> Zeroizing<String> {
 const CODE_TRIES: usize = 3;
 
 /// Asks for the code at the terminal until one has the six-digit format.
-async fn ask_code(ctx: &Context) -> Result<Zeroizing<String>, MethodError> {
+pub(crate) async fn ask_code(ctx: &Context) -> Result<Zeroizing<String>, MethodError> {
     for _ in 0..CODE_TRIES {
         let typed = ctx
             .secret(

@@ -11,6 +11,8 @@
 //!     audit-pending.signing            the same, while an unlock signs them in
 //!     totp-state.json                  replay / lockout state of enrollment codes
 //!     membership.json                  what this machine was told when it joined (every member)
+//!     standby/                         a standby CA's sealed vault, roster manifest, audit copy
+//!                                      and record (crate::standby_state)
 //! $KOI_HOME/certs/<hostname>/    0700  cert.pem, key.pem, ca.pem, fullchain.pem (all 0600)
 //! $KOI_HOME/state/certmesh.lock        flock: the writer of the CA state
 //! ```

@@ -123,7 +123,8 @@ pub fn left_mesh(layout: &Layout, fingerprint: &str) -> Option<String> {
 
 /// The `leave` method.
 pub async fn run(ctx: Context, p: LeaveParams) -> Result<LeaveResult, MethodError> {
-    let authority = App::of(&ctx)?.authority();
+    let app = App::of(&ctx)?;
+    let authority = app.authority();
     let layout = authority.layout().clone();
     let _writer = authority.writer_for_command()?;
     let finished = finish_interrupted(&layout)?;
@@ -189,6 +190,8 @@ pub async fn run(ctx: Context, p: LeaveParams) -> Result<LeaveResult, MethodErro
 
             // 4. The mesh state: rename (atomic), then delete. The CA key leaves memory too.
             authority.forget_session();
+            // A standby's copy of the CA key too (crate::standby_state).
+            app.standby.forget();
             let leaving = leaving_dir(&layout);
             std::fs::rename(layout.dir(), &leaving).map_err(|e| {
                 error::fail(

@@ -25,6 +25,7 @@
 //! | `members` | `koi certmesh members` | the mesh's machines: host, names, addresses, expiry, role (any caller) |
 //! | `request-names` | `koi certmesh request-names NAME... [--host H] [--requester R]` | names for a machine's next certificate (plugins and CLI) |
 //! | `set-proxy-entries` | (koi-proxy) | this machine's proxy entries, mirrored into its roster entry (plugins and CLI) |
+//! | `promote` | `koi certmesh promote [--code C] [--passphrase-file F]` | on a member: become a standby CA (CLI only) |
 //!
 //! # Modules
 //! - [`create`], [`unlock`], [`join`], [`issue`], [`trust`], [`log`], [`enrollment`],
@@ -55,6 +56,11 @@
 //! - For other plugins: [`members`] (`members`, the `certmesh.members.changed` service),
 //!   [`request_names`] (`request-names`), [`pending_names`] (applied at renewal), [`proxy_entries`]
 //!   (`set-proxy-entries`), [`names_api`] (their member → CA routes over mutual TLS).
+//! - The standby CA: [`standby`] (`promote`), [`standby_api`] (the primary's routes),
+//!   [`transfer`] (the end-to-end sealed transfer), [`standby_state`] (the standby's files,
+//!   record and status), [`standby_sync`] (signed roster manifests, the daemon's sync service),
+//!   [`standby_audit`] (the audit log's append-only sync), [`standby_unlock`] (`unlock` on a
+//!   standby).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -104,9 +110,16 @@ pub mod rotate;
 pub mod schedule;
 pub mod secrets;
 pub mod signing;
+pub mod standby;
+pub mod standby_api;
+pub mod standby_audit;
+pub mod standby_state;
+pub mod standby_sync;
+pub mod standby_unlock;
 pub mod status;
 pub mod tls;
 pub mod totp_state;
+pub mod transfer;
 pub mod trust;
 pub mod truststore;
 pub mod unlock;
@@ -294,6 +307,25 @@ pub fn plugin() -> Plugin {
 
     let (members, request_names, set_proxy_entries) = for_plugins();
 
+    let promote = Method::new(
+        "promote",
+        "On a member: become a standby CA (needs a code; the CA key arrives sealed end to end)",
+        standby::run,
+    )
+    .description(
+        "Asks the primary (mutual TLS, this member's certificate) for the CA key, the \
+         enrollment secret, the signed roster and the audit log, sealed to a one-time X25519 \
+         key made here; seals them under a new passphrase typed here (Argon2id) in \
+         KOI_HOME/certmesh/standby/, which starts locked (`koi certmesh unlock`). Under \
+         `koi daemon` the roster then syncs from the primary. CLI only.",
+    )
+    .interactive()
+    .long_running()
+    .mutating()
+    .local_only()
+    .example("koi certmesh promote")
+    .example("koi certmesh promote --code 123456 --passphrase-file /root/standby-pass --json");
+
     Plugin::new(
         "certmesh",
         env!("CARGO_PKG_VERSION"),
@@ -314,6 +346,7 @@ pub fn plugin() -> Plugin {
     .method(members)
     .method(request_names)
     .method(set_proxy_entries)
+    .method(promote)
     .publishes::<members::MembersChanged>(
         members::MEMBERS_CHANGED,
         "The roster changed (join, renewal, leave, names requested, proxy entries): re-call certmesh/members",
@@ -344,6 +377,8 @@ pub fn plugin() -> Plugin {
     // Renewal pushed by the CA (crate::push) and received by members (crate::push_listen).
     .service(push::SERVICE, push::service)
     .service(push_listen::SERVICE, push_listen::service)
+    // A standby CA's roster sync (crate::standby_sync), under `koi daemon` only.
+    .service(standby_sync::SERVICE, standby_sync::service)
     .shutdown_grace(background::SHUTDOWN_GRACE)
 }
 

@@ -148,8 +148,9 @@ pub fn status_details(layout: &Layout) -> (Value, String) {
     (json!(state), summary)
 }
 
-fn pushable(m: &Member, own: &str) -> bool {
-    m.role == Role::Member
+/// Members and standbys (a standby is a member machine too; the renewal keeps its role).
+pub(crate) fn pushable(m: &Member, own: &str) -> bool {
+    matches!(m.role, Role::Member | Role::Standby)
         && m.status == MemberStatus::Active
         && m.device.is_none()
         && m.hostname != own

@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use koi_certmesh_core::{LeafRequest, Member, MemberStatus, Role, Roster};
+use koi_certmesh_core::{LeafRequest, Member, Roster};
 use koi_sdk::{Context, MethodError};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -215,9 +215,7 @@ fn sign(
         let fingerprint = koi_certmesh_core::fingerprint_sha256(presented);
         let entry = roster
             .member(hostname)
-            .filter(|m| {
-                m.role == Role::Member && m.status == MemberStatus::Active && m.device.is_none()
-            })
+            .filter(|m| crate::push::pushable(m, ""))
             .cloned()
             .ok_or_else(|| {
                 MethodError::new(format!(

@@ -175,7 +175,8 @@ fn renew_locked(
             ))
         })?;
     who.clone_from(&entry.hostname);
-    if entry.role != Role::Member || entry.status != MemberStatus::Active {
+    // A standby (crate::standby) renews as a member and keeps its role.
+    if !matches!(entry.role, Role::Member | Role::Standby) || entry.status != MemberStatus::Active {
         return Err(Refusal::NotPermitted(format!(
             "Refused renewal: {} is a {} entry in status {}; only active members renew over \
              the API (a device is re-issued with `koi certmesh issue` on the CA).",
@@ -265,12 +266,8 @@ fn renew_locked(
             }),
         )
         .map_err(|e| Refusal::Internal(e.message().to_owned()))?;
-    let mut member = Member::from_issued(
-        &entry.hostname,
-        &issued,
-        Role::Member,
-        entry.operator.clone(),
-    );
+    let mut member =
+        Member::from_issued(&entry.hostname, &issued, entry.role, entry.operator.clone());
     member.reload_hook = hook;
     member.proxy_entries = entry.proxy_entries.clone();
     member.pending_names =

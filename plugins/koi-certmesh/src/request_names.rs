@@ -346,7 +346,7 @@ fn caller_of(ctx: &Context, method: &str) -> Result<String, MethodError> {
             ),
             format!(
                 "Call it from a plugin through the host (ctx.call(\"certmesh/{method}\", …)) or \
-                 run `koi certmesh {method}` on this machine."
+                 run it on this machine's command line (koi certmesh {method} --help shows how)."
             ),
         )),
         Some(Caller::Plugin { plugin }) => Ok(format!("plugin {}", bounded(plugin, 40))),

@@ -229,6 +229,13 @@ fn build(app: &App, daemon: bool) -> StatusReport {
             membership.ca_endpoint.as_deref().unwrap_or("?")
         )
     };
+    // The standby CA (crate::standby_state): role, term, the standbys, the last sync.
+    let roster = layout
+        .is_ca()
+        .then(|| Roster::load(&layout.roster()).ok())
+        .flatten();
+    let summary =
+        crate::standby_state::status(layout, &app.standby, roster.as_ref(), &mut details, summary);
     StatusReport {
         state,
         summary,

@@ -41,6 +41,9 @@ pub struct UnlockResult {
 pub async fn run(ctx: Context, p: UnlockParams) -> Result<UnlockResult, MethodError> {
     let authority = App::of(&ctx)?.authority();
     let layout = authority.layout().clone();
+    if !layout.is_ca() && crate::standby_state::load(&layout).is_some() {
+        return crate::standby_unlock::run(&ctx, p.passphrase_file.as_deref()).await;
+    }
     if !layout.is_ca() {
         if let Some(m) = Membership::load(&layout)? {
             // The CA's key lives on the CA only: its operator unlocks it there.

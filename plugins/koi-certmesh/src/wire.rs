@@ -58,6 +58,10 @@ pub struct MeshInfo {
     /// members. Absent in answers from CAs older than `certmesh/members`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub domains: Vec<String>,
+    /// The primary's term (1 for the CA that created the mesh; [`crate::standby`]). Absent (read
+    /// as 1) in answers from CAs older than the standby CA.
+    #[serde(default = "koi_certmesh_core::roster::first_term")]
+    pub term: u64,
 }
 
 impl MeshInfo {
@@ -70,6 +74,7 @@ impl MeshInfo {
             primary: roster.mesh.primary.clone(),
             roster_version: roster.mesh.audit_head.as_ref().map_or(0, |h| h.seq),
             domains: roster.mesh.scope.domains.clone(),
+            term: roster.mesh.term,
         }
     }
 }

@@ -22,6 +22,7 @@ mod certmesh_push;
 mod certmesh_renew;
 mod certmesh_rotate;
 mod certmesh_service;
+mod certmesh_standby;
 mod cli;
 mod daemon;
 mod dns;
