@@ -77,6 +77,18 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let inflight = conn.activity.begin();
+    let head: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if head > crate::limits::MAX_HEAD_BYTES || req.headers().len() > crate::limits::MAX_HEADERS {
+        return Ok(page(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "The request headers are too large for this proxy.",
+        )
+        .holding_into(inflight));
+    }
     let routed = request_host(&req).and_then(|(host, raw)| {
         let entry = conn
             .proxy

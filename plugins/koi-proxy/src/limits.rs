@@ -18,12 +18,14 @@ pub const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 pub const HEADER_READ: Duration = Duration::from_secs(10);
 /// A connection with no request in flight and no byte moved for this long is closed.
 pub const IDLE: Duration = Duration::from_secs(60);
-/// HTTP/1.1 read buffer, which bounds the request head (larger heads get 431).
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Request header bytes (names and values) the proxy forwards; more get 431.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// The HTTP/1.1 read buffer, a hard bound on a request head before it is even parsed.
+pub const READ_BUFFER: usize = 128 * 1024;
 /// Headers per request (more get 431).
 pub const MAX_HEADERS: usize = 100;
-/// HTTP/2 header list size.
-pub const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
+/// HTTP/2 header list size (a hard bound; [`MAX_HEAD_BYTES`] applies below it).
+pub const MAX_H2_HEADER_LIST: u32 = 128 * 1024;
 /// HTTP/2 streams per connection.
 pub const MAX_H2_STREAMS: u32 = 256;
 /// HTTP/2 keep-alive ping interval and the time its answer may take.

@@ -193,7 +193,7 @@ async fn tls_connection(
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
             .header_read_timeout(limits::HEADER_READ)
-            .max_buf_size(limits::MAX_HEAD_BYTES)
+            .max_buf_size(limits::READ_BUFFER)
             .max_headers(limits::MAX_HEADERS);
         watched!(b.serve_connection(io, svc).with_upgrades(), activity);
     }
@@ -232,7 +232,7 @@ pub async fn serve_redirect(
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
                 .header_read_timeout(limits::HEADER_READ)
-                .max_buf_size(limits::MAX_HEAD_BYTES)
+                .max_buf_size(limits::READ_BUFFER)
                 .max_headers(limits::MAX_HEADERS);
             watched!(b.serve_connection(io, svc), activity);
             drop(admitted);
