@@ -131,12 +131,10 @@ fn rewrite(
     raw_host: &str,
     req: Request<Incoming>,
     keep_upgrade: bool,
-) -> Result<Request<Incoming>, Response<ProxyBody>> {
+) -> Option<Request<Incoming>> {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = format!("{}{path}", entry.base)
-        .parse::<Uri>()
-        .map_err(|_| page(StatusCode::BAD_REQUEST, "The request target is not a path."))?;
+    parts.uri = format!("{}{path}", entry.base).parse::<Uri>().ok()?;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers, keep_upgrade);
     if let Ok(v) = HeaderValue::from_str(raw_host) {
@@ -144,7 +142,11 @@ fn rewrite(
     }
     let trusted = entry.trusted.iter().any(|c| c.contains(conn.peer));
     set_forwarded(&mut parts.headers, conn.peer, raw_host, trusted);
-    Ok(Request::from_parts(parts, body))
+    Some(Request::from_parts(parts, body))
+}
+
+fn bad_target() -> Response<ProxyBody> {
+    page(StatusCode::BAD_REQUEST, "The request target is not a path.")
 }
 
 fn down_page(entry: &EntryRt) -> Response<ProxyBody> {
@@ -179,9 +181,8 @@ async fn forward(
     raw_host: &str,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let req = match rewrite(entry, conn, raw_host, req, false) {
-        Ok(r) => r,
-        Err(page) => return page,
+    let Some(req) = rewrite(entry, conn, raw_host, req, false) else {
+        return bad_target();
     };
     let limit = Duration::from_secs(entry.entry.timeout_secs);
     match tokio::time::timeout(limit, entry.client.request(req)).await {
@@ -219,9 +220,8 @@ async fn upgrade(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let client_side = hyper::upgrade::on(&mut req);
-    let req = match rewrite(entry, conn, raw_host, req, true) {
-        Ok(r) => r,
-        Err(page) => return page,
+    let Some(req) = rewrite(entry, conn, raw_host, req, true) else {
+        return bad_target();
     };
     let backend = &entry.backend;
     let connected = async {

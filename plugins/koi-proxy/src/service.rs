@@ -167,9 +167,18 @@ fn rebuild(proxy: &Arc<Proxy>, running: &mut Running, events: &Events) -> bool {
     failed
 }
 
+/// Whether the file watch is switched off: `KOI_PROXY_NO_WATCH=1`, honoured in debug builds only,
+/// so a test can prove that `certmesh.cert.renewed` alone reloads certificates.
+fn watch_disabled() -> bool {
+    cfg!(debug_assertions) && std::env::var("KOI_PROXY_NO_WATCH").as_deref() == Ok("1")
+}
+
 /// Watches `$KOI_HOME/certs` (and `$KOI_HOME`, to see it appear) for changes.
 fn watch_certs(proxy: &Arc<Proxy>) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
+    if watch_disabled() {
+        return None;
+    }
     let wake = Arc::clone(proxy);
     let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
         wake.reload.notify_one();

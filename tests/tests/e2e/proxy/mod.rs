@@ -4,6 +4,7 @@
 //! are written the way certmesh writes them (`$KOI_HOME/certs/<host>/`, by rename) with a test CA
 //! made by openssl, so these tests need no mesh.
 
+mod certmesh_link;
 mod lifecycle;
 mod rotation;
 mod safety;
@@ -25,6 +26,23 @@ pub fn script(name: &str) -> PathBuf {
 
 /// The system python (its python3-websockets), not a user's pyenv.
 pub const PYTHON: &str = "/usr/bin/python3";
+
+/// A background process of a test (a backend), killed and reaped when dropped.
+pub struct Bg(pub Child);
+
+impl Bg {
+    /// Kills it now.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
 
 /// A lab whose host `a` runs koi-proxy.
 pub struct Site {
@@ -95,7 +113,7 @@ impl Site {
     }
 
     /// Starts the test backend on host `a`'s loopback and waits until it answers.
-    pub fn backend(&self, port: u16, name: &str, gate: &Path) -> Child {
+    pub fn backend(&self, port: u16, name: &str, gate: &Path) -> Bg {
         let child = self
             .a()
             .command(
@@ -110,6 +128,7 @@ impl Site {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(Bg)
             .expect("backend.py");
         let url = format!("http://127.0.0.1:{port}/");
         poll_until(

@@ -134,6 +134,7 @@ fn a_websocket_echo_and_an_sse_stream_pass_through_as_they_happen() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(super::Bg)
         .expect("ws.py serve");
     site.start();
     site.add(&["grafana", "--backend", "http://127.0.0.1:3000"]);
