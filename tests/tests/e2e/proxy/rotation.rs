@@ -92,6 +92,7 @@ fn ten_swaps_under_load_fail_no_request_and_new_connections_see_the_new_serial()
     let h2 = text(&h2.wait_with_output().expect("h2load"));
     let h1 = text(&h1.wait_with_output().expect("h2load --h1"));
     let fresh = text(&fresh.wait_with_output().expect("curl loop"));
+    eprintln!("h2load (h2):\n{h2}\nh2load (h1):\n{h1}\nnew connections: {fresh}");
     for report in [&h2, &h1] {
         let line = report
             .lines()

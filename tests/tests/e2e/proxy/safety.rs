@@ -93,7 +93,9 @@ fn five_hundred_slow_header_connections_are_closed_while_a_normal_client_is_serv
         );
         served += 1;
     }
+    lines.for_each(drop);
     let _ = slow.wait();
+    eprintln!("{opened}; {last}; normal requests served meanwhile: {served}");
     assert!(
         last.starts_with("closed=500 open=0"),
         "slow connections left open: {last}"

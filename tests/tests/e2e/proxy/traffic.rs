@@ -249,6 +249,7 @@ fn a_1_gib_download_streams_through_with_the_proxy_rss_flat() {
     }
     let out = curl.wait_with_output().expect("curl output");
     assert_eq!(text(&out), gib, "the whole GiB arrived");
+    eprintln!("koi-proxy RSS: {before} KiB before, {peak} KiB at most while streaming 1 GiB");
     assert!(
         peak < before + 32 * 1024,
         "the proxy's RSS grew from {before} KiB to {peak} KiB while streaming 1 GiB"
