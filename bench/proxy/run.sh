@@ -80,7 +80,7 @@ http {
   ssl_protocols TLSv1.2 TLSv1.3;
   ssl_session_cache shared:SSL:10m;
   server {
-    listen 18443 ssl; http2 on; server_name grafana.lan jellyfin.lan;
+    listen 18443 ssl http2; server_name grafana.lan jellyfin.lan;
     keepalive_requests 100000;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
@@ -126,7 +126,7 @@ done
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 nginx_master=$(cat "$WORK/nginx.pid")
 nginx_rss=$(( $(rss_kb "$nginx_master") + $(for p in $(pgrep -P "$nginx_master"); do rss_kb "$p"; done | paste -sd+ | bc) ))
-caddy_rss=$(for p in $(ip netns pids "$NS"); do [ "$(cat /proc/$p/comm)" = caddy ] && rss_kb "$p"; done | head -1)
+caddy_rss=$(for p in $(ip netns pids "$NS"); do if [ "$(cat "/proc/$p/comm")" = caddy ]; then rss_kb "$p"; fi; done | head -1)
 koi_status=$(koi status --json)
 proxy_pid=$(jq -r '.plugins[] | select(.name == "proxy") | .supervision.pid' <<< "$koi_status")
 daemon_pid=$(pgrep -f "^$WORK/koi daemon" | head -1)

@@ -3,7 +3,6 @@
 //! traffic shows it. A change between up and down is published once, as `proxy.backend.up` or
 //! `proxy.backend.down`; nothing polls the backend.
 
-use crate::config::Backend;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -98,9 +97,8 @@ impl tower_service::Service<Name> for Resolver {
 /// The pooled client type.
 pub type Pool = Client<HttpConnector<Resolver>, Incoming>;
 
-/// A pooled HTTP/1.1 client for one backend.
-pub fn client(backend: &Backend, remote: bool) -> Pool {
-    let _ = backend;
+/// A pooled HTTP/1.1 client for one backend (`remote`: whether non-loopback addresses are allowed).
+pub fn client(remote: bool) -> Pool {
     let mut http = HttpConnector::new_with_resolver(Resolver { remote });
     http.set_nodelay(true);
     http.enforce_http(true);

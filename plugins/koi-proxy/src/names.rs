@@ -75,16 +75,24 @@ pub async fn request(ctx: &Context, proxy: &Proxy, entries: &[Entry]) -> bool {
             .call::<_, Answer>("certmesh", "request-names", &params)
             .await;
         let mut names = lock(&proxy.names);
+        // Only the names asked for are recorded (an answer cannot grow the map), and certmesh's
+        // text is cut to a line of printable characters.
+        let mut record = |name: String, text: String| {
+            if hosts.contains(&name) {
+                let clean: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
+                names.insert(name, clean);
+            }
+        };
         match answer {
             Ok(a) => {
                 for n in a.accepted {
-                    names.insert(n, format!("requested from certmesh: {}", a.effective));
+                    record(n, format!("requested from certmesh: {}", a.effective));
                 }
                 for n in a.already {
-                    names.insert(n, "certmesh has it for this certificate".to_owned());
+                    record(n, "certmesh has it for this certificate".to_owned());
                 }
                 for r in a.refused {
-                    names.insert(r.name, format!("refused by certmesh: {}", r.reason));
+                    record(r.name, format!("refused by certmesh: {}", r.reason));
                 }
             }
             Err(e) => {
@@ -93,8 +101,8 @@ pub async fn request(ctx: &Context, proxy: &Proxy, entries: &[Entry]) -> bool {
                     "cannot ask certmesh for {hosts:?} yet ({}); asking again every 5 minutes",
                     e.message()
                 );
-                for h in hosts {
-                    names.insert(
+                for h in hosts.clone() {
+                    record(
                         h,
                         format!(
                             "not requested yet: certmesh did not answer ({}); retried every 5 \

@@ -58,7 +58,7 @@ fn runtime(
         .clone();
     Some(Arc::new(EntryRt {
         base: parsed.url(),
-        client: backend::client(&parsed, entry.backend_remote),
+        client: backend::client(entry.backend_remote),
         backend: parsed,
         trusted: entry
             .trusted_proxies
@@ -97,6 +97,7 @@ fn rebuild(proxy: &Arc<Proxy>, running: &mut Running, events: &Events) -> bool {
         built.insert(entry.name.clone(), rt);
     }
     running.entries = built;
+    lock(&proxy.names).retain(|host, _| entries.iter().any(|e| e.host == *host));
     let used: HashSet<PathBuf> = running
         .entries
         .values()
