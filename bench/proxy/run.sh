@@ -159,7 +159,13 @@ rotation_run nginx on nginx -c "$WORK/nginx.conf" -p "$WORK" -s reload
 rotation_run caddy on env HOME="$WORK" caddy reload --force --config "$WORK/Caddyfile" --adapter caddyfile --address "unix/$WORK/caddy-admin.sock"
 rotation_run koi
 last_serial=$(openssl x509 -noout -serial -in "$CERTS/cert.pem" | cut -d= -f2)
-koi_serial=$(echo | on openssl s_client -connect 127.0.0.1:18445 -servername grafana.lan 2>/dev/null | openssl x509 -noout -serial | cut -d= -f2)
+koi_serial=""
+for _ in $(seq 50); do   # up to 5 s: the last swap was written ~2 s before wrk ended
+  koi_serial=$(echo | on timeout 5 openssl s_client -connect 127.0.0.1:18445 -servername grafana.lan 2>/dev/null \
+    | openssl x509 -noout -serial 2>/dev/null | cut -d= -f2 || true)
+  [ "$koi_serial" = "$last_serial" ] && break
+  sleep 0.1
+done
 
 /usr/bin/python3 - "$WORK" "$nginx_rss" "$caddy_rss" "$proxy_rss" "$daemon_rss" "$last_serial" "$koi_serial" <<'PY'
 import json, re, sys

@@ -269,3 +269,100 @@ pub fn proxy_pid(site: &Site) -> u32 {
         .and_then(|p| u32::try_from(p).ok())
         .unwrap_or_else(|| panic!("no koi-proxy pid in {status:#}"))
 }
+
+#[test]
+fn plain_http_redirects_to_https_when_asked_and_a_trusted_proxy_keeps_its_forwarded_chain() {
+    if !root_or_skip("proxy redirect trusted") {
+        return;
+    }
+    let mut site = Site::new("pxp", 2);
+    site.write_cert(&["grafana.lan", "jellyfin.lan"]);
+    let gate = site.work().join("gate");
+    let _b = site.backend(3000, "grafana", &gate);
+    site.start();
+    let client_ip = site.lab.host(1).ip.clone();
+    site.add(&[
+        "grafana",
+        "--backend",
+        "http://127.0.0.1:3000",
+        "--redirect-http",
+        "80",
+    ]);
+    site.add(&[
+        "jellyfin",
+        "--listen",
+        "8443",
+        "--backend",
+        "http://127.0.0.1:3000",
+        "--trusted-proxy",
+        &format!("{client_ip}/32"),
+    ]);
+    site.wait_listening("jellyfin");
+    // Plain HTTP on :80: a 308 to the same path over HTTPS, for the entry that asked only.
+    let resolve = format!("grafana.lan:80:{}", site.a().ip);
+    let out = site
+        .lab
+        .host(1)
+        .command(
+            "curl",
+            &[
+                "-sS",
+                "--resolve",
+                &resolve,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{redirect_url}",
+                "http://grafana.lan/a/b?c=1",
+            ],
+        )
+        .output()
+        .expect("curl");
+    assert_eq!(text(&out), "308 https://grafana.lan/a/b?c=1");
+    let resolve = format!("jellyfin.lan:80:{}", site.a().ip);
+    let out = site
+        .lab
+        .host(1)
+        .command(
+            "curl",
+            &[
+                "-sS",
+                "--resolve",
+                &resolve,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://jellyfin.lan/",
+            ],
+        )
+        .output()
+        .expect("curl");
+    assert_eq!(text(&out), "421");
+    // The client is a trusted proxy for jellyfin: its chain is kept and this hop appended.
+    let resolve = format!("jellyfin.lan:8443:{}", site.a().ip);
+    let ca = site.ca();
+    let out = site
+        .lab
+        .host(1)
+        .command(
+            "curl",
+            &[
+                "-sS",
+                "--cacert",
+                ca.to_str().expect("path"),
+                "--resolve",
+                &resolve,
+                "-H",
+                "X-Forwarded-For: 192.0.2.7",
+                "https://jellyfin.lan:8443/",
+            ],
+        )
+        .output()
+        .expect("curl");
+    let seen: Value = serde_json::from_str(&text(&out)).expect("backend JSON");
+    assert_eq!(
+        seen["headers"]["x-forwarded-for"],
+        format!("192.0.2.7, {client_ip}").as_str()
+    );
+}
