@@ -9,6 +9,7 @@ use crate::backend::resolve;
 use crate::body::ProxyBody;
 use crate::headers::{set_forwarded, strip_hop_by_hop, wants_upgrade};
 use crate::limits::Activity;
+use crate::local::SendError;
 use crate::state::{EntryRt, Proxy};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -32,6 +33,8 @@ pub struct Conn {
     pub activity: Arc<Activity>,
     /// Whether the client speaks HTTP/2 on it.
     pub h2: bool,
+    /// Its own backend connections (HTTP/1.1 clients; HTTP/2 ones use the entry's pool).
+    pub local: Option<crate::local::LocalBackends>,
 }
 
 /// The host a request names (lower case, without port), and the raw value for X-Forwarded-Host.
@@ -185,6 +188,25 @@ async fn forward(
         return bad_target();
     };
     let limit = Duration::from_secs(entry.entry.timeout_secs);
+    let req = match &conn.local {
+        Some(local) => match tokio::time::timeout(limit, local.send(entry, req)).await {
+            Ok(Ok(resp)) => {
+                entry.backend_answered();
+                return from_backend(resp, false);
+            }
+            Ok(Err(SendError::Full(req))) => *req,
+            Ok(Err(SendError::Connect(why))) => {
+                entry.backend_failed(&format!("cannot connect: {why}"));
+                return down_page(entry);
+            }
+            Ok(Err(SendError::Exchange(e))) => {
+                tracing::info!(entry = %entry.entry.name, "backend request failed: {}", source_text(&e));
+                return down_page(entry);
+            }
+            Err(_) => return slow_page(entry),
+        },
+        None => req,
+    };
     match tokio::time::timeout(limit, entry.client.request(req)).await {
         Ok(Ok(resp)) => {
             entry.backend_answered();

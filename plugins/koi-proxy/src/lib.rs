@@ -23,7 +23,8 @@
 //! - [`service`] — the daemon service: listeners, rebuilds, reloads, events.
 //! - [`listener`] — TLS/SNI and redirect listeners; [`limits`] — timeouts, caps, idle tracking.
 //! - [`forward`] — one request to the backend; [`headers`] — hop-by-hop and forwarding headers;
-//!   [`body`] — streamed response bodies; [`backend`] — pooled client, loopback rule, health.
+//!   [`body`] — streamed response bodies; [`backend`] — pooled client, loopback rule, health;
+//!   [`local`] — an HTTP/1.1 client connection's own backend connections, driven in its task.
 //! - [`certs`] — certificate files, checked and swapped atomically; [`names`] — certmesh calls.
 
 #![forbid(unsafe_code)]
@@ -38,6 +39,7 @@ pub mod forward;
 pub mod headers;
 pub mod limits;
 pub mod listener;
+pub mod local;
 pub mod names;
 pub mod service;
 pub mod state;

@@ -124,7 +124,7 @@ pub async fn serve_tls(
 
 /// Serves `$conn` (a hyper connection future) until it ends or stays idle too long.
 macro_rules! watched {
-    ($conn:expr, $activity:expr) => {{
+    ($conn:expr, $activity:expr, $drive:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
         let mut closing = false;
@@ -134,6 +134,7 @@ macro_rules! watched {
                 .max(Duration::from_secs(1));
             tokio::select! {
                 _ = conn.as_mut() => break,
+                () = $drive => {}
                 () = tokio::time::sleep(wait), if !closing => {
                     if $activity.idle_for() >= limits::IDLE {
                         conn.as_mut().graceful_shutdown();
@@ -144,6 +145,14 @@ macro_rules! watched {
             }
         }
     }};
+}
+
+/// Polls the connection's own backend connections (never completes).
+async fn drive(conn: &Conn) {
+    match &conn.local {
+        Some(local) => local.drive().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn tls_connection(
@@ -179,7 +188,9 @@ async fn tls_connection(
         proxy,
         activity: Arc::clone(&activity),
         h2,
+        local: (!h2).then(crate::local::LocalBackends::default),
     });
+    let driving = Arc::clone(&conn);
     let svc = service_fn(move |req| handle(Arc::clone(&conn), req));
     if h2 {
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -188,14 +199,22 @@ async fn tls_connection(
             .max_concurrent_streams(limits::MAX_H2_STREAMS)
             .keep_alive_interval(limits::H2_PING.0)
             .keep_alive_timeout(limits::H2_PING.1);
-        watched!(b.serve_connection(io, svc), activity);
+        watched!(
+            b.serve_connection(io, svc),
+            activity,
+            std::future::pending::<()>()
+        );
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
             .header_read_timeout(limits::HEADER_READ)
             .max_buf_size(limits::READ_BUFFER)
             .max_headers(limits::MAX_HEADERS);
-        watched!(b.serve_connection(io, svc).with_upgrades(), activity);
+        watched!(
+            b.serve_connection(io, svc).with_upgrades(),
+            activity,
+            drive(&driving)
+        );
     }
     if let Some(e) = &sni_entry {
         e.stats.active.fetch_sub(1, Ordering::Relaxed);
@@ -234,7 +253,11 @@ pub async fn serve_redirect(
                 .header_read_timeout(limits::HEADER_READ)
                 .max_buf_size(limits::READ_BUFFER)
                 .max_headers(limits::MAX_HEADERS);
-            watched!(b.serve_connection(io, svc), activity);
+            watched!(
+                b.serve_connection(io, svc),
+                activity,
+                std::future::pending::<()>()
+            );
             drop(admitted);
         });
     }

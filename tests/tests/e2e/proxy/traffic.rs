@@ -66,6 +66,30 @@ fn curl_over_http1_and_http2_reaches_the_backend_with_forwarding_headers_and_a_s
             format!("for={client_ip};host=grafana.lan;proto=https").as_str()
         );
     }
+    // Three requests on one client connection whose backend connection closes after each.
+    let out = site.curl(
+        1,
+        "grafana.lan",
+        "/close",
+        &[
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}%{num_connects} ",
+            "https://grafana.lan/close",
+            "https://grafana.lan/close",
+        ],
+    );
+    assert_eq!(
+        text(&out),
+        "2001 2000 2000 ",
+        "one client connection, three answers"
+    );
     // A POST body streams to the backend.
     let out = site.curl(1, "grafana.lan", "/post", &["--data-binary", "payload-123"]);
     let seen: Value = serde_json::from_str(&text(&out)).expect("backend JSON");

@@ -3,6 +3,7 @@ GET /            the request as JSON (name, path, headers), so tests see what th
 GET /slow/N      the same after N seconds
 GET /sse         text/event-stream: `data: one`, then `data: two` once the file GATE exists
 GET /big/N       N bytes of `x`, streamed in 64 KiB chunks
+GET /close       the request as JSON, then the backend closes its connection
 usage: backend.py PORT NAME [GATE]"""
 import json, os, sys, time
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
@@ -58,6 +59,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
+        if self.path.startswith("/close"):
+            self.send_header("connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
 
