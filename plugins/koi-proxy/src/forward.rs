@@ -35,6 +35,8 @@ pub struct Conn {
     pub h2: bool,
     /// Its own backend connections (HTTP/1.1 clients; HTTP/2 ones use the entry's pool).
     pub local: Option<crate::local::LocalBackends>,
+    /// Requests forwarded on it so far.
+    pub requests: std::sync::atomic::AtomicU64,
 }
 
 /// The host a request names (lower case, without port), and the raw value for X-Forwarded-Host.
@@ -188,7 +190,15 @@ async fn forward(
         return bad_target();
     };
     let limit = Duration::from_secs(entry.entry.timeout_secs);
-    let req = match &conn.local {
+    // The first request of a connection goes through the shared pool (a client that sends one
+    // request per connection costs no new backend connection); from the second on, the client is
+    // keeping its connection alive and gets backend connections of its own.
+    let first = conn
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        == 0;
+    let local = conn.local.as_ref().filter(|_| !first);
+    let req = match local {
         Some(local) => match tokio::time::timeout(limit, local.send(entry, req)).await {
             Ok(Ok(resp)) => {
                 entry.backend_answered();

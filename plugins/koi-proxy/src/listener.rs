@@ -189,6 +189,7 @@ async fn tls_connection(
         activity: Arc::clone(&activity),
         h2,
         local: (!h2).then(crate::local::LocalBackends::default),
+        requests: std::sync::atomic::AtomicU64::new(0),
     });
     let driving = Arc::clone(&conn);
     let svc = service_fn(move |req| handle(Arc::clone(&conn), req));

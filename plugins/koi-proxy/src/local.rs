@@ -4,8 +4,9 @@
 //! connection per entry it talks to. Keeping that connection here, and polling it from the same
 //! task that serves the client (`LocalBackends::drive` is a branch of the connection's loop),
 //! means a request never hops between tasks or threads and never takes the shared pool's lock:
-//! the proxy does what an nginx worker does. HTTP/2 clients (many streams at once) use the
-//! entry's shared pool instead. A request that the backend connection could not even start (it
+//! the proxy does what an nginx worker does. A connection's first request, and HTTP/2 clients
+//! (many streams at once), use the entry's shared pool instead, so a client that sends one request
+//! per connection costs no new backend connection. A request that the backend connection could not even start (it
 //! closed while idle) is sent again on a fresh connection.
 
 use crate::backend::resolve;

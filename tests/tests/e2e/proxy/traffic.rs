@@ -114,7 +114,13 @@ fn two_entries_share_443_by_sni_and_an_unknown_sni_gets_no_certificate() {
     site.wait_listening("jellyfin");
     for name in ["grafana", "jellyfin"] {
         let out = site.curl(1, &format!("{name}.lan"), "/", &[]);
-        let seen: Value = serde_json::from_str(&text(&out)).expect("backend JSON");
+        let seen: Value = serde_json::from_str(&text(&out)).unwrap_or_else(|e| {
+            panic!(
+                "{name}: {e}: {}{}",
+                text(&out),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
         assert_eq!(seen["name"], name);
     }
     let client = site.lab.host(1);
