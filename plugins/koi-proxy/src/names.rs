@@ -97,10 +97,18 @@ pub async fn request(ctx: &Context, proxy: &Proxy, entries: &[Entry]) -> bool {
             }
             Err(e) => {
                 all = false;
-                tracing::info!(
-                    "cannot ask certmesh for {hosts:?} yet ({}); asking again every 5 minutes",
-                    e.message()
-                );
+                // Logged once at info; the retries every 5 minutes at debug.
+                if proxy
+                    .certmesh_silent
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::debug!("certmesh still does not answer: {}", e.message());
+                } else {
+                    tracing::info!(
+                        "cannot ask certmesh for {hosts:?} yet ({}); asking again every 5 minutes",
+                        e.message()
+                    );
+                }
                 for h in hosts.clone() {
                     record(
                         h,

@@ -141,6 +141,8 @@ pub struct Proxy {
     pub serving: std::sync::atomic::AtomicBool,
     /// Connection caps shared by every listener.
     pub caps: Arc<crate::limits::Caps>,
+    /// Whether certmesh's silence was logged already (it is logged once at info).
+    pub certmesh_silent: std::sync::atomic::AtomicBool,
     /// Woken when certificates should be read again (`certmesh.cert.renewed`, file changes).
     pub reload: tokio::sync::Notify,
 }
@@ -174,6 +176,7 @@ impl Proxy {
             serving: std::sync::atomic::AtomicBool::new(false),
             caps: Arc::new(crate::limits::Caps::default()),
             reload: tokio::sync::Notify::new(),
+            certmesh_silent: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
