@@ -38,6 +38,7 @@ mod ordered_events;
 mod prompts_daemon;
 mod protocol_bugs;
 mod protocol_features;
+mod proxy;
 mod pyhello;
 mod rendering;
 mod sdk_example;

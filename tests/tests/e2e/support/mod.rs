@@ -6,6 +6,7 @@
 pub mod certmesh;
 pub mod kill;
 pub mod netlab;
+pub mod proxy;
 pub mod pty;
 pub mod rawhost;
 

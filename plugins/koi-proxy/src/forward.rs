@@ -1,0 +1,303 @@
+//! One request through the proxy: routed by Host (or `:authority`) to an entry configured on
+//! this port — never anywhere else (no open proxy) — rewritten (hop-by-hop headers out,
+//! forwarding headers in) and sent over the entry's pooled HTTP/1.1 client with the body
+//! streaming both ways. `Upgrade` requests (WebSocket) get a connection of their own that is
+//! spliced to the client after the 101. A backend that does not answer gives a 502 page naming
+//! the entry; one slower than the entry's timeout gives a 504.
+
+use crate::backend::resolve;
+use crate::body::ProxyBody;
+use crate::headers::{set_forwarded, strip_hop_by_hop, wants_upgrade};
+use crate::limits::Activity;
+use crate::local::SendError;
+use crate::state::{EntryRt, Proxy};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a request knows about its connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// The HTTPS port it arrived on.
+    pub port: u16,
+    /// The client's address.
+    pub peer: IpAddr,
+    /// The plugin state (routes).
+    pub proxy: Arc<Proxy>,
+    /// The connection's activity record.
+    pub activity: Arc<Activity>,
+    /// Whether the client speaks HTTP/2 on it.
+    pub h2: bool,
+    /// Its own backend connections (HTTP/1.1 clients; HTTP/2 ones use the entry's pool).
+    pub local: Option<crate::local::LocalBackends>,
+    /// Requests forwarded on it so far.
+    pub requests: std::sync::atomic::AtomicU64,
+}
+
+/// The host a request names (lower case, without port), and the raw value for X-Forwarded-Host.
+pub fn request_host<B>(req: &Request<B>) -> Option<(String, String)> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str().to_owned(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?.to_owned(),
+    };
+    let host = if let Some(v6) = raw.strip_prefix('[') {
+        v6.split(']').next()?.to_owned()
+    } else {
+        raw.rsplit_once(':')
+            .map_or(raw.as_str(), |(h, _)| h)
+            .to_owned()
+    };
+    let host = crate::config::check_host(&host).ok()?;
+    Some((host, raw))
+}
+
+/// A short HTML page of the proxy's own.
+pub fn page(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let escaped = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let body = format!(
+        "<!doctype html><title>{status}</title><h1>{status}</h1><p>{escaped}</p><p><small>koi-proxy</small></p>\n"
+    );
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The request handler every HTTPS connection runs.
+pub async fn handle(
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let inflight = conn.activity.begin();
+    let head: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if head > crate::limits::MAX_HEAD_BYTES || req.headers().len() > crate::limits::MAX_HEADERS {
+        return Ok(page(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "The request headers are too large for this proxy.",
+        )
+        .holding_into(inflight));
+    }
+    let routed = request_host(&req).and_then(|(host, raw)| {
+        let entry = conn
+            .proxy
+            .routes
+            .load()
+            .tls_entry(conn.port, &host)
+            .cloned()?;
+        Some((entry, raw))
+    });
+    let Some((entry, raw_host)) = routed else {
+        return Ok(page(
+            StatusCode::MISDIRECTED_REQUEST,
+            "This proxy serves no such host on this port.",
+        )
+        .holding_into(inflight));
+    };
+    let resp = if !conn.h2 && wants_upgrade(req.headers()) {
+        upgrade(&entry, &conn, &raw_host, req).await
+    } else {
+        forward(&entry, &conn, &raw_host, req).await
+    };
+    entry.count(resp.status().as_u16());
+    Ok(resp.holding_into(inflight))
+}
+
+trait Holding {
+    fn holding_into(self, inflight: crate::limits::InFlight) -> Self;
+}
+
+impl Holding for Response<ProxyBody> {
+    fn holding_into(self, inflight: crate::limits::InFlight) -> Self {
+        self.map(|b| b.holding(inflight))
+    }
+}
+
+/// The request rewritten for the backend.
+fn rewrite(
+    entry: &EntryRt,
+    conn: &Conn,
+    raw_host: &str,
+    req: Request<Incoming>,
+    keep_upgrade: bool,
+) -> Option<Request<Incoming>> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = format!("{}{path}", entry.base).parse::<Uri>().ok()?;
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers, keep_upgrade);
+    if let Ok(v) = HeaderValue::from_str(raw_host) {
+        parts.headers.insert(header::HOST, v);
+    }
+    let trusted = entry.trusted.iter().any(|c| c.contains(conn.peer));
+    set_forwarded(&mut parts.headers, conn.peer, raw_host, trusted);
+    Some(Request::from_parts(parts, body))
+}
+
+fn bad_target() -> Response<ProxyBody> {
+    page(StatusCode::BAD_REQUEST, "The request target is not a path.")
+}
+
+fn down_page(entry: &EntryRt) -> Response<ProxyBody> {
+    page(
+        StatusCode::BAD_GATEWAY,
+        &format!(
+            "The service \u{201c}{}\u{201d} ({}) is not answering at {}. Start it, or check it \
+             with `koi proxy status`.",
+            entry.entry.name, entry.entry.host, entry.entry.backend
+        ),
+    )
+}
+
+fn slow_page(entry: &EntryRt) -> Response<ProxyBody> {
+    page(
+        StatusCode::GATEWAY_TIMEOUT,
+        &format!(
+            "The service \u{201c}{}\u{201d} ({}) did not answer within {} s.",
+            entry.entry.name, entry.entry.host, entry.entry.timeout_secs
+        ),
+    )
+}
+
+fn from_backend(mut resp: Response<Incoming>, keep_upgrade: bool) -> Response<ProxyBody> {
+    strip_hop_by_hop(resp.headers_mut(), keep_upgrade);
+    resp.map(ProxyBody::stream)
+}
+
+async fn forward(
+    entry: &EntryRt,
+    conn: &Conn,
+    raw_host: &str,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let Some(req) = rewrite(entry, conn, raw_host, req, false) else {
+        return bad_target();
+    };
+    let limit = Duration::from_secs(entry.entry.timeout_secs);
+    // The first request of a connection goes through the shared pool (a client that sends one
+    // request per connection costs no new backend connection); from the second on, the client is
+    // keeping its connection alive and gets backend connections of its own.
+    let first = conn
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        == 0;
+    let local = conn.local.as_ref().filter(|_| !first);
+    let req = match local {
+        Some(local) => match tokio::time::timeout(limit, local.send(entry, req)).await {
+            Ok(Ok(resp)) => {
+                entry.backend_answered();
+                return from_backend(resp, false);
+            }
+            Ok(Err(SendError::Full(req))) => *req,
+            Ok(Err(SendError::Connect(why))) => {
+                entry.backend_failed(&format!("cannot connect: {why}"));
+                return down_page(entry);
+            }
+            Ok(Err(SendError::Exchange(e))) => {
+                tracing::info!(entry = %entry.entry.name, "backend request failed: {}", source_text(&e));
+                return down_page(entry);
+            }
+            Err(_) => return slow_page(entry),
+        },
+        None => req,
+    };
+    match tokio::time::timeout(limit, entry.client.request(req)).await {
+        Ok(Ok(resp)) => {
+            entry.backend_answered();
+            from_backend(resp, false)
+        }
+        Ok(Err(e)) => {
+            if e.is_connect() {
+                entry.backend_failed(&format!("cannot connect: {}", source_text(&e)));
+            } else {
+                tracing::info!(entry = %entry.entry.name, "backend request failed: {}", source_text(&e));
+            }
+            down_page(entry)
+        }
+        Err(_) => slow_page(entry),
+    }
+}
+
+fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
+}
+
+async fn upgrade(
+    entry: &EntryRt,
+    conn: &Conn,
+    raw_host: &str,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let client_side = hyper::upgrade::on(&mut req);
+    let Some(req) = rewrite(entry, conn, raw_host, req, true) else {
+        return bad_target();
+    };
+    let backend = &entry.backend;
+    let connected = async {
+        let addrs = resolve(&backend.host, backend.port, entry.entry.backend_remote).await?;
+        tokio::net::TcpStream::connect(&addrs[..]).await
+    };
+    let tcp = match tokio::time::timeout(Duration::from_secs(5), connected).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            entry.backend_failed(&format!("cannot connect: {e}"));
+            return down_page(entry);
+        }
+        Err(_) => {
+            entry.backend_failed("the connection timed out");
+            return down_page(entry);
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(tcp)).await {
+            Ok(pair) => pair,
+            Err(_) => return down_page(entry),
+        };
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let limit = Duration::from_secs(entry.entry.timeout_secs);
+    let mut resp = match tokio::time::timeout(limit, sender.send_request(req)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(_)) => return down_page(entry),
+        Err(_) => return slow_page(entry),
+    };
+    entry.backend_answered();
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return from_backend(resp, false);
+    }
+    let backend_side = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        if let (Ok(c), Ok(b)) = (client_side.await, backend_side.await) {
+            let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+        }
+    });
+    let (mut parts, _) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, true);
+    Response::from_parts(parts, ProxyBody::empty())
+}
