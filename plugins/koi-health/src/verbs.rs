@@ -39,8 +39,8 @@ pub struct StatusOut {
     pub machines: Vec<Row>,
     /// Service checks.
     pub services: Vec<Row>,
-    /// What to know about this answer.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// What to know about this answer (absent when there is nothing to say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
 

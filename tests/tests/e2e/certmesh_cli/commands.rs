@@ -1,7 +1,7 @@
 //! Every `koi …` command that the code tells a user to run must exist. This scans the string
 //! literals of every `.rs` file under `host/`, `plugins/` and `sdk/` (not their `tests/`),
 //! extracts each backticked `` `koi …` `` and runs it with `--help` appended through the real
-//! `koi` (with koi-certmesh, koi-mdns, koi-health and the SDK example installed). clap reads the words in
+//! `koi` (with koi-certmesh, koi-mdns, koi-health, koi-dns, koi-proxy and the SDK example installed). clap reads the words in
 //! order, so an unknown command or flag, or a value a flag refuses, fails before `--help` is
 //! reached and exits 2. Missing required arguments are not checked: a mention may name just the
 //! verb (`koi certmesh issue`).
@@ -278,6 +278,8 @@ fn every_backticked_koi_command_in_the_sources_parses() {
     env.install(&mdns_bin(), "mdns");
     env.install(&example("koi-hello"), "hello");
     env.install(&crate::support::bin_dir().join("koi-health"), "health");
+    env.install(&crate::support::dns_bin(), "dns");
+    env.install(&crate::support::proxy::proxy_bin(), "proxy");
     let mut failures = Vec::new();
     let mut checked = 0;
     for (command, files) in &found {
