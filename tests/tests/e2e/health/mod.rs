@@ -3,6 +3,7 @@
 //! persistence across restarts and `kill -9`, and machine health in network namespaces. Shared
 //! here: a tiny HTTP server whose answer the test controls, and readers for `state` and the log.
 
+mod certs;
 mod checks;
 mod input;
 mod machines;
