@@ -12,6 +12,7 @@ use koi_mdns_api::{REMOVED, ServiceRecord};
 use koi_sdk::{Context, Delivery, MethodError};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 /// How often roster data is re-read even without an event.
@@ -40,24 +41,51 @@ fn with_machine(health: &Health, host: &str, change: impl FnOnce(&mut MachineSig
     let Some(key) = machine_key(host) else {
         return;
     };
-    let mut machines = lock(&health.machines);
-    if !machines.contains_key(&key) {
-        if machines.len() >= MAX_MACHINES {
-            tracing::info!("more than {MAX_MACHINES} machines: {key} is not tracked");
-            return;
-        }
-        machines.insert(
-            key.clone(),
-            Machine {
-                signals: MachineSignals::default(),
-                state: State::Pending,
-                since: SystemTime::now(),
-                reason: "just heard of".into(),
-            },
-        );
-    }
-    if let Some(m) = machines.get_mut(&key) {
+    if let Some(m) = tracked(&mut lock(&health.machines), key) {
         change(&mut m.signals);
+    }
+}
+
+/// The machine `key`, added (pending) when new and there is room for it.
+fn tracked(machines: &mut BTreeMap<String, Machine>, key: String) -> Option<&mut Machine> {
+    if !machines.contains_key(&key) && machines.len() >= MAX_MACHINES {
+        tracing::info!("more than {MAX_MACHINES} machines: {key} is not tracked");
+        return None;
+    }
+    Some(machines.entry(key).or_insert_with(|| Machine {
+        signals: MachineSignals::default(),
+        state: State::Pending,
+        since: SystemTime::now(),
+        reason: "just heard of".into(),
+    }))
+}
+
+/// The roster's view: listed machines are in the mesh with their expiry; a machine no longer
+/// listed (left, revoked, or this machine left the mesh) loses both, or its old expiry would
+/// later mark it down.
+fn apply_roster(machines: &mut BTreeMap<String, Machine>, members: Vec<Member>) {
+    let listed: Vec<(String, Option<SystemTime>)> = members
+        .into_iter()
+        .take(MAX_MACHINES)
+        .filter_map(|m| {
+            let not_after = m
+                .not_after
+                .as_deref()
+                .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok());
+            Some((machine_key(&m.host)?, not_after))
+        })
+        .collect();
+    for (key, machine) in machines.iter_mut() {
+        if !listed.iter().any(|(k, _)| k == key) {
+            machine.signals.in_mesh = false;
+            machine.signals.cert_not_after = None;
+        }
+    }
+    for (key, not_after) in listed {
+        if let Some(m) = tracked(machines, key) {
+            m.signals.in_mesh = true;
+            m.signals.cert_not_after = not_after;
+        }
     }
 }
 
@@ -181,16 +209,7 @@ pub async fn read_roster(ctx: &Context, health: &Health) {
     {
         Ok(roster) => {
             *lock(&health.certmesh_note) = None;
-            for m in roster.members.into_iter().take(MAX_MACHINES) {
-                let not_after = m
-                    .not_after
-                    .as_deref()
-                    .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok());
-                with_machine(health, &m.host, |s| {
-                    s.in_mesh = true;
-                    s.cert_not_after = not_after;
-                });
-            }
+            apply_roster(&mut lock(&health.machines), roster.members);
         }
         Err(e) => {
             let mut note = lock(&health.certmesh_note);
@@ -288,5 +307,33 @@ mod tests {
         assert_eq!(machine_key("nas.lan").as_deref(), Some("nas.lan"));
         assert_eq!(machine_key("bad host\n"), None);
         assert_eq!(machine_key(""), None);
+    }
+
+    fn member(host: &str, not_after: &str) -> Member {
+        Member {
+            host: host.into(),
+            not_after: Some(not_after.into()),
+        }
+    }
+
+    #[test]
+    fn a_machine_that_left_the_roster_loses_its_mesh_signals() {
+        let mut machines = BTreeMap::new();
+        apply_roster(
+            &mut machines,
+            vec![
+                member("stone-01", "2026-12-01T00:00:00Z"),
+                member("stone-02", "2026-12-02T00:00:00Z"),
+            ],
+        );
+        assert!(machines["stone-02"].signals.in_mesh);
+        assert!(machines["stone-02"].signals.cert_not_after.is_some());
+        apply_roster(
+            &mut machines,
+            vec![member("stone-01", "2026-12-01T00:00:00Z")],
+        );
+        assert!(machines["stone-01"].signals.in_mesh);
+        assert!(!machines["stone-02"].signals.in_mesh);
+        assert_eq!(machines["stone-02"].signals.cert_not_after, None);
     }
 }
