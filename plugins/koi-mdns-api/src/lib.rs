@@ -88,7 +88,7 @@ pub struct HostSeenPayload {
     pub host: String,
     /// Its addresses, as its services last gave them.
     pub addresses: Vec<String>,
-    /// Services of it that answered (1: the re-check asks one service per host per round).
+    /// Services of it that answered.
     pub services: u32,
     /// When the re-check it answered was sent (RFC 3339, UTC): it was heard at or after this.
     pub last_seen: String,
