@@ -2,7 +2,8 @@
 //! checks the entry (name, host, ports, the backend resolving to loopback unless
 //! `--backend-remote`), stores it, asks certmesh for its name on the certificate, and — under
 //! `koi daemon` — the service starts serving it at once. Without the daemon the entry is stored
-//! and the answer says it is served once `koi daemon` runs.
+//! and the answer says it is served once `koi daemon` runs. Either way the complete list is then
+//! mirrored in this machine's roster entry ([`crate::mirror`]).
 
 use crate::backend::{is_loopback, resolve};
 use crate::certs::{HotCert, covers};
@@ -61,6 +62,8 @@ pub struct Added {
     pub certificate: String,
     /// certmesh's answer to the name request.
     pub names_request: String,
+    /// Whether the entries are mirrored in this machine's roster entry (certmesh), in words.
+    pub roster: String,
     /// What to do next, if anything.
     pub note: String,
 }
@@ -166,6 +169,7 @@ pub async fn run(ctx: Context, p: AddParams) -> Result<Added, MethodError> {
         })
         .await?;
     crate::names::request(&ctx, &proxy, std::slice::from_ref(&entry)).await;
+    let roster = crate::mirror::send(&ctx, &proxy).await;
     let names_request = crate::state::lock(&proxy.names)
         .get(&host)
         .cloned()
@@ -196,6 +200,7 @@ pub async fn run(ctx: Context, p: AddParams) -> Result<Added, MethodError> {
         serving,
         certificate,
         names_request,
+        roster,
         note,
     })
 }

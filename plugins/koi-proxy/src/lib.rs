@@ -25,7 +25,8 @@
 //! - [`forward`] — one request to the backend; [`headers`] — hop-by-hop and forwarding headers;
 //!   [`body`] — streamed response bodies; [`backend`] — pooled client, loopback rule, health;
 //!   [`local`] — an HTTP/1.1 client connection's own backend connections, driven in its task.
-//! - [`certs`] — certificate files, checked and swapped atomically; [`names`] — certmesh calls.
+//! - [`certs`] — certificate files, checked and swapped atomically; [`names`] — certmesh calls;
+//!   [`mirror`] — the entries mirrored in this machine's roster entry.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -40,6 +41,7 @@ pub mod headers;
 pub mod limits;
 pub mod listener;
 pub mod local;
+pub mod mirror;
 pub mod names;
 pub mod service;
 pub mod state;
@@ -66,7 +68,8 @@ pub fn plugin() -> Plugin {
         "Stores the entry and, under `koi daemon`, serves it at once: TLS 1.2/1.3 with the \
          certificate certmesh wrote for this machine, HTTP/2 and HTTP/1.1, several entries per \
          port chosen by SNI. Asks certmesh to add NAME.<zone> to the certificate at its next \
-         renewal. The backend must be this machine unless --backend-remote.",
+         renewal, and mirrors the entries in this machine's roster entry. The backend must be \
+         this machine unless --backend-remote.",
     )
     .positional(["name"])
     .mutating()

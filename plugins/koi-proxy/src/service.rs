@@ -1,7 +1,8 @@
 //! The `serve` daemon service: builds the routing table and the listeners from the stored entries
 //! and rebuilds them when entries change, reloads certificates (on `certmesh.cert.renewed`, on a
-//! file change seen by `notify`, debounced), publishes backend up/down transitions, and asks
-//! certmesh for missing names until it answers.
+//! file change seen by `notify`, debounced), publishes backend up/down transitions, asks
+//! certmesh for missing names until it answers, and mirrors the entries in the roster at its start
+//! and again until certmesh takes them ([`crate::mirror`]).
 
 use crate::backend;
 use crate::certs::HotCert;
@@ -17,7 +18,7 @@ use tokio::sync::mpsc;
 
 /// How long file events must be quiet before certificates are read (a renewal writes several).
 const DEBOUNCE: Duration = Duration::from_millis(200);
-/// How often failed listeners and unanswered name requests are tried again.
+/// How often unanswered name requests and an unmirrored entry list are tried again.
 const RETRY: Duration = Duration::from_secs(300);
 /// How often a port that could not be bound is tried again.
 const REBIND: Duration = Duration::from_secs(10);
@@ -168,6 +169,16 @@ fn rebuild(proxy: &Arc<Proxy>, running: &mut Running, events: &Events) -> bool {
     failed
 }
 
+/// The retry interval: [`RETRY`], or `KOI_PROXY_RETRY_SECS` (at least 1) in debug builds only, so a
+/// test can see a retry without waiting five minutes; release builds ignore it.
+fn retry_interval() -> Duration {
+    let knob = cfg!(debug_assertions)
+        .then(|| std::env::var("KOI_PROXY_RETRY_SECS").ok())
+        .flatten()
+        .and_then(|s| s.parse::<u64>().ok());
+    knob.map_or(RETRY, |s| Duration::from_secs(s.max(1)))
+}
+
 /// Whether the file watch is switched off: `KOI_PROXY_NO_WATCH=1`, honoured in debug builds only,
 /// so a test can prove that `certmesh.cert.renewed` alone reloads certificates.
 fn watch_disabled() -> bool {
@@ -181,7 +192,12 @@ fn watch_certs(proxy: &Arc<Proxy>) -> Option<notify::RecommendedWatcher> {
         return None;
     }
     let wake = Arc::clone(proxy);
-    let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading a file is no change: inotify reports opens and closes too, and the reload's
+        // own reads (or certmesh's) would otherwise wake the reload again, for ever.
+        if event.is_ok_and(|e| matches!(e.kind, notify::EventKind::Access(_))) {
+            return;
+        }
         wake.reload.notify_one();
     })
     .map_err(|e| {
@@ -212,9 +228,14 @@ pub async fn run(ctx: Context) -> Result<(), MethodError> {
     let mut watching_certs = proxy.home.join("certs").is_dir();
     let mut names_done = crate::names::request(&ctx, &proxy, &proxy.entries()).await;
     let mut bind_failed = rebuild(&proxy, &mut running, &events_tx);
-    let mut retry_at = tokio::time::Instant::now() + RETRY;
+    // The roster mirror: once at the start, then again while certmesh has not taken the list.
+    crate::mirror::send(&ctx, &proxy).await;
+    let retry = retry_interval();
+    let mut retry_at = tokio::time::Instant::now() + retry;
+    // A ticking interval, not a sleep made anew each turn: busy branches cannot starve it.
+    let mut tick = tokio::time::interval(REBIND.min(retry));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let rebind = if bind_failed { REBIND } else { RETRY };
         tokio::select! {
             () = ctx.cancelled() => break,
             r = changed.changed() => {
@@ -237,13 +258,18 @@ pub async fn run(ctx: Context) -> Result<(), MethodError> {
                     tracing::info!("cannot publish {topic}: {}", e.message());
                 }
             }
-            () = tokio::time::sleep(rebind) => {
+            _ = tick.tick() => {
                 if bind_failed {
                     bind_failed = rebuild(&proxy, &mut running, &events_tx);
                 }
-                if !names_done && tokio::time::Instant::now() >= retry_at {
-                    names_done = crate::names::request(&ctx, &proxy, &proxy.entries()).await;
-                    retry_at = tokio::time::Instant::now() + RETRY;
+                if tokio::time::Instant::now() >= retry_at {
+                    if !names_done {
+                        names_done = crate::names::request(&ctx, &proxy, &proxy.entries()).await;
+                    }
+                    if proxy.mirror.pending() {
+                        crate::mirror::send(&ctx, &proxy).await;
+                    }
+                    retry_at = tokio::time::Instant::now() + retry;
                 }
             }
         }

@@ -143,6 +143,8 @@ pub struct Proxy {
     pub caps: Arc<crate::limits::Caps>,
     /// Whether certmesh's silence was logged already (it is logged once at info).
     pub certmesh_silent: std::sync::atomic::AtomicBool,
+    /// The entries mirrored in this machine's roster entry (`certmesh/set-proxy-entries`).
+    pub mirror: crate::mirror::Mirror,
     /// Woken when certificates should be read again (`certmesh.cert.renewed`, file changes).
     pub reload: tokio::sync::Notify,
 }
@@ -177,6 +179,7 @@ impl Proxy {
             caps: Arc::new(crate::limits::Caps::default()),
             reload: tokio::sync::Notify::new(),
             certmesh_silent: std::sync::atomic::AtomicBool::new(false),
+            mirror: crate::mirror::Mirror::default(),
         }
     }
 

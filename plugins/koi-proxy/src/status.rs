@@ -79,6 +79,8 @@ pub struct Status {
     /// What to do when they are not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Whether the entries are mirrored in this machine's roster entry (certmesh), in words.
+    pub roster: String,
     /// Each entry.
     pub entries: Vec<EntryStatus>,
     /// Connections open now.
@@ -202,6 +204,7 @@ pub async fn collect(ctx: &Context) -> Result<Status, MethodError> {
             "Not served: a proxy runs under `koi daemon`; start it and these entries are served."
                 .to_owned()
         }),
+        roster: proxy.mirror.outcome(),
         entries,
         connections_open: proxy.caps.open(),
         connections_refused: proxy.caps.refused.load(Ordering::Relaxed),

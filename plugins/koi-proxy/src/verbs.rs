@@ -1,4 +1,5 @@
-//! `koi proxy remove NAME` and `koi proxy list`: small verbs over the stored entries.
+//! `koi proxy remove NAME` and `koi proxy list`: small verbs over the stored entries (`remove`
+//! then mirrors the remaining list in this machine's roster entry, [`crate::mirror`]).
 
 use crate::config::Entry;
 use crate::state::Proxy;
@@ -18,13 +19,15 @@ pub struct RemoveParams {
 pub struct Removed {
     /// The entry that was removed.
     pub removed: Entry,
+    /// Whether the remaining entries are mirrored in this machine's roster entry, in words.
+    pub roster: String,
 }
 
 /// `remove`.
 pub async fn remove(ctx: Context, p: RemoveParams) -> Result<Removed, MethodError> {
     let proxy = ctx.state::<Proxy>()?;
     let name = p.name;
-    proxy
+    let removed = proxy
         .update(&ctx, move |entries| {
             let at = entries.iter().position(|e| e.name == name).ok_or_else(|| {
                 let known: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
@@ -37,11 +40,11 @@ pub async fn remove(ctx: Context, p: RemoveParams) -> Result<Removed, MethodErro
                     }
                 ))
             })?;
-            Ok(Removed {
-                removed: entries.remove(at),
-            })
+            Ok(entries.remove(at))
         })
-        .await
+        .await?;
+    let roster = crate::mirror::send(&ctx, &proxy).await;
+    Ok(Removed { removed, roster })
 }
 
 /// Result of `list`.

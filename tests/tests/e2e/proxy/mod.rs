@@ -6,6 +6,7 @@
 
 mod certmesh_link;
 mod lifecycle;
+mod roster;
 mod rotation;
 mod safety;
 mod traffic;
