@@ -42,6 +42,8 @@ pub struct App {
     pub advertisement: Mutex<Option<serde_json::Value>>,
     /// The standby CA's key while unlocked here ([`crate::standby_state`]).
     pub standby: crate::standby_state::Held,
+    /// On a standby: what mDNS says of the primary ([`crate::presence`]).
+    pub presence: crate::presence::Watch,
 }
 
 impl App {
@@ -53,6 +55,7 @@ impl App {
             mesh_created: Notify::new(),
             advertisement: Mutex::new(None),
             standby: crate::standby_state::Held::default(),
+            presence: crate::presence::Watch::default(),
         }
     }
 

@@ -3,7 +3,8 @@
 //! `details.daemon_services`). Once this machine is a CA (at start, or right after `create`), it takes
 //! the writer lock for the process's life, serves the inter-node API ([`crate::api`]) on
 //! `KOI_CERTMESH_API_BIND` (default `0.0.0.0:5641`, LAN peers only) and advertises
-//! `_certmesh._tcp` through koi-mdns with the CA fingerprint and port in TXT. The CA starts
+//! `_certmesh._tcp` through koi-mdns with the CA fingerprint, port, `role=primary` and the term
+//! in TXT ([`crate::presence`]). The CA starts
 //! locked; `koi certmesh unlock` opens it. At shutdown the API stops accepting and drains its
 //! open connections within the plugin's grace ([`SHUTDOWN_GRACE`]), then the counted refusals
 //! are written.
@@ -156,6 +157,11 @@ async fn advertise(app: &Arc<App>, ctx: &Context, membership: &Membership, port:
         ("port", port.to_string()),
         ("api", format!("v{}", crate::wire::API_VERSION)),
         ("profile", membership.profile.clone()),
+        (
+            crate::presence::ROLE_KEY,
+            crate::presence::PRIMARY.to_owned(),
+        ),
+        (crate::presence::TERM_KEY, current_term(app).to_string()),
     ]);
     let params = json!({
         "name": format!("koi certmesh CA on {}", membership.hostname),
@@ -167,6 +173,13 @@ async fn advertise(app: &Arc<App>, ctx: &Context, membership: &Membership, port:
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(params.clone());
     send_advertisement(app, ctx, &params, port).await;
+}
+
+/// The roster's term (`mesh.term`, 1 on a mesh never failed over; 0 if the roster is unreadable).
+fn current_term(app: &Arc<App>) -> u64 {
+    koi_certmesh_core::Roster::load(&app.authority().layout().roster())
+        .map(|r| r.mesh.term)
+        .unwrap_or(0)
 }
 
 /// Handles `host.plugin.restarted`: when the daemon restarts koi-mdns, the CA's advertisement went

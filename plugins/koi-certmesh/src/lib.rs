@@ -61,6 +61,8 @@
 //!   record and status), [`standby_sync`] (signed roster manifests, the daemon's sync service),
 //!   [`standby_audit`] (the audit log's append-only sync), [`standby_unlock`] (`unlock` on a
 //!   standby).
+//! - Failover: [`presence`] (role and term in the `_certmesh._tcp` TXT, the standby's own
+//!   advertisement, its watch on the primary through mDNS and the heartbeat).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -96,6 +98,7 @@ pub mod out_dir;
 pub mod ownership;
 pub mod pending;
 pub mod pending_names;
+pub mod presence;
 pub mod proxy_entries;
 pub mod push;
 pub mod push_accept;
@@ -379,6 +382,9 @@ pub fn plugin() -> Plugin {
     .service(push_listen::SERVICE, push_listen::service)
     // A standby CA's roster sync (crate::standby_sync), under `koi daemon` only.
     .service(standby_sync::SERVICE, standby_sync::service)
+    // CA presence: a standby advertises itself and watches the primary (crate::presence).
+    .service(presence::SERVICE, presence::service)
+    .on(koi_mdns_api::ALL_SERVICE_EVENTS, presence::on_mdns)
     .shutdown_grace(background::SHUTDOWN_GRACE)
 }
 

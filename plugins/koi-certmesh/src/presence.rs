@@ -1,0 +1,368 @@
+//! Presence of the CAs on the LAN (issue 11 item 7, the first step of failover): who advertises
+//! `_certmesh._tcp`, in which role and term, and what a standby makes of it.
+//!
+//! - The primary's advertisement ([`crate::background`]) carries `role=primary` and `term=N` (the
+//!   roster's `mesh.term`) in TXT beside `fp` and `port`.
+//! - A standby advertises itself (`koi certmesh standby on HOST`, `role=standby`, its term, the
+//!   mesh fingerprint) through the daemon-mode [`SERVICE`], so the LAN sees every live standby;
+//!   `join` skips advertisements with `role=standby` (they do not enroll).
+//! - A standby watches the primary through `mdns.service.*` events from koi-mdns ([`on_mdns`]):
+//!   an advertisement of the same mesh (same `fp`) with `role=primary` (or no role: older CAs)
+//!   appearing or changing marks the primary present; its removal (goodbye, TTL expiry, or
+//!   koi-mdns's re-check going `unanswered`) marks it absent. Together with the heartbeat
+//!   ([`crate::heartbeat`], which beats against the primary) this gives `status` the
+//!   `primary_watch` record: when the primary was last seen by either signal and, when both
+//!   have failed, since when (`unreachable_since`) — the clock a takeover's grace period runs on.
+//!
+//! Everything read from an mDNS answer is checked: the fingerprint must match the mesh's exactly
+//! (case-insensitive), the role is one of two words, the term is a decimal `u64` of at most 20
+//! digits; anything else is ignored. The watch holds one record, so a flood cannot grow it.
+
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use koi_mdns_api::{REMOVED, ServiceRecord};
+use koi_sdk::{Context, Delivery, MethodError};
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::files::Membership;
+use crate::layout::Layout;
+use crate::standby_state::StandbyState;
+use crate::wire::SERVICE_TYPE;
+
+/// The service's name (in `status` under `details.daemon_services`).
+pub const SERVICE: &str = "presence";
+/// TXT key of the advertiser's role.
+pub const ROLE_KEY: &str = "role";
+/// TXT key of the advertiser's term.
+pub const TERM_KEY: &str = "term";
+/// Role of the CA that signs.
+pub const PRIMARY: &str = "primary";
+/// Role of a standby CA.
+pub const STANDBY: &str = "standby";
+
+/// What one `_certmesh._tcp` advertisement of this mesh says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sighting {
+    /// `primary` or `standby`.
+    pub role: &'static str,
+    /// The advertised term (0 when absent).
+    pub term: u64,
+    /// Whether the advertisement is there (`false` for `removed`).
+    pub present: bool,
+    /// Why it left, when koi-mdns said (`unanswered`), else `goodbye` for a removal.
+    pub reason: Option<String>,
+}
+
+/// Reads one `mdns.service.*` event: `None` unless it is a `_certmesh._tcp` advertisement of the
+/// mesh with root fingerprint `fingerprint` whose TXT is well formed.
+pub fn classify(
+    topic: &str,
+    service: &ServiceRecord,
+    reason: Option<&str>,
+    fingerprint: &str,
+) -> Option<Sighting> {
+    let ty = service.service_type.trim_end_matches('.');
+    if !ty.eq_ignore_ascii_case(SERVICE_TYPE) && !ty.eq_ignore_ascii_case("_certmesh._tcp.local") {
+        return None;
+    }
+    let fp = service.txt.get("fp")?;
+    if fp.len() > 128 || !fp.eq_ignore_ascii_case(fingerprint) {
+        return None;
+    }
+    let role = match service.txt.get(ROLE_KEY).map(String::as_str) {
+        None | Some(PRIMARY) => PRIMARY,
+        Some(STANDBY) => STANDBY,
+        Some(_) => return None,
+    };
+    let term = match service.txt.get(TERM_KEY) {
+        None => 0,
+        Some(t) if !t.is_empty() && t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit()) => {
+            t.parse().ok()?
+        }
+        Some(_) => return None,
+    };
+    let present = topic != REMOVED;
+    let reason = (!present).then(|| {
+        reason
+            .filter(|r| *r == koi_mdns_api::UNANSWERED)
+            .unwrap_or("goodbye")
+            .to_owned()
+    });
+    Some(Sighting {
+        role,
+        term,
+        present,
+        reason,
+    })
+}
+
+/// What this standby last learned of the primary over mDNS (memory only: a restart starts
+/// from "not seen", and koi-mdns's cache replays what is on the link).
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    present: Option<bool>,
+    since: Option<SystemTime>,
+    reason: Option<String>,
+    term: u64,
+}
+
+/// The standby's watch on the primary (one per process, in [`App`]).
+#[derive(Debug, Default)]
+pub struct Watch(Mutex<Seen>);
+
+impl Watch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a primary sighting at `now` (standby sightings are not the primary).
+    pub fn record(&self, sighting: &Sighting, now: SystemTime) {
+        if sighting.role != PRIMARY {
+            return;
+        }
+        let mut seen = self.lock();
+        seen.term = seen.term.max(sighting.term);
+        if seen.present != Some(sighting.present) {
+            seen.present = Some(sighting.present);
+            seen.since = Some(now);
+        }
+        seen.reason = sighting.reason.clone();
+    }
+
+    /// The highest primary term seen over mDNS.
+    pub fn highest_term(&self) -> u64 {
+        self.lock().term
+    }
+
+    /// When the primary became unreachable by both signals, if it is: mDNS says it left (at
+    /// `since`) and the last heartbeat failed; the later of the removal and the last good beat.
+    pub fn unreachable_since(
+        &self,
+        hb: Option<&crate::heartbeat::Heartbeat>,
+    ) -> Option<SystemTime> {
+        let seen = self.lock();
+        let gone_at = match (seen.present, seen.since) {
+            (Some(false), Some(at)) => at,
+            _ => return None,
+        };
+        let hb = hb?;
+        if hb.ok {
+            return None;
+        }
+        let last_ok = hb.last_ok_at.as_deref().and_then(parse_rfc3339);
+        Some(last_ok.map_or(gone_at, |t| t.max(gone_at)))
+    }
+
+    /// The `primary_watch` record of `status`.
+    pub fn details(&self, hb: Option<&crate::heartbeat::Heartbeat>) -> Value {
+        let unreachable = self.unreachable_since(hb);
+        let seen = self.lock().clone();
+        let mdns = match seen.present {
+            None => "not seen",
+            Some(true) => "present",
+            Some(false) => "absent",
+        };
+        json!({
+            "mdns": mdns,
+            "mdns_since": seen.since.map(crate::schedule::rfc3339),
+            "mdns_reason": seen.reason,
+            "mdns_term": seen.term,
+            "heartbeat_ok": hb.map(|h| h.ok),
+            "heartbeat_last_ok_at": hb.and_then(|h| h.last_ok_at.clone()),
+            "unreachable_since": unreachable.map(crate::schedule::rfc3339),
+        })
+    }
+}
+
+fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
+}
+
+/// `mdns.service.*`: on a standby, updates the watch on the primary. A gap (events lost) is
+/// harmless: koi-mdns's next re-check or announcement brings the state back.
+pub async fn on_mdns(ctx: Context, delivery: Delivery<Value>) {
+    let Delivery::Event(event) = delivery else {
+        return;
+    };
+    let Ok(app) = App::of(&ctx) else {
+        return;
+    };
+    let layout = app.authority().layout().clone();
+    let Some(state) = crate::standby_state::load(&layout) else {
+        return;
+    };
+    let Some(service) = event
+        .payload
+        .get("service")
+        .and_then(|s| serde::Deserialize::deserialize(s).ok())
+    else {
+        return;
+    };
+    let reason = event.payload.get("reason").and_then(Value::as_str);
+    if let Some(s) = classify(&event.topic, &service, reason, &state.ca_fingerprint) {
+        tracing::debug!(
+            role = s.role,
+            term = s.term,
+            present = s.present,
+            "certmesh CA presence"
+        );
+        app.presence.record(&s, crate::clock::now());
+    }
+}
+
+/// The `advertise` params of a standby's `_certmesh._tcp` advertisement.
+pub fn standby_advertisement(state: &StandbyState, membership: &Membership) -> Value {
+    json!({
+        "name": format!("koi certmesh standby on {}", membership.hostname),
+        "service_type": SERVICE_TYPE,
+        "port": crate::wire::DEFAULT_API_PORT,
+        "txt": {
+            "fp": state.ca_fingerprint,
+            ROLE_KEY: STANDBY,
+            TERM_KEY: state.term.to_string(),
+            "api": format!("v{}", crate::wire::API_VERSION),
+        },
+    })
+}
+
+/// The `presence` service (daemon mode): on a standby, advertises it (kept in
+/// [`App::advertisement`] so a koi-mdns restart re-advertises it); elsewhere waits.
+pub async fn service(ctx: Context) -> Result<(), MethodError> {
+    if ctx.mode() != koi_sdk::protocol::handshake::RunMode::Daemon {
+        return Ok(());
+    }
+    let app = App::of(&ctx)?;
+    let layout: Layout = app.authority().layout().clone();
+    let mut advertised: Option<Value> = None;
+    loop {
+        let wanted = crate::standby_state::load(&layout).and_then(|state| {
+            Membership::load(&layout)
+                .ok()
+                .flatten()
+                .map(|m| standby_advertisement(&state, &m))
+        });
+        if wanted.is_some() && wanted != advertised {
+            let params = wanted.clone().unwrap_or(Value::Null);
+            match ctx.call::<_, Value>("mdns", "advertise", &params).await {
+                Ok(_) => {
+                    *app.advertisement
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(params);
+                    advertised = wanted;
+                }
+                Err(e) => tracing::info!("not advertising the standby over mDNS: {}", e.message()),
+            }
+        }
+        tokio::select! {
+            _ = ctx.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn record(txt: &[(&str, &str)]) -> ServiceRecord {
+        ServiceRecord {
+            instance: "koi certmesh CA on a".into(),
+            service_type: "_certmesh._tcp".into(),
+            fullname: "x._certmesh._tcp.local.".into(),
+            host: "a.local.".into(),
+            addresses: vec!["10.0.0.1".into()],
+            port: 5641,
+            txt: txt
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+            first_seen: String::new(),
+            last_seen: String::new(),
+        }
+    }
+
+    #[test]
+    fn classify_reads_role_and_term_of_this_mesh_only() {
+        let fp = "AB:CD";
+        let primary = record(&[("fp", "ab:cd"), ("role", "primary"), ("term", "3")]);
+        let s = classify("mdns.service.appeared", &primary, None, fp).unwrap();
+        assert_eq!((s.role, s.term, s.present), (PRIMARY, 3, true));
+        let gone = classify(REMOVED, &primary, Some("unanswered"), fp).unwrap();
+        assert_eq!(
+            (gone.present, gone.reason.as_deref()),
+            (false, Some("unanswered"))
+        );
+        let bye = classify(REMOVED, &primary, Some("other"), fp).unwrap();
+        assert_eq!(bye.reason.as_deref(), Some("goodbye"));
+        let old = record(&[("fp", "AB:CD")]);
+        assert_eq!(classify("x", &old, None, fp).unwrap().role, PRIMARY);
+        let standby = record(&[("fp", "AB:CD"), ("role", "standby"), ("term", "1")]);
+        assert_eq!(classify("x", &standby, None, fp).unwrap().role, STANDBY);
+        // Another mesh, a bad role, a hostile term, another service type: ignored.
+        assert!(classify("x", &record(&[("fp", "EE")]), None, fp).is_none());
+        for bad in [
+            ("role", "boss"),
+            ("term", "-1"),
+            ("term", "1e3"),
+            ("term", ""),
+        ] {
+            assert!(classify("x", &record(&[("fp", "AB:CD"), bad]), None, fp).is_none());
+        }
+        let huge = "9".repeat(21);
+        assert!(classify("x", &record(&[("fp", "AB:CD"), ("term", &huge)]), None, fp).is_none());
+        let mut other = primary.clone();
+        other.service_type = "_http._tcp".into();
+        assert!(classify("x", &other, None, fp).is_none());
+    }
+
+    #[test]
+    fn unreachable_only_when_mdns_and_heartbeat_both_failed() {
+        let watch = Watch::default();
+        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let mut s = Sighting {
+            role: PRIMARY,
+            term: 2,
+            present: true,
+            reason: None,
+        };
+        watch.record(&s, t0);
+        let failed = crate::heartbeat::Heartbeat {
+            ok: false,
+            last_ok_at: Some("1970-01-12T13:46:30Z".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            watch.unreachable_since(Some(&failed)),
+            None,
+            "mDNS still sees it"
+        );
+        s.present = false;
+        let t1 = t0 + std::time::Duration::from_secs(10);
+        watch.record(&s, t1);
+        let ok = crate::heartbeat::Heartbeat {
+            ok: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            watch.unreachable_since(Some(&ok)),
+            None,
+            "the heartbeat still answers"
+        );
+        assert_eq!(watch.unreachable_since(None), None);
+        // Last good beat (1_000_000 - 10 s) before the removal: the removal is the start.
+        assert_eq!(watch.unreachable_since(Some(&failed)), Some(t1));
+        // A standby's advertisement does not count as the primary.
+        s.role = STANDBY;
+        s.present = true;
+        watch.record(&s, t1);
+        assert_eq!(watch.unreachable_since(Some(&failed)), Some(t1));
+        assert_eq!(watch.highest_term(), 2);
+    }
+}
