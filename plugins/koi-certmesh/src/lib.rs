@@ -62,7 +62,8 @@
 //!   [`standby_audit`] (the audit log's append-only sync), [`standby_unlock`] (`unlock` on a
 //!   standby).
 //! - Failover: [`presence`] (role and term in the `_certmesh._tcp` TXT, the standby's own
-//!   advertisement, its watch on the primary through mDNS and the heartbeat).
+//!   advertisement, its watch on the primary through mDNS and the heartbeat), [`takeover`]
+//!   (the standby becomes the primary after the grace period: tiebreak, term, locked).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -120,6 +121,7 @@ pub mod standby_state;
 pub mod standby_sync;
 pub mod standby_unlock;
 pub mod status;
+pub mod takeover;
 pub mod tls;
 pub mod totp_state;
 pub mod transfer;

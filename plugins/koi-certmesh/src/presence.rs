@@ -53,6 +53,23 @@ pub struct Sighting {
     pub present: bool,
     /// Why it left, when koi-mdns said (`unanswered`), else `goodbye` for a removal.
     pub reason: Option<String>,
+    /// A standby's host name (from its instance name `koi certmesh standby on HOST`).
+    pub host: Option<String>,
+}
+
+/// The instance-name prefix of a standby's advertisement.
+pub const STANDBY_INSTANCE_PREFIX: &str = "koi certmesh standby on ";
+
+/// The host name in a standby's instance name, if well formed (letters, digits, `-`, `.`,
+/// `_`; at most 253 bytes).
+fn standby_host(instance: &str) -> Option<String> {
+    let host = instance.strip_prefix(STANDBY_INSTANCE_PREFIX)?;
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    ok.then(|| host.to_owned())
 }
 
 /// Reads one `mdns.service.*` event: `None` unless it is a `_certmesh._tcp` advertisement of the
@@ -90,11 +107,17 @@ pub fn classify(
             .unwrap_or("goodbye")
             .to_owned()
     });
+    let host = if role == STANDBY {
+        Some(standby_host(&service.instance)?)
+    } else {
+        None
+    };
     Some(Sighting {
         role,
         term,
         present,
         reason,
+        host,
     })
 }
 
@@ -106,7 +129,12 @@ struct Seen {
     since: Option<SystemTime>,
     reason: Option<String>,
     term: u64,
+    /// Standbys seen over mDNS: host → present (at most [`MAX_STANDBYS`]).
+    standbys: std::collections::BTreeMap<String, bool>,
 }
+
+/// Bound on the standbys remembered.
+pub const MAX_STANDBYS: usize = 64;
 
 /// The standby's watch on the primary (one per process, in [`App`]).
 #[derive(Debug, Default)]
@@ -121,16 +149,40 @@ impl Watch {
 
     /// Records a primary sighting at `now` (standby sightings are not the primary).
     pub fn record(&self, sighting: &Sighting, now: SystemTime) {
+        let mut seen = self.lock();
         if sighting.role != PRIMARY {
+            if let Some(host) = &sighting.host
+                && (seen.standbys.len() < MAX_STANDBYS || seen.standbys.contains_key(host))
+            {
+                seen.standbys.insert(host.clone(), sighting.present);
+            }
             return;
         }
-        let mut seen = self.lock();
         seen.term = seen.term.max(sighting.term);
         if seen.present != Some(sighting.present) {
             seen.present = Some(sighting.present);
             seen.since = Some(now);
         }
         seen.reason = sighting.reason.clone();
+    }
+
+    /// The standbys advertising now (as last heard over mDNS).
+    pub fn live_standbys(&self) -> Vec<String> {
+        let seen = self.lock();
+        seen.standbys
+            .iter()
+            .filter(|(_, present)| **present)
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    /// When mDNS said the primary left, if it is absent now.
+    pub fn gone_since(&self) -> Option<SystemTime> {
+        let seen = self.lock();
+        match (seen.present, seen.since) {
+            (Some(false), since) => since,
+            _ => None,
+        }
     }
 
     /// The highest primary term seen over mDNS.
@@ -171,6 +223,7 @@ impl Watch {
             "mdns_since": seen.since.map(crate::schedule::rfc3339),
             "mdns_reason": seen.reason,
             "mdns_term": seen.term,
+            "live_standbys": seen.standbys.iter().filter(|(_, p)| **p).map(|(h, _)| h).collect::<Vec<_>>(),
             "heartbeat_ok": hb.map(|h| h.ok),
             "heartbeat_last_ok_at": hb.and_then(|h| h.last_ok_at.clone()),
             "unreachable_since": unreachable.map(crate::schedule::rfc3339),
@@ -216,10 +269,81 @@ pub async fn on_mdns(ctx: Context, delivery: Delivery<Value>) {
     }
 }
 
+/// Takes over when the primary has been unreachable by both signals for the grace period and
+/// this standby wins the tiebreak ([`crate::takeover`]).
+async fn consider_takeover(
+    ctx: &Context,
+    app: &std::sync::Arc<App>,
+    layout: &Layout,
+    state: &StandbyState,
+) {
+    let Some(gone) = app.presence.gone_since() else {
+        return;
+    };
+    let mut hb = crate::heartbeat::last(layout);
+    // mDNS says the primary left: the heartbeat confirms it now, not at its next beat.
+    let beat_before_gone = hb
+        .as_ref()
+        .is_none_or(|h| h.ok && parse_rfc3339(&h.at).is_none_or(|at| at < gone));
+    if beat_before_gone {
+        hb = crate::heartbeat::probe(ctx, layout).await;
+    }
+    let Some(since) = app.presence.unreachable_since(hb.as_ref()) else {
+        return;
+    };
+    let grace = crate::takeover::grace();
+    if crate::clock::now()
+        .duration_since(since)
+        .unwrap_or_default()
+        < grace
+    {
+        return;
+    }
+    let Some(me) = Membership::load(layout).ok().flatten().map(|m| m.hostname) else {
+        return;
+    };
+    let others = app.presence.live_standbys();
+    if !crate::takeover::wins_tiebreak(&me, &others) {
+        tracing::info!(
+            ?others,
+            "certmesh failover: the primary is unreachable; a standby with a lower host name takes over"
+        );
+        return;
+    }
+    let seen = app.presence.highest_term().max(state.term);
+    let watch = app.presence.details(hb.as_ref());
+    let why = format!(
+        "primary {} unreachable since {} (mDNS: {}; heartbeat: {}) for the grace period ({} s)",
+        state.primary,
+        crate::schedule::rfc3339(since),
+        watch["mdns_reason"].as_str().unwrap_or("absent"),
+        hb.as_ref()
+            .and_then(|h| h.reason.clone())
+            .unwrap_or_else(|| "failed".into()),
+        grace.as_secs()
+    );
+    let l = layout.clone();
+    let outcome = ctx
+        .blocking("failover", move || {
+            crate::takeover::take_over(&l, seen, &why).map_err(MethodError::new)
+        })
+        .await;
+    match outcome {
+        Ok(term) => {
+            tracing::warn!(
+                term,
+                "certmesh failover: this standby is now the PRIMARY (term {term}), LOCKED until `koi certmesh unlock`"
+            );
+            app.mesh_created.notify_waiters();
+        }
+        Err(e) => tracing::warn!("certmesh failover: takeover failed: {}", e.message()),
+    }
+}
+
 /// The `advertise` params of a standby's `_certmesh._tcp` advertisement.
 pub fn standby_advertisement(state: &StandbyState, membership: &Membership) -> Value {
     json!({
-        "name": format!("koi certmesh standby on {}", membership.hostname),
+        "name": format!("{STANDBY_INSTANCE_PREFIX}{}", membership.hostname),
         "service_type": SERVICE_TYPE,
         "port": crate::wire::DEFAULT_API_PORT,
         "txt": {
@@ -241,7 +365,22 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
     let layout: Layout = app.authority().layout().clone();
     let mut advertised: Option<Value> = None;
     loop {
-        let wanted = crate::standby_state::load(&layout).and_then(|state| {
+        let is_ca = layout.is_ca();
+        let standby = crate::standby_state::load(&layout).filter(|_| !is_ca);
+        if is_ca && let Some(params) = advertised.take() {
+            // Took over: the standby advertisement goes (the `api` service advertises the CA).
+            let withdraw = json!({"name": params["name"], "service_type": SERVICE_TYPE});
+            if let Err(e) = ctx.call::<_, Value>("mdns", "withdraw", &withdraw).await {
+                tracing::info!(
+                    "could not withdraw the standby advertisement: {}",
+                    e.message()
+                );
+            }
+        }
+        if let Some(state) = &standby {
+            consider_takeover(&ctx, &app, &layout, state).await;
+        }
+        let wanted = standby.and_then(|state| {
             Membership::load(&layout)
                 .ok()
                 .flatten()
@@ -303,8 +442,16 @@ mod tests {
         assert_eq!(bye.reason.as_deref(), Some("goodbye"));
         let old = record(&[("fp", "AB:CD")]);
         assert_eq!(classify("x", &old, None, fp).unwrap().role, PRIMARY);
-        let standby = record(&[("fp", "AB:CD"), ("role", "standby"), ("term", "1")]);
-        assert_eq!(classify("x", &standby, None, fp).unwrap().role, STANDBY);
+        let mut standby = record(&[("fp", "AB:CD"), ("role", "standby"), ("term", "1")]);
+        assert!(
+            classify("x", &standby, None, fp).is_none(),
+            "no host in its name"
+        );
+        standby.instance = "koi certmesh standby on b-1".into();
+        let s = classify("x", &standby, None, fp).unwrap();
+        assert_eq!((s.role, s.host.as_deref()), (STANDBY, Some("b-1")));
+        standby.instance = "koi certmesh standby on b\u{1b}[2J".into();
+        assert!(classify("x", &standby, None, fp).is_none());
         // Another mesh, a bad role, a hostile term, another service type: ignored.
         assert!(classify("x", &record(&[("fp", "EE")]), None, fp).is_none());
         for bad in [
@@ -331,6 +478,7 @@ mod tests {
             term: 2,
             present: true,
             reason: None,
+            host: None,
         };
         watch.record(&s, t0);
         let failed = crate::heartbeat::Heartbeat {
@@ -361,7 +509,9 @@ mod tests {
         // A standby's advertisement does not count as the primary.
         s.role = STANDBY;
         s.present = true;
+        s.host = Some("b".into());
         watch.record(&s, t1);
+        assert_eq!(watch.live_standbys(), vec!["b".to_owned()]);
         assert_eq!(watch.unreachable_since(Some(&failed)), Some(t1));
         assert_eq!(watch.highest_term(), 2);
     }

@@ -1,10 +1,13 @@
-//! Failover, first step (issue 11 item 7): CA presence over mDNS, in a three-host lab (A the
+//! Failover, presence and takeover (issue 11 item 7): CA presence over mDNS, in a three-host lab (A the
 //! primary, B a standby made with `promote`, C a plain koi with koi-mdns). A's `_certmesh._tcp`
 //! advertisement carries `role=primary` and `term=1`; B advertises itself with `role=standby`;
 //! B's standby watches A through koi-mdns's events and its heartbeat (`primary_watch` in
 //! `status`): present while A runs; once A's interface goes down and its daemon is killed (no
 //! goodbye reaches the LAN), koi-mdns's re-check removes A as `unanswered`, the heartbeat fails,
-//! and B reports the primary unreachable by both signals, with the time it became so.
+//! and B reports the primary unreachable by both signals, with the time it became so. Within the
+//! grace period (3 s here) plus 10 s, B takes over: role primary, term 2, LOCKED (status says
+//! so), advertised as primary with term 2 and no longer as a standby; unlocked with B's own
+//! passphrase, B's audit log verifies and holds the `ca_failover` entry.
 
 use std::time::{Duration, Instant};
 
@@ -14,8 +17,12 @@ use crate::support::certmesh::{
 use crate::support::netlab::{LabHost, SwitchLab};
 use crate::support::root_or_skip;
 
-/// B's re-check period (the lowest koi-mdns allows) and heartbeat.
-const B_ENV: [(&str, &str); 4] = [
+/// B's grace period.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// B's re-check period (the lowest koi-mdns allows), heartbeat and grace period.
+const B_ENV: [(&str, &str); 5] = [
+    ("KOI_TEST_FAILOVER_GRACE_SECS", "3"),
     ("KOI_MDNS_RECHECK_SECS", "3"),
     ("KOI_TEST_HEARTBEAT_SECS", "2"),
     ("KOI_TEST_STANDBY_SYNC_SECS", "2"),
@@ -65,10 +72,8 @@ fn status(host: &LabHost) -> serde_json::Value {
 }
 
 #[test]
-fn primary_and_standby_advertise_their_roles_and_the_standby_sees_the_primary_go() {
-    if !root_or_skip(
-        "primary_and_standby_advertise_their_roles_and_the_standby_sees_the_primary_go",
-    ) {
+fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
+    if !root_or_skip("the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term") {
         return;
     }
     let lab = SwitchLab::new("fo", 3);
@@ -158,23 +163,68 @@ fn primary_and_standby_advertise_their_roles_and_the_standby_sees_the_primary_go
         .status()
         .expect("ip link");
     assert!(down.success());
+    let gone_at = Instant::now();
     a_daemon.terminate(Duration::from_secs(10));
-    let watch = wait_for(
-        "B sees A unreachable by mDNS and heartbeat",
-        Duration::from_secs(40),
-        || {
-            let s = status(b);
-            let w = s["details"]["primary_watch"].clone();
-            if w["mdns"] == "absent"
-                && w["heartbeat_ok"] == false
-                && w["unreachable_since"].is_string()
-            {
-                Ok(w)
-            } else {
-                Err(s)
-            }
-        },
+    // B sees A unreachable by both signals and takes over within grace + 10 s.
+    let taken = wait_for("B takes over", GRACE + Duration::from_secs(10), || {
+        let s = status(b);
+        if s["details"]["role"] == "primary" {
+            Ok(s)
+        } else {
+            Err(s)
+        }
+    });
+    eprintln!("B took over {:?} after A went down", gone_at.elapsed());
+    // Locked at takeover: the role, the new term, and the locked message.
+    assert_eq!(taken["details"]["term"], 2, "{taken}");
+    assert_eq!(taken["details"]["locked"], true, "{taken}");
+    assert!(
+        taken["summary"].as_str().unwrap_or("").contains("LOCKED"),
+        "{taken}"
     );
-    assert_eq!(watch["mdns_reason"], "unanswered", "{watch}");
+    // B advertises as the primary with term 2, and no longer as a standby.
+    wait_for("B advertises primary", Duration::from_secs(30), || {
+        let services = certmesh_services(c);
+        let b_primary = services.iter().any(|s| {
+            s["txt"]["role"] == "primary"
+                && s["txt"]["term"] == "2"
+                && s["addresses"].to_string().contains(&b.ip)
+        });
+        let standbys = services
+            .iter()
+            .filter(|s| s["txt"]["role"] == "standby")
+            .count();
+        if b_primary && standbys == 0 {
+            Ok(())
+        } else {
+            Err(serde_json::json!(services))
+        }
+    });
+    // Unlocked with the standby's passphrase, B signs the failover into the log, which verifies.
+    b.env
+        .run(&[
+            "certmesh",
+            "unlock",
+            "--passphrase-file",
+            &standby_pass.display().to_string(),
+        ])
+        .expect_code(0);
+    b.env.run(&["certmesh", "log", "--verify"]).expect_code(0);
+    let failover = crate::support::certmesh::audit_entries(&b.env)
+        .into_iter()
+        .find(|e| e["event"] == "ca_failover")
+        .expect("ca_failover in B's log");
+    assert_eq!(failover["details"]["term"], 2, "{failover}");
+    assert_eq!(failover["details"]["old_term"], 1, "{failover}");
+    let reason = failover["details"]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("mDNS: unanswered") && reason.contains("heartbeat: "),
+        "{failover}"
+    );
+    assert_eq!(
+        failover["details"]["old_primary"],
+        a.hostname.as_str(),
+        "{failover}"
+    );
     drop(b_daemon);
 }
