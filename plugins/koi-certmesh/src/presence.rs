@@ -55,6 +55,30 @@ pub struct Sighting {
     pub reason: Option<String>,
     /// A standby's host name (from its instance name `koi certmesh standby on HOST`).
     pub host: Option<String>,
+    /// A primary's API (`ADDR:PORT`, its first usable address), when it has one.
+    pub endpoint: Option<String>,
+}
+
+/// The API endpoint of an advertisement: its first IPv4 (else non-link-local IPv6) address that
+/// is not loopback, unspecified or multicast, and its port (not 0).
+fn endpoint_of(service: &ServiceRecord) -> Option<String> {
+    if service.port == 0 {
+        return None;
+    }
+    let usable =
+        |ip: &std::net::IpAddr| !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast());
+    let ips: Vec<std::net::IpAddr> = service
+        .addresses
+        .iter()
+        .take(16)
+        .filter_map(|a| a.parse().ok())
+        .filter(usable)
+        .collect();
+    let ip = ips
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| ips.iter().find(|ip| !ip.to_string().starts_with("fe80")))?;
+    Some(std::net::SocketAddr::new(*ip, service.port).to_string())
 }
 
 /// The instance-name prefix of a standby's advertisement.
@@ -112,12 +136,18 @@ pub fn classify(
     } else {
         None
     };
+    let endpoint = if role == PRIMARY {
+        endpoint_of(service)
+    } else {
+        None
+    };
     Some(Sighting {
         role,
         term,
         present,
         reason,
         host,
+        endpoint,
     })
 }
 
@@ -129,6 +159,8 @@ struct Seen {
     since: Option<SystemTime>,
     reason: Option<String>,
     term: u64,
+    /// The present primary with the highest term and its endpoint (what a member follows).
+    best: Option<(u64, String)>,
     /// Standbys seen over mDNS: host → present (at most [`MAX_STANDBYS`]).
     standbys: std::collections::BTreeMap<String, bool>,
 }
@@ -158,6 +190,15 @@ impl Watch {
             }
             return;
         }
+        if sighting.present
+            && let Some(ep) = &sighting.endpoint
+            && seen.best.as_ref().is_none_or(|(t, _)| sighting.term >= *t)
+        {
+            seen.best = Some((sighting.term, ep.clone()));
+        }
+        if !sighting.present && seen.best.as_ref().map(|(_, ep)| ep) == sighting.endpoint.as_ref() {
+            seen.best = None;
+        }
         seen.term = seen.term.max(sighting.term);
         if seen.present != Some(sighting.present) {
             seen.present = Some(sighting.present);
@@ -174,6 +215,11 @@ impl Watch {
             .filter(|(_, present)| **present)
             .map(|(h, _)| h.clone())
             .collect()
+    }
+
+    /// The present primary with the highest term over mDNS: `(term, ADDR:PORT)`.
+    pub fn best_primary(&self) -> Option<(u64, String)> {
+        self.lock().best.clone()
     }
 
     /// When mDNS said the primary left, if it is absent now.
@@ -247,7 +293,11 @@ pub async fn on_mdns(ctx: Context, delivery: Delivery<Value>) {
         return;
     };
     let layout = app.authority().layout().clone();
-    let Some(state) = crate::standby_state::load(&layout) else {
+    let Some(fingerprint) = Membership::load(&layout)
+        .ok()
+        .flatten()
+        .map(|m| m.ca_fingerprint)
+    else {
         return;
     };
     let Some(service) = event
@@ -258,7 +308,7 @@ pub async fn on_mdns(ctx: Context, delivery: Delivery<Value>) {
         return;
     };
     let reason = event.payload.get("reason").and_then(Value::as_str);
-    if let Some(s) = classify(&event.topic, &service, reason, &state.ca_fingerprint) {
+    if let Some(s) = classify(&event.topic, &service, reason, &fingerprint) {
         tracing::debug!(
             role = s.role,
             term = s.term,
@@ -340,6 +390,56 @@ async fn consider_takeover(
     }
 }
 
+/// On a member: when mDNS shows a primary of this mesh with a term above the one this member
+/// knows (its last heartbeat's), renewal and heartbeat move to it (`membership.json`'s
+/// `ca_endpoint`). The root is the same, so the pin holds; a beat right after checks the new
+/// CA's chain and records its term.
+async fn follow(ctx: &Context, app: &std::sync::Arc<App>, layout: &Layout) {
+    let Some((term, endpoint)) = app.presence.best_primary() else {
+        return;
+    };
+    let known = crate::heartbeat::last(layout)
+        .and_then(|h| h.term)
+        .unwrap_or(FIRST_TERM);
+    if term <= known {
+        return;
+    }
+    let authority = app.authority();
+    let outcome = ctx
+        .blocking("certmesh follow the primary", move || {
+            let _writer = authority.writer_for_command()?;
+            let layout = authority.layout();
+            let Some(mut m) = Membership::load(layout)? else {
+                return Ok(None);
+            };
+            if m.role != "member" || m.ca_endpoint.as_deref() == Some(endpoint.as_str()) {
+                return Ok(None);
+            }
+            let old = m.ca_endpoint.replace(endpoint.clone());
+            m.save_in(&layout.dir())?;
+            Ok(Some((old, endpoint)))
+        })
+        .await;
+    match outcome {
+        Ok(Some((old, new))) => {
+            tracing::warn!(
+                term,
+                "certmesh: following the primary with term {term} at {new} (was {})",
+                old.unwrap_or_default()
+            );
+            let _ = crate::heartbeat::probe(ctx, layout).await;
+        }
+        Ok(None) => {}
+        Err(e) => tracing::info!(
+            "certmesh: cannot follow the new primary yet: {}",
+            e.message()
+        ),
+    }
+}
+
+/// The term of a mesh's first CA (`koi_certmesh_core::roster::first_term`).
+pub const FIRST_TERM: u64 = 1;
+
 /// The `advertise` params of a standby's `_certmesh._tcp` advertisement.
 pub fn standby_advertisement(state: &StandbyState, membership: &Membership) -> Value {
     json!({
@@ -379,6 +479,8 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
         }
         if let Some(state) = &standby {
             consider_takeover(&ctx, &app, &layout, state).await;
+        } else if !is_ca {
+            follow(&ctx, &app, &layout).await;
         }
         let wanted = standby.and_then(|state| {
             Membership::load(&layout)
@@ -479,6 +581,7 @@ mod tests {
             present: true,
             reason: None,
             host: None,
+            endpoint: None,
         };
         watch.record(&s, t0);
         let failed = crate::heartbeat::Heartbeat {

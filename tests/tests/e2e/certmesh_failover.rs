@@ -105,6 +105,22 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
         ])
         .expect_code(0);
     let b_daemon = b.env.start_daemon(&B_ENV);
+    let code = fresh_code(&uri, &mut last_step);
+    c.env
+        .run(&[
+            "certmesh",
+            "join",
+            "--ca",
+            &a.ip,
+            "--fingerprint",
+            &fingerprint,
+            "--code",
+            &code,
+            "--no-trust",
+            "--json",
+        ])
+        .expect_code(0);
+    let c_daemon = c.env.start_daemon(&[("KOI_TEST_HEARTBEAT_SECS", "2")]);
     let standby_pass = b.env.dir.path().join("standby-pass");
     std::fs::write(&standby_pass, "standby passphrase 4411\n").expect("standby pass");
     let code = fresh_code(&uri, &mut last_step);
@@ -226,5 +242,31 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
         a.hostname.as_str(),
         "{failover}"
     );
+
+    // C follows the primary with the higher term (same root, so its pin holds) and renews there.
+    let b_api = format!("{}:5641", b.ip);
+    wait_for("C follows B", Duration::from_secs(30), || {
+        let s = status(c);
+        if s["details"]["ca_endpoint"] == b_api.as_str() {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
+    let renewed = c.env.run(&["certmesh", "renew", "--now", "--json"]);
+    renewed.expect_code(0);
+    wait_for(
+        "C's heartbeat reads term 2 from B",
+        Duration::from_secs(30),
+        || {
+            let s = status(c);
+            if s["details"]["heartbeat"]["ok"] == true && s["details"]["heartbeat"]["term"] == 2 {
+                Ok(())
+            } else {
+                Err(s)
+            }
+        },
+    );
+    drop(c_daemon);
     drop(b_daemon);
 }
