@@ -79,10 +79,38 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
         flush_refusals(&ctx, &authority).await;
     };
     // The CA's own API certificate renews while the API serves, swapped in without a restart.
-    tokio::join!(api, rest, crate::ca_renew::run(&ctx, &app, cert));
+    // A demotion (crate::demote: a primary with a higher term took over) ends all of it.
+    tokio::select! {
+        _ = async { tokio::join!(api, rest, crate::ca_renew::run(&ctx, &app, cert)) } => {}
+        _ = app.demoted.notified() => {
+            stop_after_demotion(&app, &ctx).await;
+            return Ok(());
+        }
+    }
     // Refusals counted by the last requests the API drained go in too.
     flush_once(&ctx, &authority).await;
     Ok(())
+}
+
+/// After a demotion: the primary advertisement is withdrawn, the API no longer listens (its
+/// server future was dropped) and the writer lock is let go.
+async fn stop_after_demotion(app: &Arc<App>, ctx: &Context) {
+    let params = app
+        .advertisement
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(params) = params {
+        let withdraw = json!({"name": params["name"], "service_type": SERVICE_TYPE});
+        if let Err(e) = ctx.call::<_, Value>("mdns", "withdraw", &withdraw).await {
+            tracing::info!("could not withdraw the CA advertisement: {}", e.message());
+        }
+    }
+    app.set_api(|a| {
+        a.listening = None;
+        a.advertised = false;
+    });
+    app.authority().release_writer();
 }
 
 /// Coalesced refusal counts are written once a window ([`crate::refusals`]) until shutdown.

@@ -63,7 +63,8 @@
 //!   standby).
 //! - Failover: [`presence`] (role and term in the `_certmesh._tcp` TXT, the standby's own
 //!   advertisement, its watch on the primary through mDNS and the heartbeat), [`takeover`]
-//!   (the standby becomes the primary after the grace period: tiebreak, term, locked).
+//!   (the standby becomes the primary after the grace period: tiebreak, term, locked),
+//!   [`demote`] (a primary that sees a higher term stops signing and becomes a standby).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -78,6 +79,7 @@ pub mod client;
 pub mod client_auth;
 pub mod clock;
 pub mod create;
+pub mod demote;
 pub mod devices;
 pub mod enrollment;
 pub mod entropy;

@@ -53,7 +53,8 @@ pub struct Sighting {
     pub present: bool,
     /// Why it left, when koi-mdns said (`unanswered`), else `goodbye` for a removal.
     pub reason: Option<String>,
-    /// A standby's host name (from its instance name `koi certmesh standby on HOST`).
+    /// The advertiser's host name (from its instance name `koi certmesh standby on HOST`, or
+    /// `koi certmesh CA on HOST` for a primary, where it is optional).
     pub host: Option<String>,
     /// A primary's API (`ADDR:PORT`, its first usable address), when it has one.
     pub endpoint: Option<String>,
@@ -134,7 +135,7 @@ pub fn classify(
     let host = if role == STANDBY {
         Some(standby_host(&service.instance)?)
     } else {
-        None
+        crate::demote::primary_host(&service.instance)
     };
     let endpoint = if role == PRIMARY {
         endpoint_of(service)
@@ -316,6 +317,7 @@ pub async fn on_mdns(ctx: Context, delivery: Delivery<Value>) {
             "certmesh CA presence"
         );
         app.presence.record(&s, crate::clock::now());
+        fence_if_superseded(&app, &layout, &s);
     }
 }
 
@@ -440,6 +442,68 @@ async fn follow(ctx: &Context, app: &std::sync::Arc<App>, layout: &Layout) {
 /// The term of a mesh's first CA (`koi_certmesh_core::roster::first_term`).
 pub const FIRST_TERM: u64 = 1;
 
+/// On a CA: a present primary of this mesh with a higher term than this CA's own means a
+/// standby took over; this CA stops signing NOW (before anything else), and the `presence`
+/// service demotes it ([`crate::demote`]).
+fn fence_if_superseded(app: &std::sync::Arc<App>, layout: &Layout, s: &Sighting) {
+    if s.role != PRIMARY || !s.present || !layout.is_ca() {
+        return;
+    }
+    let Ok(roster) = koi_certmesh_core::Roster::load(&layout.roster()) else {
+        return;
+    };
+    if s.term > roster.mesh.term {
+        let authority = app.authority();
+        if authority.superseded_by().is_none() {
+            tracing::warn!(
+                term = s.term,
+                own = roster.mesh.term,
+                "certmesh: a primary with a higher term is on the network; this CA stops signing and becomes a standby"
+            );
+        }
+        authority.fence(s.term);
+        *app.superseded_by
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((
+            s.term,
+            s.host.clone().unwrap_or_default(),
+            s.endpoint.clone().unwrap_or_default(),
+        ));
+    }
+}
+
+/// On a fenced CA: moves its files aside and makes it a standby, then stops its API.
+async fn demote_if_fenced(ctx: &Context, app: &std::sync::Arc<App>) {
+    let Some((term, primary, endpoint)) = app
+        .superseded_by
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+    else {
+        return;
+    };
+    if endpoint.is_empty() {
+        return;
+    }
+    let authority = app.authority();
+    let (p, e) = (primary.clone(), endpoint.clone());
+    let outcome = ctx
+        .blocking("certmesh demotion", move || {
+            crate::demote::demote(&authority, term, &p, &e).map_err(MethodError::new)
+        })
+        .await;
+    match outcome {
+        Ok(()) => {
+            tracing::warn!(
+                term,
+                "certmesh: this machine is now a STANDBY of {primary} at {endpoint} (term {term})"
+            );
+            app.demoted.notify_one();
+        }
+        Err(e) => tracing::warn!("certmesh: demotion failed (still fenced): {}", e.message()),
+    }
+}
+
 /// The `advertise` params of a standby's `_certmesh._tcp` advertisement.
 pub fn standby_advertisement(state: &StandbyState, membership: &Membership) -> Value {
     json!({
@@ -476,6 +540,9 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
                     e.message()
                 );
             }
+        }
+        if is_ca {
+            demote_if_fenced(&ctx, &app).await;
         }
         if let Some(state) = &standby {
             consider_takeover(&ctx, &app, &layout, state).await;

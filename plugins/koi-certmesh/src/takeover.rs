@@ -130,6 +130,17 @@ pub fn take_over(layout: &Layout, seen_term: u64, why: &str) -> Result<u64, Stri
     roster.mesh.term = term;
     roster.mesh.primary = membership.hostname.clone();
     roster.mesh.standbys.retain(|s| s != &membership.hostname);
+    // The old primary comes back as a standby of this one (crate::demote), and syncs from here.
+    if !old_primary.is_empty() && !roster.mesh.standbys.contains(&old_primary) {
+        roster.mesh.standbys.push(old_primary.clone());
+    }
+    for m in &mut roster.members {
+        if m.hostname == membership.hostname {
+            m.role = koi_certmesh_core::roster::Role::Primary;
+        } else if m.hostname == old_primary {
+            m.role = koi_certmesh_core::roster::Role::Standby;
+        }
+    }
     roster.save(&layout.roster()).map_err(|e| e.to_string())?;
     Ok(term)
 }

@@ -7,7 +7,10 @@
 //! and B reports the primary unreachable by both signals, with the time it became so. Within the
 //! grace period (3 s here) plus 10 s, B takes over: role primary, term 2, LOCKED (status says
 //! so), advertised as primary with term 2 and no longer as a standby; unlocked with B's own
-//! passphrase, B's audit log verifies and holds the `ca_failover` entry.
+//! passphrase, B's audit log verifies and holds the `ca_failover` entry. C follows B (the
+//! higher term), renews there and its heartbeat reads term 2. A comes back, sees term 2, and
+//! becomes a standby of B without signing anything (its log, moved aside, has not grown); after
+//! convergence only B advertises primary.
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +66,12 @@ fn certmesh_services(host: &LabHost) -> Vec<serde_json::Value> {
         .as_array()
         .cloned()
         .unwrap_or_default()
+}
+
+fn audit_lines(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
 }
 
 fn status(host: &LabHost) -> serde_json::Value {
@@ -173,6 +182,7 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
         }
     });
 
+    let a_log_before = audit_lines(&a.env.home.join("certmesh/audit.log"));
     // A vanishes without a goodbye: interface down, then its daemon killed.
     let down = a
         .command("ip", &["link", "set", "veth0", "down"])
@@ -267,6 +277,61 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
             }
         },
     );
+
+    // A comes back (locked, as after any restart), sees term 2 and becomes a standby of B
+    // without signing anything: its log, moved aside whole, has not grown.
+    let up = a
+        .command("ip", &["link", "set", "veth0", "up"])
+        .status()
+        .expect("ip link");
+    assert!(up.success());
+    let a_daemon = a.env.start_daemon(&[("KOI_MDNS_RECHECK_SECS", "3")]);
+    wait_for("A becomes a standby", Duration::from_secs(40), || {
+        let s = status(a);
+        if s["details"]["role"] == "standby" && s["details"]["term"] == 2 {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
+    assert_eq!(
+        audit_lines(&a.env.home.join("certmesh/demoted/audit.log")),
+        a_log_before,
+        "A signed something between coming back and stepping down"
+    );
+    // After convergence, one primary only (B), several looks in a row.
+    let mut last = Vec::new();
+    wait_for("one primary", Duration::from_secs(30), || {
+        let services = certmesh_services(c);
+        let primaries: Vec<String> = services
+            .iter()
+            .filter(|s| s["txt"]["role"] == "primary")
+            .map(|s| s["addresses"].to_string())
+            .collect();
+        if primaries.len() == 1 && primaries[0].contains(&b.ip) {
+            Ok(())
+        } else {
+            last = primaries.clone();
+            Err(serde_json::json!(services))
+        }
+    });
+    for _ in 0..3 {
+        let services = certmesh_services(c);
+        let primaries: Vec<&serde_json::Value> = services
+            .iter()
+            .filter(|s| s["txt"]["role"] == "primary")
+            .collect();
+        assert_eq!(
+            primaries.len(),
+            1,
+            "two primaries after convergence: {services:?} (before: {last:?})"
+        );
+        assert!(
+            primaries[0]["addresses"].to_string().contains(&b.ip),
+            "{services:?}"
+        );
+    }
+    drop(a_daemon);
     drop(c_daemon);
     drop(b_daemon);
 }
