@@ -64,6 +64,7 @@
 //! - Failover: [`presence`] (role and term in the `_certmesh._tcp` TXT, the standby's own
 //!   advertisement, its watch on the primary through mDNS and the heartbeat), [`takeover`]
 //!   (the standby becomes the primary after the grace period: tiebreak, term, locked),
+//!   [`follow`] (members follow the highest confirmed term; a superseded CA is fenced),
 //!   [`demote`] (a primary that sees a higher term stops signing and becomes a standby).
 
 #![forbid(unsafe_code)]
@@ -85,6 +86,7 @@ pub mod enrollment;
 pub mod entropy;
 pub mod error;
 pub mod files;
+pub mod follow;
 pub mod heartbeat;
 pub mod hooks;
 pub mod hot_cert;

@@ -58,6 +58,8 @@ pub struct Sighting {
     pub host: Option<String>,
     /// A primary's API (`ADDR:PORT`, its first usable address), when it has one.
     pub endpoint: Option<String>,
+    /// The advertisement's full name, at most 255 bytes (which advertisement this is).
+    pub key: String,
 }
 
 /// The API endpoint of an advertisement: its first IPv4 (else non-link-local IPv6) address that
@@ -149,6 +151,7 @@ pub fn classify(
         reason,
         host,
         endpoint,
+        key: service.fullname.chars().take(255).collect(),
     })
 }
 
@@ -160,8 +163,9 @@ struct Seen {
     since: Option<SystemTime>,
     reason: Option<String>,
     term: u64,
-    /// The present primary with the highest term and its endpoint (what a member follows).
-    best: Option<(u64, String)>,
+    /// Each primary advertisement (by full name): present, term, endpoint (at most
+    /// [`MAX_STANDBYS`]); the primary counts as present while any of them is.
+    primaries: std::collections::BTreeMap<String, (bool, u64, Option<String>)>,
     /// Standbys seen over mDNS: host → present (at most [`MAX_STANDBYS`]).
     standbys: std::collections::BTreeMap<String, bool>,
 }
@@ -171,11 +175,15 @@ pub const MAX_STANDBYS: usize = 64;
 
 /// The standby's watch on the primary (one per process, in [`App`]).
 #[derive(Debug, Default)]
-pub struct Watch(Mutex<Seen>);
+pub struct Watch {
+    seen: Mutex<Seen>,
+    /// Whether a check of a higher-term advertisement is in flight (one at a time).
+    pub checking: std::sync::atomic::AtomicBool,
+}
 
 impl Watch {
     fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
-        self.0
+        self.seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -191,18 +199,17 @@ impl Watch {
             }
             return;
         }
-        if sighting.present
-            && let Some(ep) = &sighting.endpoint
-            && seen.best.as_ref().is_none_or(|(t, _)| sighting.term >= *t)
-        {
-            seen.best = Some((sighting.term, ep.clone()));
-        }
-        if !sighting.present && seen.best.as_ref().map(|(_, ep)| ep) == sighting.endpoint.as_ref() {
-            seen.best = None;
+        let key = sighting.key.clone();
+        if seen.primaries.len() < MAX_STANDBYS || seen.primaries.contains_key(&key) {
+            seen.primaries.insert(
+                key,
+                (sighting.present, sighting.term, sighting.endpoint.clone()),
+            );
         }
         seen.term = seen.term.max(sighting.term);
-        if seen.present != Some(sighting.present) {
-            seen.present = Some(sighting.present);
+        let present = seen.primaries.values().any(|(p, _, _)| *p);
+        if seen.present != Some(present) {
+            seen.present = Some(present);
             seen.since = Some(now);
         }
         seen.reason = sighting.reason.clone();
@@ -218,9 +225,17 @@ impl Watch {
             .collect()
     }
 
-    /// The present primary with the highest term over mDNS: `(term, ADDR:PORT)`.
-    pub fn best_primary(&self) -> Option<(u64, String)> {
-        self.lock().best.clone()
+    /// The present primaries with an endpoint, highest term first: `(term, ADDR:PORT)`.
+    pub fn primaries(&self) -> Vec<(u64, String)> {
+        let seen = self.lock();
+        let mut out: Vec<(u64, String)> = seen
+            .primaries
+            .values()
+            .filter(|(present, _, _)| *present)
+            .filter_map(|(_, term, ep)| ep.clone().map(|ep| (*term, ep)))
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.0));
+        out
     }
 
     /// When mDNS said the primary left, if it is absent now.
@@ -278,7 +293,7 @@ impl Watch {
     }
 }
 
-fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+pub(crate) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .ok()
         .map(SystemTime::from)
@@ -317,190 +332,7 @@ pub async fn on_mdns(ctx: Context, delivery: Delivery<Value>) {
             "certmesh CA presence"
         );
         app.presence.record(&s, crate::clock::now());
-        fence_if_superseded(&app, &layout, &s);
-    }
-}
-
-/// Takes over when the primary has been unreachable by both signals for the grace period and
-/// this standby wins the tiebreak ([`crate::takeover`]).
-async fn consider_takeover(
-    ctx: &Context,
-    app: &std::sync::Arc<App>,
-    layout: &Layout,
-    state: &StandbyState,
-) {
-    let Some(gone) = app.presence.gone_since() else {
-        return;
-    };
-    let mut hb = crate::heartbeat::last(layout);
-    // mDNS says the primary left: the heartbeat confirms it now, not at its next beat.
-    let beat_before_gone = hb
-        .as_ref()
-        .is_none_or(|h| h.ok && parse_rfc3339(&h.at).is_none_or(|at| at < gone));
-    if beat_before_gone {
-        hb = crate::heartbeat::probe(ctx, layout).await;
-    }
-    let Some(since) = app.presence.unreachable_since(hb.as_ref()) else {
-        return;
-    };
-    let grace = crate::takeover::grace();
-    if crate::clock::now()
-        .duration_since(since)
-        .unwrap_or_default()
-        < grace
-    {
-        return;
-    }
-    let Some(me) = Membership::load(layout).ok().flatten().map(|m| m.hostname) else {
-        return;
-    };
-    let others = app.presence.live_standbys();
-    if !crate::takeover::wins_tiebreak(&me, &others) {
-        tracing::info!(
-            ?others,
-            "certmesh failover: the primary is unreachable; a standby with a lower host name takes over"
-        );
-        return;
-    }
-    let seen = app.presence.highest_term().max(state.term);
-    let watch = app.presence.details(hb.as_ref());
-    let why = format!(
-        "primary {} unreachable since {} (mDNS: {}; heartbeat: {}) for the grace period ({} s)",
-        state.primary,
-        crate::schedule::rfc3339(since),
-        watch["mdns_reason"].as_str().unwrap_or("absent"),
-        hb.as_ref()
-            .and_then(|h| h.reason.clone())
-            .unwrap_or_else(|| "failed".into()),
-        grace.as_secs()
-    );
-    let l = layout.clone();
-    let outcome = ctx
-        .blocking("failover", move || {
-            crate::takeover::take_over(&l, seen, &why).map_err(MethodError::new)
-        })
-        .await;
-    match outcome {
-        Ok(term) => {
-            tracing::warn!(
-                term,
-                "certmesh failover: this standby is now the PRIMARY (term {term}), LOCKED until `koi certmesh unlock`"
-            );
-            app.mesh_created.notify_waiters();
-        }
-        Err(e) => tracing::warn!("certmesh failover: takeover failed: {}", e.message()),
-    }
-}
-
-/// On a member: when mDNS shows a primary of this mesh with a term above the one this member
-/// knows (its last heartbeat's), renewal and heartbeat move to it (`membership.json`'s
-/// `ca_endpoint`). The root is the same, so the pin holds; a beat right after checks the new
-/// CA's chain and records its term.
-async fn follow(ctx: &Context, app: &std::sync::Arc<App>, layout: &Layout) {
-    let Some((term, endpoint)) = app.presence.best_primary() else {
-        return;
-    };
-    let known = crate::heartbeat::last(layout)
-        .and_then(|h| h.term)
-        .unwrap_or(FIRST_TERM);
-    if term <= known {
-        return;
-    }
-    let authority = app.authority();
-    let outcome = ctx
-        .blocking("certmesh follow the primary", move || {
-            let _writer = authority.writer_for_command()?;
-            let layout = authority.layout();
-            let Some(mut m) = Membership::load(layout)? else {
-                return Ok(None);
-            };
-            if m.role != "member" || m.ca_endpoint.as_deref() == Some(endpoint.as_str()) {
-                return Ok(None);
-            }
-            let old = m.ca_endpoint.replace(endpoint.clone());
-            m.save_in(&layout.dir())?;
-            Ok(Some((old, endpoint)))
-        })
-        .await;
-    match outcome {
-        Ok(Some((old, new))) => {
-            tracing::warn!(
-                term,
-                "certmesh: following the primary with term {term} at {new} (was {})",
-                old.unwrap_or_default()
-            );
-            let _ = crate::heartbeat::probe(ctx, layout).await;
-        }
-        Ok(None) => {}
-        Err(e) => tracing::info!(
-            "certmesh: cannot follow the new primary yet: {}",
-            e.message()
-        ),
-    }
-}
-
-/// The term of a mesh's first CA (`koi_certmesh_core::roster::first_term`).
-pub const FIRST_TERM: u64 = 1;
-
-/// On a CA: a present primary of this mesh with a higher term than this CA's own means a
-/// standby took over; this CA stops signing NOW (before anything else), and the `presence`
-/// service demotes it ([`crate::demote`]).
-fn fence_if_superseded(app: &std::sync::Arc<App>, layout: &Layout, s: &Sighting) {
-    if s.role != PRIMARY || !s.present || !layout.is_ca() {
-        return;
-    }
-    let Ok(roster) = koi_certmesh_core::Roster::load(&layout.roster()) else {
-        return;
-    };
-    if s.term > roster.mesh.term {
-        let authority = app.authority();
-        if authority.superseded_by().is_none() {
-            tracing::warn!(
-                term = s.term,
-                own = roster.mesh.term,
-                "certmesh: a primary with a higher term is on the network; this CA stops signing and becomes a standby"
-            );
-        }
-        authority.fence(s.term);
-        *app.superseded_by
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((
-            s.term,
-            s.host.clone().unwrap_or_default(),
-            s.endpoint.clone().unwrap_or_default(),
-        ));
-    }
-}
-
-/// On a fenced CA: moves its files aside and makes it a standby, then stops its API.
-async fn demote_if_fenced(ctx: &Context, app: &std::sync::Arc<App>) {
-    let Some((term, primary, endpoint)) = app
-        .superseded_by
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
-    else {
-        return;
-    };
-    if endpoint.is_empty() {
-        return;
-    }
-    let authority = app.authority();
-    let (p, e) = (primary.clone(), endpoint.clone());
-    let outcome = ctx
-        .blocking("certmesh demotion", move || {
-            crate::demote::demote(&authority, term, &p, &e).map_err(MethodError::new)
-        })
-        .await;
-    match outcome {
-        Ok(()) => {
-            tracing::warn!(
-                term,
-                "certmesh: this machine is now a STANDBY of {primary} at {endpoint} (term {term})"
-            );
-            app.demoted.notify_one();
-        }
-        Err(e) => tracing::warn!("certmesh: demotion failed (still fenced): {}", e.message()),
+        crate::follow::fence_if_superseded(&app, &layout, &s);
     }
 }
 
@@ -542,12 +374,12 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
             }
         }
         if is_ca {
-            demote_if_fenced(&ctx, &app).await;
+            crate::follow::demote_if_fenced(&ctx, &app).await;
         }
         if let Some(state) = &standby {
-            consider_takeover(&ctx, &app, &layout, state).await;
+            crate::takeover::consider(&ctx, &app, &layout, state).await;
         } else if !is_ca {
-            follow(&ctx, &app, &layout).await;
+            crate::follow::follow(&ctx, &app, &layout).await;
         }
         let wanted = standby.and_then(|state| {
             Membership::load(&layout)
@@ -649,6 +481,7 @@ mod tests {
             reason: None,
             host: None,
             endpoint: None,
+            key: "a".into(),
         };
         watch.record(&s, t0);
         let failed = crate::heartbeat::Heartbeat {
@@ -684,5 +517,26 @@ mod tests {
         assert_eq!(watch.live_standbys(), vec!["b".to_owned()]);
         assert_eq!(watch.unreachable_since(Some(&failed)), Some(t1));
         assert_eq!(watch.highest_term(), 2);
+        // Two primary advertisements: one leaving does not make the primary absent.
+        let w2 = Watch::default();
+        let mut p = Sighting {
+            role: PRIMARY,
+            term: 1,
+            present: true,
+            reason: None,
+            host: None,
+            endpoint: Some("10.0.0.1:5641".into()),
+            key: "real".into(),
+        };
+        w2.record(&p, t0);
+        p.key = "forged".into();
+        p.term = 99;
+        p.endpoint = Some("10.0.0.9:5999".into());
+        w2.record(&p, t0);
+        assert_eq!(w2.primaries()[0].0, 99, "highest term first");
+        p.present = false;
+        w2.record(&p, t1);
+        assert_eq!(w2.gone_since(), None);
+        assert_eq!(w2.primaries(), vec![(1, "10.0.0.1:5641".to_owned())]);
     }
 }

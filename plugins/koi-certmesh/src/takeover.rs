@@ -27,10 +27,13 @@ use std::time::Duration;
 use koi_certmesh_core::Roster;
 use serde_json::json;
 
+use crate::app::App;
 use crate::files::Membership;
 use crate::layout::Layout;
+use crate::presence::parse_rfc3339;
 use crate::standby_api::SignedManifest;
-use crate::standby_state;
+use crate::standby_state::{self, StandbyState};
+use koi_sdk::{Context, MethodError};
 
 /// The audit event of a takeover.
 pub const FAILOVER: &str = "ca_failover";
@@ -143,6 +146,79 @@ pub fn take_over(layout: &Layout, seen_term: u64, why: &str) -> Result<u64, Stri
     }
     roster.save(&layout.roster()).map_err(|e| e.to_string())?;
     Ok(term)
+}
+
+/// Takes over when the primary has been unreachable by both signals for the grace period and
+/// this standby wins the tiebreak ([`crate::takeover`]).
+pub async fn consider(
+    ctx: &Context,
+    app: &std::sync::Arc<App>,
+    layout: &Layout,
+    state: &StandbyState,
+) {
+    let Some(gone) = app.presence.gone_since() else {
+        return;
+    };
+    let mut hb = crate::heartbeat::last(layout);
+    // mDNS says the primary left: the heartbeat confirms it now, not at its next beat.
+    let beat_before_gone = hb
+        .as_ref()
+        .is_none_or(|h| h.ok && parse_rfc3339(&h.at).is_none_or(|at| at < gone));
+    if beat_before_gone {
+        hb = crate::heartbeat::probe(ctx, layout).await;
+    }
+    let Some(since) = app.presence.unreachable_since(hb.as_ref()) else {
+        return;
+    };
+    let grace = crate::takeover::grace();
+    if crate::clock::now()
+        .duration_since(since)
+        .unwrap_or_default()
+        < grace
+    {
+        return;
+    }
+    let Some(me) = Membership::load(layout).ok().flatten().map(|m| m.hostname) else {
+        return;
+    };
+    let others = app.presence.live_standbys();
+    if !crate::takeover::wins_tiebreak(&me, &others) {
+        tracing::info!(
+            ?others,
+            "certmesh failover: the primary is unreachable; a standby with a lower host name takes over"
+        );
+        return;
+    }
+    // The term held from the primary's signed manifests (an advertised term is anyone's to
+    // send, so it does not raise this one).
+    let seen = state.term;
+    let watch = app.presence.details(hb.as_ref());
+    let why = format!(
+        "primary {} unreachable since {} (mDNS: {}; heartbeat: {}) for the grace period ({} s)",
+        state.primary,
+        crate::schedule::rfc3339(since),
+        watch["mdns_reason"].as_str().unwrap_or("absent"),
+        hb.as_ref()
+            .and_then(|h| h.reason.clone())
+            .unwrap_or_else(|| "failed".into()),
+        grace.as_secs()
+    );
+    let l = layout.clone();
+    let outcome = ctx
+        .blocking("failover", move || {
+            crate::takeover::take_over(&l, seen, &why).map_err(MethodError::new)
+        })
+        .await;
+    match outcome {
+        Ok(term) => {
+            tracing::warn!(
+                term,
+                "certmesh failover: this standby is now the PRIMARY (term {term}), LOCKED until `koi certmesh unlock`"
+            );
+            app.mesh_created.notify_waiters();
+        }
+        Err(e) => tracing::warn!("certmesh failover: takeover failed: {}", e.message()),
+    }
 }
 
 #[cfg(test)]

@@ -182,6 +182,44 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
         }
     });
 
+    // A forged advertisement (the fingerprint is public in TXT) claims term 99 from an address
+    // with no CA behind it: A is not fenced, C does not move, B's term is not inflated.
+    let forged = "koi certmesh CA on forged";
+    c.env
+        .run(&[
+            "mdns",
+            "announce",
+            forged,
+            "_certmesh._tcp",
+            "5999",
+            "--txt",
+            &format!("fp={fingerprint}"),
+            "--txt",
+            "role=primary",
+            "--txt",
+            "term=99",
+        ])
+        .expect_code(0);
+    wait_for("A ignores the forged term", Duration::from_secs(30), || {
+        if a_daemon.log_text().contains("did not confirm it") {
+            Ok(())
+        } else {
+            Err(serde_json::json!(
+                "no word of the forged advertisement in A's log"
+            ))
+        }
+    });
+    let a_now = status(a);
+    assert_eq!(a_now["details"]["role"], "primary", "{a_now}");
+    assert_eq!(a_now["details"]["locked"], false, "{a_now}");
+    assert_eq!(
+        status(c)["details"]["ca_endpoint"],
+        format!("{}:5641", a.ip).as_str()
+    );
+    c.env
+        .run(&["mdns", "unannounce", forged, "_certmesh._tcp"])
+        .expect_code(0);
+
     let a_log_before = audit_lines(&a.env.home.join("certmesh/audit.log"));
     // A vanishes without a goodbye: interface down, then its daemon killed.
     let down = a
