@@ -65,7 +65,8 @@
 //!   advertisement, its watch on the primary through mDNS and the heartbeat), [`takeover`]
 //!   (the standby becomes the primary after the grace period: tiebreak, term, locked),
 //!   [`follow`] (members follow the highest confirmed term; a superseded CA is fenced),
-//!   [`demote`] (a primary that sees a higher term stops signing and becomes a standby).
+//!   [`demote`] (a primary that sees a higher term stops signing and becomes a standby),
+//!   [`partition`] (its partition audit entries, sent to the new primary and kept).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -101,6 +102,7 @@ pub mod names;
 pub mod names_api;
 pub mod out_dir;
 pub mod ownership;
+pub mod partition;
 pub mod pending;
 pub mod pending_names;
 pub mod presence;

@@ -377,6 +377,15 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
             crate::follow::demote_if_fenced(&ctx, &app).await;
         }
         if let Some(state) = &standby {
+            match crate::partition::send_if_due(&layout).await {
+                Ok(Some(n)) => {
+                    tracing::info!("certmesh: {n} partition audit entries kept by the new primary")
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::info!("certmesh: partition audit entries not delivered yet: {e}")
+                }
+            }
             crate::takeover::consider(&ctx, &app, &layout, state).await;
         } else if !is_ca {
             crate::follow::follow(&ctx, &app, &layout).await;

@@ -220,7 +220,6 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
         .run(&["mdns", "unannounce", forged, "_certmesh._tcp"])
         .expect_code(0);
 
-    let a_log_before = audit_lines(&a.env.home.join("certmesh/audit.log"));
     // A vanishes without a goodbye: interface down, then its daemon killed.
     let down = a
         .command("ip", &["link", "set", "veth0", "down"])
@@ -228,6 +227,9 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
         .expect("ip link");
     assert!(down.success());
     let gone_at = Instant::now();
+    // Cut off, A still signs something: a partition entry B's copy does not have.
+    a.env.run(&["certmesh", "close-enrollment"]).expect_code(0);
+    let a_log_before = audit_lines(&a.env.home.join("certmesh/audit.log"));
     a_daemon.terminate(Duration::from_secs(10));
     // B sees A unreachable by both signals and takes over within grace + 10 s.
     let taken = wait_for("B takes over", GRACE + Duration::from_secs(10), || {
@@ -323,7 +325,11 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
         .status()
         .expect("ip link");
     assert!(up.success());
-    let a_daemon = a.env.start_daemon(&[("KOI_MDNS_RECHECK_SECS", "3")]);
+    let a_daemon = a.env.start_daemon(&[
+        ("KOI_MDNS_RECHECK_SECS", "3"),
+        ("KOI_TEST_HEARTBEAT_SECS", "2"),
+        ("KOI_TEST_STANDBY_SYNC_SECS", "2"),
+    ]);
     wait_for("A becomes a standby", Duration::from_secs(40), || {
         let s = status(a);
         if s["details"]["role"] == "standby" && s["details"]["term"] == 2 {
@@ -369,6 +375,31 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
             "{services:?}"
         );
     }
+    // A's partition entry reaches B, carried verbatim in one signed entry; B's log verifies.
+    let carried = wait_for(
+        "B keeps A's partition entries",
+        Duration::from_secs(60),
+        || match crate::support::certmesh::audit_entries(&b.env)
+            .into_iter()
+            .find(|e| e["event"] == "partition_entries")
+        {
+            Some(e) => Ok(e),
+            None => Err(serde_json::json!("no partition_entries in B's log yet")),
+        },
+    );
+    assert_eq!(carried["details"]["from"], a.hostname.as_str(), "{carried}");
+    let entries = carried["details"]["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        entries.iter().any(|l| l
+            .as_str()
+            .unwrap_or("")
+            .contains("\"event\":\"enrollment_closed\"")),
+        "{carried}"
+    );
+    b.env.run(&["certmesh", "log", "--verify"]).expect_code(0);
     drop(a_daemon);
     drop(c_daemon);
     drop(b_daemon);
