@@ -215,3 +215,61 @@ pub fn receive(authority: &Arc<Authority>, host: &str, bytes: &[u8]) -> Result<V
         })?;
     Ok(json!({"kept": count, "already": false}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, prev: &str, hash: &str) -> String {
+        json!({"seq": seq, "ts": "t", "event": "e", "actor": "a", "details": {},
+               "prev_hash": prev, "hash": hash, "sig": "s"})
+        .to_string()
+    }
+
+    #[test]
+    fn the_entries_after_the_fork_are_due_only_once_the_copy_went_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let demoted = crate::demote::demoted_dir(&layout);
+        std::fs::create_dir_all(&demoted).unwrap();
+        std::fs::create_dir_all(crate::standby_state::dir(&layout)).unwrap();
+        let (e1, e2a, e3a, e2b) = (
+            entry(1, "0", "h1"),
+            entry(2, "h1", "a2"),
+            entry(3, "a2", "a3"),
+            entry(2, "h1", "b2"),
+        );
+        std::fs::write(demoted.join("audit.log"), format!("{e1}\n{e2a}\n{e3a}\n")).unwrap();
+        // The copy holds only the common entry: not past the fork yet.
+        std::fs::write(crate::standby_state::audit_path(&layout), format!("{e1}\n")).unwrap();
+        assert_eq!(pending_entries(&layout), None);
+        // The new primary's own entry after the fork arrived: A's two are due.
+        std::fs::write(
+            crate::standby_state::audit_path(&layout),
+            format!("{e1}\n{e2b}\n"),
+        )
+        .unwrap();
+        assert_eq!(pending_entries(&layout), Some(vec![e2a, e3a]));
+        // Delivered once: never again.
+        std::fs::write(marker(&layout), b"2").unwrap();
+        assert_eq!(pending_entries(&layout), None);
+    }
+
+    #[test]
+    fn hostile_bodies_are_refused_without_touching_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        std::fs::create_dir_all(layout.dir()).unwrap();
+        std::fs::write(layout.audit(), format!("{}\n", entry(1, "0", "h1"))).unwrap();
+        let refused =
+            |lines: Vec<String>| matches!(check(&layout, &lines), Err(Refusal::BadRequest(_)));
+        assert!(refused(vec![]));
+        assert!(refused(vec!["not json".into()]));
+        assert!(refused(vec!["x".repeat(MAX_LINE + 1)]));
+        assert!(refused(vec![entry(1, "0", "h1"); MAX_ENTRIES + 1]));
+        // Forks from nothing in this log (wrong hash, or from before the first entry).
+        assert!(refused(vec![entry(2, "other", "z2")]));
+        assert!(refused(vec![entry(1, "0", "z1")]));
+        assert!(refused(vec![entry(u64::MAX, "h1", "z")]));
+    }
+}
