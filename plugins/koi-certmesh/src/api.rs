@@ -8,6 +8,7 @@
 //! | `POST /v1/certmesh/renew` | members (their current certificate) | CSR → renewed certificate ([`crate::renew_api`]) |
 //! | `POST /v1/certmesh/names`, `/proxy-entries` | members (their current certificate) | names for their next certificate, their proxy entries ([`crate::names_api`]) |
 //! | `POST /v1/certmesh/promote`, `GET /v1/certmesh/standby/roster`, `POST /v1/certmesh/standby/audit` | a member with a code; a standby | the standby CA's transfer, roster manifest and audit log ([`crate::standby_api`]) |
+//! | `POST /v1/certmesh/standby/partition` | a standby (a demoted primary) | its partition audit entries, kept in one signed entry ([`crate::partition`]) |
 //!
 //! Hardening: only loopback, private (RFC 1918, ULA) and link-local peers are served; at most
 //! [`MAX_CONNECTIONS`] at once and at most [`MAX_CONNECTIONS_PER_PEER`] from one source address
@@ -373,14 +374,16 @@ async fn route(
         "/v1/certmesh/join" | "/v1/certmesh/renew" => Method::POST,
         crate::names_api::NAMES_PATH | crate::names_api::PROXY_ENTRIES_PATH => Method::POST,
         "/v1/certmesh/health" | "/v1/certmesh/roster" => Method::GET,
-        crate::standby_api::PROMOTE_PATH | crate::standby_audit::AUDIT_PATH => Method::POST,
+        crate::standby_api::PROMOTE_PATH
+        | crate::standby_audit::AUDIT_PATH
+        | crate::partition::PATH => Method::POST,
         crate::standby_api::MANIFEST_PATH => Method::GET,
         _ => {
             return error_response(
                 404,
                 "not_found",
                 format!(
-                    "No route {path}. The certmesh API serves /v1/certmesh/join, /renew, /names, /proxy-entries, /promote, /standby/roster, /standby/audit, /health and /roster."
+                    "No route {path}. The certmesh API serves /v1/certmesh/join, /renew, /names, /proxy-entries, /promote, /standby/roster, /standby/audit, /standby/partition, /health and /roster."
                 ),
             );
         }
@@ -462,7 +465,8 @@ async fn route(
         }
         crate::standby_api::PROMOTE_PATH
         | crate::standby_api::MANIFEST_PATH
-        | crate::standby_audit::AUDIT_PATH => {
+        | crate::standby_audit::AUDIT_PATH
+        | crate::partition::PATH => {
             let bytes = if path != crate::standby_api::MANIFEST_PATH {
                 match read_json_body(req, "standby").await {
                     Ok(b) => b,

@@ -42,6 +42,13 @@ pub struct App {
     pub advertisement: Mutex<Option<serde_json::Value>>,
     /// The standby CA's key while unlocked here ([`crate::standby_state`]).
     pub standby: crate::standby_state::Held,
+    /// On a standby: what mDNS says of the primary ([`crate::presence`]).
+    pub presence: crate::presence::Watch,
+    /// On a CA fenced by a higher term: `(term, primary host, primary endpoint)`
+    /// ([`crate::demote`]).
+    pub superseded_by: Mutex<Option<(u64, String, String)>>,
+    /// Signalled when the CA was demoted: the `api` service stops serving and advertising.
+    pub demoted: Notify,
 }
 
 impl App {
@@ -53,6 +60,9 @@ impl App {
             mesh_created: Notify::new(),
             advertisement: Mutex::new(None),
             standby: crate::standby_state::Held::default(),
+            presence: crate::presence::Watch::default(),
+            superseded_by: Mutex::new(None),
+            demoted: Notify::new(),
         }
     }
 

@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use koi_certmesh_core::audit;
@@ -231,6 +231,9 @@ pub struct Authority {
     unlocked: AtomicBool,
     writer: Mutex<Option<File>>,
     refusals: Mutex<Coalescer>,
+    /// The term of a primary seen above this CA's own (0: none): once set, this CA signs
+    /// nothing more ([`Self::fence`], [`crate::demote`]).
+    superseded: AtomicU64,
 }
 
 impl Authority {
@@ -241,6 +244,7 @@ impl Authority {
             session: Mutex::new(None),
             unlocked: AtomicBool::new(false),
             writer: Mutex::new(None),
+            superseded: AtomicU64::new(0),
             refusals: Mutex::new(Coalescer::default()),
         })
     }
@@ -290,6 +294,10 @@ impl Authority {
     /// Installs an opened session (after `unlock`, or after `create` under the daemon).
     /// Counted refusals recorded while locked are signed in at once. Blocking (signs).
     pub fn install(&self, session: CaSession) {
+        if self.superseded_by().is_some() {
+            // Fenced while the vault was opening: the key is dropped, nothing is signed.
+            return;
+        }
         let mut guard = self.session();
         *guard = Some(session);
         self.unlocked.store(true, Ordering::Release);
@@ -304,11 +312,47 @@ impl Authority {
         self.unlocked.store(false, Ordering::Release);
     }
 
-    /// Runs `f` with the unlocked session, or refuses with the locked message.
+    /// Fences this CA: a primary with a higher `term` exists, so the key is dropped and every
+    /// signing path refuses from now on (failover, [`crate::demote`]).
+    pub fn fence(&self, term: u64) {
+        self.superseded.fetch_max(term, Ordering::AcqRel);
+        self.forget_session();
+    }
+
+    /// The higher term this CA was fenced by, if any.
+    pub fn superseded_by(&self) -> Option<u64> {
+        Some(self.superseded.load(Ordering::Acquire)).filter(|t| *t > 0)
+    }
+
+    /// Refuses when fenced (checked before every signature).
+    pub fn check_term(&self) -> Result<(), MethodError> {
+        match self.superseded_by() {
+            Some(term) => Err(error::fail(
+                format!(
+                    "This CA was superseded: a standby took over as primary with term {term}, so \
+                     this machine signs nothing and becomes a standby."
+                ),
+                "Run `koi certmesh status` here to see the new primary; members already follow it.",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Lets go of the writer lock held for the process's life (a demoted CA).
+    pub fn release_writer(&self) {
+        *self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// Runs `f` with the unlocked session, or refuses with the locked message (or the
+    /// superseded one, [`Self::check_term`]).
     pub fn with_session<T>(
         &self,
         f: impl FnOnce(&mut CaSession) -> Result<T, MethodError>,
     ) -> Result<T, MethodError> {
+        self.check_term()?;
         match self.session().as_mut() {
             Some(s) => f(s),
             None => Err(MethodError::new(error::LOCKED_MESSAGE)),

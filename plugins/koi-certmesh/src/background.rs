@@ -3,7 +3,8 @@
 //! `details.daemon_services`). Once this machine is a CA (at start, or right after `create`), it takes
 //! the writer lock for the process's life, serves the inter-node API ([`crate::api`]) on
 //! `KOI_CERTMESH_API_BIND` (default `0.0.0.0:5641`, LAN peers only) and advertises
-//! `_certmesh._tcp` through koi-mdns with the CA fingerprint and port in TXT. The CA starts
+//! `_certmesh._tcp` through koi-mdns with the CA fingerprint, port, `role=primary` and the term
+//! in TXT ([`crate::presence`]). The CA starts
 //! locked; `koi certmesh unlock` opens it. At shutdown the API stops accepting and drains its
 //! open connections within the plugin's grace ([`SHUTDOWN_GRACE`]), then the counted refusals
 //! are written.
@@ -78,10 +79,38 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
         flush_refusals(&ctx, &authority).await;
     };
     // The CA's own API certificate renews while the API serves, swapped in without a restart.
-    tokio::join!(api, rest, crate::ca_renew::run(&ctx, &app, cert));
+    // A demotion (crate::demote: a primary with a higher term took over) ends all of it.
+    tokio::select! {
+        _ = async { tokio::join!(api, rest, crate::ca_renew::run(&ctx, &app, cert)) } => {}
+        _ = app.demoted.notified() => {
+            stop_after_demotion(&app, &ctx).await;
+            return Ok(());
+        }
+    }
     // Refusals counted by the last requests the API drained go in too.
     flush_once(&ctx, &authority).await;
     Ok(())
+}
+
+/// After a demotion: the primary advertisement is withdrawn, the API no longer listens (its
+/// server future was dropped) and the writer lock is let go.
+async fn stop_after_demotion(app: &Arc<App>, ctx: &Context) {
+    let params = app
+        .advertisement
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(params) = params {
+        let withdraw = json!({"name": params["name"], "service_type": SERVICE_TYPE});
+        if let Err(e) = ctx.call::<_, Value>("mdns", "withdraw", &withdraw).await {
+            tracing::info!("could not withdraw the CA advertisement: {}", e.message());
+        }
+    }
+    app.set_api(|a| {
+        a.listening = None;
+        a.advertised = false;
+    });
+    app.authority().release_writer();
 }
 
 /// Coalesced refusal counts are written once a window ([`crate::refusals`]) until shutdown.
@@ -156,6 +185,11 @@ async fn advertise(app: &Arc<App>, ctx: &Context, membership: &Membership, port:
         ("port", port.to_string()),
         ("api", format!("v{}", crate::wire::API_VERSION)),
         ("profile", membership.profile.clone()),
+        (
+            crate::presence::ROLE_KEY,
+            crate::presence::PRIMARY.to_owned(),
+        ),
+        (crate::presence::TERM_KEY, current_term(app).to_string()),
     ]);
     let params = json!({
         "name": format!("koi certmesh CA on {}", membership.hostname),
@@ -167,6 +201,13 @@ async fn advertise(app: &Arc<App>, ctx: &Context, membership: &Membership, port:
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(params.clone());
     send_advertisement(app, ctx, &params, port).await;
+}
+
+/// The roster's term (`mesh.term`, 1 on a mesh never failed over; 0 if the roster is unreadable).
+fn current_term(app: &Arc<App>) -> u64 {
+    koi_certmesh_core::Roster::load(&app.authority().layout().roster())
+        .map(|r| r.mesh.term)
+        .unwrap_or(0)
 }
 
 /// Handles `host.plugin.restarted`: when the daemon restarts koi-mdns, the CA's advertisement went

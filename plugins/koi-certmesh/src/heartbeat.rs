@@ -142,13 +142,28 @@ async fn beat_once(
 /// Beats (with one confirming retry), records the result, and returns it with the previous
 /// record. `None` when this machine is not a member.
 pub async fn beat(ctx: &Context, layout: &Layout) -> Option<(Heartbeat, Option<Heartbeat>)> {
+    beat_with(ctx, layout, true).await
+}
+
+/// One beat now, without the confirming retry, recorded like any other: a standby's check of
+/// its primary when mDNS says the primary left ([`crate::presence`]), so the failover does not
+/// wait for the next scheduled beat.
+pub async fn probe(ctx: &Context, layout: &Layout) -> Option<Heartbeat> {
+    beat_with(ctx, layout, false).await.map(|(hb, _)| hb)
+}
+
+async fn beat_with(
+    ctx: &Context,
+    layout: &Layout,
+    confirm: bool,
+) -> Option<(Heartbeat, Option<Heartbeat>)> {
     let membership = Membership::load(layout).ok().flatten()?;
     if membership.role != "member" {
         return None;
     }
     let files = CertFiles::at(layout, &membership.hostname);
     let mut outcome = beat_once(layout, &membership, &files).await;
-    if outcome.is_err() {
+    if outcome.is_err() && confirm {
         tokio::select! {
             _ = ctx.cancelled() => return None,
             _ = tokio::time::sleep(CONFIRM_DELAY) => {}

@@ -138,6 +138,10 @@ async fn discover(ctx: &Context) -> Result<Found, MethodError> {
         })?;
     let mut found = Vec::new();
     for service in answer["services"].as_array().into_iter().flatten() {
+        // A standby CA advertises too, but only the primary enrolls.
+        if service["txt"][crate::presence::ROLE_KEY].as_str() == Some(crate::presence::STANDBY) {
+            continue;
+        }
         let port = service["port"].as_u64().and_then(|p| u16::try_from(p).ok());
         let addresses = reachable_addresses(&service["addresses"]);
         if let (Some(port), Some(address)) = (port, addresses.first()) {

@@ -61,6 +61,12 @@
 //!   record and status), [`standby_sync`] (signed roster manifests, the daemon's sync service),
 //!   [`standby_audit`] (the audit log's append-only sync), [`standby_unlock`] (`unlock` on a
 //!   standby).
+//! - Failover: [`presence`] (role and term in the `_certmesh._tcp` TXT, the standby's own
+//!   advertisement, its watch on the primary through mDNS and the heartbeat), [`takeover`]
+//!   (the standby becomes the primary after the grace period: tiebreak, term, locked),
+//!   [`follow`] (members follow the highest confirmed term; a superseded CA is fenced),
+//!   [`demote`] (a primary that sees a higher term stops signing and becomes a standby),
+//!   [`partition`] (its partition audit entries, sent to the new primary and kept).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -75,11 +81,13 @@ pub mod client;
 pub mod client_auth;
 pub mod clock;
 pub mod create;
+pub mod demote;
 pub mod devices;
 pub mod enrollment;
 pub mod entropy;
 pub mod error;
 pub mod files;
+pub mod follow;
 pub mod heartbeat;
 pub mod hooks;
 pub mod hot_cert;
@@ -94,8 +102,10 @@ pub mod names;
 pub mod names_api;
 pub mod out_dir;
 pub mod ownership;
+pub mod partition;
 pub mod pending;
 pub mod pending_names;
+pub mod presence;
 pub mod proxy_entries;
 pub mod push;
 pub mod push_accept;
@@ -117,6 +127,7 @@ pub mod standby_state;
 pub mod standby_sync;
 pub mod standby_unlock;
 pub mod status;
+pub mod takeover;
 pub mod tls;
 pub mod totp_state;
 pub mod transfer;
@@ -379,6 +390,9 @@ pub fn plugin() -> Plugin {
     .service(push_listen::SERVICE, push_listen::service)
     // A standby CA's roster sync (crate::standby_sync), under `koi daemon` only.
     .service(standby_sync::SERVICE, standby_sync::service)
+    // CA presence: a standby advertises itself and watches the primary (crate::presence).
+    .service(presence::SERVICE, presence::service)
+    .on(koi_mdns_api::ALL_SERVICE_EVENTS, presence::on_mdns)
     .shutdown_grace(background::SHUTDOWN_GRACE)
 }
 

@@ -83,6 +83,16 @@ pub(crate) fn append_pending(
     actor: &str,
     details: Value,
 ) -> Result<bool, MethodError> {
+    append_pending_event(layout, ENROLLMENT_REFUSED, actor, details)
+}
+
+/// [`append_pending`] for any event (a takeover's `ca_failover`, [`crate::takeover`]).
+pub(crate) fn append_pending_event(
+    layout: &Layout,
+    event: &str,
+    actor: &str,
+    details: Value,
+) -> Result<bool, MethodError> {
     let path = layout.audit_pending();
     let size = std::fs::metadata(&path).map_or(0, |m| m.len());
     if size >= crate::refusals::PENDING_MAX_BYTES {
@@ -90,7 +100,7 @@ pub(crate) fn append_pending(
     }
     let entry = PendingEntry {
         ts: crate::names::rfc3339(OffsetDateTime::now_utc()),
-        event: ENROLLMENT_REFUSED.into(),
+        event: event.into(),
         actor: actor.into(),
         details,
     };

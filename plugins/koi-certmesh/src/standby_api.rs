@@ -117,6 +117,9 @@ pub async fn handle(
             let cert = client_cert.as_deref().map(|c| c.as_ref());
             Ok(if path == PROMOTE_PATH {
                 promote(&bytes, peer, cert, &authority)
+            } else if path == crate::partition::PATH {
+                standby_host(&authority, cert, peer, &path)
+                    .and_then(|host| crate::partition::receive(&authority, &host, &bytes))
             } else if path == crate::standby_audit::AUDIT_PATH {
                 standby_host(&authority, cert, peer, &path).and_then(|_| {
                     let chunk = crate::standby_audit::serve(authority.layout(), &bytes)?;

@@ -223,7 +223,8 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
     let mut next = tokio::time::Instant::now();
     let mut triggered_by: Option<u64> = None;
     loop {
-        if let Some(state) = standby_state::load(&layout) {
+        // A standby that took over (crate::takeover) is the CA now: nothing to sync from.
+        if let Some(state) = standby_state::load(&layout).filter(|_| !layout.is_ca()) {
             let beat = crate::heartbeat::last(&layout).and_then(|hb| hb.roster_version);
             let newer_upstream =
                 beat.filter(|v| *v > state.roster_version && Some(*v) != triggered_by);

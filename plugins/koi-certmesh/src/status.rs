@@ -236,6 +236,10 @@ fn build(app: &App, daemon: bool) -> StatusReport {
         .flatten();
     let summary =
         crate::standby_state::status(layout, &app.standby, roster.as_ref(), &mut details, summary);
+    if details.contains_key("standby") {
+        let hb = crate::heartbeat::last(layout);
+        details.insert("primary_watch".into(), app.presence.details(hb.as_ref()));
+    }
     StatusReport {
         state,
         summary,

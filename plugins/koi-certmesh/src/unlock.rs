@@ -83,6 +83,7 @@ pub async fn run(ctx: Context, p: UnlockParams) -> Result<UnlockResult, MethodEr
     if daemon {
         authority.hold_writer_lock()?;
     }
+    authority.check_term()?;
     let _writer = authority.writer_for_command()?;
     let pass = crate::secrets::passphrase(&ctx, p.passphrase_file.as_deref(), false).await?;
     ctx.progress("Opening the CA vault (Argon2id, 64 MiB)…", None, None);

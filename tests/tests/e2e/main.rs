@@ -13,6 +13,7 @@ mod certmesh_cli;
 mod certmesh_crash;
 mod certmesh_devices;
 mod certmesh_dos;
+mod certmesh_failover;
 mod certmesh_flood;
 mod certmesh_heartbeat;
 mod certmesh_leave;

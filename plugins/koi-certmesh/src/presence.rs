@@ -1,0 +1,551 @@
+//! Presence of the CAs on the LAN (issue 11 item 7, the first step of failover): who advertises
+//! `_certmesh._tcp`, in which role and term, and what a standby makes of it.
+//!
+//! - The primary's advertisement ([`crate::background`]) carries `role=primary` and `term=N` (the
+//!   roster's `mesh.term`) in TXT beside `fp` and `port`.
+//! - A standby advertises itself (`koi certmesh standby on HOST`, `role=standby`, its term, the
+//!   mesh fingerprint) through the daemon-mode [`SERVICE`], so the LAN sees every live standby;
+//!   `join` skips advertisements with `role=standby` (they do not enroll).
+//! - A standby watches the primary through `mdns.service.*` events from koi-mdns ([`on_mdns`]):
+//!   an advertisement of the same mesh (same `fp`) with `role=primary` (or no role: older CAs)
+//!   appearing or changing marks the primary present; its removal (goodbye, TTL expiry, or
+//!   koi-mdns's re-check going `unanswered`) marks it absent. Together with the heartbeat
+//!   ([`crate::heartbeat`], which beats against the primary) this gives `status` the
+//!   `primary_watch` record: when the primary was last seen by either signal and, when both
+//!   have failed, since when (`unreachable_since`) — the clock a takeover's grace period runs on.
+//!
+//! Everything read from an mDNS answer is checked: the fingerprint must match the mesh's exactly
+//! (case-insensitive), the role is one of two words, the term is a decimal `u64` of at most 20
+//! digits; anything else is ignored. The watch holds one record, so a flood cannot grow it.
+
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use koi_mdns_api::{REMOVED, ServiceRecord};
+use koi_sdk::{Context, Delivery, MethodError};
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::files::Membership;
+use crate::layout::Layout;
+use crate::standby_state::StandbyState;
+use crate::wire::SERVICE_TYPE;
+
+/// The service's name (in `status` under `details.daemon_services`).
+pub const SERVICE: &str = "presence";
+/// TXT key of the advertiser's role.
+pub const ROLE_KEY: &str = "role";
+/// TXT key of the advertiser's term.
+pub const TERM_KEY: &str = "term";
+/// Role of the CA that signs.
+pub const PRIMARY: &str = "primary";
+/// Role of a standby CA.
+pub const STANDBY: &str = "standby";
+
+/// What one `_certmesh._tcp` advertisement of this mesh says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sighting {
+    /// `primary` or `standby`.
+    pub role: &'static str,
+    /// The advertised term (0 when absent).
+    pub term: u64,
+    /// Whether the advertisement is there (`false` for `removed`).
+    pub present: bool,
+    /// Why it left, when koi-mdns said (`unanswered`), else `goodbye` for a removal.
+    pub reason: Option<String>,
+    /// The advertiser's host name (from its instance name `koi certmesh standby on HOST`, or
+    /// `koi certmesh CA on HOST` for a primary, where it is optional).
+    pub host: Option<String>,
+    /// A primary's API (`ADDR:PORT`, its first usable address), when it has one.
+    pub endpoint: Option<String>,
+    /// The advertisement's full name, at most 255 bytes (which advertisement this is).
+    pub key: String,
+}
+
+/// The API endpoint of an advertisement: its first IPv4 (else non-link-local IPv6) address that
+/// is not loopback, unspecified or multicast, and its port (not 0).
+fn endpoint_of(service: &ServiceRecord) -> Option<String> {
+    if service.port == 0 {
+        return None;
+    }
+    let usable =
+        |ip: &std::net::IpAddr| !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast());
+    let ips: Vec<std::net::IpAddr> = service
+        .addresses
+        .iter()
+        .take(16)
+        .filter_map(|a| a.parse().ok())
+        .filter(usable)
+        .collect();
+    let ip = ips
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| ips.iter().find(|ip| !ip.to_string().starts_with("fe80")))?;
+    Some(std::net::SocketAddr::new(*ip, service.port).to_string())
+}
+
+/// The instance-name prefix of a standby's advertisement.
+pub const STANDBY_INSTANCE_PREFIX: &str = "koi certmesh standby on ";
+
+/// The host name in a standby's instance name, if well formed (letters, digits, `-`, `.`,
+/// `_`; at most 253 bytes).
+fn standby_host(instance: &str) -> Option<String> {
+    let host = instance.strip_prefix(STANDBY_INSTANCE_PREFIX)?;
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    ok.then(|| host.to_owned())
+}
+
+/// Reads one `mdns.service.*` event: `None` unless it is a `_certmesh._tcp` advertisement of the
+/// mesh with root fingerprint `fingerprint` whose TXT is well formed.
+pub fn classify(
+    topic: &str,
+    service: &ServiceRecord,
+    reason: Option<&str>,
+    fingerprint: &str,
+) -> Option<Sighting> {
+    let ty = service.service_type.trim_end_matches('.');
+    if !ty.eq_ignore_ascii_case(SERVICE_TYPE) && !ty.eq_ignore_ascii_case("_certmesh._tcp.local") {
+        return None;
+    }
+    let fp = service.txt.get("fp")?;
+    if fp.len() > 128 || !fp.eq_ignore_ascii_case(fingerprint) {
+        return None;
+    }
+    let role = match service.txt.get(ROLE_KEY).map(String::as_str) {
+        None | Some(PRIMARY) => PRIMARY,
+        Some(STANDBY) => STANDBY,
+        Some(_) => return None,
+    };
+    let term = match service.txt.get(TERM_KEY) {
+        None => 0,
+        Some(t) if !t.is_empty() && t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit()) => {
+            t.parse().ok()?
+        }
+        Some(_) => return None,
+    };
+    let present = topic != REMOVED;
+    let reason = (!present).then(|| {
+        reason
+            .filter(|r| *r == koi_mdns_api::UNANSWERED)
+            .unwrap_or("goodbye")
+            .to_owned()
+    });
+    let host = if role == STANDBY {
+        Some(standby_host(&service.instance)?)
+    } else {
+        crate::demote::primary_host(&service.instance)
+    };
+    let endpoint = if role == PRIMARY {
+        endpoint_of(service)
+    } else {
+        None
+    };
+    Some(Sighting {
+        role,
+        term,
+        present,
+        reason,
+        host,
+        endpoint,
+        key: service.fullname.chars().take(255).collect(),
+    })
+}
+
+/// What this standby last learned of the primary over mDNS (memory only: a restart starts
+/// from "not seen", and koi-mdns's cache replays what is on the link).
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    present: Option<bool>,
+    since: Option<SystemTime>,
+    reason: Option<String>,
+    term: u64,
+    /// Each primary advertisement (by full name): present, term, endpoint (at most
+    /// [`MAX_STANDBYS`]); the primary counts as present while any of them is.
+    primaries: std::collections::BTreeMap<String, (bool, u64, Option<String>)>,
+    /// Standbys seen over mDNS: host → present (at most [`MAX_STANDBYS`]).
+    standbys: std::collections::BTreeMap<String, bool>,
+}
+
+/// Bound on the standbys remembered.
+pub const MAX_STANDBYS: usize = 64;
+
+/// The standby's watch on the primary (one per process, in [`App`]).
+#[derive(Debug, Default)]
+pub struct Watch {
+    seen: Mutex<Seen>,
+    /// Whether a check of a higher-term advertisement is in flight (one at a time).
+    pub checking: std::sync::atomic::AtomicBool,
+}
+
+impl Watch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a primary sighting at `now` (standby sightings are not the primary).
+    pub fn record(&self, sighting: &Sighting, now: SystemTime) {
+        let mut seen = self.lock();
+        if sighting.role != PRIMARY {
+            if let Some(host) = &sighting.host
+                && (seen.standbys.len() < MAX_STANDBYS || seen.standbys.contains_key(host))
+            {
+                seen.standbys.insert(host.clone(), sighting.present);
+            }
+            return;
+        }
+        let key = sighting.key.clone();
+        if seen.primaries.len() < MAX_STANDBYS || seen.primaries.contains_key(&key) {
+            seen.primaries.insert(
+                key,
+                (sighting.present, sighting.term, sighting.endpoint.clone()),
+            );
+        }
+        seen.term = seen.term.max(sighting.term);
+        let present = seen.primaries.values().any(|(p, _, _)| *p);
+        if seen.present != Some(present) {
+            seen.present = Some(present);
+            seen.since = Some(now);
+        }
+        seen.reason = sighting.reason.clone();
+    }
+
+    /// The standbys advertising now (as last heard over mDNS).
+    pub fn live_standbys(&self) -> Vec<String> {
+        let seen = self.lock();
+        seen.standbys
+            .iter()
+            .filter(|(_, present)| **present)
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    /// The present primaries with an endpoint, highest term first: `(term, ADDR:PORT)`.
+    pub fn primaries(&self) -> Vec<(u64, String)> {
+        let seen = self.lock();
+        let mut out: Vec<(u64, String)> = seen
+            .primaries
+            .values()
+            .filter(|(present, _, _)| *present)
+            .filter_map(|(_, term, ep)| ep.clone().map(|ep| (*term, ep)))
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.0));
+        out
+    }
+
+    /// When mDNS said the primary left, if it is absent now.
+    pub fn gone_since(&self) -> Option<SystemTime> {
+        let seen = self.lock();
+        match (seen.present, seen.since) {
+            (Some(false), since) => since,
+            _ => None,
+        }
+    }
+
+    /// The highest primary term seen over mDNS.
+    pub fn highest_term(&self) -> u64 {
+        self.lock().term
+    }
+
+    /// When the primary became unreachable by both signals, if it is: mDNS says it left (at
+    /// `since`) and the last heartbeat failed; the later of the removal and the last good beat.
+    pub fn unreachable_since(
+        &self,
+        hb: Option<&crate::heartbeat::Heartbeat>,
+    ) -> Option<SystemTime> {
+        let seen = self.lock();
+        let gone_at = match (seen.present, seen.since) {
+            (Some(false), Some(at)) => at,
+            _ => return None,
+        };
+        let hb = hb?;
+        if hb.ok {
+            return None;
+        }
+        let last_ok = hb.last_ok_at.as_deref().and_then(parse_rfc3339);
+        Some(last_ok.map_or(gone_at, |t| t.max(gone_at)))
+    }
+
+    /// The `primary_watch` record of `status`.
+    pub fn details(&self, hb: Option<&crate::heartbeat::Heartbeat>) -> Value {
+        let unreachable = self.unreachable_since(hb);
+        let seen = self.lock().clone();
+        let mdns = match seen.present {
+            None => "not seen",
+            Some(true) => "present",
+            Some(false) => "absent",
+        };
+        json!({
+            "mdns": mdns,
+            "mdns_since": seen.since.map(crate::schedule::rfc3339),
+            "mdns_reason": seen.reason,
+            "mdns_term": seen.term,
+            "live_standbys": seen.standbys.iter().filter(|(_, p)| **p).map(|(h, _)| h).collect::<Vec<_>>(),
+            "heartbeat_ok": hb.map(|h| h.ok),
+            "heartbeat_last_ok_at": hb.and_then(|h| h.last_ok_at.clone()),
+            "unreachable_since": unreachable.map(crate::schedule::rfc3339),
+        })
+    }
+}
+
+pub(crate) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
+}
+
+/// `mdns.service.*`: on a standby, updates the watch on the primary. A gap (events lost) is
+/// harmless: koi-mdns's next re-check or announcement brings the state back.
+pub async fn on_mdns(ctx: Context, delivery: Delivery<Value>) {
+    let Delivery::Event(event) = delivery else {
+        return;
+    };
+    let Ok(app) = App::of(&ctx) else {
+        return;
+    };
+    let layout = app.authority().layout().clone();
+    let Some(fingerprint) = Membership::load(&layout)
+        .ok()
+        .flatten()
+        .map(|m| m.ca_fingerprint)
+    else {
+        return;
+    };
+    let Some(service) = event
+        .payload
+        .get("service")
+        .and_then(|s| serde::Deserialize::deserialize(s).ok())
+    else {
+        return;
+    };
+    let reason = event.payload.get("reason").and_then(Value::as_str);
+    if let Some(s) = classify(&event.topic, &service, reason, &fingerprint) {
+        tracing::debug!(
+            role = s.role,
+            term = s.term,
+            present = s.present,
+            "certmesh CA presence"
+        );
+        app.presence.record(&s, crate::clock::now());
+        crate::follow::fence_if_superseded(&app, &layout, &s);
+    }
+}
+
+/// The `advertise` params of a standby's `_certmesh._tcp` advertisement.
+pub fn standby_advertisement(state: &StandbyState, membership: &Membership) -> Value {
+    json!({
+        "name": format!("{STANDBY_INSTANCE_PREFIX}{}", membership.hostname),
+        "service_type": SERVICE_TYPE,
+        "port": crate::wire::DEFAULT_API_PORT,
+        "txt": {
+            "fp": state.ca_fingerprint,
+            ROLE_KEY: STANDBY,
+            TERM_KEY: state.term.to_string(),
+            "api": format!("v{}", crate::wire::API_VERSION),
+        },
+    })
+}
+
+/// The `presence` service (daemon mode): on a standby, advertises it (kept in
+/// [`App::advertisement`] so a koi-mdns restart re-advertises it); elsewhere waits.
+pub async fn service(ctx: Context) -> Result<(), MethodError> {
+    if ctx.mode() != koi_sdk::protocol::handshake::RunMode::Daemon {
+        return Ok(());
+    }
+    let app = App::of(&ctx)?;
+    let layout: Layout = app.authority().layout().clone();
+    let mut advertised: Option<Value> = None;
+    loop {
+        let is_ca = layout.is_ca();
+        let standby = crate::standby_state::load(&layout).filter(|_| !is_ca);
+        if is_ca && let Some(params) = advertised.take() {
+            // Took over: the standby advertisement goes (the `api` service advertises the CA).
+            let withdraw = json!({"name": params["name"], "service_type": SERVICE_TYPE});
+            if let Err(e) = ctx.call::<_, Value>("mdns", "withdraw", &withdraw).await {
+                tracing::info!(
+                    "could not withdraw the standby advertisement: {}",
+                    e.message()
+                );
+            }
+        }
+        if is_ca {
+            crate::follow::demote_if_fenced(&ctx, &app).await;
+        }
+        if let Some(state) = &standby {
+            match crate::partition::send_if_due(&layout).await {
+                Ok(Some(n)) => {
+                    tracing::info!("certmesh: {n} partition audit entries kept by the new primary")
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::info!("certmesh: partition audit entries not delivered yet: {e}")
+                }
+            }
+            crate::takeover::consider(&ctx, &app, &layout, state).await;
+        } else if !is_ca {
+            crate::follow::follow(&ctx, &app, &layout).await;
+        }
+        let wanted = standby.and_then(|state| {
+            Membership::load(&layout)
+                .ok()
+                .flatten()
+                .map(|m| standby_advertisement(&state, &m))
+        });
+        if wanted.is_some() && wanted != advertised {
+            let params = wanted.clone().unwrap_or(Value::Null);
+            match ctx.call::<_, Value>("mdns", "advertise", &params).await {
+                Ok(_) => {
+                    *app.advertisement
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(params);
+                    advertised = wanted;
+                }
+                Err(e) => tracing::info!("not advertising the standby over mDNS: {}", e.message()),
+            }
+        }
+        tokio::select! {
+            _ = ctx.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn record(txt: &[(&str, &str)]) -> ServiceRecord {
+        ServiceRecord {
+            instance: "koi certmesh CA on a".into(),
+            service_type: "_certmesh._tcp".into(),
+            fullname: "x._certmesh._tcp.local.".into(),
+            host: "a.local.".into(),
+            addresses: vec!["10.0.0.1".into()],
+            port: 5641,
+            txt: txt
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+            first_seen: String::new(),
+            last_seen: String::new(),
+        }
+    }
+
+    #[test]
+    fn classify_reads_role_and_term_of_this_mesh_only() {
+        let fp = "AB:CD";
+        let primary = record(&[("fp", "ab:cd"), ("role", "primary"), ("term", "3")]);
+        let s = classify("mdns.service.appeared", &primary, None, fp).unwrap();
+        assert_eq!((s.role, s.term, s.present), (PRIMARY, 3, true));
+        let gone = classify(REMOVED, &primary, Some("unanswered"), fp).unwrap();
+        assert_eq!(
+            (gone.present, gone.reason.as_deref()),
+            (false, Some("unanswered"))
+        );
+        let bye = classify(REMOVED, &primary, Some("other"), fp).unwrap();
+        assert_eq!(bye.reason.as_deref(), Some("goodbye"));
+        let old = record(&[("fp", "AB:CD")]);
+        assert_eq!(classify("x", &old, None, fp).unwrap().role, PRIMARY);
+        let mut standby = record(&[("fp", "AB:CD"), ("role", "standby"), ("term", "1")]);
+        assert!(
+            classify("x", &standby, None, fp).is_none(),
+            "no host in its name"
+        );
+        standby.instance = "koi certmesh standby on b-1".into();
+        let s = classify("x", &standby, None, fp).unwrap();
+        assert_eq!((s.role, s.host.as_deref()), (STANDBY, Some("b-1")));
+        standby.instance = "koi certmesh standby on b\u{1b}[2J".into();
+        assert!(classify("x", &standby, None, fp).is_none());
+        // Another mesh, a bad role, a hostile term, another service type: ignored.
+        assert!(classify("x", &record(&[("fp", "EE")]), None, fp).is_none());
+        for bad in [
+            ("role", "boss"),
+            ("term", "-1"),
+            ("term", "1e3"),
+            ("term", ""),
+        ] {
+            assert!(classify("x", &record(&[("fp", "AB:CD"), bad]), None, fp).is_none());
+        }
+        let huge = "9".repeat(21);
+        assert!(classify("x", &record(&[("fp", "AB:CD"), ("term", &huge)]), None, fp).is_none());
+        let mut other = primary.clone();
+        other.service_type = "_http._tcp".into();
+        assert!(classify("x", &other, None, fp).is_none());
+    }
+
+    #[test]
+    fn unreachable_only_when_mdns_and_heartbeat_both_failed() {
+        let watch = Watch::default();
+        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let mut s = Sighting {
+            role: PRIMARY,
+            term: 2,
+            present: true,
+            reason: None,
+            host: None,
+            endpoint: None,
+            key: "a".into(),
+        };
+        watch.record(&s, t0);
+        let failed = crate::heartbeat::Heartbeat {
+            ok: false,
+            last_ok_at: Some("1970-01-12T13:46:30Z".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            watch.unreachable_since(Some(&failed)),
+            None,
+            "mDNS still sees it"
+        );
+        s.present = false;
+        let t1 = t0 + std::time::Duration::from_secs(10);
+        watch.record(&s, t1);
+        let ok = crate::heartbeat::Heartbeat {
+            ok: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            watch.unreachable_since(Some(&ok)),
+            None,
+            "the heartbeat still answers"
+        );
+        assert_eq!(watch.unreachable_since(None), None);
+        // Last good beat (1_000_000 - 10 s) before the removal: the removal is the start.
+        assert_eq!(watch.unreachable_since(Some(&failed)), Some(t1));
+        // A standby's advertisement does not count as the primary.
+        s.role = STANDBY;
+        s.present = true;
+        s.host = Some("b".into());
+        watch.record(&s, t1);
+        assert_eq!(watch.live_standbys(), vec!["b".to_owned()]);
+        assert_eq!(watch.unreachable_since(Some(&failed)), Some(t1));
+        assert_eq!(watch.highest_term(), 2);
+        // Two primary advertisements: one leaving does not make the primary absent.
+        let w2 = Watch::default();
+        let mut p = Sighting {
+            role: PRIMARY,
+            term: 1,
+            present: true,
+            reason: None,
+            host: None,
+            endpoint: Some("10.0.0.1:5641".into()),
+            key: "real".into(),
+        };
+        w2.record(&p, t0);
+        p.key = "forged".into();
+        p.term = 99;
+        p.endpoint = Some("10.0.0.9:5999".into());
+        w2.record(&p, t0);
+        assert_eq!(w2.primaries()[0].0, 99, "highest term first");
+        p.present = false;
+        w2.record(&p, t1);
+        assert_eq!(w2.gone_since(), None);
+        assert_eq!(w2.primaries(), vec![(1, "10.0.0.1:5641".to_owned())]);
+    }
+}
