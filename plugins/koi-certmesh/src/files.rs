@@ -6,6 +6,8 @@ use std::path::Path;
 
 use koi_certmesh_core::atomic::{ensure_private_dir, write_atomic};
 use koi_sdk::MethodError;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -89,6 +91,24 @@ impl CertFiles {
         write_in_order(cert_pem, key_pem, ca_pem, |name, bytes| {
             write_atomic(&dir.join(name), bytes).map_err(error::core)
         })
+    }
+
+    /// This machine's chain (`fullchain.pem`) and key, to present as a TLS client (heartbeat,
+    /// renewal, names, standby sync, partition entries, the CA's pushes).
+    pub fn tls_identity(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+        let chain = CertificateDer::pem_file_iter(&self.fullchain)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                format!(
+                    "cannot read this machine's certificate {}: {e}",
+                    self.fullchain
+                )
+            })?;
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| format!("cannot read this machine's key {}: {e}", self.key))?;
+        Ok((chain, key))
     }
 
     /// The leaf certificate's expiry, read from `cert.pem` (None if absent or unreadable).

@@ -24,8 +24,6 @@ use hyper::Method;
 use koi_sdk::protocol::handshake::RunMode;
 use koi_sdk::store::JsonFile;
 use koi_sdk::{Context, MethodError};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -83,22 +81,6 @@ pub fn last(layout: &Layout) -> Option<Heartbeat> {
     store(layout).load().ok().flatten()
 }
 
-fn client_auth(
-    files: &CertFiles,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    let chain = CertificateDer::pem_file_iter(&files.fullchain)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            format!(
-                "cannot read this machine's certificate {}: {e}",
-                files.fullchain
-            )
-        })?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("cannot read this machine's key {}: {e}", files.key))?;
-    Ok((chain, key))
-}
-
 /// One beat against `endpoint`: the roster version, or why it failed.
 async fn beat_once(
     layout: &Layout,
@@ -115,7 +97,7 @@ async fn beat_once(
     let answer = client::request::<(), RosterResponse>(
         &endpoint,
         &pin,
-        Some(client_auth(files)?),
+        Some(files.tls_identity()?),
         Method::GET,
         "/v1/certmesh/roster",
         None,

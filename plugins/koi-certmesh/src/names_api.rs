@@ -21,8 +21,7 @@ use hyper::Method;
 use hyper::body::Bytes;
 use koi_certmesh_core::{MemberStatus, Role, Roster};
 use koi_sdk::MethodError;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -153,6 +152,33 @@ pub async fn handle(
     }
 }
 
+/// The host of the presented certificate, or the refusal (recorded through the bounded
+/// refusal records).
+pub(crate) fn identified(
+    authority: &Authority,
+    client_cert: Option<&[u8]>,
+    peer: IpAddr,
+    path: &str,
+) -> Result<String, Refusal> {
+    identify(authority, client_cert).map_err(|refusal| {
+        let detail = format!("{path}: {refusal}");
+        let who = if client_cert.is_some() {
+            "(unverified certificate)"
+        } else {
+            "(no certificate)"
+        };
+        let refused = Refused {
+            peer,
+            reason: refusal.reason(),
+            detail: &detail,
+            hostname: who,
+            operator: None,
+        };
+        authority.record_refusal(authority.session().as_mut(), &refused);
+        refusal
+    })
+}
+
 fn serve(
     path: &str,
     bytes: &[u8],
@@ -160,26 +186,7 @@ fn serve(
     client_cert: Option<&[u8]>,
     authority: &Authority,
 ) -> Result<Value, Refusal> {
-    let host = match identify(authority, client_cert) {
-        Ok(h) => h,
-        Err(refusal) => {
-            let detail = format!("{path}: {refusal}");
-            let who = if client_cert.is_some() {
-                "(unverified certificate)"
-            } else {
-                "(no certificate)"
-            };
-            let refused = Refused {
-                peer,
-                reason: refusal.reason(),
-                detail: &detail,
-                hostname: who,
-                operator: None,
-            };
-            authority.record_refusal(authority.session().as_mut(), &refused);
-            return Err(refusal);
-        }
-    };
+    let host = identified(authority, client_cert, peer, path)?;
     let via = format!("member {host}");
     let bad = |e: serde_json::Error| {
         Refusal::BadRequest(format!(
@@ -208,20 +215,9 @@ pub async fn forward<B: Serialize, T: DeserializeOwned>(
 ) -> Result<T, MethodError> {
     let layout = authority.layout();
     let files = CertFiles::at(layout, &membership.hostname);
-    let chain = CertificateDer::pem_file_iter(&files.fullchain)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            error::fail(
-                format!(
-                    "Cannot read this machine's certificate {}: {e}.",
-                    files.fullchain
-                ),
-                "Join the mesh again with `koi certmesh join` to get new certificate files.",
-            )
-        })?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+    let (chain, key) = files.tls_identity().map_err(|e| {
         error::fail(
-            format!("Cannot read this machine's key {}: {e}.", files.key),
+            format!("{e}."),
             "Join the mesh again with `koi certmesh join` to get new certificate files.",
         )
     })?;

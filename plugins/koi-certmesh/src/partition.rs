@@ -24,8 +24,6 @@ use std::sync::Arc;
 
 use hyper::Method;
 use koi_certmesh_core::audit::AuditHead;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -107,11 +105,7 @@ pub async fn send_if_due(layout: &Layout) -> Result<Option<usize>, String> {
         let endpoint =
             crate::client::CaEndpoint::parse(&endpoint_text).map_err(|e| e.message().to_owned())?;
         let files = CertFiles::at(layout, &membership.hostname);
-        let chain = CertificateDer::pem_file_iter(&files.fullchain)
-            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("cannot read {}: {e}", files.fullchain))?;
-        let key = PrivateKeyDer::from_pem_file(&files.key)
-            .map_err(|e| format!("cannot read {}: {e}", files.key))?;
+        let (chain, key) = files.tls_identity()?;
         let pin = crate::tls::CaPin::new(Some(membership.ca_fingerprint.clone()));
         let body = PartitionBody { entries };
         match crate::client::request::<_, Value>(

@@ -27,8 +27,7 @@ use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use koi_certmesh_core::{LeafRequest, Member, Roster};
 use koi_sdk::{Context, MethodError};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -89,16 +88,7 @@ pub async fn push_one(
             "its roster entry records no IP address to push to; {hostname} renews by pull only"
         )));
     }
-    let chain = CertificateDer::pem_file_iter(&own.fullchain)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            unsigned(format!(
-                "cannot read the CA's certificate {}: {e}",
-                own.fullchain
-            ))
-        })?;
-    let key = PrivateKeyDer::from_pem_file(&own.key)
-        .map_err(|e| unsigned(format!("cannot read the CA's key {}: {e}", own.key)))?;
+    let (chain, key) = own.tls_identity().map_err(unsigned)?;
     let pin = CaPin::new(Some(mesh_fingerprint.to_owned()));
     let config = Arc::new(pin.client_config(Some((chain, key))).map_err(unsigned)?);
     let mut last_error = String::new();

@@ -120,7 +120,7 @@ pub async fn run(ctx: Context, p: PromoteParams) -> Result<PromoteResult, Method
     };
     let key = StandbyKey::generate().map_err(|e| MethodError::new(format!("{e}.")))?;
     let files = CertFiles::at(&layout, &membership.hostname);
-    let auth = crate::standby_sync::client_auth(&files).map_err(|e| {
+    let auth = files.tls_identity().map_err(|e| {
         error::fail(
             format!("{e}."),
             "Renew (`koi certmesh renew --now`) or join again, then promote.",

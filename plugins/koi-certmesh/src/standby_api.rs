@@ -33,7 +33,6 @@ use sha2::{Digest, Sha256};
 
 use crate::authority::{Authority, CaSession};
 use crate::error::Refusal;
-use crate::refusals::Refused;
 use crate::transfer::{self, Sealed};
 use crate::wire::ErrorBody;
 
@@ -144,33 +143,6 @@ pub async fn handle(
     }
 }
 
-/// The host of the presented certificate, or the refusal (recorded through the bounded
-/// refusal records).
-fn identified(
-    authority: &Authority,
-    client_cert: Option<&[u8]>,
-    peer: IpAddr,
-    path: &str,
-) -> Result<String, Refusal> {
-    crate::names_api::identify(authority, client_cert).map_err(|refusal| {
-        let detail = format!("{path}: {refusal}");
-        let who = if client_cert.is_some() {
-            "(unverified certificate)"
-        } else {
-            "(no certificate)"
-        };
-        let refused = Refused {
-            peer,
-            reason: refusal.reason(),
-            detail: &detail,
-            hostname: who,
-            operator: None,
-        };
-        authority.record_refusal(authority.session().as_mut(), &refused);
-        refusal
-    })
-}
-
 /// The host of a presented certificate whose roster entry is a standby, or the refusal.
 fn standby_host(
     authority: &Authority,
@@ -178,7 +150,7 @@ fn standby_host(
     peer: IpAddr,
     path: &str,
 ) -> Result<String, Refusal> {
-    let host = identified(authority, client_cert, peer, path)?;
+    let host = crate::names_api::identified(authority, client_cert, peer, path)?;
     let roster =
         Roster::load(&authority.layout().roster()).map_err(|e| Refusal::Internal(e.to_string()))?;
     let is_standby = roster
@@ -223,7 +195,7 @@ fn promote(
     client_cert: Option<&[u8]>,
     authority: &Authority,
 ) -> Result<Value, Refusal> {
-    let host = identified(authority, client_cert, peer, PROMOTE_PATH)?;
+    let host = crate::names_api::identified(authority, client_cert, peer, PROMOTE_PATH)?;
     let req: PromoteRequest = serde_json::from_slice(bytes).map_err(|e| {
         Refusal::BadRequest(format!(
             "The promotion request is not valid JSON of the expected shape: {e}."

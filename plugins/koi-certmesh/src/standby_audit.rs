@@ -169,7 +169,7 @@ pub async fn sync(layout: &Layout, state: &StandbyState) -> Result<u64, String> 
         let answer = client::request_up_to::<AuditRequest, AuditChunk>(
             &endpoint,
             &pin,
-            Some(crate::standby_sync::client_auth(&files)?),
+            Some(files.tls_identity()?),
             Method::POST,
             AUDIT_PATH,
             Some(&AuditRequest { offset }),

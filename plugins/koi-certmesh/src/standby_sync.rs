@@ -21,8 +21,6 @@ use hyper::Method;
 use koi_certmesh_core::Roster;
 use koi_sdk::protocol::handshake::RunMode;
 use koi_sdk::{Context, MethodError};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::client::{self, Answer, CaEndpoint};
 use crate::files::{CertFiles, Membership};
@@ -91,23 +89,6 @@ pub fn check(
     })
 }
 
-/// This machine's certificate chain and key, for mutual TLS.
-pub fn client_auth(
-    files: &CertFiles,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    let chain = CertificateDer::pem_file_iter(&files.fullchain)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            format!(
-                "cannot read this machine's certificate {}: {e}",
-                files.fullchain
-            )
-        })?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("cannot read this machine's key {}: {e}", files.key))?;
-    Ok((chain, key))
-}
-
 async fn fetch(layout: &Layout, state: &StandbyState) -> Result<SignedManifest, String> {
     let membership = Membership::load(layout)
         .map_err(|e| e.message().to_owned())?
@@ -119,7 +100,7 @@ async fn fetch(layout: &Layout, state: &StandbyState) -> Result<SignedManifest, 
     let answer = client::request_up_to::<(), SignedManifest>(
         &endpoint,
         &pin,
-        Some(client_auth(&files)?),
+        Some(files.tls_identity()?),
         Method::GET,
         MANIFEST_PATH,
         None,
