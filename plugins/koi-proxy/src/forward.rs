@@ -138,8 +138,16 @@ fn rewrite(
     keep_upgrade: bool,
 ) -> Option<Request<Incoming>> {
     let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = format!("{}{path}", entry.base).parse::<Uri>().ok()?;
+    // Origin form (`/path?query`), what a backend connection of our own speaks; the shared pool
+    // needs the absolute form, which [`absolute`] makes only when the pool is used.
+    let path = match parts.uri.path_and_query() {
+        Some(p) if p.as_str().starts_with('/') => p.clone(),
+        Some(_) => return None,
+        None => hyper::http::uri::PathAndQuery::from_static("/"),
+    };
+    let mut uri = hyper::http::uri::Parts::default();
+    uri.path_and_query = Some(path);
+    parts.uri = Uri::from_parts(uri).ok()?;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers, keep_upgrade);
     if let Ok(v) = HeaderValue::from_str(raw_host) {
@@ -148,6 +156,13 @@ fn rewrite(
     let trusted = entry.trusted.iter().any(|c| c.contains(conn.peer));
     set_forwarded(&mut parts.headers, conn.peer, raw_host, trusted);
     Some(Request::from_parts(parts, body))
+}
+
+/// `req` (origin form, from [`rewrite`]) in the absolute form the entry's shared pool needs.
+fn absolute(entry: &EntryRt, mut req: Request<Incoming>) -> Option<Request<Incoming>> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    *req.uri_mut() = format!("{}{path}", entry.base).parse::<Uri>().ok()?;
+    Some(req)
 }
 
 fn bad_target() -> Response<ProxyBody> {
@@ -216,6 +231,9 @@ async fn forward(
             Err(_) => return slow_page(entry),
         },
         None => req,
+    };
+    let Some(req) = absolute(entry, req) else {
+        return bad_target();
     };
     match tokio::time::timeout(limit, entry.client.request(req)).await {
         Ok(Ok(resp)) => {

@@ -62,6 +62,13 @@ pub fn tls_config(proxy: &Arc<Proxy>, port: u16) -> Result<Arc<ServerConfig>, St
 
 /// Binds `port` on every address (IPv6 and IPv4 when the machine has IPv6).
 pub fn bind(port: u16) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(port, false)?)
+}
+
+/// Binds `port` on every address, with `SO_REUSEPORT` when `shared` (one socket per serving
+/// thread; the kernel spreads new connections across them). Another program's listener on the
+/// port still makes this fail, since it did not set the option.
+fn bind_std(port: u16, shared: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let open = |domain: Domain, addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
         let socket = Socket::new(domain, Type::STREAM, None)?;
@@ -69,14 +76,62 @@ pub fn bind(port: u16) -> std::io::Result<TcpListener> {
             socket.set_only_v6(false)?;
         }
         socket.set_reuse_address(true)?;
+        if shared {
+            socket.set_reuse_port(true)?;
+        }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         socket.listen(1024)?;
         Ok(socket.into())
     };
-    let std = open(Domain::IPV6, SocketAddr::from(([0u16; 8], port)))
-        .or_else(|_| open(Domain::IPV4, SocketAddr::from(([0, 0, 0, 0], port))))?;
-    TcpListener::from_std(std)
+    open(Domain::IPV6, SocketAddr::from(([0u16; 8], port)))
+        .or_else(|_| open(Domain::IPV4, SocketAddr::from(([0, 0, 0, 0], port))))
+}
+
+/// The most serving threads one HTTPS port gets (one per core up to this).
+const MAX_SERVING_THREADS: usize = 16;
+
+/// Serves HTTPS on `port` from one thread per core, each with a current-thread runtime and its
+/// own `SO_REUSEPORT` listener (nginx's worker model): a connection lives on one thread from
+/// accept to close, with no work stealing, and never competes with the SDK's protocol runtime.
+/// Every socket is bound before any thread starts, so a port in use fails here, with its cause.
+/// The threads stop with `stop` (after their connections end, see [`serve_tls`]).
+pub fn start_tls(
+    proxy: &Arc<Proxy>,
+    port: u16,
+    config: &Arc<ServerConfig>,
+    stop: &tokio_util_stop::Stop,
+) -> std::io::Result<()> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, MAX_SERVING_THREADS);
+    let sockets = (0..threads)
+        .map(|_| bind_std(port, true))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let (proxy, config, stop) = (Arc::clone(proxy), Arc::clone(config), stop.clone());
+        std::thread::Builder::new()
+            .name(format!("proxy-{port}-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::warn!(port, "a serving thread has no runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(l) => serve_tls(proxy, port, l, config, stop).await,
+                        Err(e) => tracing::warn!(port, "a serving thread cannot listen: {e}"),
+                    }
+                });
+            })?;
+    }
+    Ok(())
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -86,7 +141,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Accepts HTTPS connections on `listener` until `stop`.
+/// Accepts HTTPS connections on `listener` until `stop`, then closes the listener and waits
+/// (up to [`DRAIN`]) for the connections it accepted to end, so a serving thread's runtime is
+/// not dropped under them.
 pub async fn serve_tls(
     proxy: Arc<Proxy>,
     port: u16,
@@ -95,9 +152,10 @@ pub async fn serve_tls(
     stop: tokio_util_stop::Stop,
 ) {
     let acceptor = TlsAcceptor::from(config);
+    let live = Arc::new(());
     loop {
         let accepted = tokio::select! {
-            () = stop.stopped() => return,
+            () = stop.stopped() => break,
             r = listener.accept() => r,
         };
         let (tcp, peer) = match accepted {
@@ -114,13 +172,23 @@ pub async fn serve_tls(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (proxy, acceptor) = (Arc::clone(&proxy), acceptor.clone());
+        let (proxy, acceptor, live) = (Arc::clone(&proxy), acceptor.clone(), Arc::clone(&live));
         tokio::spawn(async move {
             tls_connection(proxy, port, acceptor, tcp, ip).await;
             drop(admitted);
+            drop(live);
         });
     }
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    while Arc::strong_count(&live) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
+
+/// How long a stopped HTTPS listener waits for its connections: an idle one closes within
+/// [`limits::IDLE`] and the 10 s grace after it.
+const DRAIN: Duration = Duration::from_secs(limits::IDLE.as_secs() + 15);
 
 /// Serves `$conn` (a hyper connection future) until it ends or stays idle too long.
 macro_rules! watched {

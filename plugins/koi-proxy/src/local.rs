@@ -70,12 +70,7 @@ impl LocalBackends {
         mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, SendError> {
         let key = entry.base.as_str();
-        // A connection of our own speaks origin-form (`/path?query`), not the pool's absolute URI.
-        let origin = req.uri().path_and_query().map_or_else(
-            || hyper::Uri::from_static("/"),
-            |p| hyper::Uri::try_from(p.as_str()).unwrap_or_else(|_| hyper::Uri::from_static("/")),
-        );
-        let absolute = std::mem::replace(req.uri_mut(), origin);
+        // `req` is in origin form (`/path?query`), what a connection of our own speaks.
         for _ in 0..2 {
             let reused = {
                 let mut idle = lock(&self.idle);
@@ -87,10 +82,7 @@ impl LocalBackends {
                 Some(s) => (s, false),
                 None => match self.connect(entry).await {
                     Ok(s) => (s, true),
-                    Err(None) => {
-                        *req.uri_mut() = absolute;
-                        return Err(SendError::Full(Box::new(req)));
-                    }
+                    Err(None) => return Err(SendError::Full(Box::new(req))),
                     Err(Some(why)) => return Err(SendError::Connect(why)),
                 },
             };

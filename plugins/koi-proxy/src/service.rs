@@ -120,28 +120,22 @@ fn rebuild(proxy: &Arc<Proxy>, running: &mut Running, events: &Events) -> bool {
         if running.listeners.contains_key(&(redirect, port)) {
             continue;
         }
-        let started = listener::bind(port).map_err(|e| {
+        let in_use = |e: std::io::Error| {
             format!(
                 "cannot listen on port {port}: {e} (another server may hold it: `ss -ltnp \
                  sport = :{port}`; ports below 1024 need root or CAP_NET_BIND_SERVICE)"
             )
-        });
-        let started = started.and_then(|l| {
-            let (handle, stop) = listener::tokio_util_stop::pair();
-            if redirect {
+        };
+        let (handle, stop) = listener::tokio_util_stop::pair();
+        let started = if redirect {
+            listener::bind(port).map_err(in_use).map(|l| {
                 tokio::spawn(listener::serve_redirect(Arc::clone(proxy), port, l, stop));
-            } else {
-                let config = listener::tls_config(proxy, port)?;
-                tokio::spawn(listener::serve_tls(
-                    Arc::clone(proxy),
-                    port,
-                    l,
-                    config,
-                    stop,
-                ));
-            }
-            Ok(handle)
-        });
+            })
+        } else {
+            listener::tls_config(proxy, port)
+                .and_then(|config| listener::start_tls(proxy, port, &config, &stop).map_err(in_use))
+        };
+        let started = started.map(|()| handle);
         match started {
             Ok(handle) => {
                 running.listeners.insert((redirect, port), handle);
