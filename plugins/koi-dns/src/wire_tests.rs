@@ -231,7 +231,7 @@ fn answers_refusals_formerr_badvers_and_forwarding() {
         &table(),
         &acl(),
         &q,
-        "8.8.8.8".parse().unwrap(),
+        "203.0.113.7".parse().unwrap(),
         true,
         0,
         || false,

@@ -436,7 +436,7 @@ mod tests {
         ] {
             assert!(is_lan_host(lan), "{lan}");
         }
-        for public in ["8.8.8.8", "example.com", "2001:4860::1"] {
+        for public in ["203.0.113.7", "public.example", "2001:db8::7"] {
             assert!(!is_lan_host(public), "{public}");
         }
     }
@@ -444,8 +444,8 @@ mod tests {
     #[test]
     fn bad_inputs_are_refused() {
         assert!(build(&http("not a url"), String::new()).is_err());
-        assert!(build(&http("http://8.8.8.8/"), String::new()).is_err());
-        let mut p = http("http://8.8.8.8/");
+        assert!(build(&http("http://203.0.113.7/"), String::new()).is_err());
+        let mut p = http("http://203.0.113.7/");
         p.allow_remote = true;
         assert!(build(&p, String::new()).is_ok());
         let tcp = AddParams {

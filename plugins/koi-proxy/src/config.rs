@@ -254,7 +254,7 @@ mod tests {
         assert!(
             Cidr::parse("0.0.0.0/0")
                 .unwrap()
-                .contains("8.8.8.8".parse().unwrap())
+                .contains("203.0.113.7".parse().unwrap())
         );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
     }

@@ -42,11 +42,11 @@ fn bad_inputs_each_get_a_clear_error_and_nothing_stored_is_lost() {
             &["already exists", "koi health remove kept"],
         ),
         (
-            &["bad", "--http", "http://8.8.8.8/"],
+            &["bad", "--http", "http://203.0.113.7/"],
             &["not a LAN address", "--allow-remote"],
         ),
         (
-            &["bad", "--tcp", "example.com:443"],
+            &["bad", "--tcp", "public.example:443"],
             &["not a LAN address", "--allow-remote"],
         ),
         (
@@ -93,7 +93,7 @@ fn bad_inputs_each_get_a_clear_error_and_nothing_stored_is_lost() {
     // Allowed on purpose: a public address with --allow-remote.
     add(
         &env,
-        &["remote", "--http", "http://8.8.8.8/", "--allow-remote"],
+        &["remote", "--http", "http://203.0.113.7/", "--allow-remote"],
     );
 }
 
