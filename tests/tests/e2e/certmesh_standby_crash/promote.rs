@@ -10,7 +10,8 @@
 //! nor the CA key in the clear; A's roster and audit log verify; and every third cycle (and at
 //! the end) a promote runs to completion. Every other cycle starts from B as a member (its
 //! member state put back, as after a promotion whose answer was lost), the others from a
-//! standby being promoted again.
+//! standby being promoted again. At the end, `koi certmesh log --verify` on the standby shows its
+//! copy of the primary's log (`copy_of`), verified, with its `standby_promoted` entries.
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -364,6 +365,26 @@ fn kill_9_during_promote_never_leaves_half_a_standby_a_plaintext_key_or_a_broken
         roster["mesh"]["standbys"],
         serde_json::json!([b.hostname]),
         "{roster}"
+    );
+    // `koi certmesh log` on the standby shows its copy of A's log, verified under its root.
+    let copy = b.env.run(&["certmesh", "log", "--verify", "--json"]);
+    copy.expect_code(0);
+    let copy = copy.json();
+    assert_eq!(copy["copy_of"], a.hostname.as_str(), "{copy}");
+    assert!(
+        copy["verified"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("intact"),
+        "{copy}"
+    );
+    let entries = copy["entries"].as_array().cloned().unwrap_or_default();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["event"] == "standby_promoted"
+                && e["details"]["standby"] == b.hostname.as_str()),
+        "{copy}"
     );
     assert!(
         !b.env.home.join("certmesh/standby.staging").exists()
