@@ -5,7 +5,9 @@
 //! B's certmesh (the daemon restarts it). B always ends a primary of term 2 (the term grows by
 //! one, never more, never back), with the standby's vault as its CA key; unlocked with its own
 //! passphrase its roster and audit log verify and hold the `ca_failover` entry; its certificate
-//! and key match. 5 cycles (each a daemon start and a grace period). C, a member, joins first:
+//! and key match, with exactly one `ca_failover` entry — also when a takeover killed after
+//! queueing that entry (the state laid out by hand) runs again. 5 cycles (each a daemon start
+//! and a grace period). C, a member, joins first:
 //! `koi status` (the host's one line per plugin) on A, B and C leads certmesh's line with the
 //! role and term (`primary, term 1`, `standby CA (term 1`, `member, term 1`), and after the
 //! locked takeover with `primary, term 2` … `LOCKED` on B and `member, term 2` on C.
@@ -172,7 +174,43 @@ fn a_takeover_killed_at_any_moment_ends_a_primary_of_the_next_term_whose_log_ver
             .ok_or_else(|| serde_json::json!([b_line, c_line]))
         },
     );
-    assert_took_over(b, &snapshot, &standby_pass, "an undisturbed takeover");
+    assert_eq!(
+        assert_took_over(b, &snapshot, &standby_pass, "an undisturbed takeover"),
+        1
+    );
+    // A takeover killed after queueing its `ca_failover` entry, before `membership.json` and
+    // `roster.json` (the kill's state, laid out by hand): run again, it queues no second entry.
+    b_daemon.terminate(Duration::from_secs(10));
+    restore(b, &snapshot);
+    let queued = serde_json::json!({
+        "ts": "2026-01-01T00:00:00Z",
+        "event": "ca_failover",
+        "actor": "system",
+        "details": {"new_primary": b.hostname, "old_primary": a.hostname, "old_term": 1,
+                    "term": 2, "reason": "the first run, killed"},
+    });
+    std::fs::write(b.env.dir.path().join("queued.jsonl"), format!("{queued}\n"))
+        .expect("queued entry");
+    sh(
+        &format!(
+            "mkdir -m 700 ca && cp -p standby/ca/ca.pem standby/ca/vault.sealed ca/ && \
+             cp -p standby/audit.log audit.log && cp '{}' audit-pending.jsonl && \
+             chmod 600 audit-pending.jsonl",
+            b.env.dir.path().join("queued.jsonl").display()
+        ),
+        &b.env.home.join("certmesh"),
+    );
+    b_daemon = b.env.start_daemon(&B_ENV);
+    assert_eq!(
+        assert_took_over(
+            b,
+            &snapshot,
+            &standby_pass,
+            "a takeover killed after queueing"
+        ),
+        1,
+        "a takeover run again queued a second ca_failover"
+    );
     let mut counts = Vec::new();
     for i in 0..CYCLES {
         b_daemon.terminate(Duration::from_secs(10));
@@ -194,6 +232,7 @@ fn a_takeover_killed_at_any_moment_ends_a_primary_of_the_next_term_whose_log_ver
             if was_primary { "" } else { "not " }
         );
         counts.push(n);
+        assert_eq!(n, 1, "{context}: one takeover, one ca_failover entry");
     }
     eprintln!("ca_failover entries per cycle: {counts:?}");
     drop(b_daemon);
