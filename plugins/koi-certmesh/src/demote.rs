@@ -13,7 +13,9 @@
 //!    passphrase; an empty audit log copy and no manifest, which the first sync from the new
 //!    primary fills), `standby.json` records the new term and primary; `membership.json` says
 //!    `member` with the new primary's endpoint. `roster.json` moves LAST of the CA's files, so a
-//!    crash leaves either a CA (which demotes again on the next sighting) or the standby.
+//!    crash leaves either a CA (which demotes again on the next sighting) or the standby. A
+//!    demotion run again after a crash that had already moved `ca/` takes the vault from
+//!    `demoted/ca` (and leaves it there): without that, the CA left behind could never demote.
 //! 3. The `api` service stops serving and withdraws the primary advertisement
 //!    ([`crate::background`]); the `presence` service advertises the standby.
 
@@ -65,14 +67,26 @@ pub fn demote(
     let membership = Membership::load(layout)
         .map_err(|e| e.message().to_owned())?
         .ok_or("no membership.json")?;
+    let demoted = demoted_dir(layout);
+    // The vault comes from `ca/`, or — when a demotion was killed after moving `ca/` aside but
+    // before `roster.json` (so this machine still counts as a CA) — from `demoted/ca`.
+    let vault_dir = if layout.ca_dir().exists() {
+        layout.ca_dir()
+    } else {
+        demoted.join("ca")
+    };
     // The standby directory, built in staging then renamed into place.
     let staging = standby_state::staging_dir(layout);
     let _ = std::fs::remove_dir_all(&staging);
     let ca = staging.join("ca");
     koi_certmesh_core::atomic::ensure_private_dir(&ca).map_err(|e| e.to_string())?;
     for name in ["ca.pem", "vault.sealed"] {
-        let bytes = std::fs::read(layout.ca_dir().join(name))
-            .map_err(|e| format!("cannot read the CA's {name}: {e}"))?;
+        let bytes = std::fs::read(vault_dir.join(name)).map_err(|e| {
+            format!(
+                "cannot read the CA's {name} in {}: {e}",
+                vault_dir.display()
+            )
+        })?;
         koi_certmesh_core::atomic::write_atomic(&ca.join(name), &bytes)
             .map_err(|e| e.to_string())?;
     }
@@ -101,7 +115,6 @@ pub fn demote(
     }
     std::fs::rename(&staging, &standby).map_err(|e| format!("cannot install the standby: {e}"))?;
     // The CA's files, kept whole.
-    let demoted = demoted_dir(layout);
     koi_certmesh_core::atomic::ensure_private_dir(&demoted).map_err(|e| e.to_string())?;
     let dir = layout.dir();
     for name in [
@@ -113,8 +126,12 @@ pub fn demote(
     ] {
         move_if_exists(&dir.join(name), &demoted.join(name))?;
     }
-    let _ = std::fs::remove_dir_all(demoted.join("ca"));
-    move_if_exists(&layout.ca_dir(), &demoted.join("ca"))?;
+    // An earlier demotion's `demoted/ca` makes way for this CA's; when `ca/` is already gone
+    // (a resumed demotion), `demoted/ca` is the only copy of the vault and stays.
+    if layout.ca_dir().exists() {
+        let _ = std::fs::remove_dir_all(demoted.join("ca"));
+        move_if_exists(&layout.ca_dir(), &demoted.join("ca"))?;
+    }
     let mut own = membership;
     own.role = "member".into();
     own.ca_endpoint = Some(endpoint.to_owned());

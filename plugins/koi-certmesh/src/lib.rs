@@ -66,7 +66,8 @@
 //!   (the standby becomes the primary after the grace period: tiebreak, term, locked),
 //!   [`follow`] (members follow the highest confirmed term; a superseded CA is fenced),
 //!   [`demote`] (a primary that sees a higher term stops signing and becomes a standby),
-//!   [`partition`] (its partition audit entries, sent to the new primary and kept).
+//!   [`partition`] (its partition audit entries, sent to the new primary and kept),
+//!   [`presence_replay`] (at start, koi-mdns's cached advertisements replayed into the watch).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -106,6 +107,7 @@ pub mod partition;
 pub mod pending;
 pub mod pending_names;
 pub mod presence;
+pub mod presence_replay;
 pub mod proxy_entries;
 pub mod push;
 pub mod push_accept;

@@ -168,6 +168,9 @@ struct Seen {
     primaries: std::collections::BTreeMap<String, (bool, u64, Option<String>)>,
     /// Standbys seen over mDNS: host → present (at most [`MAX_STANDBYS`]).
     standbys: std::collections::BTreeMap<String, bool>,
+    /// When this process first asked whether the primary is gone: a primary never seen since
+    /// counts as absent from then on.
+    first_look: Option<SystemTime>,
 }
 
 /// Bound on the standbys remembered.
@@ -238,11 +241,16 @@ impl Watch {
         out
     }
 
-    /// When mDNS said the primary left, if it is absent now.
+    /// When mDNS said the primary left, if it is absent now. A primary never seen since this
+    /// process first asked counts as absent since then: a standby restarted while the primary
+    /// is down (a crash mid-takeover, a reboot) hears no removal, only silence, and must still
+    /// take over; the heartbeat (the other signal) keeps it from doing so while the primary
+    /// answers.
     pub fn gone_since(&self) -> Option<SystemTime> {
-        let seen = self.lock();
+        let mut seen = self.lock();
         match (seen.present, seen.since) {
             (Some(false), since) => since,
+            (None, _) => Some(*seen.first_look.get_or_insert_with(crate::clock::now)),
             _ => None,
         }
     }
@@ -258,9 +266,10 @@ impl Watch {
         &self,
         hb: Option<&crate::heartbeat::Heartbeat>,
     ) -> Option<SystemTime> {
-        let seen = self.lock();
+        let mut seen = self.lock();
         let gone_at = match (seen.present, seen.since) {
             (Some(false), Some(at)) => at,
+            (None, _) => *seen.first_look.get_or_insert_with(crate::clock::now),
             _ => return None,
         };
         let hb = hb?;
@@ -360,7 +369,15 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
     let app = App::of(&ctx)?;
     let layout: Layout = app.authority().layout().clone();
     let mut advertised: Option<Value> = None;
+    let mut next_replay = std::time::Instant::now();
     loop {
+        if std::time::Instant::now() >= next_replay
+            && crate::presence_replay::replay(&ctx, &app, &layout).await
+        {
+            // What koi-mdns knows, again now and then: a restarted certmesh, or one whose
+            // subscription missed an event, hears nothing of an advertisement that stays.
+            next_replay = std::time::Instant::now() + crate::presence_replay::EVERY;
+        }
         let is_ca = layout.is_ca();
         let standby = crate::standby_state::load(&layout).filter(|_| !is_ca);
         if is_ca && let Some(params) = advertised.take() {

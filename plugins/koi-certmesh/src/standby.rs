@@ -177,13 +177,32 @@ pub async fn run(ctx: Context, p: PromoteParams) -> Result<PromoteResult, Method
     let held = app.clone();
     let result = ctx
         .blocking("promote", move || {
-            let _writer = held.authority().writer_for_command()?;
+            let _writer = wait_for_writer(&held.authority())?;
             let out = install(&layout, &membership, &endpoint, key, &response, &pass)?;
             held.standby.forget();
             Ok(out)
         })
         .await?;
     Ok(result)
+}
+
+/// How long a promotion waits for another writer of this machine's certmesh state.
+const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The writer lock, waiting up to [`WRITER_WAIT`] for it: a promotion whose CLI was killed or
+/// closed goes on in the daemon for a moment (sealing takes a few hundred ms), and a promote
+/// run again at once must wait for it rather than fail. Blocking.
+fn wait_for_writer(
+    authority: &crate::authority::Authority,
+) -> Result<Option<std::fs::File>, MethodError> {
+    let deadline = std::time::Instant::now() + WRITER_WAIT;
+    loop {
+        match authority.writer_for_command() {
+            Ok(writer) => return Ok(writer),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
 }
 
 /// Opens, verifies, seals and renames the standby directory into place.

@@ -163,7 +163,9 @@ impl Held {
 }
 
 /// Adds the standby CA's part of `status` to `details` (role, term, standbys or the standby's
-/// record) and returns the summary with it. `roster` is the primary's roster on the CA.
+/// record) and returns the summary with it, led by the role and the term (`primary, term N`,
+/// `standby CA (term N, LOCKED …`, `member, term N` once a heartbeat read it). `roster` is the
+/// primary's roster on the CA.
 pub fn status(
     layout: &Layout,
     held: &Held,
@@ -175,20 +177,22 @@ pub fn status(
     if let Some(roster) = roster {
         details.insert("term".into(), Value::from(roster.mesh.term));
         details.insert("standbys".into(), json!(roster.mesh.standbys));
-        if roster.mesh.standbys.is_empty() {
-            return summary;
-        }
-        return format!(
-            "{summary}; term {}, standby CA(s): {}",
-            roster.mesh.term,
-            roster.mesh.standbys.join(", ")
-        );
+        // The role and term lead, so `koi status` (one line per plugin) shows them.
+        let standbys = if roster.mesh.standbys.is_empty() {
+            String::new()
+        } else {
+            format!(", standby CA(s): {}", roster.mesh.standbys.join(", "))
+        };
+        return format!("primary, term {}{standbys}: {summary}", roster.mesh.term);
     }
     let Some(state) = load(layout) else {
-        if let Some(term) = crate::heartbeat::last(layout).and_then(|hb| hb.term) {
-            details.insert("term".into(), Value::from(term));
-        }
-        return summary;
+        return match crate::heartbeat::last(layout).and_then(|hb| hb.term) {
+            Some(term) => {
+                details.insert("term".into(), Value::from(term));
+                format!("member, term {term}: {summary}")
+            }
+            None => format!("member: {summary}"),
+        };
     };
     let locked = !held.is_unlocked();
     details.insert("role".into(), Value::from(state.role.clone()));

@@ -11,7 +11,8 @@
 //! 3. `roster.json` — the roster of the last verified manifest with `mesh.term` bumped past every
 //!    term seen, `mesh.primary` this machine and this machine out of `mesh.standbys` — is written
 //!    LAST: its existence is what makes a machine a CA ([`Layout::is_ca`]), so a crash before it
-//!    leaves a standby that takes over again from the start; the term only grows.
+//!    leaves a standby that takes over again from the start; the term only grows. Run again,
+//!    the takeover queues its `ca_failover` entry only if the first run did not.
 //!
 //! The `api` service ([`crate::background`]) then sees a CA, serves the API and advertises
 //! `role=primary` with the new term. The CA is LOCKED: it holds the role but every signing path
@@ -108,19 +109,22 @@ pub fn take_over(layout: &Layout, seen_term: u64, why: &str) -> Result<u64, Stri
         .map_err(|e| format!("cannot read the standby's audit log copy: {e}"))?;
     koi_certmesh_core::atomic::write_atomic(&layout.audit(), &log).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(layout.dir().join("audit.log.checkpoint"));
-    crate::pending::append_pending_event(
-        layout,
-        FAILOVER,
-        "system",
-        json!({
-            "new_primary": membership.hostname,
-            "old_primary": old_primary,
-            "old_term": old_term,
-            "term": term,
-            "reason": why,
-        }),
-    )
-    .map_err(|e| e.message().to_owned())?;
+    // A takeover killed before its roster was written runs again: its entry is queued once.
+    if !failover_queued(layout, term) {
+        crate::pending::append_pending_event(
+            layout,
+            FAILOVER,
+            "system",
+            json!({
+                "new_primary": membership.hostname,
+                "old_primary": old_primary,
+                "old_term": old_term,
+                "term": term,
+                "reason": why,
+            }),
+        )
+        .map_err(|e| e.message().to_owned())?;
+    }
 
     // 2. This machine's record.
     let mut own = membership.clone();
@@ -146,6 +150,20 @@ pub fn take_over(layout: &Layout, seen_term: u64, why: &str) -> Result<u64, Stri
     }
     roster.save(&layout.roster()).map_err(|e| e.to_string())?;
     Ok(term)
+}
+
+/// Whether `audit-pending.jsonl` already queues the `ca_failover` entry of `term` (the file is
+/// bounded by [`crate::refusals::PENDING_MAX_BYTES`]).
+fn failover_queued(layout: &Layout, term: u64) -> bool {
+    std::fs::read(layout.audit_pending())
+        .ok()
+        .is_some_and(|bytes| {
+            bytes.split(|b| *b == b'\n').any(|line| {
+                serde_json::from_slice::<serde_json::Value>(line)
+                    .ok()
+                    .is_some_and(|v| v["event"] == FAILOVER && v["details"]["term"] == term)
+            })
+        })
 }
 
 /// Takes over when the primary has been unreachable by both signals for the grace period and

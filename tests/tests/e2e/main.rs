@@ -24,6 +24,7 @@ mod certmesh_renew;
 mod certmesh_rotate;
 mod certmesh_service;
 mod certmesh_standby;
+mod certmesh_standby_crash;
 mod cli;
 mod daemon;
 mod dns;
