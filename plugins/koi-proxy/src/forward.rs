@@ -7,7 +7,7 @@
 
 use crate::backend::resolve;
 use crate::body::ProxyBody;
-use crate::headers::{set_forwarded, strip_hop_by_hop, wants_upgrade};
+use crate::headers::{Forwarding, strip_hop_by_hop, wants_upgrade};
 use crate::limits::Activity;
 use crate::local::SendError;
 use crate::state::{EntryRt, Proxy};
@@ -17,7 +17,7 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// What a request knows about its connection.
@@ -37,23 +37,72 @@ pub struct Conn {
     pub local: Option<crate::local::LocalBackends>,
     /// Requests forwarded on it so far.
     pub requests: std::sync::atomic::AtomicU64,
+    /// The first host its requests named, checked, with its forwarding header values: every
+    /// later request naming the same `Host` reuses them instead of parsing and formatting again.
+    pub named: OnceLock<Named>,
+}
+
+/// A `Host` as a connection's requests name it: checked for routing, and the forwarding header
+/// values for it and the connection's client.
+#[derive(Debug)]
+pub struct Named {
+    /// The host name, lower case, without port (what routes are keyed by).
+    host: String,
+    /// `Host`, `X-Forwarded-*` and `Forwarded` for it.
+    fwd: Forwarding,
+}
+
+impl Named {
+    fn new(peer: IpAddr, raw: &str) -> Option<Self> {
+        Some(Self {
+            host: host_of(raw)?,
+            fwd: Forwarding::new(peer, raw)?,
+        })
+    }
+}
+
+/// The `Host` a request names as sent (`:authority` for HTTP/2), port included.
+fn raw_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(header::HOST)?.to_str().ok(),
+    }
+}
+
+/// A raw `Host` value's host name, checked, lower case, without port.
+fn host_of(raw: &str) -> Option<String> {
+    let host = if let Some(v6) = raw.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    crate::config::check_host(host).ok()
+}
+
+/// The request's host as `conn` saw it before, or as it is made now (kept on the connection if
+/// it is the first; in `here` otherwise).
+fn named<'a, B>(
+    conn: &'a Conn,
+    req: &Request<B>,
+    here: &'a mut Option<Named>,
+) -> Option<&'a Named> {
+    let raw = raw_host(req)?;
+    if let Some(n) = conn.named.get()
+        && n.fwd.raw_host.as_bytes() == raw.as_bytes()
+    {
+        return Some(n);
+    }
+    let fresh = Named::new(conn.peer, raw)?;
+    match conn.named.set(fresh) {
+        Ok(()) => conn.named.get(),
+        Err(fresh) => Some(here.insert(fresh)),
+    }
 }
 
 /// The host a request names (lower case, without port), and the raw value for X-Forwarded-Host.
 pub fn request_host<B>(req: &Request<B>) -> Option<(String, String)> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.as_str().to_owned(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?.to_owned(),
-    };
-    let host = if let Some(v6) = raw.strip_prefix('[') {
-        v6.split(']').next()?.to_owned()
-    } else {
-        raw.rsplit_once(':')
-            .map_or(raw.as_str(), |(h, _)| h)
-            .to_owned()
-    };
-    let host = crate::config::check_host(&host).ok()?;
-    Some((host, raw))
+    let raw = raw_host(req)?;
+    Some((host_of(raw)?, raw.to_owned()))
 }
 
 /// A short HTML page of the proxy's own.
@@ -94,16 +143,17 @@ pub async fn handle(
         )
         .holding_into(inflight));
     }
-    let routed = request_host(&req).and_then(|(host, raw)| {
+    let mut here = None;
+    let routed = named(&conn, &req, &mut here).and_then(|named| {
         let entry = conn
             .proxy
             .routes
             .load()
-            .tls_entry(conn.port, &host)
+            .tls_entry(conn.port, &named.host)
             .cloned()?;
-        Some((entry, raw))
+        Some((entry, &named.fwd))
     });
-    let Some((entry, raw_host)) = routed else {
+    let Some((entry, fwd)) = routed else {
         return Ok(page(
             StatusCode::MISDIRECTED_REQUEST,
             "This proxy serves no such host on this port.",
@@ -111,9 +161,9 @@ pub async fn handle(
         .holding_into(inflight));
     };
     let resp = if !conn.h2 && wants_upgrade(req.headers()) {
-        upgrade(&entry, &conn, &raw_host, req).await
+        upgrade(&entry, &conn, fwd, req).await
     } else {
-        forward(&entry, &conn, &raw_host, req).await
+        forward(&entry, &conn, fwd, req).await
     };
     entry.count(resp.status().as_u16());
     Ok(resp.holding_into(inflight))
@@ -133,7 +183,7 @@ impl Holding for Response<ProxyBody> {
 fn rewrite(
     entry: &EntryRt,
     conn: &Conn,
-    raw_host: &str,
+    fwd: &Forwarding,
     req: Request<Incoming>,
     keep_upgrade: bool,
 ) -> Option<Request<Incoming>> {
@@ -150,11 +200,9 @@ fn rewrite(
     parts.uri = Uri::from_parts(uri).ok()?;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers, keep_upgrade);
-    if let Ok(v) = HeaderValue::from_str(raw_host) {
-        parts.headers.insert(header::HOST, v);
-    }
+    parts.headers.insert(header::HOST, fwd.raw_host.clone());
     let trusted = entry.trusted.iter().any(|c| c.contains(conn.peer));
-    set_forwarded(&mut parts.headers, conn.peer, raw_host, trusted);
+    fwd.apply(&mut parts.headers, trusted);
     Some(Request::from_parts(parts, body))
 }
 
@@ -198,10 +246,10 @@ fn from_backend(mut resp: Response<Incoming>, keep_upgrade: bool) -> Response<Pr
 async fn forward(
     entry: &EntryRt,
     conn: &Conn,
-    raw_host: &str,
+    fwd: &Forwarding,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let Some(req) = rewrite(entry, conn, raw_host, req, false) else {
+    let Some(req) = rewrite(entry, conn, fwd, req, false) else {
         return bad_target();
     };
     let limit = Duration::from_secs(entry.entry.timeout_secs);
@@ -266,11 +314,11 @@ fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
 async fn upgrade(
     entry: &EntryRt,
     conn: &Conn,
-    raw_host: &str,
+    fwd: &Forwarding,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let client_side = hyper::upgrade::on(&mut req);
-    let Some(req) = rewrite(entry, conn, raw_host, req, true) else {
+    let Some(req) = rewrite(entry, conn, fwd, req, true) else {
         return bad_target();
     };
     let backend = &entry.backend;
