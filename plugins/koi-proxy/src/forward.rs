@@ -1,6 +1,7 @@
 //! One request through the proxy: routed by Host (or `:authority`) to an entry configured on
 //! this port — never anywhere else (no open proxy) — rewritten (hop-by-hop headers out,
-//! forwarding headers in) and sent over the entry's pooled HTTP/1.1 client with the body
+//! forwarding headers in) and sent over an HTTP/1.1 backend connection (the client
+//! connection's own, or one of the serving thread's: [`crate::local`], [`crate::pool`]) with the body
 //! streaming both ways. `Upgrade` requests (WebSocket) get a connection of their own that is
 //! spliced to the client after the 101. A backend that does not answer gives a 502 page naming
 //! the entry; one slower than the entry's timeout gives a 504.
@@ -79,22 +80,24 @@ fn host_of(raw: &str) -> Option<String> {
     crate::config::check_host(host).ok()
 }
 
-/// The request's host as `conn` saw it before, or as it is made now (kept on the connection if
-/// it is the first; in `here` otherwise).
+/// The request's host as the connection saw it before (`seen`: its first host), or as it is made
+/// now (kept in `seen` if it is the first; in `here` otherwise). `None`: no host, or not a valid
+/// host name.
 fn named<'a, B>(
-    conn: &'a Conn,
+    seen: &'a OnceLock<Named>,
+    peer: IpAddr,
     req: &Request<B>,
     here: &'a mut Option<Named>,
 ) -> Option<&'a Named> {
     let raw = raw_host(req)?;
-    if let Some(n) = conn.named.get()
+    if let Some(n) = seen.get()
         && n.fwd.raw_host.as_bytes() == raw.as_bytes()
     {
         return Some(n);
     }
-    let fresh = Named::new(conn.peer, raw)?;
-    match conn.named.set(fresh) {
-        Ok(()) => conn.named.get(),
+    let fresh = Named::new(peer, raw)?;
+    match seen.set(fresh) {
+        Ok(()) => seen.get(),
         Err(fresh) => Some(here.insert(fresh)),
     }
 }
@@ -144,7 +147,7 @@ pub async fn handle(
         .holding_into(inflight));
     }
     let mut here = None;
-    let routed = named(&conn, &req, &mut here).and_then(|named| {
+    let routed = named(&conn.named, conn.peer, &req, &mut here).and_then(|named| {
         let entry = conn
             .proxy
             .routes
@@ -188,8 +191,7 @@ fn rewrite(
     keep_upgrade: bool,
 ) -> Option<Request<Incoming>> {
     let (mut parts, body) = req.into_parts();
-    // Origin form (`/path?query`), what a backend connection of our own speaks; the shared pool
-    // needs the absolute form, which [`absolute`] makes only when the pool is used.
+    // Origin form (`/path?query`), what a backend connection speaks.
     let path = match parts.uri.path_and_query() {
         Some(p) if p.as_str().starts_with('/') => p.clone(),
         Some(_) => return None,
@@ -204,13 +206,6 @@ fn rewrite(
     let trusted = entry.trusted.iter().any(|c| c.contains(conn.peer));
     fwd.apply(&mut parts.headers, trusted);
     Some(Request::from_parts(parts, body))
-}
-
-/// `req` (origin form, from [`rewrite`]) in the absolute form the entry's shared pool needs.
-fn absolute(entry: &EntryRt, mut req: Request<Incoming>) -> Option<Request<Incoming>> {
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    *req.uri_mut() = format!("{}{path}", entry.base).parse::<Uri>().ok()?;
-    Some(req)
 }
 
 fn bad_target() -> Response<ProxyBody> {
@@ -263,39 +258,37 @@ async fn forward(
     let local = conn.local.as_ref().filter(|_| !first);
     let req = match local {
         Some(local) => match tokio::time::timeout(limit, local.send(entry, req)).await {
-            Ok(Ok(resp)) => {
-                entry.backend_answered();
-                return from_backend(resp, false);
-            }
             Ok(Err(SendError::Full(req))) => *req,
-            Ok(Err(SendError::Connect(why))) => {
-                entry.backend_failed(&format!("cannot connect: {why}"));
-                return down_page(entry);
-            }
-            Ok(Err(SendError::Exchange(e))) => {
-                tracing::info!(entry = %entry.entry.name, "backend request failed: {}", source_text(&e));
-                return down_page(entry);
-            }
-            Err(_) => return slow_page(entry),
+            other => return answer(entry, other),
         },
         None => req,
     };
-    let Some(req) = absolute(entry, req) else {
-        return bad_target();
-    };
-    match tokio::time::timeout(limit, entry.client.request(req)).await {
+    answer(
+        entry,
+        tokio::time::timeout(limit, crate::pool::send(entry, req)).await,
+    )
+}
+
+/// The response for what the backend exchange gave: the backend's, or a 502 or 504 page.
+fn answer(
+    entry: &EntryRt,
+    sent: Result<Result<Response<Incoming>, SendError>, tokio::time::error::Elapsed>,
+) -> Response<ProxyBody> {
+    match sent {
         Ok(Ok(resp)) => {
             entry.backend_answered();
             from_backend(resp, false)
         }
-        Ok(Err(e)) => {
-            if e.is_connect() {
-                entry.backend_failed(&format!("cannot connect: {}", source_text(&e)));
-            } else {
-                tracing::info!(entry = %entry.entry.name, "backend request failed: {}", source_text(&e));
-            }
+        Ok(Err(SendError::Connect(why))) => {
+            entry.backend_failed(&format!("cannot connect: {why}"));
             down_page(entry)
         }
+        Ok(Err(SendError::Exchange(e))) => {
+            tracing::info!(entry = %entry.entry.name, "backend request failed: {}", source_text(&e));
+            down_page(entry)
+        }
+        // Only a client connection's own connections run out; the thread's pool never does.
+        Ok(Err(SendError::Full(_))) => down_page(entry),
         Err(_) => slow_page(entry),
     }
 }
@@ -366,4 +359,53 @@ async fn upgrade(
     let (mut parts, _) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, true);
     Response::from_parts(parts, ProxyBody::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderMap;
+
+    fn req(host: &str) -> Request<()> {
+        Request::builder()
+            .uri("/x")
+            .header(header::HOST, host)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_connection_keeps_its_first_host_and_another_host_gets_its_own_values() {
+        let seen = OnceLock::new();
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut here = None;
+        let first = named(&seen, peer, &req("Grafana.LAN:8443"), &mut here).unwrap();
+        assert_eq!(first.host, "grafana.lan");
+        assert!(std::ptr::eq(first, seen.get().unwrap()));
+        let mut h = HeaderMap::new();
+        first.fwd.apply(&mut h, false);
+        assert_eq!(h["x-forwarded-host"], "Grafana.LAN:8443");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.2;host=\"Grafana.LAN:8443\";proto=https"
+        );
+
+        let mut here = None;
+        let other = named(&seen, peer, &req("jellyfin.lan"), &mut here).unwrap();
+        assert_eq!(other.host, "jellyfin.lan");
+        let mut h = HeaderMap::new();
+        other.fwd.apply(&mut h, false);
+        assert_eq!(h["x-forwarded-host"], "jellyfin.lan");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.2");
+        assert_eq!(seen.get().unwrap().host, "grafana.lan");
+
+        let mut here = None;
+        let again = named(&seen, peer, &req("Grafana.LAN:8443"), &mut here).unwrap();
+        assert!(std::ptr::eq(again, seen.get().unwrap()));
+        assert!(here.is_none());
+
+        let mut here = None;
+        assert!(named(&seen, peer, &req("bad_host!"), &mut here).is_none());
+        assert!(named(&seen, peer, &Request::new(()), &mut here).is_none());
+    }
 }
