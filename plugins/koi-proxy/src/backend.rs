@@ -1,21 +1,12 @@
-//! The way to one backend: a pooled hyper client (HTTP/1.1) whose resolver refuses addresses
+//! The way to one backend: the resolver every backend connection uses, which refuses addresses
 //! that are not loopback unless the entry allows a remote backend, and the backend's health as
 //! traffic shows it. A change between up and down is published once, as `proxy.backend.up` or
 //! `proxy.backend.down`; nothing polls the backend.
 
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::TokioExecutor;
 use schemars::JsonSchema;
 use serde::Serialize;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
 
 /// Event topic: a backend that answered before stopped answering.
 pub const DOWN: &str = "proxy.backend.down";
@@ -68,45 +59,6 @@ pub async fn resolve(host: &str, port: u16, remote: bool) -> std::io::Result<Vec
         ));
     }
     Ok(kept)
-}
-
-/// The client's resolver: [`resolve`] for every new backend connection.
-#[derive(Clone, Debug)]
-pub struct Resolver {
-    remote: bool,
-}
-
-type Resolving =
-    Pin<Box<dyn Future<Output = std::io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
-
-impl tower_service::Service<Name> for Resolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = std::io::Error;
-    type Future = Resolving;
-
-    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let remote = self.remote;
-        Box::pin(async move { Ok(resolve(name.as_str(), 0, remote).await?.into_iter()) })
-    }
-}
-
-/// The pooled client type.
-pub type Pool = Client<HttpConnector<Resolver>, Incoming>;
-
-/// A pooled HTTP/1.1 client for one backend (`remote`: whether non-loopback addresses are allowed).
-pub fn client(remote: bool) -> Pool {
-    let mut http = HttpConnector::new_with_resolver(Resolver { remote });
-    http.set_nodelay(true);
-    http.enforce_http(true);
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(512)
-        .build(http)
 }
 
 /// Health as traffic shows it.

@@ -1,13 +1,14 @@
 //! One request through the proxy: routed by Host (or `:authority`) to an entry configured on
 //! this port — never anywhere else (no open proxy) — rewritten (hop-by-hop headers out,
-//! forwarding headers in) and sent over the entry's pooled HTTP/1.1 client with the body
+//! forwarding headers in) and sent over an HTTP/1.1 backend connection (the client
+//! connection's own, or one of the serving thread's: [`crate::local`], [`crate::pool`]) with the body
 //! streaming both ways. `Upgrade` requests (WebSocket) get a connection of their own that is
 //! spliced to the client after the 101. A backend that does not answer gives a 502 page naming
 //! the entry; one slower than the entry's timeout gives a 504.
 
 use crate::backend::resolve;
 use crate::body::ProxyBody;
-use crate::headers::{set_forwarded, strip_hop_by_hop, wants_upgrade};
+use crate::headers::{Forwarding, strip_hop_by_hop, wants_upgrade};
 use crate::limits::Activity;
 use crate::local::SendError;
 use crate::state::{EntryRt, Proxy};
@@ -17,7 +18,7 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// What a request knows about its connection.
@@ -37,23 +38,74 @@ pub struct Conn {
     pub local: Option<crate::local::LocalBackends>,
     /// Requests forwarded on it so far.
     pub requests: std::sync::atomic::AtomicU64,
+    /// The first host its requests named, checked, with its forwarding header values: every
+    /// later request naming the same `Host` reuses them instead of parsing and formatting again.
+    pub named: OnceLock<Named>,
+}
+
+/// A `Host` as a connection's requests name it: checked for routing, and the forwarding header
+/// values for it and the connection's client.
+#[derive(Debug)]
+pub struct Named {
+    /// The host name, lower case, without port (what routes are keyed by).
+    host: String,
+    /// `Host`, `X-Forwarded-*` and `Forwarded` for it.
+    fwd: Forwarding,
+}
+
+impl Named {
+    fn new(peer: IpAddr, raw: &str) -> Option<Self> {
+        Some(Self {
+            host: host_of(raw)?,
+            fwd: Forwarding::new(peer, raw)?,
+        })
+    }
+}
+
+/// The `Host` a request names as sent (`:authority` for HTTP/2), port included.
+fn raw_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(header::HOST)?.to_str().ok(),
+    }
+}
+
+/// A raw `Host` value's host name, checked, lower case, without port.
+fn host_of(raw: &str) -> Option<String> {
+    let host = if let Some(v6) = raw.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    crate::config::check_host(host).ok()
+}
+
+/// The request's host as the connection saw it before (`seen`: its first host), or as it is made
+/// now (kept in `seen` if it is the first; in `here` otherwise). `None`: no host, or not a valid
+/// host name.
+fn named<'a, B>(
+    seen: &'a OnceLock<Named>,
+    peer: IpAddr,
+    req: &Request<B>,
+    here: &'a mut Option<Named>,
+) -> Option<&'a Named> {
+    let raw = raw_host(req)?;
+    if let Some(n) = seen.get()
+        && n.fwd.raw_host.as_bytes() == raw.as_bytes()
+    {
+        return Some(n);
+    }
+    let fresh = Named::new(peer, raw)?;
+    match seen.set(fresh) {
+        Ok(()) => seen.get(),
+        Err(fresh) => Some(here.insert(fresh)),
+    }
 }
 
 /// The host a request names (lower case, without port), and the raw value for X-Forwarded-Host.
 pub fn request_host<B>(req: &Request<B>) -> Option<(String, String)> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.as_str().to_owned(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?.to_owned(),
-    };
-    let host = if let Some(v6) = raw.strip_prefix('[') {
-        v6.split(']').next()?.to_owned()
-    } else {
-        raw.rsplit_once(':')
-            .map_or(raw.as_str(), |(h, _)| h)
-            .to_owned()
-    };
-    let host = crate::config::check_host(&host).ok()?;
-    Some((host, raw))
+    let raw = raw_host(req)?;
+    Some((host_of(raw)?, raw.to_owned()))
 }
 
 /// A short HTML page of the proxy's own.
@@ -94,16 +146,17 @@ pub async fn handle(
         )
         .holding_into(inflight));
     }
-    let routed = request_host(&req).and_then(|(host, raw)| {
+    let mut here = None;
+    let routed = named(&conn.named, conn.peer, &req, &mut here).and_then(|named| {
         let entry = conn
             .proxy
             .routes
             .load()
-            .tls_entry(conn.port, &host)
+            .tls_entry(conn.port, &named.host)
             .cloned()?;
-        Some((entry, raw))
+        Some((entry, &named.fwd))
     });
-    let Some((entry, raw_host)) = routed else {
+    let Some((entry, fwd)) = routed else {
         return Ok(page(
             StatusCode::MISDIRECTED_REQUEST,
             "This proxy serves no such host on this port.",
@@ -111,9 +164,9 @@ pub async fn handle(
         .holding_into(inflight));
     };
     let resp = if !conn.h2 && wants_upgrade(req.headers()) {
-        upgrade(&entry, &conn, &raw_host, req).await
+        upgrade(&entry, &conn, fwd, req).await
     } else {
-        forward(&entry, &conn, &raw_host, req).await
+        forward(&entry, &conn, fwd, req).await
     };
     entry.count(resp.status().as_u16());
     Ok(resp.holding_into(inflight))
@@ -133,13 +186,12 @@ impl Holding for Response<ProxyBody> {
 fn rewrite(
     entry: &EntryRt,
     conn: &Conn,
-    raw_host: &str,
+    fwd: &Forwarding,
     req: Request<Incoming>,
     keep_upgrade: bool,
 ) -> Option<Request<Incoming>> {
     let (mut parts, body) = req.into_parts();
-    // Origin form (`/path?query`), what a backend connection of our own speaks; the shared pool
-    // needs the absolute form, which [`absolute`] makes only when the pool is used.
+    // Origin form (`/path?query`), what a backend connection speaks.
     let path = match parts.uri.path_and_query() {
         Some(p) if p.as_str().starts_with('/') => p.clone(),
         Some(_) => return None,
@@ -150,19 +202,10 @@ fn rewrite(
     parts.uri = Uri::from_parts(uri).ok()?;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers, keep_upgrade);
-    if let Ok(v) = HeaderValue::from_str(raw_host) {
-        parts.headers.insert(header::HOST, v);
-    }
+    parts.headers.insert(header::HOST, fwd.raw_host.clone());
     let trusted = entry.trusted.iter().any(|c| c.contains(conn.peer));
-    set_forwarded(&mut parts.headers, conn.peer, raw_host, trusted);
+    fwd.apply(&mut parts.headers, trusted);
     Some(Request::from_parts(parts, body))
-}
-
-/// `req` (origin form, from [`rewrite`]) in the absolute form the entry's shared pool needs.
-fn absolute(entry: &EntryRt, mut req: Request<Incoming>) -> Option<Request<Incoming>> {
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    *req.uri_mut() = format!("{}{path}", entry.base).parse::<Uri>().ok()?;
-    Some(req)
 }
 
 fn bad_target() -> Response<ProxyBody> {
@@ -198,10 +241,10 @@ fn from_backend(mut resp: Response<Incoming>, keep_upgrade: bool) -> Response<Pr
 async fn forward(
     entry: &EntryRt,
     conn: &Conn,
-    raw_host: &str,
+    fwd: &Forwarding,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let Some(req) = rewrite(entry, conn, raw_host, req, false) else {
+    let Some(req) = rewrite(entry, conn, fwd, req, false) else {
         return bad_target();
     };
     let limit = Duration::from_secs(entry.entry.timeout_secs);
@@ -215,39 +258,37 @@ async fn forward(
     let local = conn.local.as_ref().filter(|_| !first);
     let req = match local {
         Some(local) => match tokio::time::timeout(limit, local.send(entry, req)).await {
-            Ok(Ok(resp)) => {
-                entry.backend_answered();
-                return from_backend(resp, false);
-            }
             Ok(Err(SendError::Full(req))) => *req,
-            Ok(Err(SendError::Connect(why))) => {
-                entry.backend_failed(&format!("cannot connect: {why}"));
-                return down_page(entry);
-            }
-            Ok(Err(SendError::Exchange(e))) => {
-                tracing::info!(entry = %entry.entry.name, "backend request failed: {}", source_text(&e));
-                return down_page(entry);
-            }
-            Err(_) => return slow_page(entry),
+            other => return answer(entry, other),
         },
         None => req,
     };
-    let Some(req) = absolute(entry, req) else {
-        return bad_target();
-    };
-    match tokio::time::timeout(limit, entry.client.request(req)).await {
+    answer(
+        entry,
+        tokio::time::timeout(limit, crate::pool::send(entry, req)).await,
+    )
+}
+
+/// The response for what the backend exchange gave: the backend's, or a 502 or 504 page.
+fn answer(
+    entry: &EntryRt,
+    sent: Result<Result<Response<Incoming>, SendError>, tokio::time::error::Elapsed>,
+) -> Response<ProxyBody> {
+    match sent {
         Ok(Ok(resp)) => {
             entry.backend_answered();
             from_backend(resp, false)
         }
-        Ok(Err(e)) => {
-            if e.is_connect() {
-                entry.backend_failed(&format!("cannot connect: {}", source_text(&e)));
-            } else {
-                tracing::info!(entry = %entry.entry.name, "backend request failed: {}", source_text(&e));
-            }
+        Ok(Err(SendError::Connect(why))) => {
+            entry.backend_failed(&format!("cannot connect: {why}"));
             down_page(entry)
         }
+        Ok(Err(SendError::Exchange(e))) => {
+            tracing::info!(entry = %entry.entry.name, "backend request failed: {}", source_text(&e));
+            down_page(entry)
+        }
+        // Only a client connection's own connections run out; the thread's pool never does.
+        Ok(Err(SendError::Full(_))) => down_page(entry),
         Err(_) => slow_page(entry),
     }
 }
@@ -266,11 +307,11 @@ fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
 async fn upgrade(
     entry: &EntryRt,
     conn: &Conn,
-    raw_host: &str,
+    fwd: &Forwarding,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let client_side = hyper::upgrade::on(&mut req);
-    let Some(req) = rewrite(entry, conn, raw_host, req, true) else {
+    let Some(req) = rewrite(entry, conn, fwd, req, true) else {
         return bad_target();
     };
     let backend = &entry.backend;
@@ -318,4 +359,53 @@ async fn upgrade(
     let (mut parts, _) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, true);
     Response::from_parts(parts, ProxyBody::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderMap;
+
+    fn req(host: &str) -> Request<()> {
+        Request::builder()
+            .uri("/x")
+            .header(header::HOST, host)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_connection_keeps_its_first_host_and_another_host_gets_its_own_values() {
+        let seen = OnceLock::new();
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut here = None;
+        let first = named(&seen, peer, &req("Grafana.LAN:8443"), &mut here).unwrap();
+        assert_eq!(first.host, "grafana.lan");
+        assert!(std::ptr::eq(first, seen.get().unwrap()));
+        let mut h = HeaderMap::new();
+        first.fwd.apply(&mut h, false);
+        assert_eq!(h["x-forwarded-host"], "Grafana.LAN:8443");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.2;host=\"Grafana.LAN:8443\";proto=https"
+        );
+
+        let mut here = None;
+        let other = named(&seen, peer, &req("jellyfin.lan"), &mut here).unwrap();
+        assert_eq!(other.host, "jellyfin.lan");
+        let mut h = HeaderMap::new();
+        other.fwd.apply(&mut h, false);
+        assert_eq!(h["x-forwarded-host"], "jellyfin.lan");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.2");
+        assert_eq!(seen.get().unwrap().host, "grafana.lan");
+
+        let mut here = None;
+        let again = named(&seen, peer, &req("Grafana.LAN:8443"), &mut here).unwrap();
+        assert!(std::ptr::eq(again, seen.get().unwrap()));
+        assert!(here.is_none());
+
+        let mut here = None;
+        assert!(named(&seen, peer, &req("bad_host!"), &mut here).is_none());
+        assert!(named(&seen, peer, &Request::new(()), &mut here).is_none());
+    }
 }

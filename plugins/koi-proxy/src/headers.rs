@@ -7,37 +7,49 @@
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
-/// Hop-by-hop headers that never cross the proxy.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Hop-by-hop headers that never cross the proxy (parsed names: removing one is a lookup, not a
+/// parse, on every request and response).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
 ];
 
 /// Removes hop-by-hop headers and those listed in `Connection`. With `keep_upgrade`, `Upgrade`
 /// survives and `Connection: upgrade` is set again (for a 101 handshake).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    let upgrade = headers.get(header::UPGRADE).cloned();
-    for name in listed {
+    let upgrade = if keep_upgrade {
+        headers.remove(header::UPGRADE)
+    } else {
+        None
+    };
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove("proxy-authenticate");
-    if keep_upgrade && let Some(upgrade) = upgrade {
+    if let Some(upgrade) = upgrade {
         headers.insert(header::UPGRADE, upgrade);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -78,53 +90,92 @@ fn token_or_quoted(value: &str) -> String {
     }
 }
 
-fn append(headers: &mut HeaderMap, name: &'static str, ours: String, trusted: bool) {
-    let merged = if trusted {
+/// Replaces `name` with `ours`, or with the incoming values followed by `ours` when `trusted`.
+fn append(headers: &mut HeaderMap, name: &HeaderName, ours: &HeaderValue, trusted: bool) {
+    if trusted {
         let old: Vec<&str> = headers
             .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        if old.is_empty() {
-            ours
-        } else {
-            format!("{}, {ours}", old.join(", "))
+        if !old.is_empty() {
+            let merged = format!("{}, {}", old.join(", "), ours.to_str().unwrap_or_default());
+            match HeaderValue::from_str(&merged) {
+                Ok(v) => headers.insert(name, v),
+                Err(_) => headers.remove(name),
+            };
+            return;
         }
-    } else {
-        ours
-    };
-    headers.remove(name);
-    if let Ok(v) = HeaderValue::from_str(&merged) {
-        headers.insert(name, v);
+    }
+    headers.insert(name, ours.clone());
+}
+
+/// The forwarding header values for one client address and one `Host`, made once and set on
+/// every request that matches them (a client connection keeps both for all its requests, so
+/// [`crate::forward::Conn`] keeps one of these instead of formatting them per request).
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    /// `Host` as the client sent it (with its port, if any): `Host` and `X-Forwarded-Host`.
+    pub raw_host: HeaderValue,
+    /// The client's address as text (IPv4-mapped IPv6 as IPv4): `X-Forwarded-For`.
+    peer: HeaderValue,
+    /// This hop's RFC 7239 element, `for=…;host=…;proto=https`: `Forwarded`.
+    element: HeaderValue,
+}
+
+impl Forwarding {
+    /// The values for requests from `peer` naming `raw_host`; `None` when `raw_host` cannot be a
+    /// header value.
+    pub fn new(peer: IpAddr, raw_host: &str) -> Option<Self> {
+        let peer_text = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        }
+        .to_string();
+        let element = format!(
+            "for={};host={};proto=https",
+            node(peer),
+            token_or_quoted(raw_host)
+        );
+        Some(Self {
+            raw_host: HeaderValue::from_str(raw_host).ok()?,
+            peer: HeaderValue::from_str(&peer_text).ok()?,
+            element: HeaderValue::from_str(&element).ok()?,
+        })
+    }
+
+    /// Sets the forwarding headers on a request (see [`set_forwarded`]).
+    pub fn apply(&self, headers: &mut HeaderMap, trusted: bool) {
+        append(headers, &X_FORWARDED_FOR, &self.peer, trusted);
+        let keep_proto_host = trusted
+            && headers.contains_key(&X_FORWARDED_PROTO)
+            && headers.contains_key(&X_FORWARDED_HOST);
+        if !keep_proto_host {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+            headers.insert(&X_FORWARDED_HOST, self.raw_host.clone());
+        }
+        append(headers, &header::FORWARDED, &self.element, trusted);
+        headers.remove(&X_REAL_IP);
     }
 }
 
-/// Sets the forwarding headers for a request from `peer` to `host` over HTTPS.
+/// Sets the forwarding headers for a request from `peer` to `host` over HTTPS: incoming ones
+/// replaced, or this hop appended to them when the peer is `trusted`.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: &str, trusted: bool) {
-    let peer_text = match peer {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
-        v4 => v4,
-    }
-    .to_string();
-    append(headers, "x-forwarded-for", peer_text, trusted);
-    let keep_proto_host = trusted
-        && headers.contains_key("x-forwarded-proto")
-        && headers.contains_key("x-forwarded-host");
-    if !keep_proto_host {
-        headers.remove("x-forwarded-proto");
-        headers.remove("x-forwarded-host");
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert("x-forwarded-host", v);
+    match Forwarding::new(peer, host) {
+        Some(f) => f.apply(headers, trusted),
+        None => {
+            for name in [
+                &X_FORWARDED_FOR,
+                &X_FORWARDED_PROTO,
+                &X_FORWARDED_HOST,
+                &X_REAL_IP,
+            ] {
+                headers.remove(name);
+            }
+            headers.remove(header::FORWARDED);
         }
     }
-    let element = format!(
-        "for={};host={};proto=https",
-        node(peer),
-        token_or_quoted(host)
-    );
-    append(headers, "forwarded", element, trusted);
-    headers.remove("x-real-ip");
 }
 
 #[cfg(test)]

@@ -23,8 +23,9 @@
 //! - [`service`] — the daemon service: listeners, rebuilds, reloads, events.
 //! - [`listener`] — TLS/SNI and redirect listeners; [`limits`] — timeouts, caps, idle tracking.
 //! - [`forward`] — one request to the backend; [`headers`] — hop-by-hop and forwarding headers;
-//!   [`body`] — streamed response bodies; [`backend`] — pooled client, loopback rule, health;
-//!   [`local`] — an HTTP/1.1 client connection's own backend connections, driven in its task.
+//!   [`body`] — streamed response bodies; [`backend`] — loopback rule, health;
+//!   [`local`] — an HTTP/1.1 client connection's own backend connections, driven in its task;
+//!   [`pool`] — a serving thread's idle backend connections, for first requests and HTTP/2.
 //! - [`certs`] — certificate files, checked and swapped atomically; [`names`] — certmesh calls;
 //!   [`mirror`] — the entries mirrored in this machine's roster entry.
 
@@ -43,6 +44,7 @@ pub mod listener;
 pub mod local;
 pub mod mirror;
 pub mod names;
+pub mod pool;
 pub mod service;
 pub mod state;
 pub mod status;

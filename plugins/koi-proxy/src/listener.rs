@@ -258,6 +258,7 @@ async fn tls_connection(
         h2,
         local: (!h2).then(crate::local::LocalBackends::default),
         requests: std::sync::atomic::AtomicU64::new(0),
+        named: std::sync::OnceLock::new(),
     });
     let driving = Arc::clone(&conn);
     let svc = service_fn(move |req| handle(Arc::clone(&conn), req));

@@ -69,19 +69,19 @@ impl LocalBackends {
         entry: &EntryRt,
         mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, SendError> {
-        let key = entry.base.as_str();
+        let base = entry.base.as_str();
         // `req` is in origin form (`/path?query`), what a connection of our own speaks.
         for _ in 0..2 {
             let reused = {
                 let mut idle = lock(&self.idle);
                 idle.iter()
-                    .position(|(k, _)| k == key)
-                    .map(|i| idle.swap_remove(i).1)
+                    .position(|(k, _)| k == base)
+                    .map(|i| idle.swap_remove(i))
             };
-            let (mut sender, fresh) = match reused {
-                Some(s) => (s, false),
+            let (key, mut sender, fresh) = match reused {
+                Some((key, s)) => (key, s, false),
                 None => match self.connect(entry).await {
-                    Ok(s) => (s, true),
+                    Ok(s) => (entry.base.clone(), s, true),
                     Err(None) => return Err(SendError::Full(Box::new(req))),
                     Err(Some(why)) => return Err(SendError::Connect(why)),
                 },
@@ -96,7 +96,7 @@ impl LocalBackends {
             }
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    lock(&self.idle).push((key.to_owned(), sender));
+                    lock(&self.idle).push((key, sender));
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {

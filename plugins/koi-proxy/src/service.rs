@@ -59,7 +59,6 @@ fn runtime(
         .clone();
     Some(Arc::new(EntryRt {
         base: parsed.url(),
-        client: backend::client(entry.backend_remote),
         backend: parsed,
         trusted: entry
             .trusted_proxies

@@ -3,7 +3,7 @@
 //! request ([`Routes`], swapped atomically when entries change), each entry's runtime
 //! ([`EntryRt`]: certificate, pooled client, counters, backend health) and the listeners' state.
 
-use crate::backend::{BackendEvent, Health, Pool};
+use crate::backend::{BackendEvent, Health};
 use crate::certs::HotCert;
 use crate::config::{self, Backend, Cidr, Entries, Entry};
 use arc_swap::ArcSwap;
@@ -44,8 +44,6 @@ pub struct EntryRt {
     pub trusted: Vec<Cidr>,
     /// The certificate handshakes for this entry get.
     pub cert: Arc<HotCert>,
-    /// The pooled client.
-    pub client: Pool,
     /// Counters.
     pub stats: Stats,
     /// Backend health from traffic.
