@@ -14,9 +14,9 @@
 # a fresh key's CSR made before the run): first `uniform` (arrivals uniform random over WINDOW s),
 # then `burst` (all at once through a pool of POOL clients); the renewed files are installed
 # after each run, so every run renews every member's current certificate. Every answer is checked
-# (chain to the root, names, key). Before each run the peak RSS of koi-certmesh and koi is reset
-# (`echo 5 > /proc/PID/clear_refs`; the unlock's Argon2id alone takes 64 MiB), and read after it
-# (VmHWM). At the end the log verifies again, through the daemon and one-shot after it stopped.
+# (chain to the root, names, key). Each run gets a fresh daemon; after its unlock the peak RSS of
+# koi-certmesh and koi is reset (`echo 5 > /proc/PID/clear_refs`; the unlock's Argon2id alone
+# takes 64 MiB), and read after the run (VmHWM). At the end the log verifies again, through the daemon and one-shot after it stopped.
 # Targets: CA p99 ≤ 100 ms, no failures, CA RSS under 40 MB.
 # Usage: bash bench/certmesh/scale.sh   (MEMBERS=500 ROUNDS=2 WINDOW=60 POOL=32 ADDRS=240
 #        RAW=FILE BENCH_TMP=/dev/shm; REL=… for another build)
@@ -44,24 +44,30 @@ CA_PEM="$CA_HOME/certmesh/ca/ca.pem"
 echo "enrolled: $(cat "$WORK/enroll.json")" >&2
 on ca "$KOI" certmesh log --verify --json > "$WORK/verify-enrolled.json" \
   || { cat "$WORK/verify-enrolled.json" >&2; echo "the log does not verify after enrollment" >&2; exit 1; }
-daemon_up
-on ca "$KOI" certmesh unlock --passphrase-file "$PASS" --json > /dev/null
-CM_PID=""
-for _ in $(seq 100); do
-  for k in $(descendants "$DAEMON_PID"); do
-    [ "$(cat "/proc/$k/comm" 2>/dev/null)" = koi-certmesh ] && CM_PID="$k"
-  done
-  [ -n "$CM_PID" ] && break
-  sleep 0.05
-done
-[ -n "$CM_PID" ] || { echo "no koi-certmesh process under the daemon" >&2; exit 1; }
 kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
-LIFETIME_HWM_CM="$(kb "$CM_PID" VmHWM)"   # start-up + unlock (Argon2id), before any reset
+# serving: `koi daemon` on the CA, unlocked; sets CM_PID (its koi-certmesh) and LIFETIME_HWM_CM
+# (start-up + unlock: the Argon2id of the unlock alone takes 64 MiB), then resets both peaks.
+serving() {
+  daemon_up
+  on ca "$KOI" certmesh unlock --passphrase-file "$PASS" --json > /dev/null
+  CM_PID=""
+  for _ in $(seq 100); do
+    for k in $(descendants "$DAEMON_PID"); do
+      [ "$(cat "/proc/$k/comm" 2>/dev/null)" = koi-certmesh ] && CM_PID="$k"
+    done
+    [ -n "$CM_PID" ] && break
+    sleep 0.05
+  done
+  [ -n "$CM_PID" ] || { echo "no koi-certmesh process under the daemon" >&2; exit 1; }
+  LIFETIME_HWM_CM="$(kb "$CM_PID" VmHWM)"
+  echo 5 > "/proc/$CM_PID/clear_refs"
+  echo 5 > "/proc/$DAEMON_PID/clear_refs"
+}
 : > "$WORK/runs.ndjson"
 for r in $(seq "$ROUNDS"); do
   for mode in uniform burst; do
-    echo 5 > "/proc/$CM_PID/clear_refs"
-    echo 5 > "/proc/$DAEMON_PID/clear_refs"
+    # A fresh daemon per run, so each run's peak is its own (not the previous run's heap).
+    serving
     before="$(kb "$CM_PID" VmRSS)"
     load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
     on member "$PY" "$HERE/scale_driver.py" --members "$WORK/members" --ca-pem "$CA_PEM" \
@@ -70,16 +76,19 @@ for r in $(seq "$ROUNDS"); do
     "$PY" - "$WORK/run.json" "$r" "$before" "$(kb "$CM_PID" VmHWM)" "$(kb "$CM_PID" VmRSS)" \
       "$(kb "$DAEMON_PID" VmHWM)" "$load_start" "$(cut -d' ' -f1-3 /proc/loadavg)" \
       "$(ls -l "$CA_HOME/certmesh/roster.json" | awk '{print $5}')" \
-      "$(ls -l "$CA_HOME/certmesh/audit.log" | awk '{print $5}')" >> "$WORK/runs.ndjson" <<'PY'
+      "$(ls -l "$CA_HOME/certmesh/audit.log" | awk '{print $5}')" "$LIFETIME_HWM_CM" \
+      >> "$WORK/runs.ndjson" <<'PY'
 import json, sys
 run = json.load(open(sys.argv[1]))
 run.update({"round": int(sys.argv[2]), "certmesh_rss_before_kb": int(sys.argv[3]),
             "certmesh_vmhwm_kb": int(sys.argv[4]), "certmesh_rss_after_kb": int(sys.argv[5]),
             "koi_vmhwm_kb": int(sys.argv[6]), "load_start": sys.argv[7], "load_end": sys.argv[8],
-            "roster_bytes": int(sys.argv[9]), "audit_bytes": int(sys.argv[10])})
+            "roster_bytes": int(sys.argv[9]), "audit_bytes": int(sys.argv[10]),
+            "certmesh_vmhwm_after_unlock_kb": int(sys.argv[11])})
 print(json.dumps(run))
 PY
     echo "round $r $mode: $(tail -1 "$WORK/runs.ndjson" | jq -c '{total_ms, failures, certmesh_vmhwm_kb}')" >&2
+    [ "$r$mode" = "${ROUNDS}burst" ] || daemon_down
   done
 done
 on ca "$KOI" certmesh log --verify --json > "$WORK/verify-daemon.json" \
@@ -90,19 +99,19 @@ on ca "$KOI" certmesh log --verify --json > "$WORK/verify-after.json" \
 on ca "$KOI" certmesh members --json > "$WORK/members.json" 2>/dev/null || true
 [ -z "${RAW:-}" ] || cp "$WORK/runs.ndjson" "$RAW"
 "$PY" - "$WORK/runs.ndjson" "$WORK/enroll.json" "$WORK/verify-enrolled.json" \
-  "$WORK/verify-daemon.json" "$WORK/verify-after.json" "$LIFETIME_HWM_CM" "$(fsync_probe)" <<'PY'
+  "$WORK/verify-daemon.json" "$WORK/verify-after.json" "$(fsync_probe)" <<'PY'
 import json, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
 verify = [json.load(open(p)) for p in sys.argv[3:6]]
 out = {"enroll": json.load(open(sys.argv[2])),
        "verify": [v.get("verified") for v in verify],
-       "certmesh_vmhwm_after_unlock_kb": int(sys.argv[6]),
-       "fsync_probe_median_ms": float(sys.argv[7]),
+       "fsync_probe_median_ms": float(sys.argv[6]),
        "runs": [{k: r.get(k) for k in ("round", "mode", "members", "elapsed_s", "rate_per_s",
                                        "total_ms", "request_to_first_byte_ms", "tls_handshake_ms",
                                        "arrival_lateness_ms", "failures", "failure_samples",
                                        "source_addresses", "certmesh_vmhwm_kb",
                                        "certmesh_rss_before_kb", "certmesh_rss_after_kb",
+                                       "certmesh_vmhwm_after_unlock_kb",
                                        "koi_vmhwm_kb", "load_start", "load_end", "roster_bytes",
                                        "audit_bytes")} for r in runs]}
 uni = [r for r in runs if r["mode"] == "uniform"]
