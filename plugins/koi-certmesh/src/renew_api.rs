@@ -29,6 +29,7 @@ use crate::authority::{Authority, CaSession};
 use crate::client_auth::MemberCert;
 use crate::error::Refusal;
 use crate::refusals::{Refused, bounded};
+use crate::renew_batch::Job;
 use crate::wire::{ErrorBody, JoinResponse};
 
 /// Audit event: a member's certificate renewed.
@@ -94,7 +95,11 @@ pub async fn handle(
         }),
         // No worker (its thread could not start): this renewal alone, on the blocking pool.
         Err(job) => {
-            let (request, client_cert) = (job.request, job.client_cert);
+            let Job {
+                request,
+                client_cert,
+                ..
+            } = *job;
             ctx.blocking("renewal", move || {
                 Ok(authority.renew(&request, peer, client_cert.as_deref().map(|c| c.as_ref())))
             })

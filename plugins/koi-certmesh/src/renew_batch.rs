@@ -61,7 +61,7 @@ pub fn submit(
     request: RenewRequest,
     peer: IpAddr,
     client_cert: Option<Arc<CertificateDer<'static>>>,
-) -> Result<oneshot::Receiver<Outcome>, Job> {
+) -> Result<oneshot::Receiver<Outcome>, Box<Job>> {
     let (reply, answer) = oneshot::channel();
     let job = Job {
         request,
@@ -78,14 +78,14 @@ pub fn submit(
         *tx = start(Arc::downgrade(authority));
     }
     let Some(sender) = tx.as_ref() else {
-        return Err(job);
+        return Err(Box::new(job));
     };
     match sender.try_send(job) {
         Ok(()) => Ok(answer),
-        Err(TrySendError::Full(job)) => Err(job),
+        Err(TrySendError::Full(job)) => Err(Box::new(job)),
         Err(TrySendError::Disconnected(job)) => {
             *tx = None;
-            Err(job)
+            Err(Box::new(job))
         }
     }
 }
