@@ -66,6 +66,8 @@ pub struct AuditLog {
     /// Set when a write or fsync failed: the file may end in a partial line, so further appends
     /// are refused until the log is reopened (which detects and reports the torn tail).
     poisoned: bool,
+    /// Entries were written by [`Self::append_unsynced`] and not yet fsynced.
+    unsynced: bool,
     /// The CA the log was verified against; appends must be signed by the same CA.
     ca_public_key: Vec<u8>,
 }
@@ -149,6 +151,7 @@ impl AuditLog {
             end,
             since_checkpoint: 0,
             poisoned: false,
+            unsynced: false,
             ca_public_key: public,
         };
         Ok((log, torn))
@@ -156,7 +159,16 @@ impl AuditLog {
 
     /// Signs and writes a checkpoint at the current head (nothing for an empty log). The caller
     /// decides what a failure means; a missing checkpoint only makes the next open slower.
+    /// Entries not yet fsynced ([`Self::append_unsynced`]) are fsynced first, so a checkpoint
+    /// never covers an entry that could still be lost.
     pub fn write_checkpoint(&mut self, ca: &CertAuthority) -> Result<()> {
+        if self.unsynced {
+            if let Err(e) = self.file.sync_data() {
+                self.poisoned = true;
+                return Err(Error::io("flush", &self.path, e));
+            }
+            self.unsynced = false;
+        }
         let Some(head) = self.head() else {
             return Ok(());
         };
@@ -168,6 +180,24 @@ impl AuditLog {
 
     /// Appends one signed entry and fsyncs it. Returns the entry written.
     pub fn append(
+        &mut self,
+        ca: &CertAuthority,
+        event: &str,
+        actor: &str,
+        details: Value,
+        now: OffsetDateTime,
+    ) -> Result<AuditEntry> {
+        let entry = self.append_unsynced(ca, event, actor, details, now)?;
+        self.sync(ca)?;
+        Ok(entry)
+    }
+
+    /// Appends one signed entry WITHOUT fsyncing it (group commit: the CA's renewal batch
+    /// appends one entry per renewal, then calls [`Self::sync`] once, before it saves the roster
+    /// or answers anyone). Nothing may rely on the entry — no roster may record it as the head,
+    /// no answer may leave — until [`Self::sync`] returned `Ok`. No checkpoint is written here,
+    /// so a checkpoint never covers an entry that is not durable.
+    pub fn append_unsynced(
         &mut self,
         ca: &CertAuthority,
         event: &str,
@@ -212,20 +242,37 @@ impl AuditLog {
             self.poisoned = true;
             return Err(Error::io("append to", &self.path, e));
         }
-        if let Err(e) = self.file.sync_data() {
-            self.poisoned = true;
-            return Err(Error::io("flush", &self.path, e));
-        }
         self.next_seq += 1;
         self.prev_hash = entry.hash.clone();
         self.end += line.len() as u64;
         self.since_checkpoint += 1;
+        self.unsynced = true;
+        Ok(entry)
+    }
+
+    /// Fsyncs the entries appended since the last sync (none: nothing to do), then writes a
+    /// checkpoint when one is due. A failed fsync poisons the log: further appends are refused
+    /// until it is reopened, which finds whatever did not reach the disk.
+    pub fn sync(&mut self, ca: &CertAuthority) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::AuditTornTail {
+                path: self.path.clone(),
+                line: usize::try_from(self.next_seq).unwrap_or(usize::MAX),
+            });
+        }
+        if self.unsynced {
+            if let Err(e) = self.file.sync_data() {
+                self.poisoned = true;
+                return Err(Error::io("flush", &self.path, e));
+            }
+            self.unsynced = false;
+        }
         if self.since_checkpoint >= crate::checkpoint::CHECKPOINT_EVERY {
-            // Best effort: the entry is durable; without a fresh checkpoint the next open
+            // Best effort: the entries are durable; without a fresh checkpoint the next open
             // verifies a little more.
             let _ = self.write_checkpoint(ca);
         }
-        Ok(entry)
+        Ok(())
     }
 
     /// The head after the last append (store it in the roster).

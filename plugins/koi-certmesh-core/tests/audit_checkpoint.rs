@@ -183,3 +183,43 @@ fn verification_streams_and_bounds_a_line() {
         }
     ));
 }
+
+/// Group commit (the CA's renewal batch): entries appended without fsync are never covered by a
+/// checkpoint until `sync`, and after it the log verifies and reopens with all of them.
+#[test]
+fn unsynced_entries_get_no_checkpoint_until_synced_and_then_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("audit.jsonl");
+    let ca = ca();
+    let mut log = AuditLog::open(&p, &ca).unwrap();
+    let n = usize::try_from(CHECKPOINT_EVERY).unwrap() + 3;
+    for i in 0..n {
+        log.append_unsynced(
+            &ca,
+            "certificate_renewed",
+            "m",
+            json!({"i": i}),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    }
+    // Past the checkpoint interval, yet no checkpoint covers entries that are not durable.
+    assert!(!checkpoint::checkpoint_path(&p).exists());
+    log.sync(&ca).unwrap();
+    assert!(checkpoint::checkpoint_path(&p).exists());
+    let head = log.head().unwrap();
+    assert_eq!(head.seq, u64::try_from(n).unwrap());
+    drop(log);
+    let key = ca.public_key_sec1();
+    assert!(matches!(
+        audit::verify(&p, &key, Some(&head)).unwrap(),
+        AuditVerdict::Intact { .. }
+    ));
+    let mut reopened = AuditLog::open(&p, &ca).unwrap();
+    assert_eq!(reopened.head().unwrap(), head);
+    // `append` (fsynced) goes on from there.
+    reopened
+        .append(&ca, "x", "m", json!({}), OffsetDateTime::now_utc())
+        .unwrap();
+    assert_eq!(reopened.head().unwrap().seq, head.seq + 1);
+}

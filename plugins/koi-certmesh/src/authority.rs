@@ -200,6 +200,32 @@ impl CaSession {
             .map_err(error::core)
     }
 
+    /// Appends an audit entry signed by the CA WITHOUT fsyncing it: the renewal batch
+    /// ([`crate::renew_batch`]) appends one per renewal and then calls [`Self::sync_audit`] once,
+    /// before it saves the roster or answers.
+    pub fn audit_unsynced(
+        &mut self,
+        event: &str,
+        actor: &str,
+        details: Value,
+    ) -> Result<(), MethodError> {
+        self.audit
+            .append_unsynced(
+                self.unlocked.ca(),
+                event,
+                actor,
+                details,
+                OffsetDateTime::now_utc(),
+            )
+            .map(|_| ())
+            .map_err(error::core)
+    }
+
+    /// Fsyncs the entries [`Self::audit_unsynced`] appended.
+    pub fn sync_audit(&mut self) -> Result<(), MethodError> {
+        self.audit.sync(self.unlocked.ca()).map_err(error::core)
+    }
+
     /// Saves the roster with the audit head set to the log's last entry.
     pub fn save_roster(&self, layout: &Layout, roster: &mut Roster) -> Result<(), MethodError> {
         self.save_roster_at(&layout.roster(), roster)
@@ -234,6 +260,8 @@ pub struct Authority {
     /// The term of a primary seen above this CA's own (0: none): once set, this CA signs
     /// nothing more ([`Self::fence`], [`crate::demote`]).
     superseded: AtomicU64,
+    /// The renewal worker's queue ([`crate::renew_batch`]).
+    renewals: crate::renew_batch::RenewQueue,
 }
 
 impl Authority {
@@ -246,7 +274,13 @@ impl Authority {
             writer: Mutex::new(None),
             superseded: AtomicU64::new(0),
             refusals: Mutex::new(Coalescer::default()),
+            renewals: crate::renew_batch::RenewQueue::default(),
         })
+    }
+
+    /// The renewal worker's queue ([`crate::renew_batch`]).
+    pub(crate) fn renewals(&self) -> &crate::renew_batch::RenewQueue {
+        &self.renewals
     }
 
     /// The file layout.

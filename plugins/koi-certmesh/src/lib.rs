@@ -43,7 +43,8 @@
 //! - [`layout`], [`files`], [`names`], [`x509`], [`secrets`], [`entropy`], [`app`], [`error`].
 //! - Renewal: [`renew`] (the verb and one renewal), [`schedule`] (the daemon's renewal service and
 //!   the record `status` shows), [`renew_files`] (journalled install), [`hooks`] (reload hooks),
-//!   [`renew_api`] (the CA's `POST /v1/certmesh/renew`), [`certify`] (checks shared with join),
+//!   [`renew_api`] (the CA's `POST /v1/certmesh/renew`), [`renew_batch`] (the CA's renewal
+//!   worker: concurrent renewals committed together), [`certify`] (checks shared with join),
 //!   [`client_auth`] (client certificates on the API), [`clock`] (wall clock and the debug-only
 //!   test clock).
 //! - [`heartbeat`] — the member's heartbeat to the CA (daemon service, `status` record,
@@ -116,6 +117,7 @@ pub mod push_send;
 pub mod refusals;
 pub mod renew;
 pub mod renew_api;
+pub mod renew_batch;
 pub mod renew_files;
 pub mod request_names;
 pub mod rotate;

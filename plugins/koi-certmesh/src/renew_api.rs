@@ -29,6 +29,7 @@ use crate::authority::{Authority, CaSession};
 use crate::client_auth::MemberCert;
 use crate::error::Refusal;
 use crate::refusals::{Refused, bounded};
+use crate::renew_batch::Job;
 use crate::wire::{ErrorBody, JoinResponse};
 
 /// Audit event: a member's certificate renewed.
@@ -82,16 +83,33 @@ pub async fn handle(
             )));
         }
     };
-    // Checking, signing and writing the roster and audit log: off the async workers.
-    let outcome = ctx
-        .blocking("renewal", move || {
-            Ok(authority.renew(&request, peer, client_cert.as_deref().map(|c| c.as_ref())))
-        })
-        .await;
+    // Checking, signing and writing the roster and audit log: off the async workers, on the
+    // renewal worker that commits concurrent renewals together (crate::renew_batch).
+    let outcome = match crate::renew_batch::submit(&authority, request, peer, client_cert) {
+        Ok(answer) => answer.await.unwrap_or_else(|_| {
+            Err(Refusal::Internal(
+                "the renewal worker stopped before answering (the plugin is shutting down); \
+                 the member retries at its next check"
+                    .into(),
+            ))
+        }),
+        // No worker (its thread could not start): this renewal alone, on the blocking pool.
+        Err(job) => {
+            let Job {
+                request,
+                client_cert,
+                ..
+            } = *job;
+            ctx.blocking("renewal", move || {
+                Ok(authority.renew(&request, peer, client_cert.as_deref().map(|c| c.as_ref())))
+            })
+            .await
+            .unwrap_or_else(|e| Err(Refusal::Internal(e.message().to_owned())))
+        }
+    };
     match outcome {
-        Ok(Ok(answer)) => (200, serde_json::to_value(answer).unwrap_or_default()),
-        Ok(Err(refusal)) => refusal_body(&refusal),
-        Err(e) => refusal_body(&Refusal::Internal(e.message().to_owned())),
+        Ok(answer) => (200, serde_json::to_value(answer).unwrap_or_default()),
+        Err(refusal) => refusal_body(&refusal),
     }
 }
 
@@ -103,43 +121,106 @@ impl Authority {
         peer: IpAddr,
         client_cert: Option<&[u8]>,
     ) -> Result<JoinResponse, Refusal> {
+        self.renew_batch(&[(req, peer, client_cert)])
+            .pop()
+            .unwrap_or_else(|| Err(Refusal::Internal("no renewal outcome".into())))
+    }
+
+    /// Renews several members under one session lock, in order, with ONE audit fsync and ONE
+    /// roster save for all (group commit): each renewal is checked against the roster as the
+    /// ones before it left it, and its audit entry is appended as it is signed; then the log is
+    /// fsynced once and the roster saved once (written and fsynced), and only then are the
+    /// answers returned — so no answer leaves before its audit entry and roster are durable. If
+    /// the fsync or the save fails, every renewal of the batch is refused (entries that reached
+    /// the log stay in it, as when a single save fails). Refusals are
+    /// recorded after the batch. One outcome per request, in order.
+    pub fn renew_batch(
+        &self,
+        jobs: &[(&RenewRequest, IpAddr, Option<&[u8]>)],
+    ) -> Vec<Result<JoinResponse, Refusal>> {
         let mut guard = self.session();
-        let mut who = String::from(if client_cert.is_some() {
-            "(unverified certificate)"
-        } else {
-            "(no certificate)"
-        });
-        let result = renew_locked(self, guard.as_mut(), req, peer, client_cert, &mut who);
-        if let Err(refusal) = &result {
-            let detail = format!("renewal: {refusal}");
-            let refused = Refused {
-                peer,
-                reason: refusal.reason(),
-                detail: &detail,
-                hostname: &who,
-                operator: None,
-            };
-            self.record_refusal(guard.as_mut(), &refused);
+        let mut who: Vec<String> = jobs
+            .iter()
+            .map(|(_, _, cert)| {
+                String::from(if cert.is_some() {
+                    "(unverified certificate)"
+                } else {
+                    "(no certificate)"
+                })
+            })
+            .collect();
+        let results = renew_batch_locked(self, guard.as_mut(), jobs, &mut who);
+        for ((result, (_, peer, _)), who) in results.iter().zip(jobs).zip(&who) {
+            if let Err(refusal) = result {
+                let detail = format!("renewal: {refusal}");
+                let refused = Refused {
+                    peer: *peer,
+                    reason: refusal.reason(),
+                    detail: &detail,
+                    hostname: who,
+                    operator: None,
+                };
+                self.record_refusal(guard.as_mut(), &refused);
+            }
         }
-        result
+        results
     }
 }
 
-fn renew_locked(
+fn renew_batch_locked(
     authority: &Authority,
     session: Option<&mut CaSession>,
+    jobs: &[(&RenewRequest, IpAddr, Option<&[u8]>)],
+    who: &mut [String],
+) -> Vec<Result<JoinResponse, Refusal>> {
+    let all = |r: Refusal| jobs.iter().map(|_| Err(r.clone())).collect();
+    let layout = authority.layout();
+    if !layout.is_ca() {
+        return all(Refusal::NotCa);
+    }
+    let Some(session) = session else {
+        return all(Refusal::Locked);
+    };
+    let mut roster = match Roster::load(&layout.roster()) {
+        Ok(r) => r,
+        Err(e) => return all(Refusal::Internal(e.to_string())),
+    };
+    let signed: Vec<Result<Signed, Refusal>> = jobs
+        .iter()
+        .zip(who.iter_mut())
+        .map(|((req, peer, cert), who)| renew_locked(session, &mut roster, req, *peer, *cert, who))
+        .collect();
+    // Group commit: every audit entry of the batch fsynced at once, then the roster saved once;
+    // only then does any answer leave.
+    if signed.iter().any(Result::is_ok)
+        && let Err(e) = session
+            .sync_audit()
+            .and_then(|()| session.save_roster(layout, &mut roster))
+    {
+        let e = Refusal::Internal(e.message().to_owned());
+        return signed.into_iter().map(|s| s.and(Err(e.clone()))).collect();
+    }
+    signed
+        .into_iter()
+        .map(|s| s.map(|s| JoinResponse::new(&s.hostname, s.issued, s.dropped, &roster)))
+        .collect()
+}
+
+/// One renewal signed, audited and in the (unsaved) roster.
+struct Signed {
+    hostname: String,
+    issued: koi_certmesh_core::IssuedCert,
+    dropped: Vec<String>,
+}
+
+fn renew_locked(
+    session: &mut CaSession,
+    roster: &mut Roster,
     req: &RenewRequest,
     peer: IpAddr,
     client_cert: Option<&[u8]>,
     who: &mut String,
-) -> Result<JoinResponse, Refusal> {
-    let layout = authority.layout();
-    if !layout.is_ca() {
-        return Err(Refusal::NotCa);
-    }
-    let Some(session) = session else {
-        return Err(Refusal::Locked);
-    };
+) -> Result<Signed, Refusal> {
     let Some(der) = client_cert else {
         return Err(Refusal::NotMember(
             "Renewal needs the member's current certificate of this mesh as the TLS client \
@@ -153,8 +234,6 @@ fn renew_locked(
              into this mesh, run `koi certmesh leave` and then `koi certmesh join` on it."
         ))
     })?;
-    let mut roster =
-        Roster::load(&layout.roster()).map_err(|e| Refusal::Internal(e.to_string()))?;
     // The current certificate, or the one it was renewed from while the member may not have
     // installed the renewal yet (its answer lost to a crash or a dropped connection).
     let entry = roster
@@ -214,7 +293,7 @@ fn renew_locked(
     }
     let (mut leaf, mut dropped) = crate::certify::leaf(
         session.unlocked(),
-        &roster,
+        roster,
         &entry.hostname,
         &req.extra_names,
         &req.ip_addresses,
@@ -223,13 +302,13 @@ fn renew_locked(
     // Names other plugins asked for (crate::request_names), checked again now.
     let pending = crate::pending_names::apply_pending(
         session.unlocked().ca().scope(),
-        &roster,
+        roster,
         &entry.hostname,
         &mut leaf,
     );
     let issued = crate::certify::sign(
         session.unlocked(),
-        &roster,
+        roster,
         leaf,
         &mut dropped,
         &entry.hostname,
@@ -243,8 +322,9 @@ fn renew_locked(
         .reload_hook
         .as_deref()
         .map(|h| bounded(h, MAX_HOOK_CHARS));
+    // Fsynced with the rest of the batch, before the roster is saved ([`renew_batch_locked`]).
     session
-        .audit(
+        .audit_unsynced(
             CERTIFICATE_RENEWED,
             &entry.hostname,
             json!({
@@ -275,8 +355,9 @@ fn renew_locked(
     // The member holds the certificate it authenticated with until it installs this one.
     member.previous_fingerprint = Some(presented.fingerprint.clone());
     roster.upsert(member);
-    session
-        .save_roster(layout, &mut roster)
-        .map_err(|e| Refusal::Internal(e.message().to_owned()))?;
-    Ok(JoinResponse::new(&entry.hostname, issued, dropped, &roster))
+    Ok(Signed {
+        hostname: entry.hostname,
+        issued,
+        dropped,
+    })
 }
