@@ -55,6 +55,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub async fn service(ctx: Context) -> Result<(), MethodError> {
     let app = App::of(&ctx)?;
     let authority = app.authority();
+    // A CA at start is a restart; one made while running (create, takeover) is not.
+    let restarted = authority.layout().is_ca();
     while !authority.layout().is_ca() {
         tokio::select! {
             _ = ctx.cancelled() => return Ok(()),
@@ -75,7 +77,9 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
     };
     // The API serves while koi-mdns is asked to advertise it.
     let rest = async {
-        advertise(&app, &ctx, &membership, port).await;
+        if !restarted || may_advertise_after_browse_window(&app, &ctx).await {
+            advertise(&app, &ctx, &membership, port).await;
+        }
         flush_refusals(&ctx, &authority).await;
     };
     // The CA's own API certificate renews while the API serves, swapped in without a restart.
@@ -90,6 +94,41 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
     // Refusals counted by the last requests the API drained go in too.
     flush_once(&ctx, &authority).await;
     Ok(())
+}
+
+/// How long a restarted CA listens to mDNS before advertising itself as primary: koi-mdns's
+/// browse reports the `_certmesh._tcp` advertisements on the link within this window, and a
+/// higher term among them fences this CA ([`crate::follow`]), which then never advertises.
+pub const BROWSE_WINDOW: Duration = Duration::from_secs(5);
+
+/// On a restarted CA: waits [`BROWSE_WINDOW`] (and for a higher-term check in flight, at most
+/// the client's request deadline more); `true` when it may advertise (not fenced), `false` when
+/// a higher term superseded it or the plugin is stopping.
+async fn may_advertise_after_browse_window(app: &Arc<App>, ctx: &Context) -> bool {
+    let checks_end = tokio::time::Instant::now() + BROWSE_WINDOW + crate::client::REQUEST_TIMEOUT;
+    tokio::select! {
+        _ = ctx.cancelled() => return false,
+        _ = tokio::time::sleep(BROWSE_WINDOW) => {}
+    }
+    while app
+        .presence
+        .checking
+        .load(std::sync::atomic::Ordering::Acquire)
+        && tokio::time::Instant::now() < checks_end
+    {
+        tokio::select! {
+            _ = ctx.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    if let Some(term) = app.authority().superseded_by() {
+        tracing::warn!(
+            term,
+            "certmesh: not advertising this CA as primary: a primary with term {term} is on the network"
+        );
+        return false;
+    }
+    true
 }
 
 /// After a demotion: the primary advertisement is withdrawn, the API no longer listens (its

@@ -393,6 +393,7 @@ pub fn plugin() -> Plugin {
     // CA presence: a standby advertises itself and watches the primary (crate::presence).
     .service(presence::SERVICE, presence::service)
     .on(koi_mdns_api::ALL_SERVICE_EVENTS, presence::on_mdns)
+    .on(koi_mdns_api::HOST_SEEN, presence::on_host_seen)
     .shutdown_grace(background::SHUTDOWN_GRACE)
 }
 

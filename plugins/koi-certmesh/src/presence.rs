@@ -58,6 +58,9 @@ pub struct Sighting {
     pub host: Option<String>,
     /// A primary's API (`ADDR:PORT`, its first usable address), when it has one.
     pub endpoint: Option<String>,
+    /// The advertising machine's mDNS host (`a.local.`, at most 255 bytes): what
+    /// `mdns.host.seen` names when koi-mdns's re-check hears it.
+    pub mdns_host: String,
     /// The advertisement's full name, at most 255 bytes (which advertisement this is).
     pub key: String,
 }
@@ -151,6 +154,7 @@ pub fn classify(
         reason,
         host,
         endpoint,
+        mdns_host: service.host.chars().take(255).collect(),
         key: service.fullname.chars().take(255).collect(),
     })
 }
@@ -163,11 +167,36 @@ struct Seen {
     since: Option<SystemTime>,
     reason: Option<String>,
     term: u64,
-    /// Each primary advertisement (by full name): present, term, endpoint (at most
-    /// [`MAX_STANDBYS`]); the primary counts as present while any of them is.
-    primaries: std::collections::BTreeMap<String, (bool, u64, Option<String>)>,
+    /// The last POSITIVE mDNS evidence that a primary was alive: its advertisement appearing or
+    /// changing, or koi-mdns's re-check hearing its host (`mdns.host.seen`, at the time the
+    /// answered query went out). The grace period runs from here (or from the last good beat).
+    alive_at: Option<SystemTime>,
+    /// Each primary advertisement (by full name, at most [`MAX_STANDBYS`]); the primary counts
+    /// as present while any of them is.
+    primaries: std::collections::BTreeMap<String, PrimaryAd>,
     /// Standbys seen over mDNS: host → present (at most [`MAX_STANDBYS`]).
     standbys: std::collections::BTreeMap<String, bool>,
+}
+
+/// One primary advertisement as last heard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PrimaryAd {
+    present: bool,
+    term: u64,
+    endpoint: Option<String>,
+    host: Option<String>,
+    mdns_host: String,
+}
+
+/// A present primary advertisement with an API: what a higher term's claim is checked from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The advertised term.
+    pub term: u64,
+    /// Its API, `ADDR:PORT`.
+    pub endpoint: String,
+    /// The host its instance name gives (`koi certmesh CA on HOST`), if well formed.
+    pub host: Option<String>,
 }
 
 /// Bound on the standbys remembered.
@@ -179,6 +208,8 @@ pub struct Watch {
     seen: Mutex<Seen>,
     /// Whether a check of a higher-term advertisement is in flight (one at a time).
     pub checking: std::sync::atomic::AtomicBool,
+    /// Whether a standby's probe of its absent primary is in flight (one at a time).
+    pub probing: std::sync::atomic::AtomicBool,
 }
 
 impl Watch {
@@ -203,11 +234,20 @@ impl Watch {
         if seen.primaries.len() < MAX_STANDBYS || seen.primaries.contains_key(&key) {
             seen.primaries.insert(
                 key,
-                (sighting.present, sighting.term, sighting.endpoint.clone()),
+                PrimaryAd {
+                    present: sighting.present,
+                    term: sighting.term,
+                    endpoint: sighting.endpoint.clone(),
+                    host: sighting.host.clone(),
+                    mdns_host: sighting.mdns_host.clone(),
+                },
             );
         }
         seen.term = seen.term.max(sighting.term);
-        let present = seen.primaries.values().any(|(p, _, _)| *p);
+        if sighting.present {
+            seen.alive_at = Some(seen.alive_at.map_or(now, |t| t.max(now)));
+        }
+        let present = seen.primaries.values().any(|p| p.present);
         if seen.present != Some(present) {
             seen.present = Some(present);
             seen.since = Some(now);
@@ -225,16 +265,35 @@ impl Watch {
             .collect()
     }
 
-    /// The present primaries with an endpoint, highest term first: `(term, ADDR:PORT)`.
-    pub fn primaries(&self) -> Vec<(u64, String)> {
-        let seen = self.lock();
-        let mut out: Vec<(u64, String)> = seen
+    /// koi-mdns's re-check heard `mdns_host` at `at` (`mdns.host.seen`): positive evidence
+    /// that a present primary advertised from that host is alive.
+    pub fn host_seen(&self, mdns_host: &str, at: SystemTime) {
+        let mut seen = self.lock();
+        let of_primary = seen
             .primaries
             .values()
-            .filter(|(present, _, _)| *present)
-            .filter_map(|(_, term, ep)| ep.clone().map(|ep| (*term, ep)))
+            .any(|p| p.present && p.mdns_host.eq_ignore_ascii_case(mdns_host));
+        if of_primary {
+            seen.alive_at = Some(seen.alive_at.map_or(at, |t| t.max(at)));
+        }
+    }
+
+    /// The present primaries with an endpoint, highest term first.
+    pub fn primaries(&self) -> Vec<Claim> {
+        let seen = self.lock();
+        let mut out: Vec<Claim> = seen
+            .primaries
+            .values()
+            .filter(|p| p.present)
+            .filter_map(|p| {
+                p.endpoint.clone().map(|endpoint| Claim {
+                    term: p.term,
+                    endpoint,
+                    host: p.host.clone(),
+                })
+            })
             .collect();
-        out.sort_by_key(|p| std::cmp::Reverse(p.0));
+        out.sort_by_key(|p| std::cmp::Reverse(p.term));
         out
     }
 
@@ -252,8 +311,11 @@ impl Watch {
         self.lock().term
     }
 
-    /// When the primary became unreachable by both signals, if it is: mDNS says it left (at
-    /// `since`) and the last heartbeat failed; the later of the removal and the last good beat.
+    /// Whether the primary is unreachable by both signals — mDNS says it left and the last
+    /// heartbeat failed — and if so since when it was last KNOWN alive: the later of the last
+    /// positive mDNS evidence (an appearance, a change, a re-check it answered) and the last
+    /// good beat (the removal itself when neither is known). The grace period runs from there,
+    /// so a death is not first waited out by the re-check and then by the grace.
     pub fn unreachable_since(
         &self,
         hb: Option<&crate::heartbeat::Heartbeat>,
@@ -268,7 +330,8 @@ impl Watch {
             return None;
         }
         let last_ok = hb.last_ok_at.as_deref().and_then(parse_rfc3339);
-        Some(last_ok.map_or(gone_at, |t| t.max(gone_at)))
+        let evidence = [seen.alive_at, last_ok].into_iter().flatten().max();
+        Some(evidence.unwrap_or(gone_at))
     }
 
     /// The `primary_watch` record of `status`.
@@ -285,6 +348,7 @@ impl Watch {
             "mdns_since": seen.since.map(crate::schedule::rfc3339),
             "mdns_reason": seen.reason,
             "mdns_term": seen.term,
+            "mdns_alive_at": seen.alive_at.map(crate::schedule::rfc3339),
             "live_standbys": seen.standbys.iter().filter(|(_, p)| **p).map(|(h, _)| h).collect::<Vec<_>>(),
             "heartbeat_ok": hb.map(|h| h.ok),
             "heartbeat_last_ok_at": hb.and_then(|h| h.last_ok_at.clone()),
@@ -333,6 +397,28 @@ pub async fn on_mdns(ctx: Context, delivery: Delivery<Value>) {
         );
         app.presence.record(&s, crate::clock::now());
         crate::follow::fence_if_superseded(&app, &layout, &s);
+    }
+}
+
+/// `mdns.host.seen`: koi-mdns's re-check heard a host; when a present primary advertises from
+/// it, that is positive evidence it was alive at the time the query went out (checked: a
+/// host name of at most 255 bytes, an RFC 3339 time not in the future).
+pub async fn on_host_seen(ctx: Context, delivery: Delivery<Value>) {
+    let Delivery::Event(event) = delivery else {
+        return;
+    };
+    let Ok(app) = App::of(&ctx) else {
+        return;
+    };
+    let host = event.payload.get("host").and_then(Value::as_str);
+    let at = event
+        .payload
+        .get("last_seen")
+        .and_then(Value::as_str)
+        .filter(|t| t.len() <= 64)
+        .and_then(parse_rfc3339);
+    if let (Some(host), Some(at)) = (host.filter(|h| !h.is_empty() && h.len() <= 255), at) {
+        app.presence.host_seen(host, at.min(crate::clock::now()));
     }
 }
 
@@ -490,6 +576,7 @@ mod tests {
             reason: None,
             host: None,
             endpoint: None,
+            mdns_host: "a.local.".into(),
             key: "a".into(),
         };
         watch.record(&s, t0);
@@ -516,15 +603,16 @@ mod tests {
             "the heartbeat still answers"
         );
         assert_eq!(watch.unreachable_since(None), None);
-        // Last good beat (1_000_000 - 10 s) before the removal: the removal is the start.
-        assert_eq!(watch.unreachable_since(Some(&failed)), Some(t1));
+        // Last good beat (1_000_000 - 10 s) before the appearance at t0: the grace runs from
+        // the last positive evidence (t0), not from the removal (t1).
+        assert_eq!(watch.unreachable_since(Some(&failed)), Some(t0));
         // A standby's advertisement does not count as the primary.
         s.role = STANDBY;
         s.present = true;
         s.host = Some("b".into());
         watch.record(&s, t1);
         assert_eq!(watch.live_standbys(), vec!["b".to_owned()]);
-        assert_eq!(watch.unreachable_since(Some(&failed)), Some(t1));
+        assert_eq!(watch.unreachable_since(Some(&failed)), Some(t0));
         assert_eq!(watch.highest_term(), 2);
         // Two primary advertisements: one leaving does not make the primary absent.
         let w2 = Watch::default();
@@ -535,6 +623,7 @@ mod tests {
             reason: None,
             host: None,
             endpoint: Some("10.0.0.1:5641".into()),
+            mdns_host: "a.local.".into(),
             key: "real".into(),
         };
         w2.record(&p, t0);
@@ -542,10 +631,63 @@ mod tests {
         p.term = 99;
         p.endpoint = Some("10.0.0.9:5999".into());
         w2.record(&p, t0);
-        assert_eq!(w2.primaries()[0].0, 99, "highest term first");
+        assert_eq!(w2.primaries()[0].term, 99, "highest term first");
         p.present = false;
         w2.record(&p, t1);
         assert_eq!(w2.gone_since(), None);
-        assert_eq!(w2.primaries(), vec![(1, "10.0.0.1:5641".to_owned())]);
+        let left: Vec<(u64, String)> = w2
+            .primaries()
+            .into_iter()
+            .map(|c| (c.term, c.endpoint))
+            .collect();
+        assert_eq!(left, vec![(1, "10.0.0.1:5641".to_owned())]);
+    }
+
+    #[test]
+    fn the_grace_runs_from_the_last_positive_evidence_not_from_the_detection() {
+        let secs = std::time::Duration::from_secs;
+        let t0 = SystemTime::UNIX_EPOCH + secs(2_000_000);
+        let watch = Watch::default();
+        let mut s = Sighting {
+            role: PRIMARY,
+            term: 1,
+            present: true,
+            reason: None,
+            host: Some("a".into()),
+            endpoint: Some("10.0.0.1:5641".into()),
+            mdns_host: "a.local.".into(),
+            key: "a".into(),
+        };
+        watch.record(&s, t0);
+        // koi-mdns's re-check hears A at t0 + 20 s; another host's answer is no evidence.
+        watch.host_seen("A.local.", t0 + secs(20));
+        watch.host_seen("c.local.", t0 + secs(30));
+        // A dies; the re-check sent at t0 + 40 s goes unanswered, removal at t0 + 56 s.
+        s.present = false;
+        s.reason = Some("unanswered".into());
+        watch.record(&s, t0 + secs(56));
+        let beat = |ok: bool, last_ok: Option<SystemTime>| crate::heartbeat::Heartbeat {
+            ok,
+            last_ok_at: last_ok.map(crate::schedule::rfc3339),
+            ..Default::default()
+        };
+        // Both signals must have failed: a beat that answers means no takeover.
+        assert_eq!(watch.unreachable_since(Some(&beat(true, None))), None);
+        // The last good beat is older: the grace runs from the re-check it answered.
+        assert_eq!(
+            watch.unreachable_since(Some(&beat(false, Some(t0 + secs(5))))),
+            Some(t0 + secs(20))
+        );
+        // A good beat after the last mDNS evidence is the later evidence.
+        assert_eq!(
+            watch.unreachable_since(Some(&beat(false, Some(t0 + secs(50))))),
+            Some(t0 + secs(50))
+        );
+        // A host heard after its primary advertisement left is no longer evidence for it.
+        watch.host_seen("a.local.", t0 + secs(60));
+        assert_eq!(
+            watch.unreachable_since(Some(&beat(false, None))),
+            Some(t0 + secs(20))
+        );
     }
 }

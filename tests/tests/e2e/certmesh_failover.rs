@@ -68,6 +68,16 @@ fn certmesh_services(host: &LabHost) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// A child process killed (and reaped) when the test ends, failures included.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn audit_lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path)
         .map(|t| t.lines().count())
@@ -319,7 +329,17 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
     );
 
     // A comes back (locked, as after any restart), sees term 2 and becomes a standby of B
-    // without signing anything: its log, moved aside whole, has not grown.
+    // without signing anything: its log, moved aside whole, has not grown. C watches the link
+    // meanwhile: A never advertises itself as primary (it listens for a higher term first).
+    let watch_out = c.env.dir.path().join("watch.ndjson");
+    let watch = KillOnDrop(
+        c.env
+            .command(&["--json", "mdns", "discover", "_certmesh._tcp", "--watch"])
+            .stdout(std::fs::File::create(&watch_out).expect("watch output"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("koi mdns discover --watch"),
+    );
     let up = a
         .command("ip", &["link", "set", "veth0", "up"])
         .status()
@@ -375,6 +395,23 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
             "{services:?}"
         );
     }
+    drop(watch);
+    let a_instance = format!("koi certmesh CA on {}", a.hostname);
+    let a_as_primary: Vec<String> = std::fs::read_to_string(&watch_out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|item| {
+            item["instance"] == a_instance.as_str()
+                && item["action"] != "-"
+                && item["txt"]["role"] == "primary"
+        })
+        .map(|item| item.to_string())
+        .collect();
+    assert!(
+        a_as_primary.is_empty(),
+        "A advertised itself as primary after its restart: {a_as_primary:?}"
+    );
     // A's partition entry reaches B, carried verbatim in one signed entry; B's log verifies.
     let carried = wait_for(
         "B keeps A's partition entries",
