@@ -185,8 +185,12 @@ pub fn status(
         );
     }
     let Some(state) = load(layout) else {
-        if let Some(term) = crate::heartbeat::last(layout).and_then(|hb| hb.term) {
-            details.insert("term".into(), Value::from(term));
+        if let Some(hb) = crate::heartbeat::last(layout) {
+            if let Some(term) = hb.term {
+                details.insert("term".into(), Value::from(term));
+            }
+            // The standbys of the roster the CA last served (who may claim a higher term).
+            details.insert("standbys".into(), json!(hb.standbys));
         }
         return summary;
     };

@@ -192,6 +192,21 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
         }
     });
 
+    // Who may claim a higher term: A's roster lists B as its standby, and so does the roster C
+    // last fetched from A over mutual TLS (its status shows it).
+    assert_eq!(
+        status(a)["details"]["standbys"],
+        serde_json::json!([b.hostname])
+    );
+    wait_for("C knows B as a standby", Duration::from_secs(30), || {
+        let s = status(c);
+        if s["details"]["standbys"] == serde_json::json!([b.hostname]) {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
+
     // A forged advertisement (the fingerprint is public in TXT) claims term 99 from an address
     // with no CA behind it: A is not fenced, C does not move, B's term is not inflated.
     let forged = "koi certmesh CA on forged";
