@@ -7,7 +7,7 @@
 //! advertisement alone is anyone's, and a TLS answer under the root is any MEMBER's (each holds
 //! a leaf under it). A higher term is therefore believed only when all of these hold:
 //!
-//! 1. the advertisement names its host (`koi certmesh CA on HOST`) and the believer's own
+//! 1. the advertisement names its host (its instance name is "koi certmesh CA on HOST") and the believer's own
 //!    trusted roster lists that host as a standby ([`trusted_standbys`]: on a CA its
 //!    `roster.json` — its active entries with role `standby`; on a member the
 //!    roster its CA last served it over pinned mutual TLS, kept by the heartbeat);
@@ -236,10 +236,9 @@ pub fn claimant_is_standby<'a>(
     claim: &'a crate::presence::Claim,
     standbys: &[String],
 ) -> Result<&'a str, String> {
-    let host = claim
-        .host
-        .as_deref()
-        .ok_or("the advertisement names no host (`koi certmesh CA on HOST`)")?;
+    let host = claim.host.as_deref().ok_or(
+        "the advertisement names no host (its instance name should be \"koi certmesh CA on HOST\")",
+    )?;
     if !standbys.iter().any(|s| s.eq_ignore_ascii_case(host)) {
         return Err(format!(
             "{host} is not a standby CA in this machine's roster (standbys: {})",

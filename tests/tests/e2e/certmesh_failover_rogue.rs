@@ -218,11 +218,11 @@ fn a_rogue_member_answering_with_its_own_leaf_cannot_claim_a_higher_term() {
         }
     });
     let a_log = a_daemon.log_text();
+    assert!(!a_log.contains("stops signing"), "A was fenced: {a_log}");
     assert!(
         a_log.contains("is not a standby CA in this machine's roster"),
         "A's reason: {a_log}"
     );
-    assert!(!a_log.contains("stops signing"), "A was fenced: {a_log}");
     let a_now = status(a);
     assert_eq!(a_now["details"]["role"], "primary", "{a_now}");
     assert_eq!(a_now["details"]["locked"], false, "{a_now}");
