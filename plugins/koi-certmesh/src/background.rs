@@ -56,44 +56,49 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
     let app = App::of(&ctx)?;
     let authority = app.authority();
     // A CA at start is a restart; one made while running (create, takeover) is not.
-    let restarted = authority.layout().is_ca();
-    while !authority.layout().is_ca() {
+    let mut restarted = authority.layout().is_ca();
+    loop {
+        while !authority.layout().is_ca() {
+            tokio::select! {
+                _ = ctx.cancelled() => return Ok(()),
+                _ = app.mesh_created.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+        let (api, membership, port, cert) = match start(&app, &ctx).await {
+            Ok(started) => started,
+            Err(e) => {
+                tracing::error!("certmesh API not serving: {e}");
+                app.set_api(|a| a.error = Some(e.clone()));
+                return Err(
+                    MethodError::new(format!("the certmesh API is not serving: {e}")).hint(
+                        "`koi certmesh status` shows the cause; the service retries by itself.",
+                    ),
+                );
+            }
+        };
+        // The API serves while koi-mdns is asked to advertise it.
+        let rest = async {
+            if !restarted || may_advertise_after_browse_window(&app, &ctx).await {
+                advertise(&app, &ctx, &membership, port).await;
+            }
+            flush_refusals(&ctx, &authority).await;
+        };
+        // The CA's own API certificate renews while the API serves, swapped in without a
+        // restart. A demotion (crate::demote: a primary with a higher term took over) ends all
+        // of it; the machine is a standby then, and serves again if it ever takes over.
         tokio::select! {
-            _ = ctx.cancelled() => return Ok(()),
-            _ = app.mesh_created.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = async { tokio::join!(api, rest, crate::ca_renew::run(&ctx, &app, cert)) } => {}
+            _ = app.demoted.notified() => {
+                stop_after_demotion(&app, &ctx).await;
+                restarted = false;
+                continue;
+            }
         }
+        // Refusals counted by the last requests the API drained go in too.
+        flush_once(&ctx, &authority).await;
+        return Ok(());
     }
-    let (api, membership, port, cert) = match start(&app, &ctx).await {
-        Ok(started) => started,
-        Err(e) => {
-            tracing::error!("certmesh API not serving: {e}");
-            app.set_api(|a| a.error = Some(e.clone()));
-            return Err(
-                MethodError::new(format!("the certmesh API is not serving: {e}"))
-                    .hint("`koi certmesh status` shows the cause; the service retries by itself."),
-            );
-        }
-    };
-    // The API serves while koi-mdns is asked to advertise it.
-    let rest = async {
-        if !restarted || may_advertise_after_browse_window(&app, &ctx).await {
-            advertise(&app, &ctx, &membership, port).await;
-        }
-        flush_refusals(&ctx, &authority).await;
-    };
-    // The CA's own API certificate renews while the API serves, swapped in without a restart.
-    // A demotion (crate::demote: a primary with a higher term took over) ends all of it.
-    tokio::select! {
-        _ = async { tokio::join!(api, rest, crate::ca_renew::run(&ctx, &app, cert)) } => {}
-        _ = app.demoted.notified() => {
-            stop_after_demotion(&app, &ctx).await;
-            return Ok(());
-        }
-    }
-    // Refusals counted by the last requests the API drained go in too.
-    flush_once(&ctx, &authority).await;
-    Ok(())
 }
 
 /// How long a restarted CA listens to mDNS before advertising itself as primary: koi-mdns's

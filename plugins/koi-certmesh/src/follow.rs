@@ -341,6 +341,11 @@ pub async fn demote_if_fenced(ctx: &Context, app: &std::sync::Arc<App>) {
                 term,
                 "certmesh: this machine is now a STANDBY of {primary} at {endpoint} (term {term})"
             );
+            // Done: a later takeover by this machine must not demote it again.
+            app.superseded_by
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
             app.demoted.notify_one();
         }
         Err(e) => tracing::warn!("certmesh: demotion failed (still fenced): {}", e.message()),

@@ -262,6 +262,8 @@ pub async fn consider(
         .await;
     match outcome {
         Ok(term) => {
+            // Demoted earlier by a lower term in this same process: that fence is over.
+            app.authority().lift_fence_below(term);
             tracing::warn!(
                 term,
                 "certmesh failover: this standby is now the PRIMARY (term {term}), LOCKED until `koi certmesh unlock`"
