@@ -185,6 +185,54 @@ pub fn fence_if_superseded(app: &std::sync::Arc<App>, layout: &Layout, s: &Sight
     });
 }
 
+/// How often a CA checks the present higher-term claims again.
+pub const RECHECK_CLAIMS: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// On a CA, each `presence` round: the highest present claim of a higher term from a standby of
+/// this roster is checked again ([`fence_if_superseded`]) at most every [`RECHECK_CLAIMS`], so a
+/// check that failed once (a network error, a restart of the claimant's API) does not leave this
+/// CA signing until the advertisement next changes. Claimants that are no standby are skipped
+/// quietly (they were reported when their advertisement came).
+pub fn recheck_claims(app: &std::sync::Arc<App>, layout: &Layout) {
+    if !layout.is_ca() || app.authority().superseded_by().is_some() {
+        return;
+    }
+    {
+        let mut at = app
+            .presence
+            .claims_checked_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if at.is_some_and(|t| t.elapsed() < RECHECK_CLAIMS) {
+            return;
+        }
+        *at = Some(std::time::Instant::now());
+    }
+    let Ok(roster) = koi_certmesh_core::Roster::load(&layout.roster()) else {
+        return;
+    };
+    let standbys = standbys_of_roster(&roster);
+    let claim = app
+        .presence
+        .primaries()
+        .into_iter()
+        .take_while(|c| c.term > roster.mesh.term)
+        .find(|c| claimant_is_standby(c, &standbys).is_ok());
+    if let Some(claim) = claim {
+        let sighting = Sighting {
+            role: PRIMARY,
+            term: claim.term,
+            present: true,
+            reason: None,
+            host: claim.host,
+            endpoint: Some(claim.endpoint),
+            mdns_host: String::new(),
+            key: String::new(),
+        };
+        fence_if_superseded(app, layout, &sighting);
+    }
+}
+
 /// The hosts a CA's roster lets claim a higher term: its active entries with role `standby`
 /// (`mesh.standbys` is kept to the same set, [`crate::takeover::prune_standbys`]).
 pub fn standbys_of_roster(roster: &koi_certmesh_core::Roster) -> Vec<String> {

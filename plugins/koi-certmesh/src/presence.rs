@@ -210,6 +210,8 @@ pub struct Watch {
     pub checking: std::sync::atomic::AtomicBool,
     /// Whether a standby's probe of its absent primary is in flight (one at a time).
     pub probing: std::sync::atomic::AtomicBool,
+    /// When a CA last checked the present higher-term claims again ([`crate::follow`]).
+    pub claims_checked_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Watch {
@@ -460,6 +462,7 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
             }
         }
         if is_ca {
+            crate::follow::recheck_claims(&app, &layout);
             crate::follow::demote_if_fenced(&ctx, &app).await;
         }
         if let Some(state) = &standby {
