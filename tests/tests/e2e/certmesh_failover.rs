@@ -452,17 +452,24 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
     // Term 3: B dies in turn, and A — demoted in this same daemon, now B's standby — takes over
     // again: a fence from term 2 does not stop it, its API serves again, and C, whose roster
     // (fetched from B) lists A as a standby, follows it.
-    wait_for("A is a synced standby watching B", Duration::from_secs(60), || {
-        let s = status(a);
-        let w = &s["details"]["primary_watch"];
-        if s["details"]["standby"]["roster_version"].as_u64().unwrap_or(0) > 0
-            && w["mdns"] == "present"
-        {
-            Ok(())
-        } else {
-            Err(s)
-        }
-    });
+    wait_for(
+        "A is a synced standby watching B",
+        Duration::from_secs(60),
+        || {
+            let s = status(a);
+            let w = &s["details"]["primary_watch"];
+            if s["details"]["standby"]["roster_version"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+                && w["mdns"] == "present"
+            {
+                Ok(())
+            } else {
+                Err(s)
+            }
+        },
+    );
     wait_for("C knows A as a standby", Duration::from_secs(30), || {
         let s = status(c);
         if s["details"]["standbys"] == serde_json::json!([a.hostname]) {
@@ -489,8 +496,7 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
     let a_api = format!("{}:5641", a.ip);
     wait_for("C follows A (term 3)", Duration::from_secs(40), || {
         let s = status(c);
-        if s["details"]["ca_endpoint"] == a_api.as_str() && s["details"]["heartbeat"]["term"] == 3
-        {
+        if s["details"]["ca_endpoint"] == a_api.as_str() && s["details"]["heartbeat"]["term"] == 3 {
             Ok(())
         } else {
             Err(s)
