@@ -48,6 +48,7 @@ class Lab:
             f"KOI_PLUGIN_PATH={self.work}/plugins",
             "PATH=/usr/bin:/bin",
             f"KOI_MDNS_RECHECK_SECS={self.args.recheck}",
+            "KOI_LOG=info",
         ]
         if self.args.grace != 60:
             env.append(f"KOI_CERTMESH_FAILOVER_GRACE_SECS={self.args.grace}")
@@ -114,7 +115,7 @@ def wait(what, limit, probe, every=0.25):
         for h in "abc":
             path = os.path.join(LOG_DIR, f"daemon-{h}.log")
             if os.path.exists(path):
-                lines = open(path, errors="replace").read().splitlines()[-25:]
+                lines = open(path, errors="replace").read().splitlines()[-60:]
                 print(f"--- bench-fo-{h} daemon log (last lines)", *lines, sep="\n",
                       file=sys.stderr)
     sys.exit(f"{what}: not within {limit} s")

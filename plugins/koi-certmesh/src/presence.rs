@@ -267,6 +267,29 @@ impl Watch {
             .collect()
     }
 
+    /// Learns an advertisement from koi-mdns's cache that the watch has not heard of (its
+    /// `appeared` event was published before this plugin subscribed, or lost in a gap), as if it
+    /// had appeared at `last_seen` (the cache's own time, not now: a cached record is no fresher
+    /// evidence than that). Known advertisements are left to the events. `true` when it was new.
+    pub fn learn_cached(&self, sighting: &Sighting, last_seen: SystemTime) -> bool {
+        let known = {
+            let seen = self.lock();
+            if sighting.role == PRIMARY {
+                seen.primaries.contains_key(&sighting.key)
+            } else {
+                sighting
+                    .host
+                    .as_ref()
+                    .is_none_or(|h| seen.standbys.contains_key(h))
+            }
+        };
+        if known || !sighting.present {
+            return false;
+        }
+        self.record(sighting, last_seen);
+        true
+    }
+
     /// koi-mdns's re-check heard `mdns_host` at `at` (`mdns.host.seen`): positive evidence
     /// that a present primary advertised from that host is alive.
     pub fn host_seen(&self, mdns_host: &str, at: SystemTime) {
@@ -424,6 +447,50 @@ pub async fn on_host_seen(ctx: Context, delivery: Delivery<Value>) {
     }
 }
 
+/// How often the `presence` service reads koi-mdns's cache of `_certmesh._tcp`.
+pub const CACHE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads koi-mdns's cache of `_certmesh._tcp` (`mdns/query`) and learns the advertisements of
+/// this mesh the watch has not heard of ([`Watch::learn_cached`]); a new primary advertisement
+/// is judged like an event's ([`crate::follow::fence_if_superseded`]). Heals an `appeared`
+/// event koi-mdns published before this plugin subscribed (a restart of both) or lost in a gap.
+async fn learn_from_cache(ctx: &Context, app: &std::sync::Arc<App>, layout: &Layout) {
+    let Some(fingerprint) = Membership::load(layout)
+        .ok()
+        .flatten()
+        .map(|m| m.ca_fingerprint)
+    else {
+        return;
+    };
+    let query = json!({"service_type": SERVICE_TYPE});
+    let services = match ctx.call::<_, Value>("mdns", "query", &query).await {
+        Ok(answer) => answer["services"].as_array().cloned().unwrap_or_default(),
+        Err(e) => {
+            tracing::debug!("cannot read koi-mdns's cache: {}", e.message());
+            return;
+        }
+    };
+    let now = crate::clock::now();
+    for service in services.into_iter().take(MAX_STANDBYS * 2) {
+        let Ok(record) = serde_json::from_value::<ServiceRecord>(service) else {
+            continue;
+        };
+        let Some(s) = classify("mdns.service.appeared", &record, None, &fingerprint) else {
+            continue;
+        };
+        let last_seen = parse_rfc3339(record.last_seen.get(..64).unwrap_or(&record.last_seen))
+            .map_or(now, |t| t.min(now));
+        if app.presence.learn_cached(&s, last_seen) {
+            tracing::info!(
+                role = s.role,
+                term = s.term,
+                "certmesh: learned a CA advertisement from koi-mdns's cache (its event was missed)"
+            );
+            crate::follow::fence_if_superseded(app, layout, &s);
+        }
+    }
+}
+
 /// The `advertise` params of a standby's `_certmesh._tcp` advertisement.
 pub fn standby_advertisement(state: &StandbyState, membership: &Membership) -> Value {
     json!({
@@ -448,7 +515,12 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
     let app = App::of(&ctx)?;
     let layout: Layout = app.authority().layout().clone();
     let mut advertised: Option<Value> = None;
+    let mut cache_read: Option<std::time::Instant> = None;
     loop {
+        if cache_read.is_none_or(|t| t.elapsed() >= CACHE_EVERY) {
+            cache_read = Some(std::time::Instant::now());
+            learn_from_cache(&ctx, &app, &layout).await;
+        }
         let is_ca = layout.is_ca();
         let standby = crate::standby_state::load(&layout).filter(|_| !is_ca);
         if is_ca && let Some(params) = advertised.take() {

@@ -187,3 +187,40 @@ fn the_grace_runs_from_the_last_positive_evidence_not_from_the_detection() {
         Some(t0 + secs(20))
     );
 }
+
+#[test]
+fn an_advertisement_missed_by_the_events_is_learned_from_the_cache_once_without_fresh_evidence() {
+    let secs = std::time::Duration::from_secs;
+    let t0 = SystemTime::UNIX_EPOCH + secs(3_000_000);
+    let watch = Watch::default();
+    let mut b = Sighting {
+        role: PRIMARY,
+        term: 2,
+        present: true,
+        reason: None,
+        host: Some("b".into()),
+        endpoint: Some("10.0.0.2:5641".into()),
+        mdns_host: "b.local.".into(),
+        key: "b".into(),
+    };
+    // Its `appeared` event was missed: the cache teaches it, dated by the cache's last_seen.
+    assert!(watch.learn_cached(&b, t0));
+    assert_eq!(watch.primaries()[0].term, 2);
+    assert_eq!(watch.highest_term(), 2);
+    // Known now: the cache never overrides what the events said (a removal stays a removal).
+    b.present = false;
+    watch.record(&b, t0 + secs(30));
+    b.present = true;
+    assert!(!watch.learn_cached(&b, t0 + secs(40)));
+    assert!(watch.primaries().is_empty());
+    let failed = crate::heartbeat::Heartbeat::default();
+    assert_eq!(watch.unreachable_since(Some(&failed)), Some(t0));
+    // A standby's advertisement is learned once too.
+    let mut s = b.clone();
+    s.role = STANDBY;
+    s.key = "s".into();
+    s.host = Some("c".into());
+    assert!(watch.learn_cached(&s, t0));
+    assert!(!watch.learn_cached(&s, t0));
+    assert_eq!(watch.live_standbys(), vec!["c".to_owned()]);
+}
