@@ -97,6 +97,10 @@ class Lab:
     def revive(self, h):
         subprocess.run(["ip", "-n", f"{self.args.tag}-{h}", "link", "set", "veth0", "up"],
                        check=True)
+        # A koi-mdns started the instant its link comes up has been seen to find nothing for
+        # minutes (an interface-selection race, reported to koi-mdns's owner): the machine
+        # "boots" with its link settled.
+        time.sleep(3)
         self.start_daemon(h)
 
 

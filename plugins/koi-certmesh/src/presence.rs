@@ -466,7 +466,11 @@ async fn learn_from_cache(ctx: &Context, app: &std::sync::Arc<App>, layout: &Lay
     let services = match ctx.call::<_, Value>("mdns", "query", &query).await {
         Ok(answer) => answer["services"].as_array().cloned().unwrap_or_default(),
         Err(e) => {
-            tracing::debug!("cannot read koi-mdns's cache: {}", e.message());
+            // Said once per process (it runs every 10 s; koi-mdns may simply not be installed).
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!("certmesh: cannot read koi-mdns's cache: {}", e.message());
+            }
             return;
         }
     };
