@@ -353,6 +353,16 @@ impl Authority {
         self.forget_session();
     }
 
+    /// Lifts a fence below `term`: this machine, demoted by an older term, took over again with
+    /// `term` ([`crate::takeover`]), so the older term no longer supersedes it.
+    pub fn lift_fence_below(&self, term: u64) {
+        let _ = self
+            .superseded
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                (t > 0 && t < term).then_some(0)
+            });
+    }
+
     /// The higher term this CA was fenced by, if any.
     pub fn superseded_by(&self) -> Option<u64> {
         Some(self.superseded.load(Ordering::Acquire)).filter(|t| *t > 0)

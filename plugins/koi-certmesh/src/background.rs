@@ -55,41 +55,85 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub async fn service(ctx: Context) -> Result<(), MethodError> {
     let app = App::of(&ctx)?;
     let authority = app.authority();
-    while !authority.layout().is_ca() {
+    // A CA at start is a restart; one made while running (create, takeover) is not.
+    let mut restarted = authority.layout().is_ca();
+    loop {
+        while !authority.layout().is_ca() {
+            tokio::select! {
+                _ = ctx.cancelled() => return Ok(()),
+                _ = app.mesh_created.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+        let (api, membership, port, cert) = match start(&app, &ctx).await {
+            Ok(started) => started,
+            Err(e) => {
+                tracing::error!("certmesh API not serving: {e}");
+                app.set_api(|a| a.error = Some(e.clone()));
+                return Err(
+                    MethodError::new(format!("the certmesh API is not serving: {e}")).hint(
+                        "`koi certmesh status` shows the cause; the service retries by itself.",
+                    ),
+                );
+            }
+        };
+        // The API serves while koi-mdns is asked to advertise it.
+        let rest = async {
+            if !restarted || may_advertise_after_browse_window(&app, &ctx).await {
+                advertise(&app, &ctx, &membership, port).await;
+            }
+            flush_refusals(&ctx, &authority).await;
+        };
+        // The CA's own API certificate renews while the API serves, swapped in without a
+        // restart. A demotion (crate::demote: a primary with a higher term took over) ends all
+        // of it; the machine is a standby then, and serves again if it ever takes over.
         tokio::select! {
-            _ = ctx.cancelled() => return Ok(()),
-            _ = app.mesh_created.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = async { tokio::join!(api, rest, crate::ca_renew::run(&ctx, &app, cert)) } => {}
+            _ = app.demoted.notified() => {
+                stop_after_demotion(&app, &ctx).await;
+                restarted = false;
+                continue;
+            }
         }
+        // Refusals counted by the last requests the API drained go in too.
+        flush_once(&ctx, &authority).await;
+        return Ok(());
     }
-    let (api, membership, port, cert) = match start(&app, &ctx).await {
-        Ok(started) => started,
-        Err(e) => {
-            tracing::error!("certmesh API not serving: {e}");
-            app.set_api(|a| a.error = Some(e.clone()));
-            return Err(
-                MethodError::new(format!("the certmesh API is not serving: {e}"))
-                    .hint("`koi certmesh status` shows the cause; the service retries by itself."),
-            );
-        }
-    };
-    // The API serves while koi-mdns is asked to advertise it.
-    let rest = async {
-        advertise(&app, &ctx, &membership, port).await;
-        flush_refusals(&ctx, &authority).await;
-    };
-    // The CA's own API certificate renews while the API serves, swapped in without a restart.
-    // A demotion (crate::demote: a primary with a higher term took over) ends all of it.
+}
+
+/// How long a restarted CA listens to mDNS before advertising itself as primary: koi-mdns's
+/// browse reports the `_certmesh._tcp` advertisements on the link within this window, and a
+/// higher term among them fences this CA ([`crate::follow`]), which then never advertises.
+pub const BROWSE_WINDOW: Duration = Duration::from_secs(5);
+
+/// On a restarted CA: waits [`BROWSE_WINDOW`] (and for a higher-term check in flight, at most
+/// the client's request deadline more); `true` when it may advertise (not fenced), `false` when
+/// a higher term superseded it or the plugin is stopping.
+async fn may_advertise_after_browse_window(app: &Arc<App>, ctx: &Context) -> bool {
+    let checks_end = tokio::time::Instant::now() + BROWSE_WINDOW + crate::client::REQUEST_TIMEOUT;
     tokio::select! {
-        _ = async { tokio::join!(api, rest, crate::ca_renew::run(&ctx, &app, cert)) } => {}
-        _ = app.demoted.notified() => {
-            stop_after_demotion(&app, &ctx).await;
-            return Ok(());
+        _ = ctx.cancelled() => return false,
+        _ = tokio::time::sleep(BROWSE_WINDOW) => {}
+    }
+    while app
+        .presence
+        .checking
+        .load(std::sync::atomic::Ordering::Acquire)
+        && tokio::time::Instant::now() < checks_end
+    {
+        tokio::select! {
+            _ = ctx.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
-    // Refusals counted by the last requests the API drained go in too.
-    flush_once(&ctx, &authority).await;
-    Ok(())
+    if let Some(term) = app.authority().superseded_by() {
+        tracing::warn!(
+            term,
+            "certmesh: not advertising this CA as primary: a primary with term {term} is on the network"
+        );
+        return false;
+    }
+    true
 }
 
 /// After a demotion: the primary advertisement is withdrawn, the API no longer listens (its

@@ -70,6 +70,26 @@ pub struct Heartbeat {
     /// When the last successful beat was (RFC 3339), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ok_at: Option<String>,
+    /// The standby CAs (host names, at most [`MAX_STANDBYS_KEPT`]) of the roster the CA last
+    /// served this member over pinned mutual TLS; kept across failed beats. Only these may claim
+    /// a higher term to this member ([`crate::follow`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standbys: Vec<String>,
+}
+
+/// Bound on [`Heartbeat::standbys`].
+pub const MAX_STANDBYS_KEPT: usize = 64;
+
+/// The active standbys of a fetched roster (role `standby`), at most [`MAX_STANDBYS_KEPT`].
+fn standbys_of(roster: &RosterResponse) -> Vec<String> {
+    roster
+        .members
+        .iter()
+        .filter(|m| m.role == "standby" && m.status == "active")
+        .map(|m| m.hostname.clone())
+        .filter(|h| !h.is_empty() && h.len() <= 253)
+        .take(MAX_STANDBYS_KEPT)
+        .collect()
 }
 
 fn store(layout: &Layout) -> JsonFile<Heartbeat> {
@@ -86,7 +106,7 @@ async fn beat_once(
     layout: &Layout,
     membership: &Membership,
     files: &CertFiles,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64, Vec<String>), String> {
     let endpoint_text = membership.ca_endpoint.clone().ok_or_else(|| {
         "membership.json records no CA address; join the mesh again with \
          `koi certmesh join --ca ADDR`"
@@ -108,7 +128,11 @@ async fn beat_once(
         Answer::Ok(roster) if roster.mesh.ca_fingerprint == membership.ca_fingerprint => {
             // Kept for `certmesh/members` on this member (crate::members).
             crate::members::remember(layout, &roster);
-            Ok((roster.mesh.roster_version, roster.mesh.term))
+            Ok((
+                roster.mesh.roster_version,
+                roster.mesh.term,
+                standbys_of(&roster),
+            ))
         }
         Answer::Ok(roster) => Err(format!(
             "the CA at {endpoint} reports mesh {}, not the pinned {}",
@@ -164,6 +188,13 @@ async fn beat_with(
         at: now.clone(),
         consecutive_failures: 0,
         last_ok_at: previous.as_ref().and_then(|p| p.last_ok_at.clone()),
+        standbys: match &outcome {
+            Ok(o) => o.2.clone(),
+            Err(_) => previous
+                .as_ref()
+                .map(|p| p.standbys.clone())
+                .unwrap_or_default(),
+        },
     };
     if hb.ok {
         hb.last_ok_at = Some(now);
@@ -278,6 +309,7 @@ mod tests {
             at: "2026-01-01T00:00:00Z".into(),
             consecutive_failures: failures,
             last_ok_at: None,
+            standbys: Vec::new(),
         }
     }
 

@@ -67,8 +67,7 @@
 //!   (the standby becomes the primary after the grace period: tiebreak, term, locked),
 //!   [`follow`] (members follow the highest confirmed term; a superseded CA is fenced),
 //!   [`demote`] (a primary that sees a higher term stops signing and becomes a standby),
-//!   [`partition`] (its partition audit entries, sent to the new primary and kept),
-//!   [`presence_replay`] (at start, koi-mdns's cached advertisements replayed into the watch).
+//!   [`partition`] (its partition audit entries, sent to the new primary and kept).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -108,7 +107,6 @@ pub mod partition;
 pub mod pending;
 pub mod pending_names;
 pub mod presence;
-pub mod presence_replay;
 pub mod proxy_entries;
 pub mod push;
 pub mod push_accept;
@@ -397,6 +395,7 @@ pub fn plugin() -> Plugin {
     // CA presence: a standby advertises itself and watches the primary (crate::presence).
     .service(presence::SERVICE, presence::service)
     .on(koi_mdns_api::ALL_SERVICE_EVENTS, presence::on_mdns)
+    .on(koi_mdns_api::HOST_SEEN, presence::on_host_seen)
     .shutdown_grace(background::SHUTDOWN_GRACE)
 }
 

@@ -4,15 +4,18 @@
 //!
 //! - **Which.** Once the demoted machine's standby copy of the new primary's log
 //!   (`standby/audit.log`) holds entries past the fork — the longest common prefix of the two
-//!   logs — the demoted log's entries after that prefix are the partition entries (the first
-//!   [`MAX_ENTRIES`] that fit in [`MAX_BYTES`], each at most [`MAX_LINE`] bytes; any beyond stay
-//!   in `demoted/audit.log` only; none when the logs never diverged).
+//!   logs — the demoted log's entries after that prefix are the partition entries (none when the
+//!   logs never diverged). They travel in CHUNKS: each the next [`MAX_ENTRIES`] entries that fit
+//!   in [`MAX_BYTES`] (each entry at most [`MAX_LINE`] bytes; a longer one cannot travel and ends
+//!   the delivery: it and the entries after it stay in `demoted/audit.log` only).
 //! - **Sent** by the `presence` service to `POST /v1/certmesh/standby/partition` on the new
 //!   primary, over mutual TLS with the machine's certificate (the new primary lists the old one as
-//!   a standby), retried every few seconds until accepted; then `demoted/partition-sent` records
-//!   it.
-//! - **Kept.** The new primary checks that the first entry forks from an entry of its own log
-//!   (same sequence number and hash), and that the entries chain from there and each carries the
+//!   a standby), chunk after chunk, each retried every few seconds until accepted;
+//!   `demoted/partition-sent` records how many entries were delivered so far.
+//! - **Kept.** The new primary checks that the chunk's first entry forks from an entry of its own
+//!   log (same sequence number and hash) — or, for a later chunk, continues the last entry a
+//!   `partition_entries` entry of its log already carries —, and that the entries chain from
+//!   there and each carries the
 //!   root's signature ([`koi_certmesh_core::standby::verify_continuation`] — the key is shared),
 //!   then appends ONE signed `partition_entries` entry carrying them verbatim (`from`, `count`,
 //!   `first_seq`, `first_hash`, `entries`). Its own chain stays linear, so `log --verify` passes,
@@ -61,12 +64,23 @@ fn read_lines(path: &std::path::Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The partition entries to send, once the standby copy has gone past the fork.
+/// How many partition entries were delivered so far (`None`: none yet).
+fn sent_count(layout: &Layout) -> Option<usize> {
+    std::fs::read_to_string(marker(layout))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// The next chunk of partition entries to send, once the standby copy has gone past the fork:
+/// the entries after the common prefix and after those already delivered, at most
+/// [`MAX_ENTRIES`] within [`MAX_BYTES`]. `Some(empty)` when the logs never diverged (recorded as
+/// done); `None` when nothing is due (not past the fork yet, or all delivered).
 pub fn pending_entries(layout: &Layout) -> Option<Vec<String>> {
     let demoted = crate::demote::demoted_dir(layout).join("audit.log");
-    if !demoted.exists() || marker(layout).exists() {
+    if !demoted.exists() {
         return None;
     }
+    let sent = sent_count(layout);
     let mine = read_lines(&demoted);
     let theirs = read_lines(&crate::standby_state::audit_path(layout));
     let common = mine.iter().zip(&theirs).take_while(|(a, b)| a == b).count();
@@ -74,18 +88,22 @@ pub fn pending_entries(layout: &Layout) -> Option<Vec<String>> {
         // Not synced past the fork yet (or no divergence visible yet).
         return None;
     }
-    // A prefix only: the carried entries must chain, so an oversized one ends the batch.
+    // A prefix only: the carried entries must chain, so an oversized one ends the chunk (and,
+    // being first in the next one, the delivery).
     let mut total = 0usize;
-    Some(
-        mine.into_iter()
-            .skip(common)
-            .take(MAX_ENTRIES)
-            .take_while(|l| {
-                total += l.len() + 3;
-                l.len() <= MAX_LINE && total <= MAX_BYTES
-            })
-            .collect(),
-    )
+    let chunk: Vec<String> = mine
+        .into_iter()
+        .skip(common + sent.unwrap_or(0))
+        .take(MAX_ENTRIES)
+        .take_while(|l| {
+            total += l.len() + 3;
+            l.len() <= MAX_LINE && total <= MAX_BYTES
+        })
+        .collect();
+    if chunk.is_empty() && sent.is_some() {
+        return None;
+    }
+    Some(chunk)
 }
 
 /// Sends the partition entries to the new primary, if any are due. Returns how many were kept.
@@ -128,7 +146,8 @@ pub async fn send_if_due(layout: &Layout) -> Result<Option<usize>, String> {
             }
         }
     }
-    koi_certmesh_core::atomic::write_atomic(&marker(layout), count.to_string().as_bytes())
+    let delivered = sent_count(layout).unwrap_or(0).saturating_add(count);
+    koi_certmesh_core::atomic::write_atomic(&marker(layout), delivered.to_string().as_bytes())
         .map_err(|e| e.to_string())?;
     Ok(Some(count))
 }
@@ -149,14 +168,11 @@ fn check(layout: &Layout, lines: &[String]) -> Result<AuditHead, Refusal> {
         hash: first.prev_hash.clone(),
     };
     let own = read_lines(&layout.audit());
-    let at_fork = usize::try_from(fork.seq)
-        .ok()
-        .and_then(|i| i.checked_sub(1))
-        .and_then(|i| own.get(i))
-        .and_then(|l| serde_json::from_str::<koi_certmesh_core::audit::AuditEntry>(l).ok());
-    if fork.seq == 0 || at_fork.is_none_or(|e| e.seq != fork.seq || e.hash != fork.hash) {
+    if !forks_from(&own, &fork) {
         return Err(bad(
-            "the entries do not fork from an entry of this primary's log".into(),
+            "the entries do not fork from an entry of this primary's log, nor continue the \
+             partition entries it keeps"
+                .into(),
         ));
     }
     let ca_pem = std::fs::read_to_string(layout.ca_dir().join("ca.pem"))
@@ -169,6 +185,34 @@ fn check(layout: &Layout, lines: &[String]) -> Result<AuditHead, Refusal> {
         seq: first.seq,
         hash: first.hash,
     })
+}
+
+/// Whether `fork` — the entry before a chunk's first — is an entry of the log `own` (same
+/// sequence number and hash: the first chunk), or the last entry a `partition_entries` entry of
+/// it carries (a later chunk continuing the one before).
+fn forks_from(own: &[String], fork: &AuditHead) -> bool {
+    use koi_certmesh_core::audit::AuditEntry;
+    if fork.seq == 0 {
+        return false;
+    }
+    let in_log = usize::try_from(fork.seq)
+        .ok()
+        .and_then(|i| i.checked_sub(1))
+        .and_then(|i| own.get(i))
+        .and_then(|l| serde_json::from_str::<AuditEntry>(l).ok())
+        .is_some_and(|e| e.seq == fork.seq && e.hash == fork.hash);
+    in_log
+        || own.iter().rev().any(|l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|e| {
+                e["event"] == EVENT
+                    && e["details"]["entries"]
+                        .as_array()
+                        .and_then(|a| a.last())
+                        .and_then(Value::as_str)
+                        .and_then(|last| serde_json::from_str::<AuditEntry>(last).ok())
+                        .is_some_and(|last| last.seq == fork.seq && last.hash == fork.hash)
+            })
+        })
 }
 
 /// Handles the route for the standby `host` (already identified as a standby of this mesh).
@@ -247,6 +291,58 @@ mod tests {
         // Delivered once: never again.
         std::fs::write(marker(&layout), b"2").unwrap();
         assert_eq!(pending_entries(&layout), None);
+    }
+
+    #[test]
+    fn partition_entries_beyond_one_chunk_travel_in_later_chunks_that_continue_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let demoted = crate::demote::demoted_dir(&layout);
+        std::fs::create_dir_all(&demoted).unwrap();
+        std::fs::create_dir_all(crate::standby_state::dir(&layout)).unwrap();
+        // A common entry, then 450 entries of A's own after the fork.
+        let mut mine = vec![entry(1, "0", "h1")];
+        for seq in 2..=451u64 {
+            let prev = if seq == 2 {
+                "h1".to_owned()
+            } else {
+                format!("a{}", seq - 1)
+            };
+            mine.push(entry(seq, &prev, &format!("a{seq}")));
+        }
+        std::fs::write(demoted.join("audit.log"), mine.join("\n") + "\n").unwrap();
+        std::fs::write(
+            crate::standby_state::audit_path(&layout),
+            format!("{}\n{}\n", mine[0], entry(2, "h1", "b2")),
+        )
+        .unwrap();
+        let mut delivered: Vec<String> = Vec::new();
+        while let Some(chunk) = pending_entries(&layout) {
+            assert!(!chunk.is_empty() && chunk.len() <= MAX_ENTRIES);
+            assert!(chunk.iter().map(|l| l.len() + 3).sum::<usize>() <= MAX_BYTES);
+            delivered.extend(chunk);
+            std::fs::write(marker(&layout), delivered.len().to_string()).unwrap();
+        }
+        assert_eq!(delivered, mine[1..].to_vec(), "every entry, in order, once");
+        // The receiver: the first chunk forks from its own log; a later one continues the last
+        // entry a kept partition_entries entry carries; anything else is refused.
+        let own = vec![mine[0].clone(), entry(2, "h1", "b2")];
+        let head = |seq: u64, hash: &str| AuditHead {
+            seq,
+            hash: hash.into(),
+        };
+        assert!(forks_from(&own, &head(1, "h1")));
+        assert!(!forks_from(&own, &head(200, "a200")), "no chunk kept yet");
+        let kept = json!({"seq": 3, "event": EVENT, "details": {"entries": mine[1..201].to_vec()}})
+            .to_string();
+        let own = vec![own[0].clone(), own[1].clone(), kept];
+        assert!(forks_from(&own, &head(201, "a201")));
+        assert!(!forks_from(&own, &head(201, "forged")));
+        assert!(
+            !forks_from(&own, &head(150, "a150")),
+            "only from a chunk's last entry"
+        );
+        assert!(!forks_from(&own, &head(0, "0")));
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct Sighting {
     pub host: Option<String>,
     /// A primary's API (`ADDR:PORT`, its first usable address), when it has one.
     pub endpoint: Option<String>,
+    /// The advertising machine's mDNS host (`a.local.`, at most 255 bytes): what
+    /// `mdns.host.seen` names when koi-mdns's re-check hears it.
+    pub mdns_host: String,
     /// The advertisement's full name, at most 255 bytes (which advertisement this is).
     pub key: String,
 }
@@ -151,26 +154,52 @@ pub fn classify(
         reason,
         host,
         endpoint,
+        mdns_host: service.host.chars().take(255).collect(),
         key: service.fullname.chars().take(255).collect(),
     })
 }
 
 /// What this standby last learned of the primary over mDNS (memory only: a restart starts
-/// from "not seen", and koi-mdns's cache replays what is on the link).
+/// from "not seen", and koi-mdns's cache is read at start and every 10 s).
 #[derive(Debug, Clone, Default)]
 struct Seen {
     present: Option<bool>,
     since: Option<SystemTime>,
     reason: Option<String>,
     term: u64,
-    /// Each primary advertisement (by full name): present, term, endpoint (at most
-    /// [`MAX_STANDBYS`]); the primary counts as present while any of them is.
-    primaries: std::collections::BTreeMap<String, (bool, u64, Option<String>)>,
+    /// The last POSITIVE mDNS evidence that a primary was alive: its advertisement appearing or
+    /// changing, or koi-mdns's re-check hearing its host (`mdns.host.seen`, at the time the
+    /// answered query went out). The grace period runs from here (or from the last good beat).
+    alive_at: Option<SystemTime>,
+    /// Each primary advertisement (by full name, at most [`MAX_STANDBYS`]); the primary counts
+    /// as present while any of them is.
+    primaries: std::collections::BTreeMap<String, PrimaryAd>,
     /// Standbys seen over mDNS: host → present (at most [`MAX_STANDBYS`]).
     standbys: std::collections::BTreeMap<String, bool>,
     /// When this process first asked whether the primary is gone: a primary never seen since
     /// counts as absent from then on.
     first_look: Option<SystemTime>,
+}
+
+/// One primary advertisement as last heard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PrimaryAd {
+    present: bool,
+    term: u64,
+    endpoint: Option<String>,
+    host: Option<String>,
+    mdns_host: String,
+}
+
+/// A present primary advertisement with an API: what a higher term's claim is checked from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The advertised term.
+    pub term: u64,
+    /// Its API, `ADDR:PORT`.
+    pub endpoint: String,
+    /// The host its instance name gives (`koi certmesh CA on HOST`), if well formed.
+    pub host: Option<String>,
 }
 
 /// Bound on the standbys remembered.
@@ -182,6 +211,10 @@ pub struct Watch {
     seen: Mutex<Seen>,
     /// Whether a check of a higher-term advertisement is in flight (one at a time).
     pub checking: std::sync::atomic::AtomicBool,
+    /// Whether a standby's probe of its absent primary is in flight (one at a time).
+    pub probing: std::sync::atomic::AtomicBool,
+    /// When a CA last checked the present higher-term claims again ([`crate::follow`]).
+    pub claims_checked_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Watch {
@@ -206,11 +239,20 @@ impl Watch {
         if seen.primaries.len() < MAX_STANDBYS || seen.primaries.contains_key(&key) {
             seen.primaries.insert(
                 key,
-                (sighting.present, sighting.term, sighting.endpoint.clone()),
+                PrimaryAd {
+                    present: sighting.present,
+                    term: sighting.term,
+                    endpoint: sighting.endpoint.clone(),
+                    host: sighting.host.clone(),
+                    mdns_host: sighting.mdns_host.clone(),
+                },
             );
         }
         seen.term = seen.term.max(sighting.term);
-        let present = seen.primaries.values().any(|(p, _, _)| *p);
+        if sighting.present {
+            seen.alive_at = Some(seen.alive_at.map_or(now, |t| t.max(now)));
+        }
+        let present = seen.primaries.values().any(|p| p.present);
         if seen.present != Some(present) {
             seen.present = Some(present);
             seen.since = Some(now);
@@ -228,16 +270,58 @@ impl Watch {
             .collect()
     }
 
-    /// The present primaries with an endpoint, highest term first: `(term, ADDR:PORT)`.
-    pub fn primaries(&self) -> Vec<(u64, String)> {
-        let seen = self.lock();
-        let mut out: Vec<(u64, String)> = seen
+    /// Learns an advertisement from koi-mdns's cache that the watch has not heard of (its
+    /// `appeared` event was published before this plugin subscribed, or lost in a gap), as if it
+    /// had appeared at `last_seen` (the cache's own time, not now: a cached record is no fresher
+    /// evidence than that). Known advertisements are left to the events. `true` when it was new.
+    pub fn learn_cached(&self, sighting: &Sighting, last_seen: SystemTime) -> bool {
+        let known = {
+            let seen = self.lock();
+            if sighting.role == PRIMARY {
+                seen.primaries.contains_key(&sighting.key)
+            } else {
+                sighting
+                    .host
+                    .as_ref()
+                    .is_none_or(|h| seen.standbys.contains_key(h))
+            }
+        };
+        if known || !sighting.present {
+            return false;
+        }
+        self.record(sighting, last_seen);
+        true
+    }
+
+    /// koi-mdns's re-check heard `mdns_host` at `at` (`mdns.host.seen`): positive evidence
+    /// that a present primary advertised from that host is alive.
+    pub fn host_seen(&self, mdns_host: &str, at: SystemTime) {
+        let mut seen = self.lock();
+        let of_primary = seen
             .primaries
             .values()
-            .filter(|(present, _, _)| *present)
-            .filter_map(|(_, term, ep)| ep.clone().map(|ep| (*term, ep)))
+            .any(|p| p.present && p.mdns_host.eq_ignore_ascii_case(mdns_host));
+        if of_primary {
+            seen.alive_at = Some(seen.alive_at.map_or(at, |t| t.max(at)));
+        }
+    }
+
+    /// The present primaries with an endpoint, highest term first.
+    pub fn primaries(&self) -> Vec<Claim> {
+        let seen = self.lock();
+        let mut out: Vec<Claim> = seen
+            .primaries
+            .values()
+            .filter(|p| p.present)
+            .filter_map(|p| {
+                p.endpoint.clone().map(|endpoint| Claim {
+                    term: p.term,
+                    endpoint,
+                    host: p.host.clone(),
+                })
+            })
             .collect();
-        out.sort_by_key(|p| std::cmp::Reverse(p.0));
+        out.sort_by_key(|p| std::cmp::Reverse(p.term));
         out
     }
 
@@ -260,16 +344,25 @@ impl Watch {
         self.lock().term
     }
 
-    /// When the primary became unreachable by both signals, if it is: mDNS says it left (at
-    /// `since`) and the last heartbeat failed; the later of the removal and the last good beat.
+    /// Whether the primary is unreachable by both signals — mDNS says it left and the last
+    /// heartbeat failed — and if so since when it was last KNOWN alive: the later of the last
+    /// positive mDNS evidence (an appearance, a change, a re-check it answered) and the last
+    /// good beat (the removal itself when neither is known). The grace period runs from there,
+    /// so a death is not first waited out by the re-check and then by the grace.
     pub fn unreachable_since(
         &self,
         hb: Option<&crate::heartbeat::Heartbeat>,
     ) -> Option<SystemTime> {
         let mut seen = self.lock();
-        let gone_at = match (seen.present, seen.since) {
-            (Some(false), Some(at)) => at,
-            (None, _) => *seen.first_look.get_or_insert_with(crate::clock::now),
+        // A primary never seen by this process: absent since the first look, which is also the
+        // earliest the grace may start (an old last good beat says nothing of the time between
+        // it and this process's start, e.g. a boot whose network is not up yet).
+        let (gone_at, floor) = match (seen.present, seen.since) {
+            (Some(false), Some(at)) => (at, None),
+            (None, _) => {
+                let first = *seen.first_look.get_or_insert_with(crate::clock::now);
+                (first, Some(first))
+            }
             _ => return None,
         };
         let hb = hb?;
@@ -277,7 +370,8 @@ impl Watch {
             return None;
         }
         let last_ok = hb.last_ok_at.as_deref().and_then(parse_rfc3339);
-        Some(last_ok.map_or(gone_at, |t| t.max(gone_at)))
+        let evidence = [seen.alive_at, last_ok, floor].into_iter().flatten().max();
+        Some(evidence.unwrap_or(gone_at))
     }
 
     /// The `primary_watch` record of `status`.
@@ -294,6 +388,7 @@ impl Watch {
             "mdns_since": seen.since.map(crate::schedule::rfc3339),
             "mdns_reason": seen.reason,
             "mdns_term": seen.term,
+            "mdns_alive_at": seen.alive_at.map(crate::schedule::rfc3339),
             "live_standbys": seen.standbys.iter().filter(|(_, p)| **p).map(|(h, _)| h).collect::<Vec<_>>(),
             "heartbeat_ok": hb.map(|h| h.ok),
             "heartbeat_last_ok_at": hb.and_then(|h| h.last_ok_at.clone()),
@@ -345,6 +440,85 @@ pub async fn on_mdns(ctx: Context, delivery: Delivery<Value>) {
     }
 }
 
+/// `mdns.host.seen`: koi-mdns's re-check heard a host; when a present primary advertises from
+/// it, that is positive evidence it was alive at the time the query went out (checked: a
+/// host name of at most 255 bytes, an RFC 3339 time not in the future).
+pub async fn on_host_seen(ctx: Context, delivery: Delivery<Value>) {
+    let Delivery::Event(event) = delivery else {
+        return;
+    };
+    let Ok(app) = App::of(&ctx) else {
+        return;
+    };
+    let host = event.payload.get("host").and_then(Value::as_str);
+    let at = event
+        .payload
+        .get("last_seen")
+        .and_then(Value::as_str)
+        .filter(|t| t.len() <= 64)
+        .and_then(parse_rfc3339);
+    if let (Some(host), Some(at)) = (host.filter(|h| !h.is_empty() && h.len() <= 255), at) {
+        app.presence.host_seen(host, at.min(crate::clock::now()));
+    }
+}
+
+/// How often the `presence` service reads koi-mdns's cache of `_certmesh._tcp`.
+pub const CACHE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads koi-mdns's cache of `_certmesh._tcp` (`mdns/query`) and learns the advertisements of
+/// this mesh the watch has not heard of ([`Watch::learn_cached`]); a new primary advertisement
+/// is judged like an event's ([`crate::follow::fence_if_superseded`]). Heals an `appeared`
+/// event koi-mdns published before this plugin subscribed (a restart of both) or lost in a gap.
+async fn learn_from_cache(ctx: &Context, app: &std::sync::Arc<App>, layout: &Layout) {
+    let Some(fingerprint) = Membership::load(layout)
+        .ok()
+        .flatten()
+        .map(|m| m.ca_fingerprint)
+    else {
+        return;
+    };
+    let query = json!({"service_type": SERVICE_TYPE});
+    // Bounded: a koi-mdns that does not answer must not stall the presence loop.
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        ctx.call::<_, Value>("mdns", "query", &query),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(MethodError::new("koi-mdns did not answer within 10 s"))
+    });
+    let services = match answer {
+        Ok(answer) => answer["services"].as_array().cloned().unwrap_or_default(),
+        Err(e) => {
+            // Said once per process (it runs every 10 s; koi-mdns may simply not be installed).
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!("certmesh: cannot read koi-mdns's cache: {}", e.message());
+            }
+            return;
+        }
+    };
+    let now = crate::clock::now();
+    for service in services.into_iter().take(MAX_STANDBYS * 2) {
+        let Ok(record) = serde_json::from_value::<ServiceRecord>(service) else {
+            continue;
+        };
+        let Some(s) = classify("mdns.service.appeared", &record, None, &fingerprint) else {
+            continue;
+        };
+        let last_seen = parse_rfc3339(record.last_seen.get(..64).unwrap_or(&record.last_seen))
+            .map_or(now, |t| t.min(now));
+        if app.presence.learn_cached(&s, last_seen) {
+            tracing::info!(
+                role = s.role,
+                term = s.term,
+                "certmesh: learned a CA advertisement from koi-mdns's cache (its event was missed)"
+            );
+            crate::follow::fence_if_superseded(app, layout, &s);
+        }
+    }
+}
+
 /// The `advertise` params of a standby's `_certmesh._tcp` advertisement.
 pub fn standby_advertisement(state: &StandbyState, membership: &Membership) -> Value {
     json!({
@@ -369,14 +543,11 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
     let app = App::of(&ctx)?;
     let layout: Layout = app.authority().layout().clone();
     let mut advertised: Option<Value> = None;
-    let mut next_replay = std::time::Instant::now();
+    let mut cache_read: Option<std::time::Instant> = None;
     loop {
-        if std::time::Instant::now() >= next_replay
-            && crate::presence_replay::replay(&ctx, &app, &layout).await
-        {
-            // What koi-mdns knows, again now and then: a restarted certmesh, or one whose
-            // subscription missed an event, hears nothing of an advertisement that stays.
-            next_replay = std::time::Instant::now() + crate::presence_replay::EVERY;
+        if cache_read.is_none_or(|t| t.elapsed() >= CACHE_EVERY) {
+            cache_read = Some(std::time::Instant::now());
+            learn_from_cache(&ctx, &app, &layout).await;
         }
         let is_ca = layout.is_ca();
         let standby = crate::standby_state::load(&layout).filter(|_| !is_ca);
@@ -391,6 +562,7 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
             }
         }
         if is_ca {
+            crate::follow::recheck_claims(&app, &layout);
             crate::follow::demote_if_fenced(&ctx, &app).await;
         }
         if let Some(state) = &standby {
@@ -433,136 +605,5 @@ pub async fn service(ctx: Context) -> Result<(), MethodError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::BTreeMap;
-
-    fn record(txt: &[(&str, &str)]) -> ServiceRecord {
-        ServiceRecord {
-            instance: "koi certmesh CA on a".into(),
-            service_type: "_certmesh._tcp".into(),
-            fullname: "x._certmesh._tcp.local.".into(),
-            host: "a.local.".into(),
-            addresses: vec!["10.0.0.1".into()],
-            port: 5641,
-            txt: txt
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect::<BTreeMap<_, _>>(),
-            first_seen: String::new(),
-            last_seen: String::new(),
-        }
-    }
-
-    #[test]
-    fn classify_reads_role_and_term_of_this_mesh_only() {
-        let fp = "AB:CD";
-        let primary = record(&[("fp", "ab:cd"), ("role", "primary"), ("term", "3")]);
-        let s = classify("mdns.service.appeared", &primary, None, fp).unwrap();
-        assert_eq!((s.role, s.term, s.present), (PRIMARY, 3, true));
-        let gone = classify(REMOVED, &primary, Some("unanswered"), fp).unwrap();
-        assert_eq!(
-            (gone.present, gone.reason.as_deref()),
-            (false, Some("unanswered"))
-        );
-        let bye = classify(REMOVED, &primary, Some("other"), fp).unwrap();
-        assert_eq!(bye.reason.as_deref(), Some("goodbye"));
-        let old = record(&[("fp", "AB:CD")]);
-        assert_eq!(classify("x", &old, None, fp).unwrap().role, PRIMARY);
-        let mut standby = record(&[("fp", "AB:CD"), ("role", "standby"), ("term", "1")]);
-        assert!(
-            classify("x", &standby, None, fp).is_none(),
-            "no host in its name"
-        );
-        standby.instance = "koi certmesh standby on b-1".into();
-        let s = classify("x", &standby, None, fp).unwrap();
-        assert_eq!((s.role, s.host.as_deref()), (STANDBY, Some("b-1")));
-        standby.instance = "koi certmesh standby on b\u{1b}[2J".into();
-        assert!(classify("x", &standby, None, fp).is_none());
-        // Another mesh, a bad role, a hostile term, another service type: ignored.
-        assert!(classify("x", &record(&[("fp", "EE")]), None, fp).is_none());
-        for bad in [
-            ("role", "boss"),
-            ("term", "-1"),
-            ("term", "1e3"),
-            ("term", ""),
-        ] {
-            assert!(classify("x", &record(&[("fp", "AB:CD"), bad]), None, fp).is_none());
-        }
-        let huge = "9".repeat(21);
-        assert!(classify("x", &record(&[("fp", "AB:CD"), ("term", &huge)]), None, fp).is_none());
-        let mut other = primary.clone();
-        other.service_type = "_http._tcp".into();
-        assert!(classify("x", &other, None, fp).is_none());
-    }
-
-    #[test]
-    fn unreachable_only_when_mdns_and_heartbeat_both_failed() {
-        let watch = Watch::default();
-        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
-        let mut s = Sighting {
-            role: PRIMARY,
-            term: 2,
-            present: true,
-            reason: None,
-            host: None,
-            endpoint: None,
-            key: "a".into(),
-        };
-        watch.record(&s, t0);
-        let failed = crate::heartbeat::Heartbeat {
-            ok: false,
-            last_ok_at: Some("1970-01-12T13:46:30Z".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            watch.unreachable_since(Some(&failed)),
-            None,
-            "mDNS still sees it"
-        );
-        s.present = false;
-        let t1 = t0 + std::time::Duration::from_secs(10);
-        watch.record(&s, t1);
-        let ok = crate::heartbeat::Heartbeat {
-            ok: true,
-            ..Default::default()
-        };
-        assert_eq!(
-            watch.unreachable_since(Some(&ok)),
-            None,
-            "the heartbeat still answers"
-        );
-        assert_eq!(watch.unreachable_since(None), None);
-        // Last good beat (1_000_000 - 10 s) before the removal: the removal is the start.
-        assert_eq!(watch.unreachable_since(Some(&failed)), Some(t1));
-        // A standby's advertisement does not count as the primary.
-        s.role = STANDBY;
-        s.present = true;
-        s.host = Some("b".into());
-        watch.record(&s, t1);
-        assert_eq!(watch.live_standbys(), vec!["b".to_owned()]);
-        assert_eq!(watch.unreachable_since(Some(&failed)), Some(t1));
-        assert_eq!(watch.highest_term(), 2);
-        // Two primary advertisements: one leaving does not make the primary absent.
-        let w2 = Watch::default();
-        let mut p = Sighting {
-            role: PRIMARY,
-            term: 1,
-            present: true,
-            reason: None,
-            host: None,
-            endpoint: Some("10.0.0.1:5641".into()),
-            key: "real".into(),
-        };
-        w2.record(&p, t0);
-        p.key = "forged".into();
-        p.term = 99;
-        p.endpoint = Some("10.0.0.9:5999".into());
-        w2.record(&p, t0);
-        assert_eq!(w2.primaries()[0].0, 99, "highest term first");
-        p.present = false;
-        w2.record(&p, t1);
-        assert_eq!(w2.gone_since(), None);
-        assert_eq!(w2.primaries(), vec![(1, "10.0.0.1:5641".to_owned())]);
-    }
-}
+#[path = "presence_tests.rs"]
+mod tests;

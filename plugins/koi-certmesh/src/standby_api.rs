@@ -289,6 +289,8 @@ fn promote(
     if !roster.mesh.standbys.contains(&host) {
         roster.mesh.standbys.push(host.clone());
     }
+    // Standbys that are no longer (joined again as members, entry gone) leave the list.
+    crate::takeover::prune_standbys(&mut roster);
     session
         .save_roster(layout, &mut roster)
         .map_err(|e| Refusal::Internal(e.message().to_owned()))?;

@@ -186,7 +186,12 @@ pub fn status(
         return format!("primary, term {}{standbys}: {summary}", roster.mesh.term);
     }
     let Some(state) = load(layout) else {
-        return match crate::heartbeat::last(layout).and_then(|hb| hb.term) {
+        let hb = crate::heartbeat::last(layout);
+        if let Some(hb) = &hb {
+            // The standbys of the roster the CA last served (who may claim a higher term).
+            details.insert("standbys".into(), json!(hb.standbys));
+        }
+        return match hb.and_then(|hb| hb.term) {
             Some(term) => {
                 details.insert("term".into(), Value::from(term));
                 format!("member, term {term}: {summary}")

@@ -19,6 +19,13 @@
 //! refuses with the locked message until `koi certmesh unlock` (with the standby's passphrase);
 //! `status` says so.
 //!
+//! The grace period runs from the last POSITIVE evidence that the primary was alive (its
+//! advertisement appearing or koi-mdns's re-check hearing its host, or a good beat:
+//! [`crate::presence::Watch::unreachable_since`]), not from the moment its death is noticed, so
+//! failover takes about the grace, not re-check + grace; the takeover still requires both
+//! signals to have failed (mDNS says it left AND a beat sent after that failed). While mDNS says
+//! the primary left, its API is probed every [`PROBE_EVERY`], so a return stops it.
+//!
 //! Grace: [`DEFAULT_GRACE`] (60 s); `KOI_CERTMESH_FAILOVER_GRACE_SECS` sets it in any build with
 //! a floor of [`MIN_GRACE`] (10 s, below which a busy LAN's lost multicast looks like a death);
 //! a debug build also honours `KOI_TEST_FAILOVER_GRACE_SECS` (at least 1 s, tests only).
@@ -46,6 +53,8 @@ pub const MIN_GRACE: Duration = Duration::from_secs(10);
 pub const GRACE_ENV: &str = "KOI_CERTMESH_FAILOVER_GRACE_SECS";
 /// The debug-only test knob (ignored by release builds).
 pub const TEST_GRACE_ENV: &str = "KOI_TEST_FAILOVER_GRACE_SECS";
+/// How often a standby probes its primary's API while mDNS says the primary left.
+pub const PROBE_EVERY: Duration = Duration::from_secs(3);
 
 /// The grace period in force.
 pub fn grace() -> Duration {
@@ -72,6 +81,24 @@ pub fn wins_tiebreak(me: &str, others: &[String]) -> bool {
     others
         .iter()
         .all(|o| o.to_ascii_lowercase() >= me || o.eq_ignore_ascii_case(&me))
+}
+
+/// Keeps in `mesh.standbys` only the hosts whose roster entry is active with role `standby` (a
+/// machine promoted once, then joined again as a plain member, or whose entry is gone, is no
+/// standby any more: it must not stay trusted to claim a term), without duplicates.
+pub fn prune_standbys(roster: &mut Roster) {
+    use koi_certmesh_core::roster::{MemberStatus, Role};
+    let members = &roster.members;
+    let mut kept: Vec<String> = Vec::new();
+    for host in &roster.mesh.standbys {
+        let is_standby = members.iter().any(|m| {
+            &m.hostname == host && m.role == Role::Standby && m.status == MemberStatus::Active
+        });
+        if is_standby && !kept.contains(host) {
+            kept.push(host.clone());
+        }
+    }
+    roster.mesh.standbys = kept;
 }
 
 /// Makes this standby the primary with a term above `seen_term` (the highest term seen over
@@ -148,6 +175,7 @@ pub fn take_over(layout: &Layout, seen_term: u64, why: &str) -> Result<u64, Stri
             m.role = koi_certmesh_core::roster::Role::Standby;
         }
     }
+    prune_standbys(&mut roster);
     roster.save(&layout.roster()).map_err(|e| e.to_string())?;
     Ok(term)
 }
@@ -177,13 +205,36 @@ pub async fn consider(
     let Some(gone) = app.presence.gone_since() else {
         return;
     };
-    let mut hb = crate::heartbeat::last(layout);
-    // mDNS says the primary left: the heartbeat confirms it now, not at its next beat.
-    let beat_before_gone = hb
-        .as_ref()
-        .is_none_or(|h| h.ok && parse_rfc3339(&h.at).is_none_or(|at| at < gone));
-    if beat_before_gone {
-        hb = crate::heartbeat::probe(ctx, layout).await;
+    // mDNS says the primary left: its API is probed every PROBE_EVERY from then on (not at the
+    // next 5-minute beat), so the heartbeat's verdict is current and a return is seen at once.
+    // The probe runs beside this loop (a dead host costs a 5 s connect deadline), one at a time.
+    let now = crate::clock::now();
+    // Beat times are whole seconds: a beat in the second of the removal counts as after it.
+    let after_gone =
+        |at: &str| parse_rfc3339(at).is_some_and(|at| at + Duration::from_secs(1) > gone);
+    let hb = crate::heartbeat::last(layout);
+    let probe_due = hb.as_ref().is_none_or(|h| {
+        !after_gone(&h.at)
+            || parse_rfc3339(&h.at)
+                .is_none_or(|at| now.duration_since(at).unwrap_or_default() >= PROBE_EVERY)
+    });
+    if probe_due
+        && !app
+            .presence
+            .probing
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
+        let (ctx, app, layout) = (ctx.clone(), app.clone(), layout.clone());
+        tokio::spawn(async move {
+            let _ = crate::heartbeat::probe(&ctx, &layout).await;
+            app.presence
+                .probing
+                .store(false, std::sync::atomic::Ordering::Release);
+        });
+    }
+    // Only a beat that failed AFTER mDNS said the primary left counts as the second signal.
+    if hb.as_ref().is_none_or(|h| h.ok || !after_gone(&h.at)) {
+        return;
     }
     let Some(since) = app.presence.unreachable_since(hb.as_ref()) else {
         return;
@@ -229,6 +280,8 @@ pub async fn consider(
         .await;
     match outcome {
         Ok(term) => {
+            // Demoted earlier by a lower term in this same process: that fence is over.
+            app.authority().lift_fence_below(term);
             tracing::warn!(
                 term,
                 "certmesh failover: this standby is now the PRIMARY (term {term}), LOCKED until `koi certmesh unlock`"
@@ -242,6 +295,56 @@ pub async fn consider(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn member(
+        host: &str,
+        role: koi_certmesh_core::roster::Role,
+    ) -> koi_certmesh_core::roster::Member {
+        let now = time::OffsetDateTime::UNIX_EPOCH;
+        koi_certmesh_core::roster::Member {
+            hostname: host.into(),
+            dns_names: vec![format!("{host}.local")],
+            ip_addresses: Vec::new(),
+            serial: format!("{host}-serial"),
+            fingerprint: "00".into(),
+            issued_at: now,
+            expires_at: now,
+            role,
+            status: koi_certmesh_core::roster::MemberStatus::Active,
+            operator: None,
+            reload_hook: None,
+            proxy_entries: Vec::new(),
+            revoked_at: None,
+            previous_fingerprint: None,
+            device: None,
+            pending_names: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_active_standby_entries_stay_listed_as_standbys_and_trusted_for_a_term() {
+        use koi_certmesh_core::roster::Role;
+        let scope = koi_certmesh_core::Scope::new(&[] as &[&str], &[] as &[&str]).unwrap();
+        let mut roster = Roster::new(
+            koi_certmesh_core::TrustProfile::Personal,
+            "ff".into(),
+            scope,
+            "a".into(),
+            None,
+            time::OffsetDateTime::UNIX_EPOCH,
+        );
+        roster.upsert(member("a", Role::Primary));
+        roster.upsert(member("b", Role::Standby));
+        // d was promoted once, then joined again as a plain member; gone never had an entry.
+        roster.upsert(member("d", Role::Member));
+        roster.mesh.standbys = vec!["b".into(), "d".into(), "gone".into(), "b".into()];
+        prune_standbys(&mut roster);
+        assert_eq!(roster.mesh.standbys, vec!["b".to_owned()]);
+        assert_eq!(
+            crate::follow::standbys_of_roster(&roster),
+            vec!["b".to_owned()]
+        );
+    }
 
     #[test]
     fn lowest_live_standby_wins() {

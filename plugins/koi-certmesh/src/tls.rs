@@ -52,6 +52,7 @@ pub fn server_config(
 pub struct CaPin {
     expected: Option<String>,
     seen: Mutex<Option<CertificateDer<'static>>>,
+    leaf: Mutex<Option<CertificateDer<'static>>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -62,6 +63,7 @@ impl CaPin {
         Arc::new(CaPin {
             expected,
             seen: Mutex::new(None),
+            leaf: Mutex::new(None),
             algorithms: provider().signature_verification_algorithms,
         })
     }
@@ -69,6 +71,15 @@ impl CaPin {
     /// The root certificate the server presented (after a handshake).
     pub fn seen_root(&self) -> Option<CertificateDer<'static>> {
         self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The server's own certificate, once it chained to the pinned root (after a handshake):
+    /// whose API answered ([`crate::follow`] checks a higher term's claimant by it).
+    pub fn verified_leaf(&self) -> Option<CertificateDer<'static>> {
+        self.leaf
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
@@ -138,6 +149,11 @@ impl ServerCertVerifier for CaPin {
             now,
             self.algorithms.all,
         )?;
+        *self
+            .leaf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(end_entity.clone().into_owned());
         Ok(ServerCertVerified::assertion())
     }
 

@@ -68,6 +68,16 @@ fn certmesh_services(host: &LabHost) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// A child process killed (and reaped) when the test ends, failures included.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn audit_lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path)
         .map(|t| t.lines().count())
@@ -113,7 +123,7 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
             "--json",
         ])
         .expect_code(0);
-    let b_daemon = b.env.start_daemon(&B_ENV);
+    let mut b_daemon = b.env.start_daemon(&B_ENV);
     let code = fresh_code(&uri, &mut last_step);
     c.env
         .run(&[
@@ -176,6 +186,21 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
         let w = &s["details"]["primary_watch"];
         if w["mdns"] == "present" && w["mdns_term"] == 1 && w["heartbeat_ok"] == true {
             assert!(w["unreachable_since"].is_null(), "{s}");
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
+
+    // Who may claim a higher term: A's roster lists B as its standby, and so does the roster C
+    // last fetched from A over mutual TLS (its status shows it).
+    assert_eq!(
+        status(a)["details"]["standbys"],
+        serde_json::json!([b.hostname])
+    );
+    wait_for("C knows B as a standby", Duration::from_secs(30), || {
+        let s = status(c);
+        if s["details"]["standbys"] == serde_json::json!([b.hostname]) {
             Ok(())
         } else {
             Err(s)
@@ -319,17 +344,23 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
     );
 
     // A comes back (locked, as after any restart), sees term 2 and becomes a standby of B
-    // without signing anything: its log, moved aside whole, has not grown.
+    // without signing anything: its log, moved aside whole, has not grown. C watches the link
+    // meanwhile: A never advertises itself as primary (it listens for a higher term first).
+    let watch_out = c.env.dir.path().join("watch.ndjson");
+    let watch = KillOnDrop(
+        c.env
+            .command(&["--json", "mdns", "discover", "_certmesh._tcp", "--watch"])
+            .stdout(std::fs::File::create(&watch_out).expect("watch output"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("koi mdns discover --watch"),
+    );
     let up = a
         .command("ip", &["link", "set", "veth0", "up"])
         .status()
         .expect("ip link");
     assert!(up.success());
-    let a_daemon = a.env.start_daemon(&[
-        ("KOI_MDNS_RECHECK_SECS", "3"),
-        ("KOI_TEST_HEARTBEAT_SECS", "2"),
-        ("KOI_TEST_STANDBY_SYNC_SECS", "2"),
-    ]);
+    let a_daemon = a.env.start_daemon(&B_ENV);
     wait_for("A becomes a standby", Duration::from_secs(40), || {
         let s = status(a);
         if s["details"]["role"] == "standby" && s["details"]["term"] == 2 {
@@ -375,6 +406,23 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
             "{services:?}"
         );
     }
+    drop(watch);
+    let a_instance = format!("koi certmesh CA on {}", a.hostname);
+    let a_as_primary: Vec<String> = std::fs::read_to_string(&watch_out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|item| {
+            item["instance"] == a_instance.as_str()
+                && item["action"] != "-"
+                && item["txt"]["role"] == "primary"
+        })
+        .map(|item| item.to_string())
+        .collect();
+    assert!(
+        a_as_primary.is_empty(),
+        "A advertised itself as primary after its restart: {a_as_primary:?}"
+    );
     // A's partition entry reaches B, carried verbatim in one signed entry; B's log verifies.
     let carried = wait_for(
         "B keeps A's partition entries",
@@ -400,7 +448,60 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
         "{carried}"
     );
     b.env.run(&["certmesh", "log", "--verify"]).expect_code(0);
+
+    // Term 3: B dies in turn, and A — demoted in this same daemon, now B's standby — takes over
+    // again: a fence from term 2 does not stop it, its API serves again, and C, whose roster
+    // (fetched from B) lists A as a standby, follows it.
+    wait_for(
+        "A is a synced standby watching B",
+        Duration::from_secs(60),
+        || {
+            let s = status(a);
+            let w = &s["details"]["primary_watch"];
+            if s["details"]["standby"]["roster_version"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+                && w["mdns"] == "present"
+            {
+                Ok(())
+            } else {
+                Err(s)
+            }
+        },
+    );
+    wait_for("C knows A as a standby", Duration::from_secs(30), || {
+        let s = status(c);
+        if s["details"]["standbys"] == serde_json::json!([a.hostname]) {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
+    let down = b
+        .command("ip", &["link", "set", "veth0", "down"])
+        .status()
+        .expect("ip link");
+    assert!(down.success());
+    b_daemon.terminate(Duration::from_secs(10));
+    let again = wait_for("A takes over with term 3", Duration::from_secs(40), || {
+        let s = status(a);
+        if s["details"]["role"] == "primary" && s["details"]["term"] == 3 {
+            Ok(s)
+        } else {
+            Err(s)
+        }
+    });
+    assert_eq!(again["details"]["locked"], true, "{again}");
+    let a_api = format!("{}:5641", a.ip);
+    wait_for("C follows A (term 3)", Duration::from_secs(40), || {
+        let s = status(c);
+        if s["details"]["ca_endpoint"] == a_api.as_str() && s["details"]["heartbeat"]["term"] == 3 {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
     drop(a_daemon);
     drop(c_daemon);
-    drop(b_daemon);
 }

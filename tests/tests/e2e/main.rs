@@ -14,6 +14,7 @@ mod certmesh_crash;
 mod certmesh_devices;
 mod certmesh_dos;
 mod certmesh_failover;
+mod certmesh_failover_rogue;
 mod certmesh_flood;
 mod certmesh_heartbeat;
 mod certmesh_leave;
