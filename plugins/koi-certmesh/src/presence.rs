@@ -484,9 +484,7 @@ async fn learn_from_cache(ctx: &Context, app: &std::sync::Arc<App>, layout: &Lay
         ctx.call::<_, Value>("mdns", "query", &query),
     )
     .await
-    .unwrap_or_else(|_| {
-        Err(MethodError::new("koi-mdns did not answer within 10 s"))
-    });
+    .unwrap_or_else(|_| Err(MethodError::new("koi-mdns did not answer within 10 s")));
     let services = match answer {
         Ok(answer) => answer["services"].as_array().cloned().unwrap_or_default(),
         Err(e) => {

@@ -241,7 +241,11 @@ fn a_primary_never_seen_is_absent_from_the_first_look_which_floors_the_grace() {
         ok: true,
         ..Default::default()
     };
-    assert_eq!(watch.unreachable_since(Some(&ok)), None, "the heartbeat answers");
+    assert_eq!(
+        watch.unreachable_since(Some(&ok)),
+        None,
+        "the heartbeat answers"
+    );
     let s = Sighting {
         role: PRIMARY,
         term: 1,
