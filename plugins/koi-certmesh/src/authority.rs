@@ -186,18 +186,10 @@ impl CaSession {
         Ok(self.unlocked.totp_secret())
     }
 
-    /// Appends an audit entry signed by the CA.
+    /// Appends an audit entry signed by the CA and fsyncs it.
     pub fn audit(&mut self, event: &str, actor: &str, details: Value) -> Result<(), MethodError> {
-        self.audit
-            .append(
-                self.unlocked.ca(),
-                event,
-                actor,
-                details,
-                OffsetDateTime::now_utc(),
-            )
-            .map(|_| ())
-            .map_err(error::core)
+        self.audit_unsynced(event, actor, details)?;
+        self.sync_audit()
     }
 
     /// Appends an audit entry signed by the CA WITHOUT fsyncing it: the renewal batch

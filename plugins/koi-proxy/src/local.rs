@@ -12,7 +12,7 @@
 use crate::backend::resolve;
 use crate::state::{EntryRt, lock};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::future::{Future, poll_fn};
@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::Poll;
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// The most backend connections one client connection keeps (one per entry it used).
 const MAX_CONNECTIONS: usize = 8;
@@ -86,24 +87,13 @@ impl LocalBackends {
                     Err(Some(why)) => return Err(SendError::Connect(why)),
                 },
             };
-            if sender.ready().await.is_err() {
-                if fresh {
-                    return Err(SendError::Connect(
-                        "the backend closed the connection".into(),
-                    ));
-                }
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
+            match attempt(&mut sender, req, fresh).await {
+                Attempt::Done(resp) => {
                     lock(&self.idle).push((key, sender));
                     return Ok(resp);
                 }
-                Err(mut e) => match e.take_message() {
-                    // Never sent (the idle connection was closing): once more, on a fresh one.
-                    Some(unsent) if !fresh => req = unsent,
-                    _ => return Err(SendError::Exchange(e.into_error())),
-                },
+                Attempt::Retry(unsent) => req = unsent,
+                Attempt::Failed(e) => return Err(e),
             }
         }
         Err(SendError::Connect(
@@ -117,20 +107,7 @@ impl LocalBackends {
         if lock(&self.drivers).len() >= MAX_CONNECTIONS {
             return Err(None);
         }
-        let b = &entry.backend;
-        let connect = async {
-            let addrs = resolve(&b.host, b.port, entry.entry.backend_remote).await?;
-            tokio::net::TcpStream::connect(&addrs[..]).await
-        };
-        let tcp = match tokio::time::timeout(Duration::from_secs(5), connect).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return Err(Some(e.to_string())),
-            Err(_) => return Err(Some("the connection timed out".into())),
-        };
-        let _ = tcp.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| Some(e.to_string()))?;
+        let (sender, conn) = dial(entry).await.map_err(Some)?;
         lock(&self.drivers).push(Box::pin(async move {
             let _ = conn.await;
         }));
@@ -141,5 +118,66 @@ impl LocalBackends {
         })
         .await;
         Ok(sender)
+    }
+}
+
+/// A new HTTP/1.1 connection to `entry`'s backend (resolved, loopback unless the entry allows a
+/// remote backend, 5 s to connect, `TCP_NODELAY`): its sender and the connection future, which
+/// the caller drives.
+pub async fn dial(
+    entry: &EntryRt,
+) -> Result<
+    (
+        SendRequest<Incoming>,
+        Connection<TokioIo<TcpStream>, Incoming>,
+    ),
+    String,
+> {
+    let b = &entry.backend;
+    let connect = async {
+        let addrs = resolve(&b.host, b.port, entry.entry.backend_remote).await?;
+        TcpStream::connect(&addrs[..]).await
+    };
+    let tcp = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("the connection timed out".into()),
+    };
+    let _ = tcp.set_nodelay(true);
+    hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// What one try of a request on a backend connection gave.
+pub enum Attempt {
+    /// The backend's response.
+    Done(Response<Incoming>),
+    /// Never sent (an idle connection was closing): try once more, on a fresh connection.
+    Retry(Request<Incoming>),
+    /// The exchange failed (or a fresh connection closed at once).
+    Failed(SendError),
+}
+
+/// Sends `req` on `sender`, a connection made just now (`fresh`) or an idle one.
+pub async fn attempt(
+    sender: &mut SendRequest<Incoming>,
+    req: Request<Incoming>,
+    fresh: bool,
+) -> Attempt {
+    if sender.ready().await.is_err() {
+        if fresh {
+            return Attempt::Failed(SendError::Connect(
+                "the backend closed the connection".into(),
+            ));
+        }
+        return Attempt::Retry(req);
+    }
+    match sender.try_send_request(req).await {
+        Ok(resp) => Attempt::Done(resp),
+        Err(mut e) => match e.take_message() {
+            Some(unsent) if !fresh => Attempt::Retry(unsent),
+            _ => Attempt::Failed(SendError::Exchange(e.into_error())),
+        },
     }
 }

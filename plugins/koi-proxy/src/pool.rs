@@ -10,13 +10,11 @@
 //! is dropped when the list is next searched without a match; one still streaming a response is
 //! never handed out (it is not ready), so a long body never holds up another client.
 
-use crate::backend::resolve;
-use crate::local::SendError;
+use crate::local::{Attempt, SendError, attempt, dial};
 use crate::state::EntryRt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
@@ -76,24 +74,13 @@ pub async fn send(
             Some((key, sender)) => (key, sender, false),
             None => (entry.base.clone(), connect(entry).await?, true),
         };
-        if sender.ready().await.is_err() {
-            if fresh {
-                return Err(SendError::Connect(
-                    "the backend closed the connection".into(),
-                ));
-            }
-            continue;
-        }
-        match sender.try_send_request(req).await {
-            Ok(resp) => {
+        match attempt(&mut sender, req, fresh).await {
+            Attempt::Done(resp) => {
                 checkin(key, sender);
                 return Ok(resp);
             }
-            Err(mut e) => match e.take_message() {
-                // Never sent (the idle connection was closing): once more, on a fresh one.
-                Some(unsent) if !fresh => req = unsent,
-                _ => return Err(SendError::Exchange(e.into_error())),
-            },
+            Attempt::Retry(unsent) => req = unsent,
+            Attempt::Failed(e) => return Err(e),
         }
     }
     Err(SendError::Connect(
@@ -103,20 +90,7 @@ pub async fn send(
 
 /// A new backend connection, driven by a task on this thread.
 async fn connect(entry: &EntryRt) -> Result<SendRequest<Incoming>, SendError> {
-    let b = &entry.backend;
-    let connect = async {
-        let addrs = resolve(&b.host, b.port, entry.entry.backend_remote).await?;
-        tokio::net::TcpStream::connect(&addrs[..]).await
-    };
-    let tcp = match tokio::time::timeout(Duration::from_secs(5), connect).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
-        Err(_) => return Err(SendError::Connect("the connection timed out".into())),
-    };
-    let _ = tcp.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| SendError::Connect(e.to_string()))?;
+    let (sender, conn) = dial(entry).await.map_err(SendError::Connect)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
