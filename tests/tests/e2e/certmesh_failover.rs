@@ -12,6 +12,7 @@
 //! becomes a standby of B without signing anything (its log, moved aside, has not grown); after
 //! convergence only B advertises primary.
 
+use crate::support::certmesh::join_host;
 use std::time::{Duration, Instant};
 
 use crate::support::certmesh::{
@@ -109,36 +110,10 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
     wait_for_api(a, &a.ip);
     let mut last_step = i64::MIN;
     let code = fresh_code(&uri, &mut last_step);
-    b.env
-        .run(&[
-            "certmesh",
-            "join",
-            "--ca",
-            &a.ip,
-            "--fingerprint",
-            &fingerprint,
-            "--code",
-            &code,
-            "--no-trust",
-            "--json",
-        ])
-        .expect_code(0);
+    join_host(b, &a.ip, &fingerprint, &code).expect_code(0);
     let mut b_daemon = b.env.start_daemon(&B_ENV);
     let code = fresh_code(&uri, &mut last_step);
-    c.env
-        .run(&[
-            "certmesh",
-            "join",
-            "--ca",
-            &a.ip,
-            "--fingerprint",
-            &fingerprint,
-            "--code",
-            &code,
-            "--no-trust",
-            "--json",
-        ])
-        .expect_code(0);
+    join_host(c, &a.ip, &fingerprint, &code).expect_code(0);
     let c_daemon = c.env.start_daemon(&[("KOI_TEST_HEARTBEAT_SECS", "2")]);
     let standby_pass = b.env.dir.path().join("standby-pass");
     std::fs::write(&standby_pass, "standby passphrase 4411\n").expect("standby pass");

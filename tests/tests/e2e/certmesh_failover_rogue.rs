@@ -7,6 +7,7 @@
 //! fenced), and C keeps A as its CA. A second advertisement from M claims to come from a host
 //! that is not in the rosters either ("fo-ghost"), also refused.
 
+use crate::support::certmesh::join_host;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -80,20 +81,7 @@ fn status(host: &LabHost) -> serde_json::Value {
 }
 
 fn join(host: &LabHost, ca: &LabHost, fingerprint: &str, code: &str) {
-    host.env
-        .run(&[
-            "certmesh",
-            "join",
-            "--ca",
-            &ca.ip,
-            "--fingerprint",
-            fingerprint,
-            "--code",
-            code,
-            "--no-trust",
-            "--json",
-        ])
-        .expect_code(0);
+    join_host(host, &ca.ip, fingerprint, code).expect_code(0);
 }
 
 #[test]

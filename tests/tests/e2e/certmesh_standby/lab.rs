@@ -2,6 +2,7 @@
 //! traced daemon with a 2 s heartbeat and sync, codes that are each used once, and the steps the
 //! tests share (promote, join, status, backup and restore of the primary).
 
+use crate::support::certmesh::join_host;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -119,20 +120,7 @@ impl<'l> Mesh<'l> {
     pub fn join(&mut self, host: &LabHost) {
         let code = self.next_code();
         let a = self.lab.host(0);
-        host.env
-            .run(&[
-                "certmesh",
-                "join",
-                "--ca",
-                &a.ip,
-                "--fingerprint",
-                &self.fingerprint,
-                "--code",
-                &code,
-                "--no-trust",
-                "--json",
-            ])
-            .expect_code(0);
+        join_host(host, &a.ip, &self.fingerprint, &code).expect_code(0);
     }
 
     /// A `koi` command on `host` with trace logging and protocol traces.

@@ -12,6 +12,7 @@
 //!   its whole log, unchanged, in `demoted/` (nothing signed), its certificate and key matching;
 //!   B's roster and log verify throughout.
 
+use crate::support::certmesh::join_host;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -153,20 +154,7 @@ pub(super) fn primary_and_standby(net: &SwitchLab) -> (DaemonProc, DaemonProc, S
     wait_for_api(a, &a.ip);
     let mut last = i64::MIN;
     let code = fresh_code(&uri, &mut last);
-    b.env
-        .run(&[
-            "certmesh",
-            "join",
-            "--ca",
-            &a.ip,
-            "--fingerprint",
-            &fingerprint,
-            "--code",
-            &code,
-            "--no-trust",
-            "--json",
-        ])
-        .expect_code(0);
+    join_host(b, &a.ip, &fingerprint, &code).expect_code(0);
     let b_daemon = b.env.start_daemon(&B_ENV);
     let standby_pass = b.env.dir.path().join("standby-pass");
     std::fs::write(&standby_pass, "demotion standby passphrase 77\n").expect("standby pass");

@@ -13,6 +13,7 @@
 //! standby being promoted again. At the end, `koi certmesh log --verify` on the standby shows its
 //! copy of the primary's log (`copy_of`), verified, with its `standby_promoted` entries.
 
+use crate::support::certmesh::join_host;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -257,20 +258,7 @@ fn kill_9_during_promote_never_leaves_half_a_standby_a_plaintext_key_or_a_broken
     wait_for_api(a, &a.ip);
     let mut last = i64::MIN;
     let join_code = fresh_code(&uri, &mut last);
-    b.env
-        .run(&[
-            "certmesh",
-            "join",
-            "--ca",
-            &a.ip,
-            "--fingerprint",
-            &fingerprint,
-            "--code",
-            &join_code,
-            "--no-trust",
-            "--json",
-        ])
-        .expect_code(0);
+    join_host(b, &a.ip, &fingerprint, &join_code).expect_code(0);
     let member_state = b.env.dir.path().join("member-state");
     let copied = std::process::Command::new("cp")
         .arg("-a")

@@ -97,21 +97,13 @@ fn join_member(ca: &LabHost, member: &LabHost) -> crate::support::DaemonProc {
         .as_str()
         .expect("fingerprint")
         .to_owned();
-    member
-        .env
-        .run(&[
-            "certmesh",
-            "join",
-            "--ca",
-            &ca.ip,
-            "--fingerprint",
-            &fingerprint,
-            "--code",
-            &crate::support::certmesh::code(&uri, 0),
-            "--no-trust",
-            "--json",
-        ])
-        .expect_code(0);
+    crate::support::certmesh::join_host(
+        member,
+        &ca.ip,
+        &fingerprint,
+        &crate::support::certmesh::code(&uri, 0),
+    )
+    .expect_code(0);
     member.env.start_daemon(&[("KOI_TEST_HEARTBEAT_SECS", "2")])
 }
 

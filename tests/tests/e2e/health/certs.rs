@@ -9,6 +9,7 @@
 //! valid, and down once it expired, each transition logged once; koi-health on B says the same of
 //! B itself.
 
+use crate::support::certmesh::join_host;
 use crate::support::certmesh::{
     cert_dir, certmesh_bin, create, fresh_code, mdns_bin, mesh_ids, serial_of, wait_for_api,
     write_passphrase,
@@ -119,20 +120,7 @@ fn a_certificate_expiring_soon_is_degraded_and_an_expired_one_is_down_logged_onc
 
     let mut last = i64::MIN;
     let code = fresh_code(&uri, &mut last);
-    b.env
-        .run(&[
-            "certmesh",
-            "join",
-            "--ca",
-            &a.ip,
-            "--fingerprint",
-            &fingerprint,
-            "--code",
-            &code,
-            "--no-trust",
-            "--json",
-        ])
-        .expect_code(0);
+    join_host(b, &a.ip, &fingerprint, &code).expect_code(0);
     let joined = Instant::now();
     let cert = cert_dir(b).join("cert.pem");
     let serial = serial_of(&cert);

@@ -250,6 +250,23 @@ pub(crate) fn join_from_b(lab: &NetLab, fingerprint: &str, code: &str, extra: &[
     lab.b.env.run(&args)
 }
 
+/// `koi certmesh join --ca CA_IP --fingerprint FINGERPRINT --code CODE --no-trust --json` run on
+/// lab host `member` (any lab: two hosts or a switch).
+pub(crate) fn join_host(member: &LabHost, ca_ip: &str, fingerprint: &str, code: &str) -> Run {
+    member.env.run(&[
+        "certmesh",
+        "join",
+        "--ca",
+        ca_ip,
+        "--fingerprint",
+        fingerprint,
+        "--code",
+        code,
+        "--no-trust",
+        "--json",
+    ])
+}
+
 /// A valid code for a step later than `last` (each step's code works once), waiting for the next
 /// step when the three in the window are used up.
 pub(crate) fn fresh_code(uri: &str, last: &mut i64) -> String {
