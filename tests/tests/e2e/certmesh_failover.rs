@@ -33,25 +33,7 @@ const B_ENV: [(&str, &str); 5] = [
     ("KOI_LOG", "debug"),
 ];
 
-/// Polls `sample` every 250 ms until it gives `Ok`, for at most `limit`; shows the last `Err`.
-#[track_caller]
-fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    mut sample: impl FnMut() -> Result<T, serde_json::Value>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        match sample() {
-            Ok(v) => return v,
-            Err(last) => assert!(
-                Instant::now() < deadline,
-                "{what}: not within {limit:?}; last: {last:#}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+use crate::support::wait_for;
 
 fn certmesh_services(host: &LabHost) -> Vec<serde_json::Value> {
     let run = host.env.run(&[
@@ -69,15 +51,7 @@ fn certmesh_services(host: &LabHost) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// A child process killed (and reaped) when the test ends, failures included.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::KillOnDrop;
 
 fn audit_lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path)

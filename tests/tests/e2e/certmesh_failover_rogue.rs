@@ -8,8 +8,8 @@
 //! that is not in the rosters either ("fo-ghost"), also refused.
 
 use crate::support::certmesh::join_host;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use crate::support::certmesh::{
     certmesh_bin, create, fresh_code, mdns_bin, mesh_ids, wait_for_api, write_passphrase,
@@ -45,34 +45,9 @@ print("ready", flush=True)
 srv.serve_forever()
 "#;
 
-/// Kills the fake CA when the test ends, failures included.
-struct Killed(Child);
+use crate::support::KillOnDrop;
 
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[track_caller]
-fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    mut sample: impl FnMut() -> Result<T, serde_json::Value>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        match sample() {
-            Ok(v) => return v,
-            Err(last) => assert!(
-                Instant::now() < deadline,
-                "{what}: not within {limit:?}; last: {last:#}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+use crate::support::wait_for;
 
 fn status(host: &LabHost) -> serde_json::Value {
     let run = host.env.run(&["certmesh", "status", "--json"]);
@@ -147,7 +122,7 @@ fn a_rogue_member_answering_with_its_own_leaf_cannot_claim_a_higher_term() {
         &mut ready,
     )
     .expect("fake CA output");
-    let _fake = Killed(fake);
+    let _fake = KillOnDrop(fake);
     assert_eq!(ready.trim(), "ready");
     // Its TLS answer really chains to the root and claims term 99 (what the old check believed).
     let probe = c.command(

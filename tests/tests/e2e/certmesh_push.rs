@@ -13,8 +13,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::support::certmesh::{
-    LabCa, audit_entries, cert_dir, certmesh_bin, create, fresh_code, join_from_b, mesh_ids,
-    openssl, public_key_of, serial_of, wait_for_api, write_passphrase,
+    LabCa, audit_entries, ca_under_daemon_with, cert_dir, fresh_code, join_from_b, openssl,
+    public_key_of, serial_of, wait_for_api,
 };
 use crate::support::netlab::NetLab;
 use crate::support::{DaemonProc, KoiEnv, fixture, root_or_skip, wait_until};
@@ -25,25 +25,7 @@ const NO_PULL: (&str, &str) = ("KOI_TEST_NO_PULL_RENEWAL", "1");
 
 /// A mesh created on A under a daemon started with `env`.
 fn ca_with_env(lab: &NetLab, env: &[(&str, &str)]) -> (DaemonProc, LabCa) {
-    lab.a.env.install(&certmesh_bin(), "certmesh");
-    lab.b.env.install(&certmesh_bin(), "certmesh");
-    let pass_file = write_passphrase(&lab.a.env);
-    let daemon = lab.a.env.start_daemon(env);
-    let created = create(&lab.a.env, &pass_file, &["--no-trust", "--json"]);
-    created.expect_code(0);
-    let (uri, fingerprint) = mesh_ids(&created);
-    wait_for_api(&lab.a, &lab.a.ip);
-    let ca_pem = lab.a.env.home.join("certmesh/ca/ca.pem");
-    (
-        daemon,
-        LabCa {
-            pass_file,
-            uri,
-            fingerprint,
-            ca_pem,
-            created,
-        },
-    )
+    ca_under_daemon_with(lab, env, &["--no-trust", "--json"])
 }
 
 fn join_b(lab: &NetLab, ca: &LabCa) {

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use crate::support::certmesh::cert_dir;
 use crate::support::certmesh::{
-    LabCa, audit_entries, certmesh_bin, create, fresh_code, join_from_b, mesh_ids, openssl,
-    output_text, public_key_of, serial_of, validity, wait_for_api, write_passphrase,
+    LabCa, audit_entries, ca_under_daemon_with, fresh_code, join_from_b, openssl, output_text,
+    public_key_of, serial_of, validity,
 };
 use crate::support::netlab::NetLab;
 use crate::support::{DaemonProc, KoiEnv, fixture, root_or_skip, wait_until};
@@ -29,27 +29,9 @@ fn ca_with_env(lab: &NetLab, env: &[(&str, &str)]) -> (DaemonProc, LabCa) {
 
 /// [`ca_with_env`] with extra `create` flags.
 fn ca_with(lab: &NetLab, env: &[(&str, &str)], create_args: &[&str]) -> (DaemonProc, LabCa) {
-    lab.a.env.install(&certmesh_bin(), "certmesh");
-    lab.b.env.install(&certmesh_bin(), "certmesh");
-    let pass_file = write_passphrase(&lab.a.env);
-    let daemon = lab.a.env.start_daemon(env);
     let mut args = vec!["--no-trust", "--json"];
     args.extend_from_slice(create_args);
-    let created = create(&lab.a.env, &pass_file, &args);
-    created.expect_code(0);
-    let (uri, fingerprint) = mesh_ids(&created);
-    wait_for_api(&lab.a, &lab.a.ip);
-    let ca_pem = lab.a.env.home.join("certmesh/ca/ca.pem");
-    (
-        daemon,
-        LabCa {
-            pass_file,
-            uri,
-            fingerprint,
-            ca_pem,
-            created,
-        },
-    )
+    ca_under_daemon_with(lab, env, &args)
 }
 
 fn join_b(lab: &NetLab, ca: &LabCa) {

@@ -5,7 +5,7 @@
 use crate::support::certmesh::join_host;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::certmesh::{
     certmesh_bin, create, fresh_code, mesh_ids, wait_for_api, write_passphrase,
@@ -19,25 +19,7 @@ pub const STANDBY_PASSPHRASE: &str = "standby passphrase 91c2e7";
 /// Trace logging and protocol traces.
 pub const TRACE: [(&str, &str); 2] = [("KOI_LOG", "trace"), ("KOI_TRACE_PROTOCOL", "1")];
 
-/// Polls `sample` every 250 ms until it gives `Ok`, for at most `limit`; shows the last `Err`.
-#[track_caller]
-pub fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    mut sample: impl FnMut() -> Result<T, serde_json::Value>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        match sample() {
-            Ok(v) => return v,
-            Err(last) => assert!(
-                Instant::now() < deadline,
-                "{what}: not within {limit:?}; last: {last:#}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+pub use crate::support::wait_for;
 
 /// The audit sequence number a CA's roster records (the roster version).
 pub fn roster_version(home: &Path) -> u64 {

@@ -48,24 +48,7 @@ pub(super) fn status(host: &LabHost) -> serde_json::Value {
     .json()
 }
 
-#[track_caller]
-pub(super) fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    mut sample: impl FnMut() -> Result<T, serde_json::Value>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        match sample() {
-            Ok(v) => return v,
-            Err(last) => assert!(
-                Instant::now() < deadline,
-                "{what}: not within {limit:?}; last: {last:#}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+pub(super) use crate::support::wait_for;
 
 pub(super) fn sh(script: &str, dir: &Path) {
     let ok = Command::new("sh")

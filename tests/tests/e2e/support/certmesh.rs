@@ -314,10 +314,19 @@ pub(crate) struct LabCa {
 /// `create_args` (which must include `--json`), and waits for A's join API. Keep the returned
 /// daemon alive for as long as A must answer.
 pub(crate) fn ca_under_daemon(lab: &NetLab, create_args: &[&str]) -> (DaemonProc, LabCa) {
+    ca_under_daemon_with(lab, &[], create_args)
+}
+
+/// [`ca_under_daemon`] with extra environment for A's daemon.
+pub(crate) fn ca_under_daemon_with(
+    lab: &NetLab,
+    env: &[(&str, &str)],
+    create_args: &[&str],
+) -> (DaemonProc, LabCa) {
     lab.a.env.install(&certmesh_bin(), "certmesh");
     lab.b.env.install(&certmesh_bin(), "certmesh");
     let pass_file = write_passphrase(&lab.a.env);
-    let daemon = lab.a.env.start_daemon(&[]);
+    let daemon = lab.a.env.start_daemon(env);
     let created = create(&lab.a.env, &pass_file, create_args);
     created.expect_code(0);
     let (uri, fingerprint) = mesh_ids(&created);

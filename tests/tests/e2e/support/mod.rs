@@ -454,6 +454,36 @@ impl Drop for DaemonProc {
     }
 }
 
+/// Polls `sample` every 250 ms until it gives `Ok`, for at most `limit`; shows the last `Err`.
+#[track_caller]
+pub fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    mut sample: impl FnMut() -> Result<T, serde_json::Value>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match sample() {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "{what}: not within {limit:?}; last: {last:#}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A child process killed (and reaped) when the test ends, failures included.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Checks `done` every 250 ms until it is true; fails the test naming `what` after `limit`.
 #[track_caller]
 pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
