@@ -236,7 +236,7 @@ async fn advertise(app: &Arc<App>, ctx: &Context, membership: &Membership, port:
         (crate::presence::TERM_KEY, current_term(app).to_string()),
     ]);
     let params = json!({
-        "name": format!("koi certmesh CA on {}", membership.hostname),
+        "name": format!("{}{}", crate::presence::PRIMARY_INSTANCE_PREFIX, membership.hostname),
         "service_type": SERVICE_TYPE,
         "port": port,
         "txt": txt,

@@ -32,13 +32,7 @@ pub fn demoted_dir(layout: &crate::layout::Layout) -> std::path::PathBuf {
 
 /// Host name of a primary's instance name (`koi certmesh CA on HOST`), if well formed.
 pub fn primary_host(instance: &str) -> Option<String> {
-    let host = instance.strip_prefix("koi certmesh CA on ")?;
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-    ok.then(|| host.to_owned())
+    crate::presence::instance_host(instance, crate::presence::PRIMARY_INSTANCE_PREFIX)
 }
 
 fn move_if_exists(from: &Path, to: &Path) -> Result<(), String> {

@@ -90,10 +90,18 @@ fn endpoint_of(service: &ServiceRecord) -> Option<String> {
 /// The instance-name prefix of a standby's advertisement.
 pub const STANDBY_INSTANCE_PREFIX: &str = "koi certmesh standby on ";
 
-/// The host name in a standby's instance name, if well formed (letters, digits, `-`, `.`,
-/// `_`; at most 253 bytes).
+/// The instance-name prefix of a primary's advertisement.
+pub const PRIMARY_INSTANCE_PREFIX: &str = "koi certmesh CA on ";
+
+/// The host name in a standby's instance name, if well formed.
 fn standby_host(instance: &str) -> Option<String> {
-    let host = instance.strip_prefix(STANDBY_INSTANCE_PREFIX)?;
+    instance_host(instance, STANDBY_INSTANCE_PREFIX)
+}
+
+/// The host name after `prefix` in an instance name, if well formed (letters, digits, `-`, `.`,
+/// `_`; at most 253 bytes).
+pub fn instance_host(instance: &str, prefix: &str) -> Option<String> {
+    let host = instance.strip_prefix(prefix)?;
     let ok = !host.is_empty()
         && host.len() <= 253
         && host

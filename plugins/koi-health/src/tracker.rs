@@ -180,13 +180,9 @@ pub fn machine_state(s: &MachineSignals, threshold: Duration, now: SystemTime) -
             ),
         );
     }
-    if let Some(end) = s.cert_not_after
-        && end <= now
-    {
-        return (
-            State::Down,
-            format!("its certificate expired at {}", stamp(end)),
-        );
+    let cert = cert_state(s.cert_not_after, now);
+    if let Some(down @ (State::Down, _)) = cert {
+        return down;
     }
     let Some(heard) = s.last_heard else {
         return (
@@ -194,17 +190,8 @@ pub fn machine_state(s: &MachineSignals, threshold: Duration, now: SystemTime) -
             "in the mesh roster, not heard on mDNS yet".into(),
         );
     };
-    if let Some(end) = s.cert_not_after
-        && end.duration_since(now).unwrap_or_default() < EXPIRY_WARNING
-    {
-        return (
-            State::Degraded,
-            format!(
-                "its certificate expires in {} ({})",
-                ago(end, now),
-                stamp(end)
-            ),
-        );
+    if let Some(expiring) = cert {
+        return expiring;
     }
     if let Some(why) = &s.heartbeat_failing {
         return (
@@ -215,26 +202,32 @@ pub fn machine_state(s: &MachineSignals, threshold: Duration, now: SystemTime) -
     (State::Up, format!("heard on mDNS {} ago", ago(now, heard)))
 }
 
+/// Rules 3 and 5 for a certificate ending at `end`: down once expired, degraded within
+/// [`EXPIRY_WARNING`] of its end, else nothing to say.
+fn cert_state(end: Option<SystemTime>, now: SystemTime) -> Option<(State, String)> {
+    let end = end?;
+    if end <= now {
+        return Some((
+            State::Down,
+            format!("its certificate expired at {}", stamp(end)),
+        ));
+    }
+    (end.duration_since(now).unwrap_or_default() < EXPIRY_WARNING).then(|| {
+        (
+            State::Degraded,
+            format!(
+                "its certificate expires in {} ({})",
+                ago(end, now),
+                stamp(end)
+            ),
+        )
+    })
+}
+
 /// The rule for the machine health runs on: rules 3 and 5 (certificate, heartbeat), else up.
 fn own_state(s: &MachineSignals, now: SystemTime) -> (State, String) {
-    match s.cert_not_after {
-        Some(end) if end <= now => {
-            return (
-                State::Down,
-                format!("its certificate expired at {}", stamp(end)),
-            );
-        }
-        Some(end) if end.duration_since(now).unwrap_or_default() < EXPIRY_WARNING => {
-            return (
-                State::Degraded,
-                format!(
-                    "its certificate expires in {} ({})",
-                    ago(end, now),
-                    stamp(end)
-                ),
-            );
-        }
-        _ => {}
+    if let Some(cert) = cert_state(s.cert_not_after, now) {
+        return cert;
     }
     match &s.heartbeat_failing {
         Some(why) => (

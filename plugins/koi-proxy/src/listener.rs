@@ -275,11 +275,7 @@ async fn tls_connection(
             std::future::pending::<()>()
         );
     } else {
-        let mut b = hyper::server::conn::http1::Builder::new();
-        b.timer(TokioTimer::new())
-            .header_read_timeout(limits::HEADER_READ)
-            .max_buf_size(limits::READ_BUFFER)
-            .max_headers(limits::MAX_HEADERS);
+        let b = http1_builder();
         watched!(
             b.serve_connection(io, svc).with_upgrades(),
             activity,
@@ -289,6 +285,17 @@ async fn tls_connection(
     if let Some(e) = &sni_entry {
         e.stats.active.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// An HTTP/1.1 connection builder with the slowloris limits (header read timeout, buffer and
+/// header-count caps), for HTTPS and redirect connections alike.
+fn http1_builder() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(limits::HEADER_READ)
+        .max_buf_size(limits::READ_BUFFER)
+        .max_headers(limits::MAX_HEADERS);
+    b
 }
 
 /// Accepts plain-HTTP connections on a redirect port until `stop`.
@@ -318,11 +325,7 @@ pub async fn serve_redirect(
                 let proxy = Arc::clone(&proxy);
                 async move { Ok::<_, Infallible>(redirect(&proxy, port, &req)) }
             });
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(limits::HEADER_READ)
-                .max_buf_size(limits::READ_BUFFER)
-                .max_headers(limits::MAX_HEADERS);
+            let b = http1_builder();
             watched!(
                 b.serve_connection(io, svc),
                 activity,
