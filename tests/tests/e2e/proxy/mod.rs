@@ -193,13 +193,32 @@ impl Site {
 
     /// curl from lab host `from` to `https://HOST/PATH` at host `a`, trusting the test CA.
     pub fn curl(&self, from: usize, host: &str, path: &str, extra: &[&str]) -> Output {
-        let resolve = format!("{host}:443:{}", self.a().ip);
-        let url = format!("https://{host}{path}");
+        let mut args = vec!["--max-time", "60"];
+        args.extend_from_slice(extra);
+        self.curl_command(from, host, 443, path, &args)
+            .output()
+            .expect("curl")
+    }
+
+    /// The curl command from lab host `from` to `https://HOST:PORT/PATH` at host `a` (`-sS`,
+    /// trusting the test CA, `EXTRA` before the URL), to run or spawn.
+    pub fn curl_command(
+        &self,
+        from: usize,
+        host: &str,
+        port: u16,
+        path: &str,
+        extra: &[&str],
+    ) -> std::process::Command {
+        let resolve = format!("{host}:{port}:{}", self.a().ip);
+        let url = if port == 443 {
+            format!("https://{host}{path}")
+        } else {
+            format!("https://{host}:{port}{path}")
+        };
         let ca = self.ca();
         let mut args = vec![
             "-sS",
-            "--max-time",
-            "60",
             "--cacert",
             ca.to_str().expect("utf-8 path"),
             "--resolve",
@@ -207,11 +226,7 @@ impl Site {
         ];
         args.extend_from_slice(extra);
         args.push(&url);
-        self.lab
-            .host(from)
-            .command("curl", &args)
-            .output()
-            .expect("curl")
+        self.lab.host(from).command("curl", &args)
     }
 }
 

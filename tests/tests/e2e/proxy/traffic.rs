@@ -198,23 +198,8 @@ fn a_websocket_echo_and_an_sse_stream_pass_through_as_they_happen() {
     assert_eq!(echo.trim(), "hello 0\nhello 1\nhello 2");
 
     // SSE: the first event arrives while the backend still holds the second back.
-    let resolve = format!("grafana.lan:443:{}", site.a().ip);
     let mut curl = site
-        .lab
-        .host(1)
-        .command(
-            "curl",
-            &[
-                "-sSN",
-                "--max-time",
-                "60",
-                "--cacert",
-                ca.to_str().expect("path"),
-                "--resolve",
-                &resolve,
-                "https://grafana.lan/sse",
-            ],
-        )
+        .curl_command(1, "grafana.lan", 443, "/sse", &["-N", "--max-time", "60"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("curl sse");
@@ -246,27 +231,20 @@ fn a_1_gib_download_streams_through_with_the_proxy_rss_flat() {
     let pid = proxy_pid(&site);
     site.curl(1, "grafana.lan", "/", &["-o", "/dev/null"]); // warm: TLS, pool, buffers
     let before = rss_kib(pid);
-    let resolve = format!("grafana.lan:443:{}", site.a().ip);
-    let ca = site.ca();
     let gib = (1u64 << 30).to_string();
     let mut curl = site
-        .lab
-        .host(1)
-        .command(
-            "curl",
+        .curl_command(
+            1,
+            "grafana.lan",
+            443,
+            &format!("/big/{gib}"),
             &[
-                "-sS",
                 "--max-time",
                 "600",
-                "--cacert",
-                ca.to_str().expect("path"),
-                "--resolve",
-                &resolve,
                 "-o",
                 "/dev/null",
                 "-w",
                 "%{size_download}",
-                &format!("https://grafana.lan/big/{gib}"),
             ],
         )
         .stdout(Stdio::piped())
@@ -370,23 +348,13 @@ fn plain_http_redirects_to_https_when_asked_and_a_trusted_proxy_keeps_its_forwar
         .expect("curl");
     assert_eq!(text(&out), "421");
     // The client is a trusted proxy for jellyfin: its chain is kept and this hop appended.
-    let resolve = format!("jellyfin.lan:8443:{}", site.a().ip);
-    let ca = site.ca();
     let out = site
-        .lab
-        .host(1)
-        .command(
-            "curl",
-            &[
-                "-sS",
-                "--cacert",
-                ca.to_str().expect("path"),
-                "--resolve",
-                &resolve,
-                "-H",
-                "X-Forwarded-For: 192.0.2.7",
-                "https://jellyfin.lan:8443/",
-            ],
+        .curl_command(
+            1,
+            "jellyfin.lan",
+            8443,
+            "/",
+            &["-H", "X-Forwarded-For: 192.0.2.7"],
         )
         .output()
         .expect("curl");
