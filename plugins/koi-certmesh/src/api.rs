@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -503,14 +503,34 @@ pub(crate) async fn read_json_body(
             format!("Send the {what} request as JSON (Content-Type: application/json)."),
         ));
     }
-    let body = Limited::new(req.into_body(), MAX_BODY_BYTES);
-    match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+    let mut body = req.into_body();
+    let mut collected = Vec::new();
+    let mut seen = 0usize;
+    // Past the cap the rest is read and dropped, up to DRAIN_LIMIT, before the 413 goes out: a
+    // connection closed while the client still sends is reset, and the client never reads the
+    // answer (curl reports no status at all). Beyond DRAIN_LIMIT the connection is just closed.
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            seen = seen.saturating_add(data.len());
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+            if seen <= MAX_BODY_BYTES {
+                collected.extend_from_slice(&data);
+            }
+        }
+        Ok::<(), hyper::Error>(())
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Err(_) => Err(error_response(
             408,
             "timeout",
             "The request body did not arrive in time.",
         )),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(error_response(
+        Ok(_) if seen > MAX_BODY_BYTES => Err(error_response(
             413,
             "too_large",
             format!("The request body is larger than {MAX_BODY_BYTES} bytes."),
@@ -520,9 +540,12 @@ pub(crate) async fn read_json_body(
             "bad_body",
             format!("Could not read the body: {e}"),
         )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Ok(())) => Ok(Bytes::from(collected)),
     }
 }
+
+/// How much of an oversized body is read and dropped so the client gets its 413.
+const DRAIN_LIMIT: usize = 1024 * 1024;
 
 async fn join(
     req: Request<Incoming>,
