@@ -3,22 +3,23 @@
 //! forwarding headers in) and sent over an HTTP/1.1 backend connection (the client
 //! connection's own, or one of the serving thread's: [`crate::local`], [`crate::pool`]) with the body
 //! streaming both ways. `Upgrade` requests (WebSocket) get a connection of their own that is
-//! spliced to the client after the 101. A backend that does not answer gives a 502 page naming
-//! the entry; one slower than the entry's timeout gives a 504.
+//! spliced to the client after the 101; the tunnel keeps the connection's place under the caps
+//! and is closed after [`limits::TUNNEL_IDLE`] with no byte either way. A backend that does not
+//! answer gives a 502 page naming the entry; one slower than the entry's timeout gives a 504.
 
 use crate::backend::resolve;
 use crate::body::ProxyBody;
 use crate::headers::{Forwarding, strip_hop_by_hop, wants_upgrade};
-use crate::limits::Activity;
+use crate::limits::{self, Activity, Admitted, Tracked};
 use crate::local::SendError;
-use crate::state::{EntryRt, Proxy};
+use crate::state::{ActiveMark, EntryRt, Proxy, lock};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// What a request knows about its connection.
@@ -41,6 +42,29 @@ pub struct Conn {
     /// The first host its requests named, checked, with its forwarding header values: every
     /// later request naming the same `Host` reuses them instead of parsing and formatting again.
     pub named: OnceLock<Named>,
+    /// Its places under the caps, released when the connection ends or handed to the tunnel an
+    /// `Upgrade` makes of it (taken at most once).
+    pub held: Mutex<Option<Held>>,
+}
+
+/// What an open client connection holds: its place under the connection caps and in its entry's
+/// active count. A WebSocket tunnel carries it on, so tunnels count against the caps too.
+#[derive(Debug)]
+pub struct Held {
+    /// Its place under the per-client and total caps.
+    _admitted: Admitted,
+    /// Its place in the active count of the entry its SNI chose.
+    _active: Option<ActiveMark>,
+}
+
+impl Held {
+    /// The places of a connection admitted under the caps, for the entry its SNI chose.
+    pub fn new(admitted: Admitted, entry: Option<Arc<EntryRt>>) -> Self {
+        Self {
+            _admitted: admitted,
+            _active: entry.map(ActiveMark::new),
+        }
+    }
 }
 
 /// A `Host` as a connection's requests name it: checked for routing, and the forwarding header
@@ -350,10 +374,17 @@ async fn upgrade(
         return from_backend(resp, false);
     }
     let backend_side = hyper::upgrade::on(&mut resp);
+    let held = lock(&conn.held).take();
     tokio::spawn(async move {
+        let _held = held;
         if let (Ok(c), Ok(b)) = (client_side.await, backend_side.await) {
-            let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
-            let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+            let activity = Activity::new();
+            let mut c = TokioIo::new(c);
+            let mut b = Tracked::new(TokioIo::new(b), Arc::clone(&activity));
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut c, &mut b) => {}
+                () = limits::idle_past(&activity, limits::tunnel_idle()) => {}
+            }
         }
     });
     let (mut parts, _) = resp.into_parts();

@@ -1,7 +1,8 @@
 //! Slowloris and flood defences: the limits every listener applies ([`TLS_HANDSHAKE`],
 //! [`HEADER_READ`], [`IDLE`], header caps), connection caps per client address and in total
 //! ([`Caps`]), and the I/O wrapper ([`Tracked`]) that records the last byte moved so an idle
-//! keep-alive or HTTP/2 connection with no request in flight is closed.
+//! keep-alive or HTTP/2 connection with no request in flight, or an idle WebSocket tunnel, is
+//! closed ([`idle_past`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,6 +19,8 @@ pub const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 pub const HEADER_READ: Duration = Duration::from_secs(10);
 /// A connection with no request in flight and no byte moved for this long is closed.
 pub const IDLE: Duration = Duration::from_secs(60);
+/// A spliced tunnel (WebSocket) with no byte moved either way for this long is closed.
+pub const TUNNEL_IDLE: Duration = Duration::from_secs(600);
 /// Request header bytes (names and values) the proxy forwards; more get 431.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// The HTTP/1.1 read buffer, a hard bound on a request head before it is even parsed.
@@ -34,6 +37,33 @@ pub const H2_PING: (Duration, Duration) = (Duration::from_secs(30), Duration::fr
 pub const PER_CLIENT: usize = 256;
 /// Connections open at once in total (all listeners).
 pub const TOTAL: usize = 4096;
+
+/// A number of seconds from the environment variable `var` (at least 1), honoured in debug builds
+/// only, so a test can see a retry or a timeout without waiting minutes; release builds ignore it.
+pub fn debug_secs(var: &str) -> Option<Duration> {
+    let secs = cfg!(debug_assertions)
+        .then(|| std::env::var(var).ok())
+        .flatten()?
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_secs(secs.max(1)))
+}
+
+/// [`TUNNEL_IDLE`], or `KOI_PROXY_TUNNEL_IDLE_SECS` in debug builds ([`debug_secs`]).
+pub fn tunnel_idle() -> Duration {
+    debug_secs("KOI_PROXY_TUNNEL_IDLE_SECS").unwrap_or(TUNNEL_IDLE)
+}
+
+/// Resolves once `activity` has had no request in flight and no byte moved for `limit`.
+pub async fn idle_past(activity: &Activity, limit: Duration) {
+    loop {
+        let idle = activity.idle_for();
+        if idle >= limit {
+            return;
+        }
+        tokio::time::sleep((limit - idle).max(Duration::from_secs(1))).await;
+    }
+}
 
 /// Open connections, per client and in total.
 #[derive(Debug, Default)]

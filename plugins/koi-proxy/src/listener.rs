@@ -6,8 +6,8 @@
 //! the entries that asked for it, and nothing else.
 
 use crate::body::ProxyBody;
-use crate::forward::{Conn, handle, page, request_host};
-use crate::limits::{self, Activity, TLS_HANDSHAKE, Tracked};
+use crate::forward::{Conn, Held, handle, page, request_host};
+use crate::limits::{self, Activity, Admitted, TLS_HANDSHAKE, Tracked};
 use crate::state::Proxy;
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
@@ -19,7 +19,6 @@ use rustls::sign::CertifiedKey;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -174,8 +173,7 @@ pub async fn serve_tls(
         let _ = tcp.set_nodelay(true);
         let (proxy, acceptor, live) = (Arc::clone(&proxy), acceptor.clone(), Arc::clone(&live));
         tokio::spawn(async move {
-            tls_connection(proxy, port, acceptor, tcp, ip).await;
-            drop(admitted);
+            tls_connection(proxy, port, acceptor, tcp, ip, admitted).await;
             drop(live);
         });
     }
@@ -197,17 +195,12 @@ macro_rules! watched {
         tokio::pin!(conn);
         let mut closing = false;
         loop {
-            let wait = limits::IDLE
-                .saturating_sub($activity.idle_for())
-                .max(Duration::from_secs(1));
             tokio::select! {
                 _ = conn.as_mut() => break,
                 () = $drive => {}
-                () = tokio::time::sleep(wait), if !closing => {
-                    if $activity.idle_for() >= limits::IDLE {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
+                () = limits::idle_past(&$activity, limits::IDLE), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
                 }
                 () = tokio::time::sleep(Duration::from_secs(10)), if closing => break,
             }
@@ -229,6 +222,7 @@ async fn tls_connection(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     ip: IpAddr,
+    admitted: Admitted,
 ) {
     let tls = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -245,9 +239,6 @@ async fn tls_connection(
         });
         (session.alpn_protocol() == Some(b"h2"), entry)
     };
-    if let Some(e) = &sni_entry {
-        e.stats.active.fetch_add(1, Ordering::Relaxed);
-    }
     let activity = Activity::new();
     let io = TokioIo::new(Tracked::new(tls, Arc::clone(&activity)));
     let conn = Arc::new(Conn {
@@ -259,6 +250,7 @@ async fn tls_connection(
         local: (!h2).then(crate::local::LocalBackends::default),
         requests: std::sync::atomic::AtomicU64::new(0),
         named: std::sync::OnceLock::new(),
+        held: std::sync::Mutex::new(Some(Held::new(admitted, sni_entry))),
     });
     let driving = Arc::clone(&conn);
     let svc = service_fn(move |req| handle(Arc::clone(&conn), req));
@@ -281,9 +273,6 @@ async fn tls_connection(
             activity,
             drive(&driving)
         );
-    }
-    if let Some(e) = &sni_entry {
-        e.stats.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

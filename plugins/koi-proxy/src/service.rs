@@ -162,14 +162,10 @@ fn rebuild(proxy: &Arc<Proxy>, running: &mut Running, events: &Events) -> bool {
     failed
 }
 
-/// The retry interval: [`RETRY`], or `KOI_PROXY_RETRY_SECS` (at least 1) in debug builds only, so a
-/// test can see a retry without waiting five minutes; release builds ignore it.
+/// The retry interval: [`RETRY`], or `KOI_PROXY_RETRY_SECS` in debug builds
+/// ([`crate::limits::debug_secs`]), so a test can see a retry without waiting five minutes.
 fn retry_interval() -> Duration {
-    let knob = cfg!(debug_assertions)
-        .then(|| std::env::var("KOI_PROXY_RETRY_SECS").ok())
-        .flatten()
-        .and_then(|s| s.parse::<u64>().ok());
-    knob.map_or(RETRY, |s| Duration::from_secs(s.max(1)))
+    crate::limits::debug_secs("KOI_PROXY_RETRY_SECS").unwrap_or(RETRY)
 }
 
 /// Whether the file watch is switched off: `KOI_PROXY_NO_WATCH=1`, honoured in debug builds only,

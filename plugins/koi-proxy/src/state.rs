@@ -31,6 +31,24 @@ pub struct Stats {
     pub active: AtomicI64,
 }
 
+/// A connection counted in its entry's [`Stats::active`] until dropped.
+#[derive(Debug)]
+pub struct ActiveMark(Arc<EntryRt>);
+
+impl ActiveMark {
+    /// Counts one more connection for `entry`.
+    pub fn new(entry: Arc<EntryRt>) -> Self {
+        entry.stats.active.fetch_add(1, Ordering::Relaxed);
+        Self(entry)
+    }
+}
+
+impl Drop for ActiveMark {
+    fn drop(&mut self) {
+        self.0.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One entry at run time.
 #[derive(Debug)]
 pub struct EntryRt {

@@ -150,6 +150,40 @@ impl Site {
         child
     }
 
+    /// Starts the WebSocket echo backend (`ws.py serve`) on host `a`'s loopback.
+    pub fn ws_backend(&self, port: u16) -> Bg {
+        self.a()
+            .command(
+                PYTHON,
+                &[
+                    script("ws.py").to_str().expect("utf-8 path"),
+                    "serve",
+                    &port.to_string(),
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Bg)
+            .expect("ws.py serve")
+    }
+
+    /// `ws.py MODE HOST IP 443 CA` on lab host `from`: a WebSocket client of host `a`.
+    pub fn ws_client(&self, from: usize, mode: &str, host: &str) -> Command {
+        let ca = self.ca();
+        self.lab.host(from).command(
+            PYTHON,
+            &[
+                script("ws.py").to_str().expect("utf-8 path"),
+                mode,
+                host,
+                &self.a().ip,
+                "443",
+                ca.to_str().expect("utf-8 path"),
+            ],
+        )
+    }
+
     /// `koi ARGS` on host `a`.
     pub fn koi(&self, args: &[&str]) -> Run {
         self.a().env.run(args)

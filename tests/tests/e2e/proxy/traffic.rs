@@ -2,7 +2,7 @@
 //! spoofed one replaced), two entries on :443 chosen by SNI, an unknown SNI refused, a WebSocket
 //! echo, an SSE stream event by event, and a 1 GiB download with the proxy's memory flat.
 
-use super::{PYTHON, Site, presented_serial, script, text};
+use super::{Site, presented_serial, text};
 use crate::support::{poll_until, root_or_skip, rss_kib};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -155,40 +155,17 @@ fn a_websocket_echo_and_an_sse_stream_pass_through_as_they_happen() {
     site.write_cert(&["grafana.lan", "ws.lan"]);
     let gate = site.work().join("gate");
     let _b = site.backend(3000, "grafana", &gate);
-    let _ws = site
-        .a()
-        .command(
-            PYTHON,
-            &[script("ws.py").to_str().expect("path"), "serve", "3002"],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(super::Bg)
-        .expect("ws.py serve");
+    let _ws = site.ws_backend(3002);
     site.start();
     site.add(&["grafana", "--backend", "http://127.0.0.1:3000"]);
     site.add(&["ws", "--backend", "http://127.0.0.1:3002"]);
     site.wait_listening("ws");
-    let ca = site.ca();
     let echo = poll_until(
         "a WebSocket echo through the proxy",
         Duration::from_millis(200),
         || {
             let out = site
-                .lab
-                .host(1)
-                .command(
-                    PYTHON,
-                    &[
-                        script("ws.py").to_str().expect("path"),
-                        "client",
-                        "ws.lan",
-                        &site.a().ip,
-                        "443",
-                        ca.to_str().expect("path"),
-                    ],
-                )
+                .ws_client(1, "client", "ws.lan")
                 .output()
                 .expect("ws.py client");
             format!("{}{}", text(&out), String::from_utf8_lossy(&out.stderr))
