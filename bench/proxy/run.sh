@@ -2,7 +2,8 @@
 # koi-proxy against nginx and Caddy (issue 13), on one machine, in one run, with the same backend,
 # the same certificate and the same load generator:
 #   backend   nginx serving a 1 KiB static file over plain HTTP on 127.0.0.1:18080 (1 worker);
-#   nginx     TLS proxy on :18443 (2 workers, upstream keep-alive, http2 on, session cache);
+#   nginx     TLS proxy on :18443 (2 workers, upstream keep-alive, http2 on, session cache, and
+#             the server's cipher order AES-128-GCM first, as Caddy and koi-proxy have it);
 #   caddy     TLS proxy on :18444 (reverse_proxy, certificate from the files, auto_https off);
 #   koi       `koi daemon` with only koi-proxy (release, opt-level 3), entries on :18445;
 #   koib      (only with KOI_B=path/to/another/koi-proxy) a second koi daemon running that binary
@@ -25,8 +26,10 @@
 #               koi-proxy with nothing (its file watch);
 #   idle RSS    with 2 entries, after one request to each: nginx master + workers, Caddy,
 #               koi-proxy (and the koi daemon host beside it, reported separately);
-#   tls         what `openssl s_client -brief` negotiates with each (protocol, key exchange group,
-#               signature): all must match for the handshake figures to compare.
+#   tls         what `openssl s_client -brief` negotiates with each (protocol, cipher suite, key
+#               exchange group, signature): all must match for the handshake figures to compare.
+#               wrk's OpenSSL asks for AES-256-GCM-SHA384 first; browsers ask for
+#               AES-128-GCM-SHA256 first, and all three proxies choose it by their own order.
 # Scheduling: every server runs in a session of its own, as nginx puts itself when it daemonizes;
 # Caddy and koi are started under `setsid`. With the kernel's autogroup scheduling
 # (/proc/sys/kernel/sched_autogroup_enabled) a session is a scheduling group that gets an equal
@@ -103,6 +106,8 @@ http {
   ssl_certificate_key $CERTS/key.pem;
   ssl_protocols TLSv1.2 TLSv1.3;
   ssl_session_cache shared:SSL:10m;
+  ssl_prefer_server_ciphers on;
+  ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;
   server {
     listen 18443 ssl http2; server_name grafana.lan jellyfin.lan;
     keepalive_requests 100000;

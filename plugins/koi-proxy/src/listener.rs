@@ -42,7 +42,8 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The TLS configuration of one port: TLS 1.3 and 1.2, ALPN h2 and http/1.1, resumption.
+/// The TLS configuration of one port: TLS 1.3 and 1.2, ALPN h2 and http/1.1, resumption, and the
+/// server's cipher suite order ([`crate::certs::suite_rank`]) rather than the client's.
 pub fn tls_config(proxy: &Arc<Proxy>, port: u16) -> Result<Arc<ServerConfig>, String> {
     let mut config = ServerConfig::builder_with_provider(crate::certs::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -53,6 +54,7 @@ pub fn tls_config(proxy: &Arc<Proxy>, port: u16) -> Result<Arc<ServerConfig>, St
             proxy: Arc::clone(proxy),
         }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
     config.session_storage = ServerSessionMemoryCache::new(4096);
     config.ticketer = rustls::crypto::ring::Ticketer::new()
         .map_err(|e| format!("no TLS session tickets: {e}"))?;
