@@ -156,6 +156,12 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// The pin of the mesh this machine belongs to (its root's SHA-256), if it belongs to one
+    /// and `membership.json` reads; what the presence watch compares advertisements against.
+    pub fn mesh_fingerprint(layout: &Layout) -> Option<String> {
+        Self::load(layout).ok().flatten().map(|m| m.ca_fingerprint)
+    }
+
     /// Reads `membership.json`, if this machine belongs to a mesh.
     pub fn load(layout: &Layout) -> Result<Option<Self>, MethodError> {
         let path = layout.membership();

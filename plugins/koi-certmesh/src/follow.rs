@@ -47,11 +47,7 @@ pub async fn follow(ctx: &Context, app: &std::sync::Arc<App>, layout: &Layout) {
     if candidates.is_empty() {
         return;
     }
-    let Some(fingerprint) = Membership::load(layout)
-        .ok()
-        .flatten()
-        .map(|m| m.ca_fingerprint)
-    else {
+    let Some(fingerprint) = Membership::mesh_fingerprint(layout) else {
         return;
     };
     // Believed only from a standby of the roster this member trusts, whose own leaf answers

@@ -421,11 +421,7 @@ pub async fn on_mdns(ctx: Context, delivery: Delivery<Value>) {
         return;
     };
     let layout = app.authority().layout().clone();
-    let Some(fingerprint) = Membership::load(&layout)
-        .ok()
-        .flatten()
-        .map(|m| m.ca_fingerprint)
-    else {
+    let Some(fingerprint) = Membership::mesh_fingerprint(&layout) else {
         return;
     };
     let Some(service) = event
@@ -478,11 +474,7 @@ pub const CACHE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// is judged like an event's ([`crate::follow::fence_if_superseded`]). Heals an `appeared`
 /// event koi-mdns published before this plugin subscribed (a restart of both) or lost in a gap.
 async fn learn_from_cache(ctx: &Context, app: &std::sync::Arc<App>, layout: &Layout) {
-    let Some(fingerprint) = Membership::load(layout)
-        .ok()
-        .flatten()
-        .map(|m| m.ca_fingerprint)
-    else {
+    let Some(fingerprint) = Membership::mesh_fingerprint(layout) else {
         return;
     };
     let query = json!({"service_type": SERVICE_TYPE});

@@ -20,6 +20,21 @@ fn record(txt: &[(&str, &str)]) -> ServiceRecord {
     }
 }
 
+/// A present primary advertisement from `host` (`host.local.`, keyed `host`) with `term`, with
+/// no TXT host or endpoint.
+fn primary(host: &str, term: u64) -> Sighting {
+    Sighting {
+        role: PRIMARY,
+        term,
+        present: true,
+        reason: None,
+        host: None,
+        endpoint: None,
+        mdns_host: format!("{host}.local."),
+        key: host.into(),
+    }
+}
+
 #[test]
 fn classify_reads_role_and_term_of_this_mesh_only() {
     let fp = "AB:CD";
@@ -66,16 +81,7 @@ fn classify_reads_role_and_term_of_this_mesh_only() {
 fn unreachable_only_when_mdns_and_heartbeat_both_failed() {
     let watch = Watch::default();
     let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
-    let mut s = Sighting {
-        role: PRIMARY,
-        term: 2,
-        present: true,
-        reason: None,
-        host: None,
-        endpoint: None,
-        mdns_host: "a.local.".into(),
-        key: "a".into(),
-    };
+    let mut s = primary("a", 2);
     watch.record(&s, t0);
     let failed = crate::heartbeat::Heartbeat {
         ok: false,
@@ -114,14 +120,9 @@ fn unreachable_only_when_mdns_and_heartbeat_both_failed() {
     // Two primary advertisements: one leaving does not make the primary absent.
     let w2 = Watch::default();
     let mut p = Sighting {
-        role: PRIMARY,
-        term: 1,
-        present: true,
-        reason: None,
-        host: None,
         endpoint: Some("10.0.0.1:5641".into()),
-        mdns_host: "a.local.".into(),
         key: "real".into(),
+        ..primary("a", 1)
     };
     w2.record(&p, t0);
     p.key = "forged".into();
@@ -146,14 +147,9 @@ fn the_grace_runs_from_the_last_positive_evidence_not_from_the_detection() {
     let t0 = SystemTime::UNIX_EPOCH + secs(2_000_000);
     let watch = Watch::default();
     let mut s = Sighting {
-        role: PRIMARY,
-        term: 1,
-        present: true,
-        reason: None,
         host: Some("a".into()),
         endpoint: Some("10.0.0.1:5641".into()),
-        mdns_host: "a.local.".into(),
-        key: "a".into(),
+        ..primary("a", 1)
     };
     watch.record(&s, t0);
     // koi-mdns's re-check hears A at t0 + 20 s; another host's answer is no evidence.
@@ -194,14 +190,9 @@ fn an_advertisement_missed_by_the_events_is_learned_from_the_cache_once_without_
     let t0 = SystemTime::UNIX_EPOCH + secs(3_000_000);
     let watch = Watch::default();
     let mut b = Sighting {
-        role: PRIMARY,
-        term: 2,
-        present: true,
-        reason: None,
         host: Some("b".into()),
         endpoint: Some("10.0.0.2:5641".into()),
-        mdns_host: "b.local.".into(),
-        key: "b".into(),
+        ..primary("b", 2)
     };
     // Its `appeared` event was missed: the cache teaches it, dated by the cache's last_seen.
     assert!(watch.learn_cached(&b, t0));
@@ -246,16 +237,7 @@ fn a_primary_never_seen_is_absent_from_the_first_look_which_floors_the_grace() {
         None,
         "the heartbeat answers"
     );
-    let s = Sighting {
-        role: PRIMARY,
-        term: 1,
-        present: true,
-        reason: None,
-        host: None,
-        endpoint: None,
-        mdns_host: "a.local.".into(),
-        key: "a".into(),
-    };
+    let s = primary("a", 1);
     watch.record(&s, first);
     assert_eq!(watch.gone_since(), None, "seen now");
 }

@@ -324,7 +324,7 @@ mod tests {
     #[test]
     fn only_active_standby_entries_stay_listed_as_standbys_and_trusted_for_a_term() {
         use koi_certmesh_core::roster::Role;
-        let scope = koi_certmesh_core::Scope::new(&[] as &[&str], &[] as &[&str]).unwrap();
+        let scope = koi_certmesh_core::Scope::unrestricted();
         let mut roster = Roster::new(
             koi_certmesh_core::TrustProfile::Personal,
             "ff".into(),

@@ -16,7 +16,7 @@ use crate::support::certmesh::join_host;
 use std::time::{Duration, Instant};
 
 use crate::support::certmesh::{
-    certmesh_bin, create, fresh_code, mdns_bin, mesh_ids, wait_for_api, write_passphrase,
+    ca_on, certmesh_status as status, fresh_code, install_mesh, promote_host,
 };
 use crate::support::netlab::{LabHost, SwitchLab};
 use crate::support::root_or_skip;
@@ -59,29 +59,16 @@ fn audit_lines(path: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
-fn status(host: &LabHost) -> serde_json::Value {
-    let run = host.env.run(&["certmesh", "status", "--json"]);
-    run.expect_code(0);
-    run.json()
-}
-
 #[test]
 fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
     if !root_or_skip("the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term") {
         return;
     }
     let lab = SwitchLab::new("fo", 3);
-    for h in &lab.hosts {
-        h.env.install(&certmesh_bin(), "certmesh");
-        h.env.install(&mdns_bin(), "mdns");
-    }
+    install_mesh(&lab);
     let (a, b, c) = (lab.host(0), lab.host(1), lab.host(2));
-    let pass_file = write_passphrase(&a.env);
-    let mut a_daemon = a.env.start_daemon(&[]);
-    let created = create(&a.env, &pass_file, &["--no-trust", "--json"]);
-    created.expect_code(0);
-    let (uri, fingerprint) = mesh_ids(&created);
-    wait_for_api(a, &a.ip);
+    let (mut a_daemon, ca) = ca_on(a, &[], &["--no-trust", "--json"]);
+    let (uri, fingerprint) = (ca.uri, ca.fingerprint);
     let mut last_step = i64::MIN;
     let code = fresh_code(&uri, &mut last_step);
     join_host(b, &a.ip, &fingerprint, &code).expect_code(0);
@@ -92,17 +79,7 @@ fn the_standby_sees_the_primary_go_and_takes_over_locked_with_a_higher_term() {
     let standby_pass = b.env.dir.path().join("standby-pass");
     std::fs::write(&standby_pass, "standby passphrase 4411\n").expect("standby pass");
     let code = fresh_code(&uri, &mut last_step);
-    b.env
-        .run(&[
-            "certmesh",
-            "promote",
-            "--code",
-            &code,
-            "--passphrase-file",
-            &standby_pass.display().to_string(),
-            "--json",
-        ])
-        .expect_code(0);
+    promote_host(b, &code, &standby_pass.display().to_string()).expect_code(0);
 
     // Both advertise, each with its role and the term; the standby's is not a CA to join.
     let (primary, standby) = wait_for("A and B advertised", Duration::from_secs(30), || {

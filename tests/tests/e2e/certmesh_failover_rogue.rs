@@ -11,9 +11,7 @@ use crate::support::certmesh::join_host;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::certmesh::{
-    certmesh_bin, create, fresh_code, mdns_bin, mesh_ids, wait_for_api, write_passphrase,
-};
+use crate::support::certmesh::{ca_on, certmesh_status as status, fresh_code, install_mesh};
 use crate::support::netlab::{LabHost, SwitchLab};
 use crate::support::root_or_skip;
 
@@ -49,12 +47,6 @@ use crate::support::KillOnDrop;
 
 use crate::support::wait_for;
 
-fn status(host: &LabHost) -> serde_json::Value {
-    let run = host.env.run(&["certmesh", "status", "--json"]);
-    run.expect_code(0);
-    run.json()
-}
-
 fn join(host: &LabHost, ca: &LabHost, fingerprint: &str, code: &str) {
     join_host(host, &ca.ip, fingerprint, code).expect_code(0);
 }
@@ -65,17 +57,10 @@ fn a_rogue_member_answering_with_its_own_leaf_cannot_claim_a_higher_term() {
         return;
     }
     let lab = SwitchLab::new("fr", 3);
-    for h in &lab.hosts {
-        h.env.install(&certmesh_bin(), "certmesh");
-        h.env.install(&mdns_bin(), "mdns");
-    }
+    install_mesh(&lab);
     let (a, m, c) = (lab.host(0), lab.host(1), lab.host(2));
-    let pass_file = write_passphrase(&a.env);
-    let a_daemon = a.env.start_daemon(&[("KOI_LOG", "debug")]);
-    let created = create(&a.env, &pass_file, &["--no-trust", "--json"]);
-    created.expect_code(0);
-    let (uri, fingerprint) = mesh_ids(&created);
-    wait_for_api(a, &a.ip);
+    let (a_daemon, ca) = ca_on(a, &[("KOI_LOG", "debug")], &["--no-trust", "--json"]);
+    let (uri, fingerprint) = (ca.uri, ca.fingerprint);
     let mut last_step = i64::MIN;
     join(m, a, &fingerprint, &fresh_code(&uri, &mut last_step));
     join(c, a, &fingerprint, &fresh_code(&uri, &mut last_step));

@@ -18,10 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::{assert_ca_verifies, assert_cert_and_key_match, assert_standby_whole, run_until_ok};
-use crate::support::certmesh::{
-    certmesh_bin, certmesh_pid, create, fresh_code, mdns_bin, mesh_ids, wait_for_api,
-    write_passphrase,
-};
+use crate::support::certmesh::{ca_on, certmesh_pid, fresh_code, install_mesh, promote_host};
 use crate::support::kill::{Jitter, kill9};
 use crate::support::netlab::{LabHost, SwitchLab};
 use crate::support::{DaemonProc, root_or_skip};
@@ -109,32 +106,28 @@ fn assert_demoted(a: &LabHost, daemon: &DaemonProc, snapshot: &Path, context: &s
     assert_cert_and_key_match(a, context);
 }
 
+/// A's settings: debug logs, the fastest re-check, a 2 s heartbeat and sync, quick restarts.
+const A_ENV: [(&str, &str); 6] = [
+    ("KOI_LOG", "debug"),
+    ("KOI_MDNS_RECHECK_SECS", "3"),
+    ("KOI_TEST_HEARTBEAT_SECS", "2"),
+    ("KOI_TEST_STANDBY_SYNC_SECS", "2"),
+    ("KOI_RESTART_INITIAL_MS", "20"),
+    ("KOI_RESTART_MAX_MS", "200"),
+];
+
 pub(super) fn start_a(a: &LabHost) -> DaemonProc {
-    a.env.start_daemon(&[
-        ("KOI_LOG", "debug"),
-        ("KOI_MDNS_RECHECK_SECS", "3"),
-        ("KOI_TEST_HEARTBEAT_SECS", "2"),
-        ("KOI_TEST_STANDBY_SYNC_SECS", "2"),
-        ("KOI_RESTART_INITIAL_MS", "20"),
-        ("KOI_RESTART_MAX_MS", "200"),
-    ])
+    a.env.start_daemon(&A_ENV)
 }
 
 /// A two-host lab's mesh: A the primary (created under its daemon), B joined, under its daemon
 /// with [`B_ENV`], promoted to standby and watching A (present, heartbeat ok). Returns both
 /// daemons and B's standby passphrase file.
 pub(super) fn primary_and_standby(net: &SwitchLab) -> (DaemonProc, DaemonProc, String) {
-    for h in &net.hosts {
-        h.env.install(&certmesh_bin(), "certmesh");
-        h.env.install(&mdns_bin(), "mdns");
-    }
+    install_mesh(net);
     let (a, b) = (net.host(0), net.host(1));
-    let pass_file = write_passphrase(&a.env);
-    let a_daemon = start_a(a);
-    let created = create(&a.env, &pass_file, &["--no-trust", "--json"]);
-    created.expect_code(0);
-    let (uri, fingerprint) = mesh_ids(&created);
-    wait_for_api(a, &a.ip);
+    let (a_daemon, ca) = ca_on(a, &A_ENV, &["--no-trust", "--json"]);
+    let (uri, fingerprint) = (ca.uri, ca.fingerprint);
     let mut last = i64::MIN;
     let code = fresh_code(&uri, &mut last);
     join_host(b, &a.ip, &fingerprint, &code).expect_code(0);
@@ -143,17 +136,7 @@ pub(super) fn primary_and_standby(net: &SwitchLab) -> (DaemonProc, DaemonProc, S
     std::fs::write(&standby_pass, "demotion standby passphrase 77\n").expect("standby pass");
     let standby_pass = standby_pass.display().to_string();
     let code = fresh_code(&uri, &mut last);
-    b.env
-        .run(&[
-            "certmesh",
-            "promote",
-            "--code",
-            &code,
-            "--passphrase-file",
-            &standby_pass,
-            "--json",
-        ])
-        .expect_code(0);
+    promote_host(b, &code, &standby_pass).expect_code(0);
     wait_for("B sees A present", Duration::from_secs(30), || {
         let s = status(b);
         let w = &s["details"]["primary_watch"];

@@ -21,9 +21,7 @@ use super::{
     assert_ca_verifies, assert_cert_and_key_match, assert_no_plaintext_key, assert_standby_whole,
     run_until_ok,
 };
-use crate::support::certmesh::{
-    certmesh_bin, certmesh_pid, code, create, fresh_code, mesh_ids, wait_for_api, write_passphrase,
-};
+use crate::support::certmesh::{ca_on, certmesh_bin, certmesh_pid, code, fresh_code, wait_for_api};
 use crate::support::kill::{Jitter, children, kill9};
 use crate::support::netlab::{LabHost, SwitchLab};
 use crate::support::{DaemonProc, root_or_skip};
@@ -250,12 +248,8 @@ fn kill_9_during_promote_never_leaves_half_a_standby_a_plaintext_key_or_a_broken
         h.env.install(&certmesh_bin(), "certmesh");
     }
     let (a, b) = (net.host(0), net.host(1));
-    let pass_file = write_passphrase(&a.env);
-    let a_daemon = a.env.start_daemon(&DAEMON_ENV);
-    let created = create(&a.env, &pass_file, &["--no-trust", "--json"]);
-    created.expect_code(0);
-    let (uri, fingerprint) = mesh_ids(&created);
-    wait_for_api(a, &a.ip);
+    let (a_daemon, ca) = ca_on(a, &DAEMON_ENV, &["--no-trust", "--json"]);
+    let (uri, fingerprint, pass_file) = (ca.uri, ca.fingerprint, ca.pass_file);
     let mut last = i64::MIN;
     let join_code = fresh_code(&uri, &mut last);
     join_host(b, &a.ip, &fingerprint, &join_code).expect_code(0);
@@ -278,7 +272,7 @@ fn kill_9_during_promote_never_leaves_half_a_standby_a_plaintext_key_or_a_broken
         member_state,
         pass_file,
         standby_pass: standby_pass.display().to_string(),
-        root: a.env.home.join("certmesh/ca/ca.pem"),
+        root: ca.ca_pem,
     };
     let point = ca_point(&lab.root);
 

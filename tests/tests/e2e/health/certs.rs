@@ -10,10 +10,7 @@
 //! B itself.
 
 use crate::support::certmesh::join_host;
-use crate::support::certmesh::{
-    cert_dir, certmesh_bin, create, fresh_code, mdns_bin, mesh_ids, serial_of, wait_for_api,
-    write_passphrase,
-};
+use crate::support::certmesh::{ca_on, cert_dir, fresh_code, install_mesh, serial_of};
 use crate::support::netlab::SwitchLab;
 use crate::support::{KoiEnv, bin_dir, root_or_skip};
 use std::time::{Duration, Instant};
@@ -101,22 +98,21 @@ fn a_certificate_expiring_soon_is_degraded_and_an_expired_one_is_down_logged_onc
     }
     let lab = SwitchLab::new("hx", 2);
     let (a, b) = (lab.host(0), lab.host(1));
+    install_mesh(&lab);
     for h in [a, b] {
-        h.env.install(&certmesh_bin(), "certmesh");
-        h.env.install(&mdns_bin(), "mdns");
         h.env.install(&bin_dir().join("koi-health"), "health");
     }
     let lifetime = LIFETIME.to_string();
-    let _a = a.env.start_daemon(&[
-        ("KOI_TEST_CERT_LIFETIME_SECS", &lifetime),
-        ("KOI_HEALTH_THRESHOLD", "30s"),
-        ("KOI_MDNS_RECHECK_SECS", "3"),
-    ]);
-    let pass_file = write_passphrase(&a.env);
-    let created = create(&a.env, &pass_file, &["--no-trust", "--json"]);
-    created.expect_code(0);
-    let (uri, fingerprint) = mesh_ids(&created);
-    wait_for_api(a, &a.ip);
+    let (_a, ca) = ca_on(
+        a,
+        &[
+            ("KOI_TEST_CERT_LIFETIME_SECS", &lifetime),
+            ("KOI_HEALTH_THRESHOLD", "30s"),
+            ("KOI_MDNS_RECHECK_SECS", "3"),
+        ],
+        &["--no-trust", "--json"],
+    );
+    let (uri, fingerprint) = (ca.uri, ca.fingerprint);
 
     let mut last = i64::MIN;
     let code = fresh_code(&uri, &mut last);

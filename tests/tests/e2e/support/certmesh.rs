@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::support::netlab::{LabHost, NetLab};
+use crate::support::netlab::{LabHost, NetLab, SwitchLab};
 use crate::support::{DaemonProc, KoiEnv, Run, bin_dir};
 
 pub(crate) const PASSPHRASE: &str = "lab passphrase 7f3a9c";
@@ -267,6 +267,27 @@ pub(crate) fn join_host(member: &LabHost, ca_ip: &str, fingerprint: &str, code: 
     ])
 }
 
+/// `koi certmesh promote --code CODE --passphrase-file STANDBY_PASS --json` on `host`.
+pub(crate) fn promote_host(host: &LabHost, code: &str, standby_pass: &str) -> Run {
+    host.env.run(&[
+        "certmesh",
+        "promote",
+        "--code",
+        code,
+        "--passphrase-file",
+        standby_pass,
+        "--json",
+    ])
+}
+
+/// Installs koi-certmesh and koi-mdns on every host of `lab` (a mesh that fails over by mDNS).
+pub(crate) fn install_mesh(lab: &SwitchLab) {
+    for h in &lab.hosts {
+        h.env.install(&certmesh_bin(), "certmesh");
+        h.env.install(&mdns_bin(), "mdns");
+    }
+}
+
 /// A valid code for a step later than `last` (each step's code works once), waiting for the next
 /// step when the three in the window are used up.
 pub(crate) fn fresh_code(uri: &str, last: &mut i64) -> String {
@@ -298,7 +319,7 @@ pub(crate) fn mesh_ids(created: &Run) -> (String, String) {
     (uri, fingerprint)
 }
 
-/// A mesh created on lab host A under its daemon, with its API answering.
+/// A mesh created on a lab host under its daemon, with its API answering.
 pub(crate) struct LabCa {
     /// The CA passphrase file on A.
     pub pass_file: String,
@@ -325,13 +346,24 @@ pub(crate) fn ca_under_daemon_with(
 ) -> (DaemonProc, LabCa) {
     lab.a.env.install(&certmesh_bin(), "certmesh");
     lab.b.env.install(&certmesh_bin(), "certmesh");
-    let pass_file = write_passphrase(&lab.a.env);
-    let daemon = lab.a.env.start_daemon(env);
-    let created = create(&lab.a.env, &pass_file, create_args);
+    ca_on(&lab.a, env, create_args)
+}
+
+/// Starts `host`'s daemon with `env`, creates a mesh there with `create_args` (which must include
+/// `--json`), and waits for its join API. koi-certmesh must be installed on `host`; keep the
+/// returned daemon alive for as long as the CA must answer.
+pub(crate) fn ca_on(
+    host: &LabHost,
+    env: &[(&str, &str)],
+    create_args: &[&str],
+) -> (DaemonProc, LabCa) {
+    let pass_file = write_passphrase(&host.env);
+    let daemon = host.env.start_daemon(env);
+    let created = create(&host.env, &pass_file, create_args);
     created.expect_code(0);
     let (uri, fingerprint) = mesh_ids(&created);
-    wait_for_api(&lab.a, &lab.a.ip);
-    let ca_pem = lab.a.env.home.join("certmesh/ca/ca.pem");
+    wait_for_api(host, &host.ip);
+    let ca_pem = host.env.home.join("certmesh/ca/ca.pem");
     let ca = LabCa {
         pass_file,
         uri,
@@ -340,6 +372,13 @@ pub(crate) fn ca_under_daemon_with(
         created,
     };
     (daemon, ca)
+}
+
+/// `koi certmesh status --json` on `host`, which must succeed.
+pub(crate) fn certmesh_status(host: &LabHost) -> serde_json::Value {
+    let run = host.env.run(&["certmesh", "status", "--json"]);
+    run.expect_code(0);
+    run.json()
 }
 
 /// Runs `openssl ARGS`; its stdout and stderr together.
